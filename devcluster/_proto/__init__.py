@@ -1,0 +1,1 @@
+"""Generated protobuf/grpc modules (do not edit; regenerate with ``python -m devcluster._proto.gen``)."""

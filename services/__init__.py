@@ -1,0 +1,1 @@
+"""Example gRPC services that devcluster runs (the Greeter of the demo cluster)."""

@@ -1,0 +1,1 @@
+"""The Greeter server of the demo cluster: ``python -m services.greeter --port P``."""
