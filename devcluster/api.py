@@ -1,0 +1,330 @@
+"""The Python API: :class:`Cluster`, what the CLI, the pytest plugin and scripts use.
+
+>>> with Cluster("Procfile", scale={"greeter": 3}, port=0) as cluster:   # doctest: +SKIP
+...     stub = GreeterStub(cluster.channel("greeter"))
+...     cluster.kill("greeter.2")
+...     cluster.weight("greeter.1", 5)
+
+The supervisor runs as a separate process (``devcluster up`` in the background), so a
+cluster outlives nothing it should not: with ``attach=True`` (the default for the API)
+it dies with the Python process that started it, and its instances die with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devcluster import procfile as procfile_mod
+from devcluster.control import ControlClient, as_dict
+from devcluster.errors import ClusterRunningError, DevclusterError, NoClusterError, UsageError
+from devcluster.logs import tail
+from devcluster.process import with_pdeathsig
+from devcluster.registry import FileRegistry, Snapshot, State
+from devcluster.supervisor import running_pid
+
+STATE_DIR_NAME = ".devcluster"
+
+
+def default_state_dir(procfile: Path, state_dir: str | Path | None = None) -> Path:
+    """``--state-dir`` > ``$DEVCLUSTER_HOME`` > ``.devcluster`` beside the Procfile."""
+    if state_dir:
+        return Path(state_dir).absolute()
+    if os.environ.get("DEVCLUSTER_HOME"):
+        return Path(os.environ["DEVCLUSTER_HOME"]).absolute()
+    return procfile.absolute().parent / STATE_DIR_NAME
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """One instance as ``ps`` sees it."""
+
+    name: str
+    service: str
+    state: str
+    pid: int | None
+    address: str | None
+    weight: int
+    enabled: bool
+    restarts: int
+    uptime_s: float
+    cpu_percent: float
+    rss_bytes: int
+    last_exit: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> InstanceInfo:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+class NotReadyError(DevclusterError):
+    """``up`` finished with instances that do not serve; the cluster keeps running."""
+
+    def __init__(self, message: str, states: dict[str, dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.states = states
+
+
+class Cluster:
+    """A devcluster cluster: start it, play with its instances, stop it."""
+
+    def __init__(
+        self,
+        procfile: str | Path = "Procfile",
+        *,
+        scale: Mapping[str, int] | None = None,
+        state_dir: str | Path | None = None,
+        port: int = procfile_mod.DEFAULT_BASE_PORT,
+        grace: float = 5.0,
+        env_files: Sequence[str | Path] = (),
+        restart: Mapping[str, str] | None = None,
+        ready_timeout: float = 30.0,
+        attach: bool = True,
+    ) -> None:
+        self.procfile = Path(procfile).absolute()
+        self.state_dir = default_state_dir(self.procfile, state_dir)
+        self.scale_counts = dict(scale or {})
+        self.port = port
+        self.grace = grace
+        self.env_files = tuple(Path(p) for p in env_files)
+        self.restart_policies = dict(restart or {})
+        self.ready_timeout = ready_timeout
+        self.attach = attach
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._registry: FileRegistry | None = None
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.procfile} state_dir={self.state_dir}>"
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def up(self) -> dict[str, dict[str, Any]]:
+        """Start the supervisor in the background; return once every instance settled.
+
+        Raises NotReadyError (cluster left running) when some instance does not serve.
+        """
+        procfile_mod.load(self.procfile, self.env_files, self.scale_counts, self.port)
+        pid = running_pid(self.state_dir)
+        if pid is not None:
+            raise ClusterRunningError(
+                f"a cluster is already running in {self.state_dir} (supervisor pid {pid}); "
+                "stop it with `devcluster down` or use another --state-dir")
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        read_fd, write_fd = os.pipe()
+        out = open(self.state_dir / "logs" / "supervisor.out", "ab")  # noqa: SIM115
+        argv, preexec = self._argv(write_fd), None
+        if self.attach:
+            argv, preexec = with_pdeathsig(argv)
+        try:
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                pass_fds=(write_fd,), start_new_session=True, cwd=self.procfile.parent,
+                preexec_fn=preexec)  # type: ignore[arg-type]
+        finally:
+            os.close(write_fd)
+            out.close()
+        try:
+            states = self._read_ready(read_fd)
+        finally:
+            os.close(read_fd)
+        bad = {n: s for n, s in states.items() if s["state"] != State.SERVING.value}
+        if bad:
+            raise NotReadyError(self._not_ready_message(bad), states)
+        return states
+
+    def _argv(self, ready_fd: int) -> list[str]:
+        argv = [sys.executable, "-m", "devcluster", "up", "--foreground-daemon",
+                "-f", str(self.procfile), "--state-dir", str(self.state_dir),
+                "--port", str(self.port), "--grace", str(self.grace),
+                "--ready-timeout", str(self.ready_timeout), "--ready-fd", str(ready_fd)]
+        for name, n in self.scale_counts.items():
+            argv += ["--scale", f"{name}={n}"]
+        for name, policy in self.restart_policies.items():
+            argv += ["--restart", f"{name}={policy}"]
+        for env_file in self.env_files:
+            argv += ["--env", str(env_file)]
+        return argv
+
+    def _read_ready(self, fd: int) -> dict[str, dict[str, Any]]:
+        # Crash loops settle as `failed` after ~7.5 s of backoff; allow for that.
+        deadline = time.monotonic() + self.ready_timeout + 60
+        data = b""
+        while not data.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(0.0, remaining))
+            if not ready:
+                raise DevclusterError(f"the cluster did not settle in time; see "
+                                      f"`devcluster logs` (state dir {self.state_dir})")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+        if not data.strip():
+            assert self._proc is not None
+            code = self._proc.wait(timeout=30)
+            lines = tail(self.state_dir / "logs" / "supervisor.out", 5)
+            why = next((ln for ln in reversed(lines) if ln.strip()), "no output")
+            raise DevclusterError(f"the supervisor exited ({code}) before it was ready: {why}")
+        return json.loads(data)
+
+    def _not_ready_message(self, bad: Mapping[str, Mapping[str, Any]]) -> str:
+        parts = []
+        for name, s in bad.items():
+            why = s.get("last_exit") or ("not answering" if s.get("ready_timed_out") else "")
+            log = tail(self.state_dir / "logs" / f"{name}.log", 3)
+            last = f"; last log: {' / '.join(log)}" if log else ""
+            parts.append(f"{name} {s['state']}{f' ({why})' if why else ''}{last}")
+        return "not serving: " + "; ".join(parts)
+
+    def down(self, grace: float | None = None) -> None:
+        """Stop every instance gracefully and the supervisor; no-op when none runs."""
+        try:
+            with ControlClient(self.state_dir) as control:
+                control.down(grace)
+        except NoClusterError:
+            pass
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=(grace or self.grace) + 10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()  # the supervisor hung: PDEATHSIG takes its children
+                self._proc.wait()
+            self._proc = None
+        if self._registry is not None:
+            self._registry.close()
+
+    def __enter__(self) -> Cluster:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # -- looking -----------------------------------------------------------------------
+
+    @property
+    def registry(self) -> FileRegistry:
+        if self._registry is None:
+            self._registry = FileRegistry(self.state_dir)
+        return self._registry
+
+    def control(self) -> ControlClient:
+        return ControlClient(self.state_dir)
+
+    def ps(self) -> list[dict[str, Any]]:
+        """Every instance as a ``ps --json`` dict."""
+        with self.control() as control:
+            return [as_dict(i) for i in control.ps().instances]
+
+    @property
+    def instances(self) -> list[InstanceInfo]:
+        return [InstanceInfo.from_dict(d) for d in self.ps()]
+
+    def instance(self, name: str) -> InstanceInfo:
+        for info in self.instances:
+            if info.name == name:
+                return info
+        from devcluster.errors import UnknownInstanceError
+
+        raise UnknownInstanceError(name, [i.name for i in self.instances])
+
+    def logs(self, name: str | None = None, n: int = 50) -> list[str]:
+        """The last ``n`` lines of an instance's log (or of the merged log)."""
+        return tail(self.state_dir / "logs" / f"{name or 'devcluster'}.log", n)
+
+    def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float = 10.0) -> Snapshot:
+        """Wait on registry changes (not a timer) until ``predicate(snapshot)`` holds."""
+        import threading
+
+        stop = threading.Event()
+        timer = threading.Timer(timeout, stop.set)
+        timer.start()
+        last: Snapshot | None = None
+        try:
+            for snap in self.registry.watch(stop):
+                last = snap
+                if predicate(snap):
+                    return snap
+        finally:
+            timer.cancel()
+            stop.set()
+        raise TimeoutError(f"condition not met within {timeout:g}s (last revision "
+                           f"{last.revision if last else '?'})")
+
+    def channel(self, service: str | None = None, **options: Any) -> Any:
+        """A BalancedChannel over this cluster's registry (stubs work on it unchanged)."""
+        from devcluster.client import BalancedChannel
+
+        return BalancedChannel(service, self.registry, **options)
+
+    # -- acting ------------------------------------------------------------------------
+
+    def _act(self, verb: str, names: Sequence[str] | str, **kw: Any) -> list[dict[str, Any]]:
+        names = [names] if isinstance(names, str) else list(names)
+        with self.control() as control:
+            reply = control.act(verb, names, **kw)
+        return [as_dict(i) for i in reply.instances]
+
+    def kill(self, name: str | Sequence[str], signal: str = "SIGKILL") -> list[dict[str, Any]]:
+        return self._act("kill", name, signal=signal)
+
+    def stop(self, name: str | Sequence[str]) -> list[dict[str, Any]]:
+        return self._act("stop", name)
+
+    def start(self, name: str | Sequence[str], wait: bool = True) -> list[dict[str, Any]]:
+        return self._act("start", name, wait=wait)
+
+    def restart(self, name: str | Sequence[str], wait: bool = True) -> list[dict[str, Any]]:
+        return self._act("restart", name, wait=wait)
+
+    def pause(self, name: str | Sequence[str]) -> list[dict[str, Any]]:
+        return self._act("pause", name)
+
+    def resume(self, name: str | Sequence[str]) -> list[dict[str, Any]]:
+        return self._act("resume", name)
+
+    def scale(self, counts: Mapping[str, int] | None = None, /, wait: bool = True,
+              **kw: int) -> list[dict[str, Any]]:
+        wanted = {**(counts or {}), **kw}
+        with self.control() as control:
+            return [as_dict(i) for i in control.scale(wanted, wait=wait).instances]
+
+    def weight(self, name: str, weight: int) -> None:
+        set_weight(self.registry, name, weight)
+
+    def enable(self, name: str) -> None:
+        self.registry.update(name, enabled=True)
+
+    def disable(self, name: str) -> None:
+        self.registry.update(name, enabled=False)
+
+
+def parse_weight(value: str | int) -> int:
+    """A weight from the user: an integer 0..1000."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        weight = int(value) if isinstance(value, int) else int(str(value).strip(), 10)
+    except ValueError:
+        raise UsageError(f"weight must be an integer 0..1000, got {value!r}") from None
+    if not 0 <= weight <= 1000:
+        raise UsageError(f"weight must be an integer 0..1000, got {weight}")
+    return weight
+
+
+def set_weight(registry: FileRegistry, name: str, weight: str | int) -> None:
+    registry.update(name, weight=parse_weight(weight))
+

@@ -1,0 +1,342 @@
+"""One supervised instance: its process, its state, its restart policy.
+
+Exactly one object changes an instance's state: its :class:`Instance`. Every change
+is written to the registry (except ``paused``: a frozen server stays advertised as
+serving, as a real hung server would) and wakes whoever waits on the instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from devcluster import health, process
+from devcluster.logs import LogSink
+from devcluster.procfile import InstanceSpec, child_environment, command_argv
+from devcluster.registry import Record, Registry, State
+
+#: Restart backoff: 0.5 s doubling, capped; reset once an instance served this long.
+BACKOFF_FIRST, BACKOFF_CAP, BACKOFF_RESET_AFTER = 0.5, 30.0, 10.0
+#: Consecutive failed runs after which the restart policy gives up (state ``failed``).
+MAX_FAILURES = 5
+#: States in which ``up -d`` and ``start --wait`` stop waiting.
+SETTLED = frozenset({State.SERVING, State.FAILED, State.EXITED, State.KILLED, State.STOPPED})
+
+
+class Policy(enum.StrEnum):
+    """What to do when an instance exits by itself."""
+
+    NO = "no"
+    """Never restart."""
+    ON_FAILURE = "on-failure"
+    """Restart after a non-zero exit or a death by signal (the default)."""
+    ALWAYS = "always"
+    """Restart after any exit, clean ones included."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every instance of one supervisor shares."""
+
+    registry: Registry
+    sink: LogSink
+    cwd: Path
+    grace: float = 5.0
+    ready_timeout: float = 30.0
+
+
+class Instance:
+    """A supervised instance. Build it with a spec; drive it with start/stop/kill/pause."""
+
+    def __init__(self, spec: InstanceSpec, policy: Policy, rt: Runtime) -> None:
+        self.spec = spec
+        self.policy = policy
+        self.rt = rt
+        self.state = State.STOPPED
+        self.pid: int | None = None
+        self.port = spec.port
+        self.address = f"127.0.0.1:{spec.port}" if spec.port else ""
+        self.restarts = 0
+        self.started_at: float | None = None
+        self.serving_since: float | None = None
+        self.last_exit = ""
+        self.ready_timed_out = False
+        self.failures = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ps: psutil.Process | None = None
+        self._intent: State | None = None  # why we are ending the process: STOPPED/KILLED
+        self._before_pause = State.SERVING
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._spawned_once = False
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.name} {self.state.value} pid={self.pid} {self.address or '-'}>"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def running(self) -> bool:
+        """A process of this instance exists (it may be starting, serving, paused...)."""
+        return self._proc is not None and self._proc.returncode is None
+
+    def record(self) -> Record:
+        """This instance as a registry record (weight/enabled are the registry's own)."""
+        return Record(self.name, self.spec.service, self.address, state=self._advertised(),
+                      pid=self.pid, restarts=self.restarts, started_at=self.started_at)
+
+    def _advertised(self) -> State:
+        return self._before_pause if self.state is State.PAUSED else self.state
+
+    # -- state -------------------------------------------------------------------------
+
+    def _set(self, state: State, **fields: object) -> None:
+        self.state = state
+        if state is not State.PAUSED:
+            self.rt.registry.update(self.name, state=state.value, pid=self.pid,
+                                    address=self.address, restarts=self.restarts,
+                                    started_at=self.started_at, **fields)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_until(self, predicate: Callable[[Instance], bool], timeout: float) -> bool:
+        """Wait (on state changes, not a timer) until ``predicate(self)`` or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return True
+
+    @property
+    def settled(self) -> bool:
+        """Serving, or down for good, or not ready within the ready timeout."""
+        return self.state in SETTLED or (self.state is State.STARTING and self.ready_timed_out)
+
+    # -- verbs -------------------------------------------------------------------------
+
+    def start(self, by_command: bool = False) -> bool:
+        """Start the instance unless it runs; False when it already ran (no change)."""
+        if self.running or (self._task is not None and not self._task.done()
+                            and self.state is not State.BACKOFF):
+            return False
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # a pending backoff: the user's start wins
+        if by_command:
+            self.failures = 0
+        # Not settled from here on, even before the task first runs.
+        self.state, self.ready_timed_out = State.STARTING, False
+        self._task = asyncio.get_running_loop().create_task(self._lifecycle(), name=self.name)
+        return True
+
+    async def stop(self, grace: float | None = None, intent: State = State.STOPPED) -> bool:
+        """Graceful stop: draining, SIGINT, SIGKILL after ``grace``. False if not running."""
+        if not self.running:
+            return self._cancel_backoff(intent)
+        grace = self.rt.grace if grace is None else grace
+        self._intent = intent
+        paused = self.state is State.PAUSED
+        self._set(State.DRAINING)
+        assert self.pid is not None
+        process.signal_group(self.pid, signal.SIGINT)
+        if paused:  # wake it so it can handle the SIGINT
+            process.signal_group(self.pid, signal.SIGCONT)
+        if not await self._wait_task(grace):
+            self.rt.sink.system(f"{self.name} did not stop within {grace:g}s; sending SIGKILL")
+            process.signal_group(self.pid, signal.SIGKILL)
+            await self._wait_task(None)
+        return True
+
+    async def kill(self, sig: signal.Signals = signal.SIGKILL) -> bool:
+        """Send ``sig`` to the process group: a simulated crash, never auto-restarted."""
+        if not self.running:
+            return self._cancel_backoff(State.KILLED)
+        assert self.pid is not None
+        self._intent = State.KILLED
+        process.signal_group(self.pid, sig)
+        if self.state is State.PAUSED and sig is not signal.SIGKILL:
+            process.signal_group(self.pid, signal.SIGCONT)
+        if not await self._wait_task(self.rt.grace):
+            self._intent = None  # it survived the signal: it is still what it was
+        return True
+
+    def pause(self) -> bool:
+        """SIGSTOP the group; the registry keeps advertising it (a hung server)."""
+        if not self.running or self.state is State.PAUSED or self.pid is None:
+            return False
+        self._before_pause = self.state
+        process.signal_group(self.pid, signal.SIGSTOP)
+        self._set(State.PAUSED)
+        return True
+
+    def resume(self) -> bool:
+        """SIGCONT the group and return to the state it had."""
+        if self.state is not State.PAUSED or self.pid is None:
+            return False
+        process.signal_group(self.pid, signal.SIGCONT)
+        self._set(self._before_pause)
+        return True
+
+    def force_kill(self) -> None:
+        """SIGKILL the whole group now (second Ctrl-C, supervisor teardown)."""
+        if self.running and self.pid is not None:
+            self._intent = self._intent or State.STOPPED
+            process.signal_group(self.pid, signal.SIGKILL)
+
+    def _cancel_backoff(self, intent: State) -> bool:
+        if self.state is State.BACKOFF and self._task is not None:
+            self._task.cancel()
+            self._set(intent)
+            return True
+        return False
+
+    async def _wait_task(self, timeout: float | None) -> bool:
+        task = self._task
+        if task is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def _lifecycle(self) -> None:
+        """Run the process; after an exit by itself, apply the restart policy."""
+        while True:
+            returncode = await self._run_once()
+            if returncode is None:
+                return
+            delay = self._after_exit(returncode)
+            if delay is None:
+                return
+            self.rt.sink.system(f"{self.name} restarting in {delay:g}s "
+                                f"(failure {self.failures} of {MAX_FAILURES})")
+            await asyncio.sleep(delay)
+
+    async def _run_once(self) -> int | None:
+        """Spawn, pump output, probe readiness, wait for exit. None when it never ran."""
+        self._intent = None
+        self.ready_timed_out = False
+        if self._spawned_once:
+            self.restarts += 1
+        self._spawned_once = True
+        env = child_environment(self.spec, str(Path(sys.executable).parent))
+        if self.port and self.port != self.spec.port:
+            env["PORT"] = str(self.port)  # port 0 at first: keep the one it found
+        argv = command_argv(self.spec.command, env)
+        try:
+            proc = await process.spawn(argv, env, str(self.rt.cwd))
+        except OSError as e:
+            self.last_exit = f"cannot run {argv[0]!r}: {e.strerror or e}"
+            self.rt.sink.system(f"{self.name} failed: {self.last_exit}; fix the Procfile line")
+            self.pid = None
+            self._set(State.FAILED)
+            return None
+        self._proc, self.pid = proc, proc.pid
+        try:
+            self._ps = psutil.Process(proc.pid)
+            self.started_at = self._ps.create_time()
+            self._ps.cpu_percent(None)
+        except psutil.Error:
+            self._ps, self.started_at = None, time.time()
+        self.serving_since = None
+        self._set(State.STARTING)
+        self.rt.sink.system(f"{self.name} started (pid {proc.pid}): {self.spec.command}")
+        pump = asyncio.create_task(self._pump(proc))
+        ready = asyncio.create_task(self._become_ready(proc))
+        returncode = await proc.wait()
+        ready.cancel()
+        # The leader is gone; sweep whatever it left in its group, then drain the pipe.
+        process.signal_group(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+            await asyncio.wait_for(pump, 2.0)
+        self.last_exit = process.describe_exit(returncode)
+        return returncode
+
+    async def _pump(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while True:
+            try:
+                line = await proc.stdout.readline()
+            except ValueError:  # a line over the limit: take what there is
+                line = await proc.stdout.read(1 << 16)
+            if not line:
+                return
+            self.rt.sink.line(self.name, line.decode("utf-8", "replace"))
+
+    async def _become_ready(self, proc: asyncio.subprocess.Process) -> None:
+        deadline = time.monotonic() + self.rt.ready_timeout
+        began = time.monotonic()
+
+        def alive() -> bool:
+            return proc.returncode is None
+
+        port = await health.find_port(proc.pid, self.port, alive, deadline)
+        if port is not None:
+            self.port, self.address = port, f"127.0.0.1:{port}"
+            how = await health.wait_ready(self.address, alive, deadline)
+            if how is not None and alive() and self.state is State.STARTING:
+                self.serving_since = time.monotonic()
+                self._set(State.SERVING)
+                self.rt.sink.system(f"{self.name} serving on {self.address} "
+                                    f"({how}, {1000 * (time.monotonic() - began):.0f} ms)")
+                return
+        if alive() and self.state is State.STARTING:
+            self.ready_timed_out = True
+            where = f"on {self.address}" if port else "on any port"
+            self.rt.sink.system(f"{self.name} not ready after {self.rt.ready_timeout:g}s "
+                                f"(nothing answering {where})")
+            self._changed.set()
+
+    def _after_exit(self, returncode: int) -> float | None:
+        """Set the state after an exit; return the restart delay, or None to stay down."""
+        self._proc = None
+        intent, self._intent = self._intent, None
+        if intent is not None:
+            self.rt.sink.system(f"{self.name} {intent.value} ({self.last_exit})")
+            self._set(intent)
+            return None
+        served = self.serving_since is not None and \
+            time.monotonic() - self.serving_since >= BACKOFF_RESET_AFTER
+        if served:
+            self.failures = 0
+        failed = returncode != 0
+        self.rt.sink.system(f"{self.name} exited by itself ({self.last_exit})")
+        if self.policy is Policy.NO or (self.policy is Policy.ON_FAILURE and not failed):
+            self._set(State.EXITED)
+            return None
+        self.failures += 1
+        if self.failures >= MAX_FAILURES:
+            self.rt.sink.system(f"{self.name} failed {self.failures} times in a row; giving up "
+                                f"(fix it, then `devcluster start {self.name}`)")
+            self._set(State.FAILED)
+            return None
+        self._set(State.BACKOFF)
+        return min(BACKOFF_FIRST * 2 ** (self.failures - 1), BACKOFF_CAP)
+
+    def stats(self) -> tuple[float, int, int]:
+        """(CPU % since the last call, RSS bytes, USS bytes) of the process tree's leader."""
+        if self._ps is None or not self.running:
+            return 0.0, 0, 0
+        try:
+            with self._ps.oneshot():
+                cpu = self._ps.cpu_percent(None)
+                mem = self._ps.memory_full_info()
+            return cpu, mem.rss, getattr(mem, "uss", 0)
+        except psutil.Error:
+            return 0.0, 0, 0

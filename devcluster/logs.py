@@ -1,0 +1,108 @@
+"""The merged log stream: prefixed, coloured, aligned lines like honcho's, plus files.
+
+Every instance line goes to the console (when there is one) as
+``15:30:01 server1  | Received: world`` and to ``logs/<name>.log``; the supervisor's
+own lines use the name ``devcluster``. Detached supervisors write the console
+stream to ``logs/devcluster.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import IO, TextIO
+
+SYSTEM = "devcluster"
+_COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95", "94", "91")
+
+
+def _use_colour(stream: TextIO) -> bool:
+    # NO_COLOR (https://no-color.org) wins; then FORCE_COLOR; then "is it a terminal".
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+class LogSink:
+    """Writes every line of every instance to the console and to its log file."""
+
+    def __init__(self, log_dir: Path, console: TextIO | None = None, width: int = 10) -> None:
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.console = console
+        self.colour = console is not None and _use_colour(console)
+        self.width = max(width, len(SYSTEM))
+        self._files: dict[str, IO[str]] = {}
+        self._colours: dict[str, str] = {}
+        self._recent: dict[str, deque[str]] = {}
+        # The merged stream is always on disk too, for `devcluster logs` and post-mortems.
+        self._merged = open(log_dir / f"{SYSTEM}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+    def widen(self, name: str) -> None:
+        """Make room for ``name`` in the aligned prefix."""
+        self.width = max(self.width, len(name))
+
+    def line(self, name: str, text: str) -> None:
+        """One line of output of ``name`` (an instance, or SYSTEM)."""
+        stamp = time.strftime("%H:%M:%S")
+        text = text.rstrip("\r\n")
+        self._recent.setdefault(name, deque(maxlen=50)).append(text)
+        if name != SYSTEM:
+            self._file(name).write(f"{stamp} {text}\n")
+        self._merged.write(f"{stamp} {name:<{self.width}} | {text}\n")
+        if self.console is not None:
+            label = f"{stamp} {name:<{self.width}} |"
+            if self.colour:
+                colour = "1" if name == SYSTEM else self._colour(name)
+                label = f"\x1b[{colour}m{label}\x1b[0m"
+            try:
+                self.console.write(f"{label} {text}\n")
+                self.console.flush()
+            except (BrokenPipeError, ValueError):
+                self.console = None  # the terminal went away; the files still get it
+
+    def system(self, text: str) -> None:
+        """A line of the supervisor itself."""
+        self.line(SYSTEM, text)
+
+    def recent(self, name: str, n: int = 10) -> list[str]:
+        """The last ``n`` lines of ``name`` (kept in memory for error reports)."""
+        return list(self._recent.get(name, ()))[-n:]
+
+    def _colour(self, name: str) -> str:
+        if name not in self._colours:
+            self._colours[name] = _COLOURS[len(self._colours) % len(_COLOURS)]
+        return self._colours[name]
+
+    def _file(self, name: str) -> IO[str]:
+        f = self._files.get(name)
+        if f is None:
+            f = open(self.log_dir / f"{name}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            self._files[name] = f
+        return f
+
+    def close(self) -> None:
+        """Close the log files."""
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+        self._merged.close()
+
+
+def tail(path: Path, n: int) -> list[str]:
+    """The last ``n`` lines of a log file (empty when it does not exist)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [ln.rstrip("\n") for ln in deque(f, maxlen=n)]
+    except FileNotFoundError:
+        return []
+
+
+def default_console() -> TextIO:
+    """Where a foreground supervisor prints."""
+    return sys.stdout

@@ -1,0 +1,247 @@
+"""Procfile and .env loading, validation and expansion into instances. Pure.
+
+Parsing goes through honcho's parser (``honcho.environ``); on top of it we refuse
+what honcho silently skips: a malformed line, a duplicate name, an empty file.
+Every error names the file and line. Expansion follows foreman/honcho: ``$PORT``
+is base + 100 per process type + 1 per instance; a type scaled explicitly gets
+dotted names (``greeter.1``), an unscaled one keeps its own name (``server1``).
+
+>>> types = parse_procfile("web: python -m services.greeter --port $PORT", "Procfile")
+>>> [i.name for i in expand(types, {"web": 2})]
+['web.1', 'web.2']
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from honcho import environ as honcho_environ
+
+from devcluster.errors import ProcfileError, UsageError
+
+DEFAULT_BASE_PORT = 5000
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_SHELL_SYNTAX = re.compile(r"[|&;<>()`*?\[\]~!{}\\\n]|\$\(|^\s*\w+=")
+_VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+@dataclass(frozen=True)
+class ProcessType:
+    """One Procfile line: ``name: command``."""
+
+    name: str
+    command: str
+    line: int
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """Everything needed to start one instance; the same on every (re)start."""
+
+    name: str
+    process_type: str
+    command: str
+    port: int
+    """``$PORT`` for the instance; 0 means "let the server pick, find it with psutil"."""
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def service(self) -> str:
+        """The process type with trailing digits stripped: ``server1`` -> ``server``."""
+        return service_of(self.process_type)
+
+
+def service_of(process_type: str) -> str:
+    """``server1`` -> ``server``, ``greeter`` -> ``greeter`` (a name of digits stays)."""
+    return process_type.rstrip("0123456789") or process_type
+
+
+def read_text(path: Path, what: str) -> str:
+    """Read a user file, turning every way it can be unreadable into one clear line."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if what == "Procfile":
+            raise ProcfileError(
+                f"no Procfile at {path}; create one (e.g. 'web: python -m services.greeter "
+                "--port $PORT') or pass -f FILE") from None
+        raise ProcfileError(f"{what} {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise ProcfileError(f"{what} {path} is a directory; pass the file itself") from None
+    except PermissionError:
+        raise ProcfileError(f"cannot read {what} {path}: permission denied") from None
+    if b"\0" in data:
+        raise ProcfileError(f"{what} {path} is not a text file (it contains NUL bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProcfileError(
+            f"{what} {path} is not UTF-8 text (bad byte at offset {e.start})") from None
+
+
+def parse_procfile(text: str, source: str) -> tuple[ProcessType, ...]:
+    """Validate ``text`` line by line, then parse it with honcho's parser."""
+    seen: dict[str, int] = {}
+    types: list[ProcessType] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = honcho_environ.PROCFILE_LINE.match(line)
+        if not match:
+            name = line.split(":", 1)[0].strip()
+            if ":" in line and name and not _NAME.match(name):
+                raise ProcfileError(
+                    f"{source}:{number}: process name {name!r} has illegal characters; "
+                    "use letters, digits, '-' and '_'")
+            raise ProcfileError(
+                f"{source}:{number}: malformed line {raw.strip()!r}; expected 'name: command'")
+        name = match.group(1)
+        if name in seen:
+            raise ProcfileError(
+                f"{source}:{number}: duplicate process name {name!r} (first on line "
+                f"{seen[name]}); rename one of them")
+        seen[name] = number
+        types.append(ProcessType(name, match.group(2).strip(), number))
+    if not types:
+        raise ProcfileError(
+            f"{source} defines no processes; add a line like "
+            "'web: python -m services.greeter --port $PORT'")
+    # honcho's own parser must agree with our validation; it is the reference.
+    parsed = honcho_environ.parse_procfile(text).processes
+    return tuple(ProcessType(t.name, parsed[t.name].strip(), t.line) for t in types)
+
+
+def parse_env(text: str, source: str) -> dict[str, str]:
+    """Parse a .env file with honcho's parser, reporting bad lines with their number."""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, _ = line.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            raise ProcfileError(f"{source}:{number}: malformed env line {raw.strip()!r}; "
+                                "expected KEY=value")
+        try:
+            shlex.split(line)
+        except ValueError as e:
+            raise ProcfileError(f"{source}:{number}: {e} in {raw.strip()!r}") from None
+    text = "\n".join(
+        ln.strip()[len("export "):] if ln.strip().startswith("export ") else ln
+        for ln in text.splitlines())
+    return honcho_environ.parse(text)
+
+
+def parse_scale(items: Sequence[str]) -> dict[str, int]:
+    """``["greeter=3"]`` -> ``{"greeter": 3}``; bad items are usage errors."""
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, count = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"bad scale {item!r}; expected TYPE=N, e.g. greeter=3")
+        try:
+            value = int(count)
+        except ValueError:
+            raise UsageError(f"bad scale {item!r}: {count!r} is not a whole number") from None
+        if value < 0:
+            raise UsageError(f"bad scale {item!r}: the count must be 0 or more")
+        out[name] = value
+    return out
+
+
+def expand(
+    types: Sequence[ProcessType],
+    scale: Mapping[str, int] | None = None,
+    base_port: int = DEFAULT_BASE_PORT,
+    env: Mapping[str, str] | None = None,
+) -> list[InstanceSpec]:
+    """Instances for ``types`` scaled by ``scale``, with ports and per-instance env.
+
+    ``base_port=0`` gives every instance ``PORT=0``: the server picks a free port
+    and the supervisor finds it (no collisions between clusters running at once).
+    """
+    scale = dict(scale or {})
+    known = {t.name for t in types}
+    for name in scale:
+        if name not in known:
+            raise UsageError(f"cannot scale {name!r}: the Procfile has no such process type; "
+                             f"types: {', '.join(sorted(known))}")
+    out: list[InstanceSpec] = []
+    for type_index, ptype in enumerate(types):
+        count = scale.get(ptype.name, 1)
+        for i in range(1, count + 1):
+            name = f"{ptype.name}.{i}" if ptype.name in scale else ptype.name
+            out.append(instance_spec(ptype, name, type_index, i, base_port, env))
+    return out
+
+
+def instance_spec(
+    ptype: ProcessType, name: str, type_index: int, number: int, base_port: int,
+    env: Mapping[str, str] | None,
+) -> InstanceSpec:
+    """The spec of instance ``number`` (1-based) of ``ptype``, foreman's port scheme."""
+    port = base_port + 100 * type_index + number - 1 if base_port else 0
+    child_env = dict(env or {})
+    child_env.update(PORT=str(port), PS=name, DEVCLUSTER_INSTANCE=name, PYTHONUNBUFFERED="1")
+    return InstanceSpec(name, ptype.name, ptype.command, port, MappingProxyType(child_env))
+
+
+def command_argv(command: str, env: Mapping[str, str]) -> list[str]:
+    """argv to exec for ``command``: direct when it is a plain command, else via ``sh -c``.
+
+    A plain command (words and ``$VAR``s) is split and expanded here, saving the
+    shell's fork and start-up per instance; anything using shell syntax
+    (pipes, ``&&``, globs, redirections, assignments) goes to ``/bin/sh -c``.
+    """
+    if not _SHELL_SYNTAX.search(command):
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            words = []
+        if words and "'" not in command and '"' not in command:
+            return [_VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), w) for w in words]
+    return ["/bin/sh", "-c", command]
+
+
+def load(
+    procfile: Path, env_files: Sequence[Path] = (), scale: Mapping[str, int] | None = None,
+    base_port: int = DEFAULT_BASE_PORT,
+) -> tuple[tuple[ProcessType, ...], dict[str, str], list[InstanceSpec]]:
+    """Read the Procfile, ``.env`` beside it and ``env_files``; expand into instances."""
+    types = parse_procfile(read_text(procfile, "Procfile"), str(procfile))
+    env: dict[str, str] = {}
+    dotenv = procfile.parent / ".env"
+    for path in ([dotenv] if dotenv.is_file() else []) + list(env_files):
+        env.update(parse_env(read_text(path, "env file"), str(path)))
+    if "PORT" in env and base_port == DEFAULT_BASE_PORT:
+        base_port = _port_from_env(env["PORT"])
+    return types, env, expand(types, scale, base_port, env)
+
+
+def _port_from_env(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"PORT={value!r} in the env file is not a port number") from None
+
+
+def child_environment(spec: InstanceSpec, interpreter_dir: str) -> dict[str, str]:
+    """The full environment of an instance: ours, then the env files, then its own vars.
+
+    ``interpreter_dir`` goes first on ``PATH`` so ``python`` in a Procfile means
+    the interpreter devcluster runs on (where grpcio is installed).
+    """
+    env = dict(os.environ)
+    env.update(spec.env)
+    path = env.get("PATH", "")
+    if interpreter_dir and interpreter_dir not in path.split(os.pathsep)[:1]:
+        env["PATH"] = interpreter_dir + (os.pathsep + path if path else "")
+    return env

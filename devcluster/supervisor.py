@@ -1,0 +1,323 @@
+"""The supervisor: runs every instance of a Procfile until told to stop.
+
+It owns the instances (each changes its own state), the registry's records, the
+control socket and the signal handlers. ``run(settings)`` is ``devcluster up``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TextIO
+
+from devcluster import procfile, process
+from devcluster.errors import ClusterRunningError, CorruptRegistryError, UnknownInstanceError
+from devcluster.instance import Instance, Policy, Runtime
+from devcluster.logs import LogSink
+from devcluster.registry import FileRegistry, Registry, State
+from devcluster.registry.liveness import alive
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``devcluster up`` was asked for."""
+
+    procfile: Path
+    state_dir: Path
+    env_files: tuple[Path, ...] = ()
+    scale: dict[str, int] = field(default_factory=dict)
+    base_port: int = procfile.DEFAULT_BASE_PORT
+    grace: float = 5.0
+    ready_timeout: float = 30.0
+    restart: dict[str, Policy] = field(default_factory=dict)
+    ready_fd: int | None = None
+    """A pipe to write one JSON line to once every instance has settled (``up -d``)."""
+
+
+class Supervisor:
+    """The running cluster. Build with :meth:`create`; serve with :meth:`run`."""
+
+    def __init__(self, settings: Settings, registry: Registry, sink: LogSink,
+                 types: Sequence[procfile.ProcessType], env: dict[str, str],
+                 specs: Sequence[procfile.InstanceSpec]) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.sink = sink
+        self.types = {t.name: t for t in types}
+        self.type_order = [t.name for t in types]
+        self.env = env
+        self.rt = Runtime(registry, sink, settings.procfile.parent.resolve(), settings.grace,
+                          settings.ready_timeout)
+        self.instances: dict[str, Instance] = {}
+        for spec in specs:
+            self._add(spec)
+        self.stopping = asyncio.Event()
+        self.done = asyncio.Event()
+        self._interrupts = 0
+        self.started = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"<Supervisor {self.settings.procfile} {len(self.instances)} instances>"
+
+    def _add(self, spec: procfile.InstanceSpec) -> Instance:
+        policy = self.settings.restart.get(spec.process_type, Policy.ON_FAILURE)
+        inst = Instance(spec, policy, self.rt)
+        self.instances[spec.name] = inst
+        self.sink.widen(spec.name)
+        return inst
+
+    # -- lookup ------------------------------------------------------------------------
+
+    def select(self, names: Iterable[str], all_: bool = False) -> list[Instance]:
+        """Instances named, or all of a process type, or every one; unknown -> error."""
+        if all_:
+            return list(self.instances.values())
+        chosen: dict[str, Instance] = {}
+        for name in names:
+            if name in self.instances:
+                chosen[name] = self.instances[name]
+                continue
+            of_type = [i for i in self.instances.values() if i.spec.process_type == name]
+            if not of_type:
+                raise UnknownInstanceError(name, list(self.instances))
+            chosen.update((i.name, i) for i in of_type)
+        return list(chosen.values())
+
+    # -- whole cluster -----------------------------------------------------------------
+
+    def start_all(self) -> None:
+        for inst in self.instances.values():
+            inst.start()
+
+    async def wait_settled(self, timeout: float) -> bool:
+        """Wait until every instance is serving or has given up."""
+        deadline = time.monotonic() + timeout
+        for inst in list(self.instances.values()):
+            if not await inst.wait_until(lambda i: i.settled, max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    async def shutdown(self, grace: float | None = None, who: str = "signal") -> None:
+        """Drain every instance in one registry write, then stop them all gracefully."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        self.sink.system(f"shutting down ({who}): draining {len(self.instances)} instances")
+        running = [i for i in self.instances.values() if i.running]
+        with contextlib.suppress(Exception):
+            self.registry.update_many({i.name: {"state": State.DRAINING.value} for i in running})
+        began = time.monotonic()
+        await asyncio.gather(*(i.stop(grace) for i in self.instances.values()))
+        self.sink.system(f"all instances stopped in {1000 * (time.monotonic() - began):.0f} ms")
+        self.done.set()
+
+    def force(self) -> None:
+        """Second Ctrl-C: SIGKILL every process group now."""
+        self.sink.system("forced shutdown: SIGKILL to every instance")
+        for inst in self.instances.values():
+            inst.force_kill()
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        """Signal handler: only schedules work (first: graceful, second: forced)."""
+        self._interrupts += 1
+        if self._interrupts == 1:
+            asyncio.get_running_loop().create_task(self.shutdown(who=sig.name))
+        else:
+            self.force()
+
+    async def scale(self, counts: dict[str, int]) -> list[Instance]:
+        """Set the number of instances of process types; returns those added or removed.
+
+        Shrinking stops the highest-numbered instances gracefully and forgets them;
+        growing adds instances with the next names (``greeter.4``) and ports.
+        """
+        for ptype in counts:
+            if ptype not in self.types:
+                raise UnknownInstanceError(ptype, self.type_order)
+        changed: list[Instance] = []
+        for ptype, wanted in counts.items():
+            mine = sorted((i for i in self.instances.values() if i.spec.process_type == ptype),
+                          key=lambda i: _number(i.name))
+            extra = mine[wanted:]
+            await asyncio.gather(*(i.stop() for i in extra))
+            for inst in extra:
+                self.instances.pop(inst.name)
+                self.registry.deregister(inst.name)
+                changed.append(inst)
+            index = self.type_order.index(ptype)
+            number = max((_number(i.name) for i in mine[:wanted]), default=0)
+            for _ in range(wanted - len(mine)):
+                number += 1
+                spec = procfile.instance_spec(self.types[ptype], f"{ptype}.{number}", index,
+                                              number, self.settings.base_port, self.env)
+                inst = self._add(spec)
+                self.registry.register(inst.record())
+                inst.start()
+                changed.append(inst)
+        return changed
+
+
+def _number(name: str) -> int:
+    _, _, n = name.rpartition(".")
+    return int(n) if n.isdigit() else 1
+
+
+# -- the state dir ---------------------------------------------------------------------
+
+def socket_path(state_dir: Path) -> Path:
+    return state_dir / "control.sock"
+
+
+@contextlib.contextmanager
+def hold_lock(state_dir: Path) -> Iterator[IO[str]]:
+    """Hold ``supervisor.lock`` for the supervisor's life; refuse if another holds it."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(state_dir, 0o700)
+    path = state_dir / "supervisor.lock"
+    f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise ClusterRunningError(
+            f"a cluster is already running in {state_dir} (supervisor pid {pid}); "
+            "stop it with `devcluster down` or use another --state-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def running_pid(state_dir: Path) -> int | None:
+    """The pid of the supervisor holding the state dir's lock, else None."""
+    path = state_dir / "supervisor.lock"
+    try:
+        with open(path, encoding="utf-8") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = f.read().strip()
+                return int(text) if text.isdigit() else -1
+            return None
+    except (FileNotFoundError, PermissionError):
+        return None
+
+
+def clean_stale(registry: FileRegistry, sink: LogSink) -> None:
+    """Say what a crashed run left behind, kill leftovers, and start from a fresh registry."""
+    try:
+        snap = FileRegistry(registry.state_dir, check_liveness=False).snapshot()
+    except CorruptRegistryError as e:
+        kept = registry.recover()
+        sink.system(f"{e}; kept it as {kept.name if kept else '?'} and started a fresh one")
+        return
+    stale = [r for r in snap.records.values() if r.state.running]
+    if not stale:
+        return
+    killed = []
+    for rec in stale:
+        if rec.pid and rec.started_at and alive(rec.pid, rec.started_at):
+            process.signal_group(rec.pid, signal.SIGKILL)
+            killed.append(f"{rec.name} (pid {rec.pid})")
+    names = ", ".join(r.name for r in stale)
+    sink.system(f"cleaned stale state of a crashed run: {names}"
+                + (f"; killed leftover {', '.join(killed)}" if killed else ""))
+
+
+def write_ready(fd: int | None, sup: Supervisor) -> None:
+    """Tell the ``up -d`` parent the outcome (one JSON line), then close the pipe."""
+    if fd is None:
+        return
+    payload = {name: {"state": i.state.value, "address": i.address,
+                      "last_exit": i.last_exit, "ready_timed_out": i.ready_timed_out}
+               for name, i in sup.instances.items()}
+    with contextlib.suppress(OSError):
+        os.write(fd, (json.dumps(payload) + "\n").encode())
+        os.close(fd)
+
+
+async def serve(settings: Settings, console: TextIO | None) -> int:
+    """``devcluster up`` in the foreground: returns the exit status."""
+    from devcluster.control import ControlServer
+
+    types, env, specs = procfile.load(settings.procfile, settings.env_files, settings.scale,
+                                      settings.base_port)
+    for name in settings.restart:
+        if name not in {t.name for t in types}:
+            raise UnknownInstanceError(name, [t.name for t in types])
+    with hold_lock(settings.state_dir):
+        sink = LogSink(settings.state_dir / "logs", console)
+        registry = FileRegistry(settings.state_dir)
+        clean_stale(registry, sink)
+        _check_ports(specs)
+        sup = Supervisor(settings, registry, sink, types, env, specs)
+        registry.reset(i.record() for i in sup.instances.values())
+        loop = asyncio.get_running_loop()
+        control = ControlServer(sup, socket_path(settings.state_dir))
+        await control.start()
+        with _signals(loop, sup):
+            began = time.monotonic()
+            sup.start_all()
+            settled = asyncio.create_task(sup.wait_settled(settings.ready_timeout + 60))
+            stop_wait = asyncio.create_task(sup.stopping.wait())
+            await asyncio.wait({settled, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            if settled.done():
+                _report_ready(sup, time.monotonic() - began)
+            write_ready(settings.ready_fd, sup)
+            await sup.done.wait()
+        await control.stop()
+        sink.system("bye")
+        sink.close()
+    return 0
+
+
+def _report_ready(sup: Supervisor, seconds: float) -> None:
+    serving = [i for i in sup.instances.values() if i.state is State.SERVING]
+    others = [f"{i.name} {i.state.value}" for i in sup.instances.values()
+              if i.state is not State.SERVING]
+    line = f"ready: {len(serving)}/{len(sup.instances)} serving in {seconds:.2f} s"
+    sup.sink.system(line + (f" (not serving: {', '.join(others)})" if others else ""))
+
+
+def _check_ports(specs: Sequence[procfile.InstanceSpec]) -> None:
+    from devcluster.errors import DevclusterError
+
+    # Only commands that use $PORT bind it; the demo's `--port 50051` lines do not.
+    taken = [(s, owner) for s in specs if s.port and "PORT" in s.command
+             and (owner := process.port_owner(s.port))]
+    if taken:
+        spec, owner = taken[0]
+        raise DevclusterError(
+            f"port {spec.port} for {spec.name} is already in use by {owner}; stop it or "
+            "choose another base with --port")
+
+
+@contextlib.contextmanager
+def _signals(loop: asyncio.AbstractEventLoop, sup: Supervisor) -> Iterator[None]:
+    """Install SIGINT/SIGTERM handlers for the run; restore the old ones after."""
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.getsignal(s) for s in sigs}
+    for s in sigs:
+        loop.add_signal_handler(s, sup.on_signal, s)
+    try:
+        yield
+    finally:
+        for s in sigs:
+            loop.remove_signal_handler(s)
+            signal.signal(s, old[s])
+
