@@ -4,6 +4,7 @@ the control client; this module only parses, prints, and chooses exit codes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -141,10 +142,8 @@ def down(
 def _wait_gone(pid: int, timeout: float) -> None:
     import psutil
 
-    try:
+    with contextlib.suppress(psutil.Error, psutil.TimeoutExpired):
         psutil.Process(pid).wait(timeout)
-    except (psutil.Error, psutil.TimeoutExpired):
-        pass
 
 
 # -- looking -------------------------------------------------------------------------------
@@ -364,6 +363,19 @@ def disable(name: Annotated[str, typer.Argument(help="Instance or process type."
             procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None) -> None:
     """Take an instance out of rotation (it keeps running)."""
     _enable(name, procfile, state_dir, False)
+
+
+@app.command()
+def demo(
+    speed: Annotated[float, typer.Option(help="Slow down (0.5 = half speed) for a talk.")] = 1.0,
+) -> None:
+    """The seed article's story in one command: weights, a crash, a freeze, a drain."""
+    from devcluster.demo import run_demo
+
+    if speed <= 0:
+        raise UsageError(f"--speed must be > 0, got {speed}")
+    if not run_demo(out, speed):
+        fail("some step did not behave as expected (see the table above)")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from devcluster._proto import control_pb2_grpc as pb_grpc
 from devcluster.errors import DevclusterError, NoClusterError, UnknownInstanceError, UsageError
 from devcluster.instance import Instance
 from devcluster.process import parse_signal
-from devcluster.registry import State
+from devcluster.registry import Record, State
 
 # sockaddr_un holds 108 bytes; pytest's tmp dirs easily pass that.
 _MAX_SOCKET_PATH = 100
@@ -44,8 +44,11 @@ class _Servicer(pb_grpc.ControlServicer):
     def __init__(self, sup: Any) -> None:
         self.sup = sup
 
-    def _instance(self, inst: Instance) -> pb.Instance:
-        rec = self.sup.registry.snapshot().records.get(inst.name)
+    def _instances(self, chosen: Iterable[Instance]) -> list[pb.Instance]:
+        records = self.sup.registry.snapshot().records  # one read for all of them
+        return [self._instance(i, records.get(i.name)) for i in chosen]
+
+    def _instance(self, inst: Instance, rec: Record | None) -> pb.Instance:
         cpu, rss, uss = inst.stats()
         return pb.Instance(
             name=inst.name, service=inst.spec.service, state=inst.state.value,
@@ -55,7 +58,7 @@ class _Servicer(pb_grpc.ControlServicer):
             last_exit=inst.last_exit, process_type=inst.spec.process_type, port=inst.port)
 
     async def Ps(self, request: pb.PsRequest, context: grpc.aio.ServicerContext) -> pb.PsReply:
-        return pb.PsReply(instances=[self._instance(i) for i in self.sup.instances.values()],
+        return pb.PsReply(instances=self._instances(self.sup.instances.values()),
                           supervisor_pid=os.getpid(), procfile=str(self.sup.settings.procfile),
                           state_dir=str(self.sup.settings.state_dir))
 
@@ -68,7 +71,7 @@ class _Servicer(pb_grpc.ControlServicer):
         asyncio.get_running_loop().create_task(
             self.sup.shutdown(request.grace or None, who=request.who or "control client"))
         await self.sup.done.wait()
-        return pb.DownReply(instances=[self._instance(i) for i in self.sup.instances.values()])
+        return pb.DownReply(instances=self._instances(self.sup.instances.values()))
 
     async def _act(self, request: pb.ActionRequest, context: grpc.aio.ServicerContext, verb: str,
                    act: Callable[[Instance], Awaitable[bool] | bool],
@@ -90,7 +93,7 @@ class _Servicer(pb_grpc.ControlServicer):
                 await inst.wait_until(wanted, request.timeout or _DEFAULT_WAIT)
 
         await asyncio.gather(*(one(i) for i in chosen))
-        return pb.ActionReply(instances=[self._instance(i) for i in chosen], unchanged=unchanged)
+        return pb.ActionReply(instances=self._instances(chosen), unchanged=unchanged)
 
     async def Kill(self, request: pb.ActionRequest, context: grpc.aio.ServicerContext) -> pb.ActionReply:
         try:
@@ -136,7 +139,7 @@ class _Servicer(pb_grpc.ControlServicer):
                 if inst.name in self.sup.instances:
                     await inst.wait_until(lambda i: i.settled, request.timeout or _DEFAULT_WAIT)
         mine = [i for i in self.sup.instances.values() if i.spec.process_type in counts]
-        return pb.ActionReply(instances=[self._instance(i) for i in mine])
+        return pb.ActionReply(instances=self._instances(mine))
 
 
 class ControlServer:

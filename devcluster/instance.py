@@ -209,7 +209,7 @@ class Instance:
             return True
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -236,6 +236,7 @@ class Instance:
             self.restarts += 1
         self._spawned_once = True
         env = child_environment(self.spec, str(Path(sys.executable).parent))
+        env["DEVCLUSTER_GRACE"] = f"{self.rt.grace:g}"  # servers may finish calls within it
         if self.port and self.port != self.spec.port:
             env["PORT"] = str(self.port)  # port 0 at first: keep the one it found
         argv = command_argv(self.spec.command, env)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TextIO
 
-from devcluster import procfile, process
+from devcluster import process, procfile
 from devcluster.errors import ClusterRunningError, CorruptRegistryError, UnknownInstanceError
 from devcluster.instance import Instance, Policy, Runtime
 from devcluster.logs import LogSink
@@ -125,8 +125,46 @@ class Supervisor:
         for inst in self.instances.values():
             inst.force_kill()
 
+    async def reload(self) -> None:
+        """SIGHUP: re-read the Procfile; start added types, stop removed ones, restart
+        instances whose command or environment changed. A bad Procfile changes nothing."""
+        from devcluster.errors import DevclusterError
+
+        st = self.settings
+        try:
+            types, env, specs = procfile.load(st.procfile, st.env_files, st.scale, st.base_port)
+        except DevclusterError as e:
+            self.sink.system(f"reload refused: {e}; the cluster keeps running as it was")
+            return
+        wanted = {s.name: s for s in specs}
+        self.types, self.type_order, self.env = {t.name: t for t in types}, \
+            [t.name for t in types], env
+        removed = [i for n, i in self.instances.items() if n not in wanted]
+        changed = [i for n, i in self.instances.items()
+                   if n in wanted and (wanted[n].command, dict(wanted[n].env))
+                   != (i.spec.command, dict(i.spec.env))]
+        added = [s for n, s in wanted.items() if n not in self.instances]
+        self.sink.system(f"reload: {len(added)} added, {len(removed)} removed, "
+                         f"{len(changed)} changed")
+        await asyncio.gather(*(i.stop() for i in removed + changed))
+        for inst in removed:
+            self.instances.pop(inst.name)
+            self.registry.deregister(inst.name)
+        for inst in changed:
+            fresh = self._add(wanted[inst.name])
+            fresh.restarts = inst.restarts + 1
+            fresh.start()
+        for spec in added:
+            inst = self._add(spec)
+            self.registry.register(inst.record())
+            inst.start()
+
     def on_signal(self, sig: signal.Signals) -> None:
         """Signal handler: only schedules work (first: graceful, second: forced)."""
+        if sig is signal.SIGHUP:
+            if not self.stopping.is_set():
+                asyncio.get_running_loop().create_task(self.reload())
+            return
         self._interrupts += 1
         if self._interrupts == 1:
             asyncio.get_running_loop().create_task(self.shutdown(who=sig.name))
@@ -309,8 +347,8 @@ def _check_ports(specs: Sequence[procfile.InstanceSpec]) -> None:
 
 @contextlib.contextmanager
 def _signals(loop: asyncio.AbstractEventLoop, sup: Supervisor) -> Iterator[None]:
-    """Install SIGINT/SIGTERM handlers for the run; restore the old ones after."""
-    sigs = (signal.SIGINT, signal.SIGTERM)
+    """Install SIGINT/SIGTERM/SIGHUP handlers for the run; restore the old ones after."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     old = {s: signal.getsignal(s) for s in sigs}
     for s in sigs:
         loop.add_signal_handler(s, sup.on_signal, s)

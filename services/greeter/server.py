@@ -54,8 +54,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--name", default=instance_name(),
                         help="instance name in replies (default: $DEVCLUSTER_INSTANCE)")
-    parser.add_argument("--grace", type=float, default=5.0,
-                        help="seconds in-flight calls get to finish on SIGINT/SIGTERM")
+    # Finish in-flight calls a little before devcluster's own SIGKILL deadline.
+    grace = 0.8 * float(os.environ.get("DEVCLUSTER_GRACE") or 6.25)
+    parser.add_argument("--grace", type=float, default=grace,
+                        help="seconds in-flight calls get to finish on SIGINT/SIGTERM "
+                             "(default: 0.8 x $DEVCLUSTER_GRACE, else 5)")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait in each call")
     args = parser.parse_args(argv)
     if args.port is None:
