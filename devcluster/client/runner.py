@@ -1,0 +1,280 @@
+"""The engine of ``devcluster client``: call a service, show who served each call.
+
+The CLI parses flags into :class:`ClientOptions` and calls :func:`run_client`;
+everything else (the calls, the lines, the closing table) happens here, so a
+script or a test gets exactly what the CLI prints.
+
+>>> from rich.console import Console                                    # doctest: +SKIP
+>>> summary = run_client(ClientOptions("server", count=6, interval=0), Console())  # doctest: +SKIP
+  1  server1  127.0.0.1:50051  0.7 ms  Hello world-1 from server1
+  ...
+>>> summary.instances["server1"].calls                                  # doctest: +SKIP
+2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import grpc
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
+from devcluster.client.calls import CallInfo
+from devcluster.client.channel import BalancedChannel
+from devcluster.registry.base import Registry
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """What ``devcluster client`` was asked to do.
+
+    ``count=None`` calls until interrupted (or ``stop`` is set); ``timeout`` is each
+    call's deadline; ``registry`` (a Registry object, for the API and tests)
+    takes precedence over ``state_dir``. ``retry_on`` defaults to UNAVAILABLE:
+    SayHello is idempotent, so even a call cut off by its server's crash (which
+    the channel never repeats on its own) is safe to repeat elsewhere.
+
+    >>> ClientOptions("server", count=10, interval=0).timeout
+    2.0
+    """
+
+    service: str | None = None
+    name: str = "world"
+    count: int | None = None
+    interval: float = 0.5
+    concurrency: int = 1
+    timeout: float = 2.0
+    json: bool = False
+    policy: str = "weighted"
+    state_dir: str | os.PathLike[str] | None = None
+    registry: Registry | None = None
+    retry_on: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE,)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class InstanceStats:
+    """Calls one instance served, attempts that failed on it, their latencies (ms)."""
+
+    calls: int = 0
+    failures: int = 0
+    latencies: list[float] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class Summary:
+    """The outcome of a client run.
+
+    ``calls`` counts every call made, ``failures`` the calls that failed in the
+    end; per instance, ``calls`` are the calls it served and ``failures`` the
+    attempts that failed on it (retried or not).
+    """
+
+    calls: int = 0
+    failures: int = 0
+    latencies: list[float] = field(default_factory=list, repr=False)
+    instances: dict[str, InstanceStats] = field(default_factory=dict)
+    weights: dict[str, int] = field(default_factory=dict)
+
+    def add(self, info: CallInfo) -> None:
+        """Count one finished call."""
+        self.calls += 1
+        self.latencies.append(info.latency_ms)
+        for name, _code in info.retried:
+            self.instances.setdefault(name, InstanceStats()).failures += 1
+        if not info.ok:
+            self.failures += 1
+        if info.instance == "-":  # no instance was tried: nobody's to count
+            return
+        stats = self.instances.setdefault(info.instance, InstanceStats())
+        if info.ok:
+            stats.calls += 1
+            stats.latencies.append(info.latency_ms)
+        else:
+            stats.failures += 1
+
+    def share(self, name: str) -> float:
+        """Fraction of the successful calls ``name`` served."""
+        served = self.calls - self.failures
+        return self.instances[name].calls / served if served else 0.0
+
+    def weight_share(self, name: str) -> float | None:
+        """Fraction of the total weight ``name`` has now (None: not usable now)."""
+        total = sum(self.weights.values())
+        return self.weights[name] / total if name in self.weights and total else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: totals, p50/p99, and per-instance counts and shares."""
+        return {
+            "calls": self.calls,
+            "failures": self.failures,
+            "p50_ms": round(_pct(self.latencies, 0.5), 3),
+            "p99_ms": round(_pct(self.latencies, 0.99), 3),
+            "instances": {
+                name: {
+                    "calls": s.calls,
+                    "failures": s.failures,
+                    "share": round(self.share(name), 4),
+                    "weight": self.weights.get(name, 0),
+                    "weight_share": (None if (ws := self.weight_share(name)) is None
+                                     else round(ws, 4)),
+                    "p50_ms": round(_pct(s.latencies, 0.5), 3),
+                    "p99_ms": round(_pct(s.latencies, 0.99), 3),
+                }
+                for name, s in sorted(self.instances.items())
+            },
+        }
+
+
+class _Printer:
+    """Turns CallInfo into lines (rich) or JSON objects, one call at a time."""
+
+    def __init__(self, console: Console, as_json: bool, channel: BalancedChannel) -> None:
+        self.console = console
+        self.as_json = as_json
+        self.channel = channel
+        self.lock = threading.Lock()
+
+    def _address(self, name: str) -> str:
+        found = [i.address for i in self.channel.instances() if i.name == name]
+        return found[0] if found else ""
+
+    def call(self, info: CallInfo) -> None:
+        with self.lock:
+            if self.as_json:
+                self.console.out(json.dumps(info.to_dict()), highlight=False)
+                return
+            seq = f"{info.seq:>3}"
+            # One line per run of identical failed attempts (a dead last instance
+            # is retried many times within one deadline).
+            runs = [(key, len(list(group))) for key, group in itertools.groupby(info.retried)]
+            nexts = [name for (name, _), _n in runs[1:]] + [info.instance] if runs else []
+            for ((name, code), n), nxt in zip(runs, nexts, strict=True):
+                times = f" x{n}" if n > 1 else ""
+                self.console.print(f"[red]{seq}  {escape(name)}  {self._address(name)}  {code}"
+                                   f"{times}  retried on {escape(nxt)}[/red]", highlight=False)
+            if info.ok:
+                self.console.print(f"{seq}  [bold]{escape(info.instance)}[/bold]  "
+                                   f"{info.address}  {info.latency_ms:.1f} ms  "
+                                   f"{escape(info.message)}", highlight=False)
+            else:
+                self.console.print(f"[red]{seq}  {escape(info.instance)}  {info.address}  "
+                                   f"{info.code}  {info.latency_ms:.1f} ms  "
+                                   f"{escape(info.message)}  (failed; next call goes on)[/red]",
+                                   highlight=False)
+
+    def summary(self, summary: Summary) -> None:
+        if self.as_json:
+            self.console.out(json.dumps({"summary": summary.to_dict()}), highlight=False)
+            return
+        table = Table(title=f"{summary.calls} calls, {summary.failures} failed")
+        for col in ("instance", "calls", "share", "weight share", "p50 ms", "p99 ms",
+                    "failures"):
+            table.add_column(col, justify="left" if col == "instance" else "right")
+        for name, s in sorted(summary.instances.items()):
+            ws = summary.weight_share(name)
+            table.add_row(escape(name), str(s.calls), f"{summary.share(name):.1%}",
+                          "-" if ws is None else f"{ws:.1%}",
+                          f"{_pct(s.latencies, 0.5):.1f}", f"{_pct(s.latencies, 0.99):.1f}",
+                          f"[red]{s.failures}[/red]" if s.failures else "0")
+        table.add_section()
+        table.add_row("all", str(summary.calls - summary.failures), "", "",
+                      f"{_pct(summary.latencies, 0.5):.1f}",
+                      f"{_pct(summary.latencies, 0.99):.1f}", str(summary.failures))
+        self.console.print(table)
+
+
+def run_client(opts: ClientOptions, console: Console,
+               stop: threading.Event | None = None) -> Summary:
+    """Call ``opts.service`` until ``opts.count`` calls (or Ctrl-C, or ``stop``); print
+    each call and a closing summary on ``console``; return the summary.
+
+    >>> run_client(ClientOptions("server", count=3, interval=0), Console()).calls  # doctest: +SKIP
+    3
+    """
+    stop = stop or threading.Event()
+    summary = Summary()
+    local = threading.local()
+    tally = threading.Lock()
+
+    def on_call(info: CallInfo) -> None:
+        # The request's own number, not the channel's counter, which concurrent
+        # workers would interleave; for a reply, its text is the message.
+        message = str(getattr(info.response, "message", "")) if info.ok else info.message
+        info = replace(info, seq=local.seq, message=message)
+        with tally:
+            summary.add(info)
+        printer.call(info)
+
+    channel = BalancedChannel(opts.service, opts.registry or opts.state_dir,
+                              policy=opts.policy, retry_on=opts.retry_on, on_call=on_call)
+    printer = _Printer(console, opts.json, channel)
+    stub = helloworld_pb2_grpc.GreeterStub(channel)
+    numbers = itertools.count(1)
+    numbers_lock = threading.Lock()
+
+    def next_seq() -> int | None:
+        with numbers_lock:
+            seq = next(numbers)
+        return None if opts.count is not None and seq > opts.count else seq
+
+    def worker() -> None:
+        while not stop.is_set():
+            seq = next_seq()
+            if seq is None:
+                return
+            local.seq = seq
+            with contextlib.suppress(grpc.RpcError):  # on_call has printed and counted it
+                stub.SayHello(helloworld_pb2.HelloRequest(name=f"{opts.name}-{seq}"),
+                              timeout=opts.timeout)
+            if opts.interval > 0 and (opts.count is None or seq < opts.count):
+                stop.wait(opts.interval)
+
+    try:
+        _run_workers(worker, max(1, opts.concurrency), stop)
+    finally:
+        summary.weights = channel.balancer.weights()
+        channel.close()
+    printer.summary(summary)
+    return summary
+
+
+def _run_workers(worker: Callable[[], None], n: int, stop: threading.Event) -> None:
+    """Run ``worker`` in ``n`` threads (1: this thread); Ctrl-C stops them all."""
+    if n == 1:
+        try:
+            worker()
+        except KeyboardInterrupt:
+            stop.set()
+        return
+    threads = [threading.Thread(target=worker, name=f"devcluster-client-{i}", daemon=True)
+               for i in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            # Join in slices: a join without timeout would not let Ctrl-C through.
+            while t.is_alive():
+                t.join(0.1)
+    except KeyboardInterrupt:
+        stop.set()
+        deadline = time.monotonic() + 5
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
