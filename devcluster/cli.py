@@ -18,7 +18,7 @@ from rich.table import Table
 from devcluster import procfile as procfile_mod
 from devcluster.api import Cluster, NotReadyError, default_state_dir, parse_weight
 from devcluster.control import ControlClient, as_dict
-from devcluster.errors import DevclusterError, UsageError
+from devcluster.errors import DevclusterError, NoClusterError, UsageError
 from devcluster.instance import Policy
 from devcluster.registry import FileRegistry
 
@@ -363,6 +363,44 @@ def disable(name: Annotated[str, typer.Argument(help="Instance or process type."
             procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None) -> None:
     """Take an instance out of rotation (it keeps running)."""
     _enable(name, procfile, state_dir, False)
+
+
+@app.command()
+def client(
+    service: Annotated[str | None, typer.Option(help="Service to call (default: every "
+                                                     "serving instance).")] = None,
+    name: Annotated[str, typer.Option(help="Name to greet; calls send NAME-SEQ.")] = "world",
+    count: Annotated[int | None, typer.Option("--count", "-n", help="Calls to make "
+                                              "(default: until Ctrl-C).")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between calls.")] = 0.5,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-C",
+                                             help="Calls in flight.")] = 1,
+    timeout: Annotated[float, typer.Option(help="Deadline of each call, seconds.")] = 2.0,
+    policy: Annotated[str, typer.Option(help="weighted, round_robin or pick_first.")]
+    = "weighted",
+    procfile: ProcfileOpt = Path("Procfile"),
+    state_dir: StateDirOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object per call, then a "
+                                                        "summary object.")] = False,
+) -> None:
+    """Call SayHello in a loop through the balancing client; print who served each call."""
+    from devcluster.client.picker import make_picker
+    from devcluster.client.runner import ClientOptions, run_client
+
+    make_picker(policy)  # an unknown policy is a usage error before anything starts
+    if (count is not None and count < 0) or interval < 0 or timeout <= 0 or concurrency < 1:
+        raise UsageError("--count and --interval must be >= 0, --timeout > 0, "
+                         "--concurrency >= 1")
+    directory = _state_dir(procfile, state_dir)
+    if not (directory / "registry.json").exists():
+        raise NoClusterError(f"no registry in {directory}; start a cluster with "
+                             "`devcluster up` (or pass --state-dir)")
+    opts = ClientOptions(service=service, name=name, count=count, interval=interval,
+                         concurrency=concurrency, timeout=timeout, json=json_, policy=policy,
+                         state_dir=directory)
+    summary = run_client(opts, out)
+    if count is not None and summary.failures:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import psutil
 from rich.console import Console
 from rich.table import Table
@@ -159,7 +160,10 @@ class Demo:
                                              for i in cluster.instances))
                 self.judge(step, all(i.state == "serving" for i in cluster.instances),
                            "three instances serving, each registered with weight 1")
-                with cluster.channel("server", eject_after=2) as channel:
+                # SayHello is idempotent: even the call a crashing server was running
+                # may be repeated elsewhere, so a kill costs the caller nothing.
+                with cluster.channel("server", eject_after=2,
+                                     retry_on={grpc.StatusCode.UNAVAILABLE}) as channel:
                     client = _Client(channel, self.console, 0.08 / self.speed)
                     channel.on_call = client.on_call
                     client.thread.start()
@@ -264,7 +268,7 @@ class Demo:
                    f"shares {dict(step.calls)}: server3 keeps running, gets no calls")
 
     def _wait_ejected(self, channel: BalancedChannel, name: str, timeout: float) -> None:
-        _wait(lambda: name not in channel.balancer.weights(), timeout)
+        _wait(lambda: any(i.name == name and i.ejected for i in channel.instances()), timeout)
 
     def _table(self) -> None:
         table = Table(title="devcluster demo", header_style="bold")
