@@ -192,6 +192,15 @@ class ControlClient:
             raise NoClusterError(
                 f"no cluster running in {state_dir}; start one with `devcluster up`")
         target = os.path.realpath(path)
+        try:
+            owner = os.stat(target).st_uid
+        except FileNotFoundError:
+            raise NoClusterError(f"no cluster running in {state_dir} (its control socket "
+                                 "is gone); start one with `devcluster up`") from None
+        if owner != os.getuid():
+            # Whoever owns the socket gets our commands: never talk to someone else's.
+            raise DevclusterError(f"control socket {target} belongs to uid {owner}, not you "
+                                  f"(uid {os.getuid()}); refusing to use it")
         self.channel = grpc.insecure_channel(f"unix:{target}")
         self.stub = pb_grpc.ControlStub(self.channel)
 
