@@ -109,8 +109,9 @@ def up(
             fail(f"{e}; the cluster keeps running: fix it, then `devcluster start NAME`")
         _print_instances(cluster.ps(), json_)
         if not json_:
-            out.print(f"ready in {time.monotonic() - began:.2f} s; stop with `devcluster down`"
-                      f"{'' if directory == default_state_dir(procfile) else f' --state-dir {directory}'}")
+            where = "" if directory == default_state_dir(procfile) else f" --state-dir {directory}"
+            out.print(f"ready in {time.monotonic() - began:.2f} s; stop with "
+                      f"`devcluster down{where}`")
         return
     from devcluster.supervisor import Settings, serve
 

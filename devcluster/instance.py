@@ -23,6 +23,7 @@ from devcluster import health, process
 from devcluster.logs import LogSink
 from devcluster.procfile import InstanceSpec, child_environment, command_argv
 from devcluster.registry import Record, Registry, State
+from devcluster.watchdog import Watchdog
 
 #: Restart backoff: 0.5 s doubling, capped; reset once an instance served this long.
 BACKOFF_FIRST, BACKOFF_CAP, BACKOFF_RESET_AFTER = 0.5, 30.0, 10.0
@@ -52,6 +53,7 @@ class Runtime:
     cwd: Path
     grace: float = 5.0
     ready_timeout: float = 30.0
+    watchdog: Watchdog | None = None
 
 
 class Instance:
@@ -249,6 +251,8 @@ class Instance:
             self._set(State.FAILED)
             return None
         self._proc, self.pid = proc, proc.pid
+        if self.rt.watchdog is not None:
+            self.rt.watchdog.track(proc.pid)
         try:
             self._ps = psutil.Process(proc.pid)
             self.started_at = self._ps.create_time()
@@ -264,6 +268,8 @@ class Instance:
         ready.cancel()
         # The leader is gone; sweep whatever it left in its group, then drain the pipe.
         process.signal_group(proc.pid, signal.SIGKILL)
+        if self.rt.watchdog is not None:
+            self.rt.watchdog.forget(proc.pid)
         with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
             await asyncio.wait_for(pump, 2.0)
         self.last_exit = process.describe_exit(returncode)

@@ -24,6 +24,7 @@ from devcluster.instance import Instance, Policy, Runtime
 from devcluster.logs import LogSink
 from devcluster.registry import FileRegistry, Registry, State
 from devcluster.registry.liveness import alive
+from devcluster.watchdog import Watchdog
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Supervisor:
 
     def __init__(self, settings: Settings, registry: Registry, sink: LogSink,
                  types: Sequence[procfile.ProcessType], env: dict[str, str],
-                 specs: Sequence[procfile.InstanceSpec]) -> None:
+                 specs: Sequence[procfile.InstanceSpec], watchdog: Watchdog | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.sink = sink
@@ -55,7 +56,7 @@ class Supervisor:
         self.type_order = [t.name for t in types]
         self.env = env
         self.rt = Runtime(registry, sink, settings.procfile.parent.resolve(), settings.grace,
-                          settings.ready_timeout)
+                          settings.ready_timeout, watchdog)
         self.instances: dict[str, Instance] = {}
         for spec in specs:
             self._add(spec)
@@ -302,7 +303,8 @@ async def serve(settings: Settings, console: TextIO | None) -> int:
         registry = FileRegistry(settings.state_dir)
         clean_stale(registry, sink)
         _check_ports(specs)
-        sup = Supervisor(settings, registry, sink, types, env, specs)
+        watchdog = Watchdog()
+        sup = Supervisor(settings, registry, sink, types, env, specs, watchdog)
         registry.reset(i.record() for i in sup.instances.values())
         loop = asyncio.get_running_loop()
         control = ControlServer(sup, socket_path(settings.state_dir))
@@ -319,6 +321,7 @@ async def serve(settings: Settings, console: TextIO | None) -> int:
             write_ready(settings.ready_fd, sup)
             await sup.done.wait()
         await control.stop()
+        watchdog.close()
         sink.system("bye")
         sink.close()
     return 0
