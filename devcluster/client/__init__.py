@@ -9,8 +9,10 @@
 ``BalancedChannel`` (sync) and ``AioBalancedChannel`` (grpc.aio) pick an instance
 per call with smooth weighted round robin (or ``round_robin``/``pick_first``),
 fail over on ``UNAVAILABLE`` before the server saw the call, and eject hung
-instances until a health probe gets an answer. ``run_client`` is the engine of
-``devcluster client``.
+instances until a health probe gets an answer. ``static_channel`` does the same
+over a fixed list of addresses (no registry), and ``GrpcTargetChannel`` is grpc's
+own resolver and policy, reporting calls the same way, for comparison.
+``run_client`` is the engine of ``devcluster client``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from devcluster.client.calls import (
     served_by,
 )
 from devcluster.client.channel import BalancedChannel
+from devcluster.client.direct import GrpcTargetChannel
 from devcluster.client.picker import POLICIES, Picker, PickFirst, RoundRobin, SmoothWRR
+from devcluster.client.static import StaticRegistry, static_channel
 
 __all__ = [
     "POLICIES",
@@ -33,14 +37,17 @@ __all__ = [
     "BalancedRpcError",
     "CallInfo",
     "ClientOptions",
+    "GrpcTargetChannel",
     "NoUsableInstanceError",
     "PickFirst",
     "Picker",
     "RoundRobin",
     "SmoothWRR",
+    "StaticRegistry",
     "Summary",
     "run_client",
     "served_by",
+    "static_channel",
 ]
 
 

@@ -45,7 +45,7 @@ from devcluster.client.balancer import (
 )
 from devcluster.client.calls import CallInfo
 from devcluster.client.channel import RETIRE_GRACE
-from devcluster.client.picker import make_picker
+from devcluster.client.picker import OrderKey, make_picker
 from devcluster.registry.base import Registry
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class AioBalancedChannel(grpc.aio.Channel):
         on_call: Callable[[CallInfo], None] | None = None,
         options: Sequence[tuple[str, Any]] = (),
         default_wait: float = DEFAULT_WAIT,
+        order: OrderKey | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._options = [*SUBCHANNEL_OPTIONS, *options]
@@ -88,9 +89,9 @@ class AioBalancedChannel(grpc.aio.Channel):
         #: Retired sub-channels still open for in-flight calls, with their close timers.
         self._retired: dict[grpc.aio.Channel, asyncio.TimerHandle] = {}
         self.balancer = Balancer(
-            service, make_picker(policy),
+            service, make_picker(policy, order),
             Hooks(self._make_channel, self._retire_channel, self._start_probe, self._changed),
-            eject_after=eject_after, retry_on=retry_on)
+            eject_after=eject_after, retry_on=retry_on, order=order)
         self.balancer.apply(self._registry.snapshot())
         self._watcher = threading.Thread(
             target=self._follow, name=f"devcluster-aio-watch-{service or 'all'}", daemon=True)

@@ -23,7 +23,7 @@ import grpc
 import grpc.aio
 
 from devcluster.client.calls import NoUsableInstanceError
-from devcluster.client.picker import Picker
+from devcluster.client.picker import OrderKey, Picker
 from devcluster.registry.base import Registry
 from devcluster.registry.record import Record, Snapshot, State
 
@@ -92,8 +92,12 @@ class Balancer:
         *,
         eject_after: int = 2,
         retry_on: Collection[grpc.StatusCode] = (),
+        order: OrderKey | None = None,
     ) -> None:
         self.service = service
+        #: Sorts instance names for failover and for the candidates (None: by name);
+        #: give the picker the same key.
+        self._order = order
         self.lock = threading.Lock()
         self.seq = itertools.count(1)
         self.revision: int | None = None
@@ -149,7 +153,8 @@ class Balancer:
             self._hooks.close_channel(inst.channel)
 
     def _rebuild(self) -> None:
-        usable = [inst for _, inst in sorted(self._instances.items()) if inst.record.usable]
+        usable = [self._instances[name] for name in self._sorted(self._instances)
+                  if self._instances[name].record.usable]
         healthy = [inst for inst in usable if inst.ejected is None]
         # When the registry takes away every instance we trust, an ejected one is
         # still better than none: calls go to it rather than wait for its probe.
@@ -177,8 +182,16 @@ class Balancer:
             names = [n for n, _ in self._candidates if n not in tried]
             if not names:
                 return None
-            later = [n for n in names if n > name]
+            key = self._order
+            if key is None:
+                later = [n for n in names if n > name]
+            else:
+                after = key(name) if name in self._instances else None
+                later = [n for n in names if after is None or key(n) > after]
             return self._instances[later[0] if later else names[0]]
+
+    def _sorted(self, names: Collection[str]) -> list[str]:
+        return sorted(names, key=self._order)
 
     def has_candidates(self) -> bool:
         """True while at least one instance may receive calls."""
@@ -241,9 +254,9 @@ class Balancer:
                     if inst.record.usable}
 
     def instances(self) -> list[Instance]:
-        """Every instance the registry lists (of the service), by name."""
+        """Every instance the registry lists (of the service), by name (or ``order``)."""
         with self.lock:
-            return [self._instances[name] for name in sorted(self._instances)]
+            return [self._instances[name] for name in self._sorted(self._instances)]
 
     def why_unusable(self, failures: dict[str, str] | None = None) -> str:
         """One line naming every known instance and why it takes no calls now."""

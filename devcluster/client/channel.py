@@ -39,7 +39,7 @@ from devcluster.client.balancer import (
     probe_verdict,
 )
 from devcluster.client.calls import CallInfo
-from devcluster.client.picker import make_picker
+from devcluster.client.picker import OrderKey, make_picker
 from devcluster.client.streams import StreamStream, StreamUnary, UnaryStream
 from devcluster.client.unary import UnaryUnary
 from devcluster.registry.base import Registry
@@ -61,7 +61,9 @@ class BalancedChannel(grpc.Channel):
     is ejected after one ``UNAVAILABLE`` before the server saw the call, or after
     ``eject_after`` ``DEADLINE_EXCEEDED`` in a row, until a health probe or the
     registry says it is back. ``on_call`` gets a :class:`CallInfo` per call, in the
-    calling thread, before the call returns or raises.
+    calling thread, before the call returns or raises. ``order`` sorts instance
+    names for the policy and for failover (default: by name; a static target
+    passes the position of each address in its list).
 
     >>> with BalancedChannel("server", tmp_path / ".devcluster") as ch:   # doctest: +SKIP
     ...     reply, call = GreeterStub(ch).SayHello.with_call(request, timeout=1)
@@ -80,6 +82,7 @@ class BalancedChannel(grpc.Channel):
         on_call: Callable[[CallInfo], None] | None = None,
         options: Sequence[tuple[str, Any]] = (),
         default_wait: float = DEFAULT_WAIT,
+        order: OrderKey | None = None,
     ) -> None:
         self._options = [*SUBCHANNEL_OPTIONS, *options]
         self._registry, self._owns_registry = open_registry(registry)
@@ -92,9 +95,9 @@ class BalancedChannel(grpc.Channel):
         self._connectivity: grpc.ChannelConnectivity | None = None
         self._timers: set[threading.Timer] = set()
         self.balancer = Balancer(
-            service, make_picker(policy),
+            service, make_picker(policy, order),
             Hooks(self._make_channel, self._retire_channel, self._start_probe, self._changed),
-            eject_after=eject_after, retry_on=retry_on)
+            eject_after=eject_after, retry_on=retry_on, order=order)
         self._cond = threading.Condition(self.balancer.lock)
         # The first view is synchronous: a call right after construction has targets.
         self.balancer.apply(self._registry.snapshot())

@@ -13,13 +13,18 @@ may change between picks (instances come, go, get reweighted); every picker cope
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 from devcluster.errors import UsageError
 
 #: The ``--policy`` names, in the order the CLI lists them.
 POLICIES: Final = ("weighted", "round_robin", "pick_first")
+
+
+#: Orders instance names for a picker ("name order"); None means the names themselves.
+#: A static target passes each address's position in its list instead.
+OrderKey = Callable[[str], Any]
 
 
 class NoCandidateError(LookupError):
@@ -56,9 +61,10 @@ class SmoothWRR(Picker):
     ['server1', 'server2', 'server1']
     """
 
-    __slots__ = ("_current", "_last", "_total")
+    __slots__ = ("_current", "_key", "_last", "_total")
 
-    def __init__(self) -> None:
+    def __init__(self, key: OrderKey | None = None) -> None:
+        self._key = key
         self._current: dict[str, int] = {}
         # The candidates of the previous pick when they were a tuple: when the
         # channel passes the same (immutable) tuple again, the usual case, the
@@ -88,6 +94,7 @@ class SmoothWRR(Picker):
         if candidates is not self._last:
             self._reconcile(candidates)
         current = self._current
+        key = self._key
         best: str | None = None
         best_value = 0
         for name, weight in candidates:
@@ -95,7 +102,9 @@ class SmoothWRR(Picker):
                 continue
             value = current[name] + weight
             current[name] = value
-            if best is None or value > best_value or (value == best_value and name < best):
+            if best is None or value > best_value or (
+                    value == best_value
+                    and (name < best if key is None else key(name) < key(best))):
                 best, best_value = name, value
         assert best is not None  # _reconcile saw a positive weight in these candidates
         current[best] = best_value - self._total
@@ -113,26 +122,33 @@ class RoundRobin(Picker):
     ['a', 'b', 'a']
     """
 
-    __slots__ = ("_last_name",)
+    __slots__ = ("_key", "_last")
 
-    def __init__(self) -> None:
-        self._last_name: str | None = None
+    def __init__(self, key: OrderKey | None = None) -> None:
+        self._key = key
+        self._last: Any = None  # the order key of the last name picked
 
     def pick(self, candidates: Sequence[tuple[str, int]]) -> str:
         """See :meth:`Picker.pick`."""
+        key = self._key
         first = after = None
-        last = self._last_name
+        first_k = after_k = None
+        last = self._last
         for name, weight in candidates:
             if weight <= 0:
                 continue
-            if first is None or name < first:
-                first = name
-            if last is not None and name > last and (after is None or name < after):
-                after = name
+            k = name if key is None else key(name)
+            if first is None or k < first_k:
+                first, first_k = name, k
+            if last is not None and k > last and (after is None or k < after_k):
+                after, after_k = name, k
         if first is None:
             raise NoCandidateError("no candidate with a weight above 0")
-        self._last_name = chosen = after or first
-        return chosen
+        if after is not None:
+            self._last = after_k
+            return after
+        self._last = first_k
+        return first
 
 
 class PickFirst(Picker):
@@ -142,26 +158,29 @@ class PickFirst(Picker):
     'server2'
     """
 
-    __slots__ = ()
+    __slots__ = ("_key",)
+
+    def __init__(self, key: OrderKey | None = None) -> None:
+        self._key = key
 
     def pick(self, candidates: Sequence[tuple[str, int]]) -> str:
         """See :meth:`Picker.pick`."""
         names = [name for name, weight in candidates if weight > 0]
         if not names:
             raise NoCandidateError("no candidate with a weight above 0")
-        return min(names)
+        return min(names) if self._key is None else min(names, key=self._key)
 
 
-def make_picker(policy: str) -> Picker:
-    """The picker for a ``--policy`` name.
+def make_picker(policy: str, key: OrderKey | None = None) -> Picker:
+    """The picker for a ``--policy`` name; ``key`` orders names (default: the names).
 
     >>> type(make_picker("round_robin")).__name__
     'RoundRobin'
     """
     if policy == "weighted":
-        return SmoothWRR()
+        return SmoothWRR(key)
     if policy == "round_robin":
-        return RoundRobin()
+        return RoundRobin(key)
     if policy == "pick_first":
-        return PickFirst()
+        return PickFirst(key)
     raise UsageError(f"unknown policy {policy!r}; choose one of: {', '.join(POLICIES)}")

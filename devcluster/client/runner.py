@@ -2,7 +2,10 @@
 
 The CLI parses flags into :class:`ClientOptions` and calls :func:`run_client`;
 everything else (the calls, the lines, the closing table) happens here, so a
-script or a test gets exactly what the CLI prints.
+script or a test gets exactly what the CLI prints. The calls go through the
+registry of a running cluster, a ``static:///`` list (devcluster's balancer, no
+cluster needed) or a grpc target (grpc's own resolver and policy); lines and
+summary look the same in all three.
 
 >>> from rich.console import Console                                    # doctest: +SKIP
 >>> summary = run_client(ClientOptions("server", count=6, interval=0), Console())  # doctest: +SKIP
@@ -32,7 +35,11 @@ from rich.table import Table
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
 from devcluster.client.calls import CallInfo
 from devcluster.client.channel import BalancedChannel
+from devcluster.client.direct import GrpcTargetChannel
+from devcluster.client.targets import Target, parse_target, resolve_policy
 from devcluster.registry.base import Registry
+
+Channel = BalancedChannel | GrpcTargetChannel
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,10 @@ class ClientOptions:
 
     ``count=None`` calls until interrupted (or ``stop`` is set); ``timeout`` is each
     call's deadline; ``registry`` (a Registry object, for the API and tests)
-    takes precedence over ``state_dir``. ``retry_on`` defaults to UNAVAILABLE:
+    takes precedence over ``state_dir``; ``target`` (``static:///H:P,...`` or a grpc
+    target, see :mod:`devcluster.client.targets`) replaces both. ``policy`` None
+    means ``weighted``, or grpc's ``pick_first`` for a grpc target.
+    ``retry_on`` defaults to UNAVAILABLE:
     SayHello is idempotent, so even a call cut off by its server's crash (which
     the channel never repeats on its own) is safe to repeat elsewhere.
 
@@ -56,10 +66,11 @@ class ClientOptions:
     concurrency: int = 1
     timeout: float = 2.0
     json: bool = False
-    policy: str = "weighted"
+    policy: str | None = None
     state_dir: str | os.PathLike[str] | None = None
     registry: Registry | None = None
     retry_on: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE,)
+    target: str | None = None
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -146,7 +157,7 @@ class Summary:
 class _Printer:
     """Turns CallInfo into lines (rich) or JSON objects, one call at a time."""
 
-    def __init__(self, console: Console, as_json: bool, channel: BalancedChannel) -> None:
+    def __init__(self, console: Console, as_json: bool, channel: Channel) -> None:
         self.console = console
         self.as_json = as_json
         self.channel = channel
@@ -170,6 +181,8 @@ class _Printer:
                 times = f" x{n}" if n > 1 else ""
                 self.console.print(f"[red]{seq}  {escape(name)}  {self._address(name)}  {code}"
                                    f"{times}  retried on {escape(nxt)}[/red]", highlight=False)
+            # The address is empty when nobody was tried, or for a grpc target (grpc
+            # does not say which address served): the column stays, blank.
             if info.ok:
                 self.console.print(f"{seq}  [bold]{escape(info.instance)}[/bold]  "
                                    f"{info.address}  {info.latency_ms:.1f} ms  "
@@ -201,10 +214,44 @@ class _Printer:
         self.console.print(table)
 
 
+def open_channel(opts: ClientOptions, on_call: Callable[[CallInfo], None] | None = None,
+                 ) -> Channel:
+    """The channel ``opts`` asks for: registry, static list, or a grpc target.
+
+    Raises UsageError for a malformed target or a policy the target cannot use.
+    """
+    target: Target | None = parse_target(opts.target) if opts.target is not None else None
+    policy = resolve_policy(target, opts.policy)
+    if target is None:
+        return BalancedChannel(opts.service, opts.registry or opts.state_dir, policy=policy,
+                               retry_on=opts.retry_on, on_call=on_call)
+    if target.kind == "static":
+        from devcluster.client.static import static_channel
+
+        return static_channel(target.addresses, policy=policy, retry_on=opts.retry_on,
+                              on_call=on_call)
+    return GrpcTargetChannel(target.text, policy, on_call=on_call)
+
+
+def _weights(channel: Channel, served_as: dict[str, str]) -> dict[str, int]:
+    """Weights by the name the servers gave (a static instance is named by address
+    until its server says its name)."""
+    if isinstance(channel, GrpcTargetChannel):
+        return channel.weights()
+    addresses = {inst.name: inst.address for inst in channel.instances()}
+    return {served_as.get(addresses.get(name, ""), name): weight
+            for name, weight in channel.balancer.weights().items()}
+
+
 def run_client(opts: ClientOptions, console: Console,
-               stop: threading.Event | None = None) -> Summary:
+               stop: threading.Event | None = None, *,
+               on_call: Callable[[CallInfo], None] | None = None,
+               show_summary: bool = True) -> Summary:
     """Call ``opts.service`` until ``opts.count`` calls (or Ctrl-C, or ``stop``); print
     each call and a closing summary on ``console``; return the summary.
+
+    ``on_call`` also gets every call as printed (a script watching a run);
+    ``show_summary=False`` leaves out the closing table.
 
     >>> run_client(ClientOptions("server", count=3, interval=0), Console()).calls  # doctest: +SKIP
     3
@@ -213,18 +260,23 @@ def run_client(opts: ClientOptions, console: Console,
     summary = Summary()
     local = threading.local()
     tally = threading.Lock()
+    served_as: dict[str, str] = {}
+    watcher = on_call
 
-    def on_call(info: CallInfo) -> None:
+    def record(info: CallInfo) -> None:
         # The request's own number, not the channel's counter, which concurrent
         # workers would interleave; for a reply, its text is the message.
         message = str(getattr(info.response, "message", "")) if info.ok else info.message
         info = replace(info, seq=local.seq, message=message)
         with tally:
             summary.add(info)
+            if info.ok and info.address:
+                served_as[info.address] = info.instance
         printer.call(info)
+        if watcher is not None:
+            watcher(info)
 
-    channel = BalancedChannel(opts.service, opts.registry or opts.state_dir,
-                              policy=opts.policy, retry_on=opts.retry_on, on_call=on_call)
+    channel = open_channel(opts, record)
     printer = _Printer(console, opts.json, channel)
     stub = helloworld_pb2_grpc.GreeterStub(channel)
     numbers = itertools.count(1)
@@ -250,9 +302,10 @@ def run_client(opts: ClientOptions, console: Console,
     try:
         _run_workers(worker, max(1, opts.concurrency), stop)
     finally:
-        summary.weights = channel.balancer.weights()
+        summary.weights = _weights(channel, served_as)
         channel.close()
-    printer.summary(summary)
+    if show_summary:
+        printer.summary(summary)
     return summary
 
 
