@@ -162,8 +162,6 @@ def test_bad_fields_rejected_file_untouched(
 
 def test_open_registry(tmp_path: Path) -> None:
     assert isinstance(open_registry(tmp_path), FileRegistry)
-    with pytest.raises(UsageError, match="etcd backend not installed yet"):
-        open_registry("etcd://localhost:2379")
 
 
 # -- corruption --------------------------------------------------------------------

@@ -27,15 +27,22 @@ __all__ = [
 
 
 def open_registry(spec_or_state_dir: str | os.PathLike[str]) -> Registry:
-    """The registry a spec names: ``etcd://host:port`` or a state dir path (file backend).
+    """The registry a spec names: ``etcd://host:port[/prefix]`` or a state dir path (file backend).
+
+    The etcd client is imported only here, when an ``etcd://`` spec asks for it, so the
+    file backend works without the ``[etcd]`` extra installed.
 
     >>> open_registry("/tmp/x/.devcluster")
     FileRegistry('/tmp/x/.devcluster')
     """
     spec = os.fspath(spec_or_state_dir)
     if spec.startswith("etcd://"):
-        raise UsageError(
-            f"cannot use registry {spec!r}: etcd backend not installed yet; "
-            "give a state dir path to use the file registry"
-        )
+        try:
+            from devcluster.registry.etcd import EtcdRegistry
+        except ModuleNotFoundError as e:
+            raise UsageError(
+                f"cannot use registry {spec!r}: the etcd client is not installed ({e.name} "
+                "missing); install it with: pip install 'devcluster[etcd]'"
+            ) from None
+        return EtcdRegistry(spec)
     return FileRegistry(spec)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from devcluster.registry.record import Record, Snapshot
@@ -35,6 +35,11 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def update_many(self, changes: Mapping[str, Mapping[str, Any]]) -> Snapshot:
         """Change several records in one write (one revision); unknown names are errors."""
+
+    @abc.abstractmethod
+    def modify(self, decide: Callable[[Snapshot], Mapping[str, Mapping[str, Any]]]) -> Snapshot:
+        """Read-modify-write: ``decide(current)`` returns the changes, applied atomically
+        (lock or compare-and-swap), so increments from many writers are never lost."""
 
     @abc.abstractmethod
     def deregister(self, name: str) -> None:
