@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -169,7 +170,7 @@ def bench(seconds: float, rounds: int, state_dir: Path, addresses: list[str]) ->
             # ABBA order: neither side always runs right after a switch.
             sides = [(ours_call, "ours_sync"), (native_call, "native_sync")]
             for call, key in sides if i % 2 == 0 else sides[::-1]:
-                run_sync(lambda call=call: call(REQUEST, timeout=5), per_round, results[key])
+                run_sync(functools.partial(call, REQUEST, timeout=5), per_round, results[key])
     finally:
         ours.close()
         native.close()
@@ -183,7 +184,7 @@ def bench(seconds: float, rounds: int, state_dir: Path, addresses: list[str]) ->
             for i in range(rounds):
                 sides = [(ours_call, "ours_aio"), (native_call, "native_aio")]
                 for call, key in sides if i % 2 == 0 else sides[::-1]:
-                    await run_aio(lambda call=call: call(REQUEST, timeout=5), per_round,
+                    await run_aio(functools.partial(call, REQUEST, timeout=5), per_round,
                                   results[key])
         finally:
             await ours.close()
@@ -233,25 +234,48 @@ def report(results: dict[str, Result], console: Console) -> None:
                           f" ms, p99 {view.pct(0.99):.1f} ms over {len(view.latencies)} writes")
 
 
+def run(seconds: float, rounds: int, writes: int = 200) -> dict[str, Result]:
+    """Start three greeters, measure both channels (and the registry-to-picker delay)."""
+    with greeters() as started, tempfile.TemporaryDirectory(prefix="devcluster-bench-") as tmp:
+        state_dir = Path(tmp) / ".devcluster"
+        FileRegistry(state_dir).reset(
+            Record(name, "server", address, state=State.SERVING, pid=pid, started_at=started_at)
+            for name, address, pid, started_at in started)
+        results = bench(seconds, max(1, rounds), state_dir,
+                        [address for _, address, _, _ in started])
+        results["view_start"], results["view_return"] = Result(), Result()
+        results["view_start"].latencies, results["view_return"].latencies = \
+            view_latency(state_dir, writes)
+    return results
+
+
+def figures(results: dict[str, Result]) -> dict[str, Any]:
+    """JSON-ready figures of :func:`run`: calls/s, p50/p99 ms, CPU us/call per side."""
+    out: dict[str, Any] = {"in_flight": IN_FLIGHT}
+    for key, r in results.items():
+        out[key] = {"calls": r.calls, "seconds": round(r.elapsed, 3), "calls_per_s": r.rate,
+                    "p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99), "cpu_us_per_call": r.cpu_us}
+        if key.startswith("view_"):
+            out[key] = {"writes": len(r.latencies), "p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99)}
+    return out
+
+
+def measure(seconds: float = 5.0, rounds: int = 4, writes: int = 200) -> dict[str, Any]:
+    """Scenarios 3 and 4 as JSON-ready figures (see :func:`figures`)."""
+    return figures(run(seconds, rounds, writes))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.client_throughput",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="measuring time per side and mode (default 5)")
     parser.add_argument("--rounds", type=int, default=4,
-                        help="alternate ours/native this many times (default 2)")
+                        help="alternate ours/native this many times (default 4)")
+    parser.add_argument("--writes", type=int, default=200,
+                        help="registry writes for the write-to-picker delay (default 200)")
     args = parser.parse_args(argv)
-    with greeters() as started, tempfile.TemporaryDirectory() as tmp:
-        state_dir = Path(tmp) / ".devcluster"
-        FileRegistry(state_dir).reset(
-            Record(name, "server", address, state=State.SERVING, pid=pid, started_at=started_at)
-            for name, address, pid, started_at in started)
-        results = bench(args.seconds, max(1, args.rounds), state_dir,
-                        [address for _, address, _, _ in started])
-        results["view_start"], results["view_return"] = Result(), Result()
-        results["view_start"].latencies, results["view_return"].latencies = \
-            view_latency(state_dir)
-    report(results, Console())
+    report(run(args.seconds, args.rounds, args.writes), Console())
     return 0
 
 

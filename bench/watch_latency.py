@@ -34,6 +34,7 @@ from devcluster.registry.record import Record
 WATCHFILES_DEFAULT_DEBOUNCE_MS = 1600
 WATCHFILES_DEFAULT_STEP_MS = 50
 SEEN_DEADLINE_S = 5.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def measure(setting: Setting, changes: int, idle_s: float) -> Result:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.watch_latency", "--watcher", str(state_dir),
              str(setting.debounce_ms), str(setting.step_ms)],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, text=True, cwd=ROOT,  # `bench` importable from anywhere
         )
         seen: queue.Queue[tuple[int, float]] = queue.Queue()
 

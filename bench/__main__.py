@@ -1,0 +1,141 @@
+"""Every benchmark of issue 7, each beside its anchor, in one run.
+
+``python -m bench [--quick] [--out DIR] [--only GROUPS]``
+
+Groups, in the order they run (each is also a command of its own):
+
+* ``supervisor`` (scenarios 1, 2, 8): ``bench.supervisor`` vs honcho;
+* ``client`` (3, 4): ``bench.client_throughput`` vs grpc's round_robin;
+* ``failover`` (5): ``bench.failover`` vs grpc's round_robin;
+* ``weights`` (6, 7): ``bench.weights`` (anchor for 7: round_robin over repeated addresses).
+
+Writes ``results.json`` (every raw figure) and ``results.md`` (the table, the machine,
+the command, notes) into ``--out`` (default: ``bench/`` for the full run, a new
+temporary directory for ``--quick``/``--only``). The full run is sized to
+finish in under 10 minutes on 2 cores; ``--quick`` uses tiny sizes (well under a
+minute) to prove that everything works: its figures are not worth quoting.
+Loopback only; every process it starts is gone when it returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import report
+
+HERE = Path(__file__).resolve().parent
+GROUPS = ("supervisor", "client", "failover", "weights")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each group measures."""
+
+    sizes: tuple[int, ...] = (3, 10, 30)  # supervisor: instances per run
+    runs: int = 2  # supervisor: plain runs per size and tool (plus one with the idle window)
+    idle_s: float = 10.0  # supervisor: idle CPU window
+    client_s: float = 5.0  # client: measuring seconds per side and mode
+    client_rounds: int = 4
+    view_writes: int = 200  # client: registry writes timed to the picker
+    failover_runs: int = 10  # per action
+    hold_s: float = 3.0  # pause length
+    observe_s: float = 1.0  # kill/stop -> start
+    back_timeout_s: float = 6.0
+    changes: int = 50  # weight changes (scenario 6)
+    calls: int = 10_000  # calls per weight config (scenario 7)
+
+
+FULL = Sizes()
+QUICK = Sizes(sizes=(3,), runs=1, idle_s=1.0, client_s=0.4, client_rounds=1, view_writes=20,
+              failover_runs=1, hold_s=2.5, observe_s=0.5, back_timeout_s=3.0, changes=10,
+              calls=500)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_group(group: str, sz: Sizes) -> Any:
+    """Measure one group with ``sz``; its raw, JSON-ready figures."""
+    if group == "supervisor":
+        from bench import supervisor
+
+        return supervisor.measure(list(sz.sizes), sz.runs, sz.idle_s, log=_log)
+    if group == "client":
+        from bench import client_throughput
+
+        return client_throughput.measure(sz.client_s, sz.client_rounds, sz.view_writes)
+    if group == "failover":
+        from bench import failover
+
+        return failover.measure(sz.failover_runs, sz.hold_s, sz.observe_s, sz.back_timeout_s,
+                                progress=_log)
+    if group == "weights":
+        from bench import weights
+
+        return weights.measure(sz.changes, sz.calls)
+    raise ValueError(f"unknown group {group!r}; choose from {', '.join(GROUPS)}")
+
+
+def run(groups: list[str], sz: Sizes, command: str, quick: bool,
+        measure: Callable[[str, Sizes], Any] = run_group) -> dict[str, Any]:
+    """Run ``groups`` in order; a group that fails is recorded and the others still run."""
+    began = time.monotonic()
+    results: dict[str, Any] = {
+        "meta": {"machine": report.machine(), "command": command, "quick": quick,
+                 "sizes": asdict(sz), "seconds": {}},
+        "raw": {},
+        "errors": {},
+    }
+    for group in groups:
+        _log(f"== {group} ==")
+        t0 = time.monotonic()
+        try:
+            results["raw"][group] = measure(group, sz)
+        except Exception:
+            results["errors"][group] = traceback.format_exc()
+            _log(results["errors"][group])
+        results["meta"]["seconds"][group] = time.monotonic() - t0
+    results["meta"]["duration_s"] = time.monotonic() - began
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: a smoke test of every scenario (< 60 s)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for results.json and results.md (default: bench/ for "
+                             "a full run; a new temporary directory with --quick or --only, so "
+                             "the committed results are never overwritten by partial ones)")
+    parser.add_argument("--only", default=",".join(GROUPS),
+                        help=f"comma-separated groups to run (default: {','.join(GROUPS)})")
+    args = parser.parse_args(argv)
+    groups = [g for g in args.only.split(",") if g]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        parser.error(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    command = "python -m bench" + (" --quick" if args.quick else "")
+    if groups != list(GROUPS):
+        command += f" --only {','.join(groups)}"
+    out = args.out
+    if out is None:
+        partial = args.quick or groups != list(GROUPS)
+        out = Path(tempfile.mkdtemp(prefix="devcluster-bench-results-")) if partial else HERE
+    results = run(groups, QUICK if args.quick else FULL, command, args.quick)
+    js, md = report.write(results, out)
+    print(md.read_text())
+    _log(f"wrote {js} and {md} in {results['meta']['duration_s']:.0f} s")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

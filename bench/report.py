@@ -1,0 +1,430 @@
+"""Turn the raw figures of ``python -m bench`` into ``results.json`` and ``results.md``.
+
+Pure functions over the raw dicts the scenario modules return (plus the machine
+description), so the table can be rebuilt from a saved ``results.json``::
+
+    python -m bench.report bench/results.json     # rewrites results.md beside it
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Scenario number -> title (the issue's list).
+SCENARIOS: dict[str, str] = {
+    "1": "Time to ready",
+    "2": "Shutdown",
+    "3": "Client throughput",
+    "4": "Client latency overhead",
+    "5": "Failover",
+    "6": "Weight propagation",
+    "7": "Weight accuracy",
+    "8": "Supervisor overhead",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table."""
+
+    scenario: str
+    what: str
+    devcluster: str
+    anchor: str
+    ratio: str
+    goal: str
+    met: str
+
+
+# -- machine ---------------------------------------------------------------------------
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = 0.0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = []
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": cpu or platform.processor() or "unknown",
+        "ram_gib": round(ram, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "grpcio": version("grpcio"),
+        "honcho": version("honcho"),
+        "devcluster_commit": _git_commit(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "loadavg_at_start": load,
+    }
+
+
+def _git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, text=True,
+                               capture_output=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "-"
+    return f"{head}{' (uncommitted changes)' if dirty else ''}" if head else "-"
+
+
+# -- formatting --------------------------------------------------------------------------
+
+def _num(x: float | None, digits: int = 0, unit: str = "") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def _ratio(ours: float | None, anchor: float | None) -> str:
+    if ours is None or anchor is None or math.isnan(ours) or math.isnan(anchor):
+        return "-"
+    if anchor <= 0 or ours < 0:  # e.g. native reached a restarted instance before it was serving
+        return "-"
+    return f"{ours / anchor:.2f}x"
+
+
+def _verdict(ok: bool | None, miss: str = "") -> str:
+    if ok is None:
+        return "-"
+    return "yes" if ok else f"NO{f' ({miss})' if miss else ''}"
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000 * seconds
+
+
+# -- the table -------------------------------------------------------------------------
+
+def _by_tool(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], Mapping[str, Any]]:
+    return {(r["tool"], int(r["n"])): r for r in rows}
+
+
+def supervisor_rows(raw: Sequence[Mapping[str, Any]]) -> list[Row]:
+    """Scenarios 1, 2 and 8 from ``bench.supervisor.measure`` rows."""
+    by = _by_tool(raw)
+    sizes = sorted({n for _, n in by})
+    out: list[Row] = []
+    for n in sizes:
+        ours, theirs = by.get(("devcluster", n)), by.get(("honcho", n))
+        if ours is None or theirs is None:
+            continue
+        up_d, answering, anchor = (_ms(ours.get("up_detached_s")), _ms(ours.get("ready_s")),
+                                   _ms(theirs.get("ready_s")))
+        goal = n in (10, 30)
+        r = None if up_d is None or anchor is None else up_d / anchor
+        out.append(Row("1", f"`up -d` (health-checked) vs `honcho start` answering, N={n}",
+                       _num(up_d, 0, " ms"), _num(anchor, 0, " ms"), _ratio(up_d, anchor),
+                       "<= 0.8x" if goal else "-",
+                       _verdict(r <= 0.8 if goal and r is not None else None,
+                                f"{r:.2f}x" if r else "")))
+        out.append(Row("1", f"same criterion: `up` until all answer SayHello, N={n}",
+                       _num(answering, 0, " ms"), _num(anchor, 0, " ms"),
+                       _ratio(answering, anchor), "-", "-"))
+    for n in sizes:
+        ours, theirs = by.get(("devcluster", n)), by.get(("honcho", n))
+        if ours is None or theirs is None:
+            continue
+        a, b = _ms(ours.get("shutdown_s")), _ms(theirs.get("shutdown_s"))
+        r = None if a is None or b is None or not b else a / b
+        out.append(Row("2", f"SIGINT until every process is gone, N={n}", _num(a, 0, " ms"),
+                       _num(b, 0, " ms"), _ratio(a, b), "<= 1.0x",
+                       _verdict(None if r is None else r <= 1.0,
+                                f"{r:.2f}x" if r else "")))
+    for n in sizes:
+        ours, theirs = by.get(("devcluster", n)), by.get(("honcho", n))
+        if ours is None or theirs is None or "idle_cpu_pct" not in ours:
+            continue
+        cpu_a, cpu_b = ours.get("idle_cpu_pct"), theirs.get("idle_cpu_pct")
+        out.append(Row("8", f"idle CPU of the supervisor over the idle window, N={n}",
+                       _num(cpu_a, 2, " %"), _num(cpu_b, 2, " %"), _ratio(cpu_a, cpu_b), "< 1 %",
+                       _verdict(None if cpu_a is None else cpu_a < 1.0,
+                                f"{cpu_a:.2f} %" if cpu_a is not None else "")))
+        uss_a, uss_b = ours.get("uss_mib"), theirs.get("uss_mib")
+        goal = n == 30
+        out.append(Row("8", f"USS of the supervisor (honcho: its processes), N={n}",
+                       _num(uss_a, 1, " MiB"), _num(uss_b, 1, " MiB"), _ratio(uss_a, uss_b),
+                       "<= 40 MiB" if goal else "-",
+                       _verdict(uss_a <= 40 if goal and uss_a is not None else None,
+                                f"{uss_a - 40:+.1f} MiB over" if uss_a else "")))
+        rss_a, rss_b = ours.get("rss_mib"), theirs.get("rss_mib")
+        out.append(Row("8", f"RSS of the supervisor (honcho: its processes), N={n}",
+                       _num(rss_a, 1, " MiB"), _num(rss_b, 1, " MiB"), _ratio(rss_a, rss_b),
+                       "-", "-"))
+        if "ps_rpc_ms" in ours:
+            out.append(Row("8", f"`ps` (control RPC / CLI command), `weight` (registry write), N={n}",
+                           f"{_num(ours['ps_rpc_ms'], 1)} / {_num(ours['ps_cli_ms'], 0)} / "
+                           f"{_num(ours['weight_write_ms'], 2)} ms", "-", "-", "-", "-"))
+    return out
+
+
+def client_rows(raw: Mapping[str, Any]) -> list[Row]:
+    """Scenarios 3 and 4 from ``bench.client_throughput.measure``."""
+    out: list[Row] = []
+    for mode, label in (("sync", "sequential unary"), ("aio", f"grpc.aio, {raw['in_flight']} in flight")):
+        a, b = raw[f"ours_{mode}"]["calls_per_s"], raw[f"native_{mode}"]["calls_per_s"]
+        r = a / b if b else None
+        out.append(Row("3", f"calls/s, {label}", _num(a, 0), _num(b, 0), _ratio(a, b), ">= 1.0x",
+                       _verdict(None if r is None else r >= 1.0,
+                                f"{r:.3f}x" if r is not None else "")))
+    for mode, label in (("sync", "sequential"), ("aio", f"aio x{raw['in_flight']}")):
+        ours, native = raw[f"ours_{mode}"], raw[f"native_{mode}"]
+        for q in ("p50", "p99"):
+            a, b = ours[f"{q}_ms"], native[f"{q}_ms"]
+            out.append(Row("4", f"{q} latency, {label}", _num(a, 3, " ms"), _num(b, 3, " ms"),
+                           _ratio(a, b), "-", "-"))
+        a, b = ours["cpu_us_per_call"], native["cpu_us_per_call"]
+        out.append(Row("4", f"client CPU per call, {label}", _num(a, 0, " us"), _num(b, 0, " us"),
+                       _ratio(a, b), "-", "-"))
+    return out
+
+
+def failover_rows(raw: Mapping[str, Any]) -> list[Row]:
+    """Scenario 5 from ``bench.failover.measure``."""
+    summary = raw["summary"]
+    out: list[Row] = []
+    names = {"kill": "SIGKILL", "stop": "graceful stop", "pause": "pause (SIGSTOP)"}
+
+    def failed(s: Mapping[str, Any]) -> str:
+        codes = ", ".join(s.get("codes", ()))
+        return (f"{s['failed_total']} ({s['runs_with_failures']}/{s['runs']} runs, max "
+                f"{s['failed_max']}{f'; {codes}' if codes else ''})")
+
+    for action in ("kill", "stop", "pause"):
+        if action not in summary:
+            continue
+        per = summary[action]
+        ours, retry, native = per["balanced"], per["balanced+retry"], per["native rr"]
+        runs = ours["runs"]
+        if action == "pause":
+            goal, ok = "<= 2 per run", ours["failed_max"] <= 2
+            miss = f"max {ours['failed_max']} per run"
+        else:
+            goal, ok = f"0 over {runs} runs", ours["failed_total"] == 0
+            miss = f"{ours['failed_total']} failed"
+        out.append(Row("5", f"{names[action]}: failed calls", failed(ours), failed(native), "-",
+                       goal, _verdict(ok, miss)))
+        out.append(Row("5", f"{names[action]}: failed calls, `retry_on={{UNAVAILABLE}}`",
+                       failed(retry), failed(native), "-", "-", "-"))
+        a, b = ours["steady_ms_median"], native["steady_ms_median"]
+        out.append(Row("5", f"{names[action]}: time to steady state, median (max)",
+                       f"{_num(a, 0)} ({_num(ours['steady_ms_max'], 0)}) ms",
+                       f"{_num(b, 0)} ({_num(native['steady_ms_max'], 0)}) ms", _ratio(a, b),
+                       "-", "-"))
+        a, b = ours["back_ms_median"], native["back_ms_median"]
+        after = "resume" if action == "pause" else "it serves again (`start`)"
+        goal = "-" if action == "pause" else "<= 50 ms"
+        ok = None if action == "pause" or a is None else a <= 50
+        if action != "pause" and a is None:
+            ok = False
+        out.append(Row("5", f"{names[action]}: instance gets calls again after {after}, "
+                            "median (max)",
+                       f"{_num(a, 0)} ({_num(ours['back_ms_max'], 0)}) ms"
+                       + (f", {ours['not_back']} not back" if ours["not_back"] else ""),
+                       f"{_num(b, 0)} ({_num(native['back_ms_max'], 0)}) ms"
+                       + (f", {native['not_back']} not back" if native["not_back"] else ""),
+                       _ratio(a, b), goal, _verdict(ok, f"{a:.0f} ms" if a is not None else
+                                                    "never back")))
+    return out
+
+
+def weights_rows(raw: Mapping[str, Any]) -> list[Row]:
+    """Scenarios 6 and 7 from ``bench.weights.measure``."""
+    out: list[Row] = []
+    prop = raw["propagation"]
+    s, r = prop["from_write_start"], prop["from_write_return"]
+    p99 = r["p99_ms"]
+    out.append(Row("6", f"registry changed (`weight` write returned) -> first call routed by "
+                        f"the new weights, p50 / p99 ({prop['changes']} changes)",
+                   f"{_num(r['p50_ms'], 1)} / {_num(p99, 1)} ms", "n/a (round_robin has no weights)",
+                   "-", "p99 <= 10 ms",
+                   _verdict(None if p99 is None else p99 <= 10 and not prop["timeouts"],
+                            f"p99 {p99:.1f} ms" if p99 is not None else "")))
+    out.append(Row("6", "same, from the start of the `weight` write (includes its fsync), "
+                        "p50 / p99",
+                   f"{_num(s['p50_ms'], 1)} / {_num(s['p99_ms'], 1)} ms", "-", "-", "-", "-"))
+    for label, res in raw["accuracy"].items():
+        a, b = res["balanced"], res["native"]
+        out.append(Row("7", f"max share error at {label}, {a['calls']:,} calls",
+                       _num(a["max_error_pp"], 3, " pp"), _num(b["max_error_pp"], 3, " pp"),
+                       "-", "< 1 pp", _verdict(a["max_error_pp"] < 1.0,
+                                               f"{a['max_error_pp']:.2f} pp")))
+        goal = label == "5:1:1"
+        out.append(Row("7", f"longest run of one instance at {label}", str(a["longest_run"]),
+                       str(b["longest_run"]), _ratio(a["longest_run"], b["longest_run"]),
+                       "<= 4" if goal else "-",
+                       _verdict(a["longest_run"] <= 4 if goal else None,
+                                f"{a['longest_run']}")))
+    return out
+
+
+def table(results: Mapping[str, Any]) -> list[Row]:
+    """Every row, scenario by scenario, from the raw figures present."""
+    raw = results.get("raw", {})
+    rows: list[Row] = []
+    builders: list[tuple[str, Callable[[Any], list[Row]]]] = [
+        ("supervisor", supervisor_rows), ("client", client_rows),
+        ("failover", failover_rows), ("weights", weights_rows)]
+    for key, build in builders:
+        if raw.get(key) is not None:
+            rows.extend(build(raw[key]))
+    return sorted(rows, key=lambda row: row.scenario)
+
+
+def notes(results: Mapping[str, Any], rows: Sequence[Row]) -> list[str]:
+    """Method notes, plus one line per missed goal."""
+    out = []
+    missed = [r for r in rows if r.met.startswith("NO")]
+    for r in missed:
+        out.append(f"**Missed:** scenario {r.scenario}, {r.what}: {r.met[3:].strip('()') or 'missed'}"
+                   f" against a goal of {r.goal}.")
+    if missed:
+        out.append("Before acting on a miss, profile it on a quiet machine (`py-spy record -o "
+                   "profile.svg -- python -m bench.<module> ...` or `pyinstrument`).")
+    for group, error in results.get("errors", {}).items():
+        first = error.strip().splitlines()[-1] if error.strip() else "error"
+        out.append(f"**Error:** the {group} scenarios did not finish: `{first}` (traceback in "
+                   "results.json).")
+    out += [
+        "Ratios are devcluster / anchor, measured in the same run; figures are medians unless "
+        "said otherwise. On a 2-core machine every figure moves with whatever else runs: compare "
+        "ratios, and rerun on a quiet machine before trusting absolute numbers.",
+        "1: the devcluster figure is `devcluster up -d` until it returns (every instance "
+        "health-checked); honcho's is `honcho start` until every greeter answers a SayHello, "
+        "polled with a 10 ms reconnect backoff. The 'same criterion' line times foreground "
+        "`devcluster up` by the same SayHello polling.",
+        "2 and 8: SIGINT goes to the tool's process only. honcho's memory and CPU count every "
+        "process of its tree but the greeters (its per-line helper and `sh -c`); devcluster's "
+        "count the supervisor and its watchdog.",
+        "3 and 4: three greeters started directly, one BalancedChannel/AioBalancedChannel vs one "
+        "native channel with `round_robin` over `ipv4:a,b,c`, alternating rounds.",
+        "5: three callers at once on one 3-greeter cluster (sequential, 1 s deadline): "
+        "BalancedChannel with default options, the same with `retry_on={UNAVAILABLE}`, and "
+        "native `round_robin`. By default BalancedChannel does not repeat a call the server had "
+        "already seen (it sent its `devcluster-instance` header), so a SIGKILL in mid-call fails "
+        "that call; `retry_on` repeats it. Failed calls list their status codes. A failed call "
+        "is any call that ended in an error from the action "
+        "to the end of the run; steady state ends with the last call that failed or touched the "
+        "affected instance before the restore. Under pause, native round_robin is never steady "
+        "while the instance is frozen: its figure is the hold time. 'Gets calls again' is from "
+        "the registry's `serving` write after `start` (from `resume` for pause) to the first "
+        "call served by the instance.",
+        "6: no anchor: grpc's round_robin has no weights. The change is `Cluster.weight`, the "
+        "same registry write as `devcluster weight`; the switch is detected by real calls "
+        "(weight 0 <-> 1000 on one instance). The goal is judged from the registry change "
+        "(the write returned); the line below adds the write itself.",
+        "7: the anchor is native `round_robin` with weights as repeated addresses "
+        "(`ipv4:a,a,a,a,a,b,c`). Error is |observed - weight share| in percentage points.",
+    ]
+    return out
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """results.md: the table, the machine, the command, notes."""
+    meta = results["meta"]
+    m = meta["machine"]
+    rows = table(results)
+    lines = [
+        "# devcluster benchmarks",
+        "",
+        f"{'Quick smoke run (tiny sizes: not figures to quote). ' if meta.get('quick') else ''}"
+        f"Measured {m['date']} in {meta.get('duration_s', 0):.0f} s.",
+        "",
+        "| scenario | devcluster | anchor | ratio | goal | met? |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(f"| {r.scenario}. {SCENARIOS[r.scenario]}: {r.what} | {r.devcluster} | "
+                     f"{r.anchor} | {r.ratio} | {r.goal} | {r.met} |")
+    lines += [
+        "",
+        "## Machine",
+        "",
+        f"- {m['nproc']} CPUs: {m['cpu_model']}; {m['ram_gib']} GiB RAM; Linux {m['kernel']}",
+        f"- Python {m['python']}, grpcio {m['grpcio']}, honcho {m['honcho']}",
+        f"- devcluster {m['devcluster_commit']}; load average at start "
+        f"{', '.join(str(x) for x in m['loadavg_at_start']) or '-'}",
+        "",
+        "## Reproduce",
+        "",
+        "From the repository root, after `pip install -e '.[test]'` (honcho comes with it):",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        "Scenario groups took (s): " + ", ".join(
+            f"{k} {v:.0f}" for k, v in meta.get("seconds", {}).items()) + ".",
+        "",
+        "## Notes",
+        "",
+        *[f"- {n}" for n in notes(results, rows)],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(results: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``results.json`` and ``results.md`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    full = dict(results)
+    rows = table(results)
+    full["table"] = [asdict(r) for r in rows]
+    full["scenarios"] = {n: {"title": title, "rows": [asdict(r) for r in rows if r.scenario == n]}
+                         for n, title in SCENARIOS.items()}
+    js, md = out_dir / "results.json", out_dir / "results.md"
+    js.write_text(json.dumps(full, indent=2, default=str) + "\n")
+    md.write_text(markdown(results))
+    return js, md
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bench.report RESULTS_JSON", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    results = json.loads(path.read_text())
+    write(results, path.parent)
+    print(path.parent / "results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

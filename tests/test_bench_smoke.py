@@ -1,0 +1,105 @@
+"""The benchmarks still run: ``python -m bench --quick`` end to end, plus their arithmetic.
+
+The quick run uses tiny sizes (its figures mean nothing) and writes into the test's
+own directory, never over the committed ``bench/results.*``. Every process it starts
+carries a marker in its environment, so the test can prove none is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench.failover import analyse
+from bench.report import SCENARIOS
+from bench.weights import share_stats
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKER = "DEVCLUSTER_BENCH_SMOKE"
+
+
+def _marked(tag: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        if proc.info["pid"] == os.getpid() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        try:
+            if proc.environ().get(MARKER) == tag:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.timeout(150)
+def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
+    committed = {p: p.stat().st_mtime_ns for p in (ROOT / "bench").glob("results.*")}
+    tag = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != "DEVCLUSTER_HOME"}
+    env.update({MARKER: tag, "NO_COLOR": "1"})
+    out = tmp_path / "out"
+    began = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    finally:
+        deadline = time.monotonic() + 5
+        left = _marked(tag)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = _marked(tag)
+        for p in left:
+            p.kill()
+    took = time.monotonic() - began
+    assert not left, f"processes left behind: {[' '.join(p.cmdline()) for p in left]}"
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    data = json.loads((out / "results.json").read_text())
+    assert data["errors"] == {}
+    assert data["meta"]["quick"] is True
+    assert set(data["raw"]) == {"supervisor", "client", "failover", "weights"}
+    for number in SCENARIOS:
+        assert data["scenarios"][number]["rows"], f"scenario {number} has no figures"
+    md = (out / "results.md").read_text()
+    assert "| scenario | devcluster | anchor | ratio | goal | met? |" in md
+    for number, title in SCENARIOS.items():
+        assert f"| {number}. {title}: " in md
+    for fact in ("CPUs:", "GiB RAM", "grpcio", "python -m bench --quick"):
+        assert fact in md
+    # The committed results are the lead's full run: a smoke run never touches them.
+    assert {p: p.stat().st_mtime_ns for p in (ROOT / "bench").glob("results.*")} == committed
+    print(f"python -m bench --quick took {took:.0f} s")
+
+
+def test_share_stats_counts_errors_and_runs() -> None:
+    served = list("aabacaa" * 10)
+    s = share_stats(served, {"a": 5, "b": 1, "c": 1})
+    assert s["max_error_pp"] == pytest.approx(0.0, abs=1e-9)
+    assert s["longest_run"] == 4  # "...caa" + "aab..." at the period's seam
+    s = share_stats(["a", "a", "a", "b"], {"a": 1, "b": 1})
+    assert s["max_error_pp"] == pytest.approx(25.0)
+    assert s["longest_run_by_instance"] == {"a": 3, "b": 1}
+
+
+def test_analyse_counts_failures_and_steady_state() -> None:
+    calls = [
+        (0.0, 0.1, "x", "OK", ()),
+        (1.0, 1.1, None, "UNAVAILABLE", ()),  # failed, after the action at 0.9
+        (1.1, 1.3, "y", "OK", ("x",)),  # failed over from x: touched it
+        (1.3, 1.4, "y", "OK", ()),
+        (2.0, 2.1, "x", "OK", ()),  # after the restore at 1.9: back, not unsteady
+    ]
+    row = analyse(calls, "x", t_act=0.9, t_restore=1.9, t_end=3.0)
+    assert row["failed"] == 1
+    assert row["retried_attempts"] == 1
+    assert row["steady_s"] == pytest.approx(1.3 - 0.9)
+    assert row["calls"] == 4
