@@ -24,12 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from devcluster import procfile as procfile_mod
-from devcluster.control import ControlClient, as_dict
 from devcluster.errors import ClusterRunningError, DevclusterError, NoClusterError, UsageError
 from devcluster.logs import tail
-from devcluster.process import with_pdeathsig
 from devcluster.registry import FileRegistry, Snapshot, State
-from devcluster.supervisor import running_pid
+from devcluster.statedir import running_pid
 
 STATE_DIR_NAME = ".devcluster"
 
@@ -99,6 +97,9 @@ class Cluster:
         self.ready_timeout = ready_timeout
         self.attach = attach
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lifeline: int | None = None
+        #: What the supervisor reported while starting (e.g. stale state it cleaned).
+        self.notes: list[str] = []
         self._registry: FileRegistry | None = None
 
     def __repr__(self) -> str:
@@ -120,41 +121,45 @@ class Cluster:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         read_fd, write_fd = os.pipe()
-        out = open(self.state_dir / "logs" / "supervisor.out", "ab")  # noqa: SIM115
-        argv, preexec = self._argv(write_fd), None
+        passed = [write_fd]
+        lifeline = None
         if self.attach:
-            argv, preexec = with_pdeathsig(argv)
+            # The daemon holds the read end; when this process ends (however), the write
+            # end closes and the cluster shuts down gracefully.
+            lifeline, self._lifeline = os.pipe()
+            passed.append(lifeline)
+        out = open(self.state_dir / "logs" / "supervisor.out", "ab")  # noqa: SIM115
         try:
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                pass_fds=(write_fd,), start_new_session=True, cwd=self.procfile.parent,
-                preexec_fn=preexec)  # type: ignore[arg-type]
+                self._argv(write_fd, lifeline), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=out, pass_fds=passed, start_new_session=True, cwd=self.procfile.parent)
         finally:
-            os.close(write_fd)
+            for fd in passed:
+                os.close(fd)
             out.close()
         try:
-            states = self._read_ready(read_fd)
+            payload = self._read_ready(read_fd)
         finally:
             os.close(read_fd)
+        states: dict[str, dict[str, Any]] = payload["instances"]
+        self.notes = list(payload.get("notes", []))
         bad = {n: s for n, s in states.items() if s["state"] != State.SERVING.value}
         if bad:
             raise NotReadyError(self._not_ready_message(bad), states)
         return states
 
-    def _argv(self, ready_fd: int) -> list[str]:
-        argv = [sys.executable, "-m", "devcluster", "up", "--foreground-daemon",
-                "-f", str(self.procfile), "--state-dir", str(self.state_dir),
-                "--port", str(self.port), "--grace", str(self.grace),
-                "--ready-timeout", str(self.ready_timeout), "--ready-fd", str(ready_fd)]
-        for name, n in self.scale_counts.items():
-            argv += ["--scale", f"{name}={n}"]
-        for name, policy in self.restart_policies.items():
-            argv += ["--restart", f"{name}={policy}"]
-        for env_file in self.env_files:
-            argv += ["--env", str(env_file)]
-        return argv
+    def _argv(self, ready_fd: int, lifeline_fd: int | None) -> list[str]:
+        from devcluster.daemon import settings_json
 
-    def _read_ready(self, fd: int) -> dict[str, dict[str, Any]]:
+        return [sys.executable, "-m", "devcluster.daemon", settings_json(
+            procfile=self.procfile, state_dir=self.state_dir, env_files=[str(p) for p in
+                                                                          self.env_files],
+            scale=self.scale_counts, base_port=self.port, grace=self.grace,
+            ready_timeout=self.ready_timeout,
+            restart={k: str(v) for k, v in self.restart_policies.items()}, ready_fd=ready_fd,
+            lifeline_fd=lifeline_fd)]
+
+    def _read_ready(self, fd: int) -> dict[str, Any]:
         # Crash loops settle as `failed` after ~7.5 s of backoff; allow for that.
         deadline = time.monotonic() + self.ready_timeout + 60
         data = b""
@@ -188,17 +193,20 @@ class Cluster:
     def down(self, grace: float | None = None) -> None:
         """Stop every instance gracefully and the supervisor; no-op when none runs."""
         try:
-            with ControlClient(self.state_dir) as control:
+            with control_client(self.state_dir) as control:
                 control.down(grace)
         except NoClusterError:
             pass
         if self._proc is not None:
             try:
-                self._proc.wait(timeout=(grace or self.grace) + 10)
+                self._proc.wait(timeout=(self.grace if grace is None else grace) + 10)
             except subprocess.TimeoutExpired:
                 self._proc.kill()  # the supervisor hung: PDEATHSIG takes its children
                 self._proc.wait()
             self._proc = None
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         if self._registry is not None:
             self._registry.close()
 
@@ -221,13 +229,13 @@ class Cluster:
             self._registry = FileRegistry(self.state_dir)
         return self._registry
 
-    def control(self) -> ControlClient:
-        return ControlClient(self.state_dir)
+    def control(self) -> Any:
+        return control_client(self.state_dir)
 
     def ps(self) -> list[dict[str, Any]]:
         """Every instance as a ``ps --json`` dict."""
         with self.control() as control:
-            return [as_dict(i) for i in control.ps().instances]
+            return [instance_dict(i) for i in control.ps().instances]
 
     @property
     def instances(self) -> list[InstanceInfo]:
@@ -276,7 +284,7 @@ class Cluster:
         names = [names] if isinstance(names, str) else list(names)
         with self.control() as control:
             reply = control.act(verb, names, **kw)
-        return [as_dict(i) for i in reply.instances]
+        return [instance_dict(i) for i in reply.instances]
 
     def kill(self, name: str | Sequence[str], signal: str = "SIGKILL") -> list[dict[str, Any]]:
         return self._act("kill", name, signal=signal)
@@ -300,7 +308,7 @@ class Cluster:
               **kw: int) -> list[dict[str, Any]]:
         wanted = {**(counts or {}), **kw}
         with self.control() as control:
-            return [as_dict(i) for i in control.scale(wanted, wait=wait).instances]
+            return [instance_dict(i) for i in control.scale(wanted, wait=wait).instances]
 
     def weight(self, name: str, weight: int) -> None:
         set_weight(self.registry, name, weight)
@@ -328,3 +336,17 @@ def parse_weight(value: str | int) -> int:
 def set_weight(registry: FileRegistry, name: str, weight: str | int) -> None:
     registry.update(name, weight=parse_weight(weight))
 
+
+
+def control_client(state_dir: Path) -> Any:
+    """A ControlClient for ``state_dir`` (grpc is imported here, not by this module)."""
+    from devcluster.control import ControlClient
+
+    return ControlClient(state_dir)
+
+
+def instance_dict(inst: Any) -> dict[str, Any]:
+    """A control-plane Instance as the ``ps --json`` dict."""
+    from devcluster.control import as_dict
+
+    return as_dict(inst)

@@ -4,7 +4,6 @@ the control client; this module only parses, prints, and chooses exit codes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 import time
@@ -16,10 +15,16 @@ from rich.console import Console
 from rich.table import Table
 
 from devcluster import procfile as procfile_mod
-from devcluster.api import Cluster, NotReadyError, default_state_dir, parse_weight
-from devcluster.control import ControlClient, as_dict
+from devcluster.api import (
+    Cluster,
+    NotReadyError,
+    control_client,
+    default_state_dir,
+    instance_dict,
+    parse_weight,
+)
 from devcluster.errors import DevclusterError, NoClusterError, UsageError
-from devcluster.instance import Policy
+from devcluster.policy import Policy
 from devcluster.registry import FileRegistry
 
 app = typer.Typer(
@@ -88,8 +93,6 @@ def up(
     ready_timeout: Annotated[float, typer.Option(help="Seconds an instance gets to serve.")]
     = 30.0,
     json_: JsonOpt = False,
-    foreground_daemon: Annotated[bool, typer.Option(hidden=True)] = False,
-    ready_fd: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Start every instance of the Procfile and supervise them (Ctrl-C stops them all)."""
     scale_counts = procfile_mod.parse_scale(scale)
@@ -103,11 +106,15 @@ def up(
                           ready_timeout=ready_timeout, attach=False)
         began = time.monotonic()
         try:
-            cluster.up()
+            states = cluster.up()
         except NotReadyError as e:
-            _print_instances(cluster.ps(), json_)
+            for note in cluster.notes:
+                err.print(f"devcluster: {note}", markup=False)
+            _print_instances(_ready_rows(e.states), json_)
             fail(f"{e}; the cluster keeps running: fix it, then `devcluster start NAME`")
-        _print_instances(cluster.ps(), json_)
+        for note in cluster.notes:
+            err.print(f"devcluster: {note}", markup=False)
+        _print_instances(_ready_rows(states), json_)
         if not json_:
             where = "" if directory == default_state_dir(procfile) else f" --state-dir {directory}"
             out.print(f"ready in {time.monotonic() - began:.2f} s; stop with "
@@ -117,9 +124,19 @@ def up(
 
     settings = Settings(procfile=procfile.absolute(), state_dir=directory, env_files=tuple(env),
                         scale=scale_counts, base_port=port, grace=grace,
-                        ready_timeout=ready_timeout, restart=policies, ready_fd=ready_fd)
-    code = asyncio.run(serve(settings, None if foreground_daemon else sys.stdout))
+                        ready_timeout=ready_timeout, restart=policies)
+    code = asyncio.run(serve(settings, sys.stdout))
     raise typer.Exit(code)
+
+
+def _ready_rows(states: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``ps``-shaped rows from the supervisor's ready report (no control call needed)."""
+    now = time.time()
+    return [{"name": name, "service": s.get("service"), "state": s["state"], "pid": s.get("pid"),
+             "address": s.get("address") or None, "weight": 1, "enabled": True,
+             "restarts": s.get("restarts", 0), "last_exit": s.get("last_exit") or None,
+             "uptime_s": round(now - s["started_at"], 3) if s.get("started_at") else 0.0,
+             "cpu_percent": 0.0, "rss_bytes": 0} for name, s in states.items()]
 
 
 @app.command()
@@ -130,10 +147,10 @@ def down(
 ) -> None:
     """Stop the running cluster gracefully; returns when every process is gone."""
     directory = _state_dir(procfile, state_dir)
-    from devcluster.supervisor import running_pid
+    from devcluster.statedir import running_pid
 
     pid = running_pid(directory)
-    with ControlClient(directory) as control:
+    with control_client(directory) as control:
         reply = control.down(grace)
     if pid and pid > 0:
         _wait_gone(pid, 30)
@@ -141,10 +158,22 @@ def down(
 
 
 def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait until the supervisor has exited; an exited one nobody reaped yet counts."""
     import psutil
 
-    with contextlib.suppress(psutil.Error, psutil.TimeoutExpired):
-        psutil.Process(pid).wait(timeout)
+    try:
+        proc = psutil.Process(pid)
+    except psutil.Error:
+        return
+    deadline = time.monotonic() + timeout
+    # Polls: a process that is not our child gives no event to wait on.
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.Error:
+            return
+        time.sleep(0.01)
 
 
 # -- looking -------------------------------------------------------------------------------
@@ -192,8 +221,8 @@ def _print_instances(rows: list[dict[str, Any]], as_json: bool) -> None:
 def ps(procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
        json_: JsonOpt = False) -> None:
     """List instances: state, pid, address, weight, uptime, restarts, CPU, memory."""
-    with ControlClient(_state_dir(procfile, state_dir)) as control:
-        rows = [as_dict(i) for i in control.ps().instances]
+    with control_client(_state_dir(procfile, state_dir)) as control:
+        rows = [instance_dict(i) for i in control.ps().instances]
     _print_instances(rows, json_)
 
 
@@ -247,9 +276,9 @@ def _act(verb: str, names: list[str] | None, all_: bool, procfile: Path, state_d
          as_json: bool, **kw: Any) -> None:
     if not names and not all_:
         raise UsageError(f"name an instance or process type to {verb}, or pass --all")
-    with ControlClient(_state_dir(procfile, state_dir)) as control:
+    with control_client(_state_dir(procfile, state_dir)) as control:
         reply = control.act(verb, names or [], all_=all_, **kw)
-    rows = [as_dict(i) for i in reply.instances]
+    rows = [instance_dict(i) for i in reply.instances]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -310,9 +339,9 @@ def scale(
 ) -> None:
     """Grow or shrink a process type while the cluster runs."""
     wanted = procfile_mod.parse_scale(counts)
-    with ControlClient(_state_dir(procfile, state_dir)) as control:
+    with control_client(_state_dir(procfile, state_dir)) as control:
         reply = control.scale(wanted, wait=not no_wait)
-    _print_instances([as_dict(i) for i in reply.instances], json_)
+    _print_instances([instance_dict(i) for i in reply.instances], json_)
 
 
 def _registry_names(reg: FileRegistry, name: str) -> list[str]:

@@ -21,7 +21,7 @@ import grpc.aio
 from devcluster._proto import control_pb2 as pb
 from devcluster._proto import control_pb2_grpc as pb_grpc
 from devcluster.errors import DevclusterError, NoClusterError, UnknownInstanceError, UsageError
-from devcluster.instance import Instance
+from devcluster.instance import DRAIN_DELAY, Instance
 from devcluster.process import parse_signal
 from devcluster.registry import Record, State
 
@@ -34,8 +34,16 @@ def bind_path(path: Path) -> Path:
     """Where to bind ``path``'s socket: itself, or a short path in a private tmp dir."""
     if len(str(path)) <= _MAX_SOCKET_PATH:
         return path
-    short_dir = Path(tempfile.gettempdir()) / f"devcluster-{os.getuid()}"
+    base = tempfile.gettempdir()
+    if len(base) > 40:  # a $TMPDIR that long leaves no room for the socket's name
+        base = "/tmp"
+    short_dir = Path(base) / f"devcluster-{os.getuid()}"
     short_dir.mkdir(mode=0o700, exist_ok=True)
+    st = short_dir.lstat()
+    if not short_dir.is_dir() or short_dir.is_symlink() or st.st_uid != os.getuid() \
+            or st.st_mode & 0o077:
+        # Someone else made (or opened up) that name: use a fresh private dir instead.
+        short_dir = Path(tempfile.mkdtemp(prefix="devcluster-", dir=base))
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
     return short_dir / f"{digest}.sock"
 
@@ -69,7 +77,9 @@ class _Servicer(pb_grpc.ControlServicer):
 
     async def Down(self, request: pb.DownRequest, context: grpc.aio.ServicerContext) -> pb.DownReply:
         asyncio.get_running_loop().create_task(
-            self.sup.shutdown(request.grace or None, who=request.who or "control client"))
+            # proto3 has no unset double: a negative grace means "the cluster's default".
+            self.sup.shutdown(request.grace if request.grace >= 0 else None,
+                              who=request.who or "control client"))
         await self.sup.done.wait()
         return pb.DownReply(instances=self._instances(self.sup.instances.values()))
 
@@ -103,7 +113,7 @@ class _Servicer(pb_grpc.ControlServicer):
         return await self._act(request, context, f"kill ({sig.name})", lambda i: i.kill(sig))
 
     async def Stop(self, request: pb.ActionRequest, context: grpc.aio.ServicerContext) -> pb.ActionReply:
-        return await self._act(request, context, "stop", lambda i: i.stop())
+        return await self._act(request, context, "stop", lambda i: i.stop(drain=DRAIN_DELAY))
 
     async def Start(self, request: pb.ActionRequest, context: grpc.aio.ServicerContext) -> pb.ActionReply:
         return await self._act(request, context, "start", lambda i: i.start(by_command=True),
@@ -112,7 +122,7 @@ class _Servicer(pb_grpc.ControlServicer):
     async def Restart(self, request: pb.ActionRequest,
                       context: grpc.aio.ServicerContext) -> pb.ActionReply:
         async def restart(inst: Instance) -> bool:
-            await inst.stop()
+            await inst.stop(drain=DRAIN_DELAY)
             return inst.start(by_command=True)
 
         return await self._act(request, context, "restart", restart, lambda i: i.settled)
@@ -183,7 +193,7 @@ class ControlClient:
     """
 
     def __init__(self, state_dir: Path, timeout: float = 10.0) -> None:
-        from devcluster.supervisor import running_pid, socket_path
+        from devcluster.statedir import running_pid, socket_path
 
         self.state_dir = state_dir
         self.timeout = timeout
@@ -233,8 +243,9 @@ class ControlClient:
         return self._call("WaitReady", pb.WaitReadyRequest(timeout=timeout), timeout + 5)
 
     def down(self, grace: float | None = None) -> pb.DownReply:
-        wait = (grace or 5.0) * 3 + 30
-        return self._call("Down", pb.DownRequest(grace=grace or 0.0, who=_who()), wait)
+        wait = (5.0 if grace is None else grace) * 3 + 30
+        request = pb.DownRequest(grace=-1.0 if grace is None else grace, who=_who())
+        return self._call("Down", request, wait)
 
     def act(self, verb: str, names: list[str], all_: bool = False, signal: str = "",
             wait: bool = True, timeout: float = _DEFAULT_WAIT) -> pb.ActionReply:

@@ -68,7 +68,9 @@ async def wait_ready(address: str, alive: Callable[[], bool], deadline: float) -
         ready, how = await check(address, timeout=min(1.0, max(0.05, deadline - time.monotonic())))
         if ready:
             return how
-        if how.startswith(("UNAVAILABLE", "INTERNAL", "UNKNOWN")):
+        # A server that does not speak gRPC never answers the HTTP/2 handshake: with
+        # wait_for_ready that is a DEADLINE_EXCEEDED, else UNAVAILABLE or INTERNAL.
+        if how.startswith(("UNAVAILABLE", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED")):
             failures += 1
             if failures >= 3 and await _tcp(address):
                 return VIA_TCP

@@ -27,7 +27,10 @@ from devcluster.errors import ProcfileError, UsageError
 
 DEFAULT_BASE_PORT = 5000
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_SHELL_SYNTAX = re.compile(r"[|&;<>()`*?\[\]~!{}\\\n]|\$\(|^\s*\w+=")
+# Anything the shell would treat specially: pipes, lists, redirections, globs, tilde,
+# command substitution, escapes, comments, leading assignments. `${NAME}` is not: we
+# expand it ourselves.
+_SHELL_SYNTAX = re.compile(r"[|&;<>()`*?\[\]~!\\\n]|\$\(|(?:^|\s)#|^\s*\w+=|\{(?!\w+\})")
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
@@ -113,13 +116,16 @@ def parse_procfile(text: str, source: str) -> tuple[ProcessType, ...]:
         raise ProcfileError(
             f"{source} defines no processes; add a line like "
             "'web: python -m services.greeter --port $PORT'")
-    # honcho's own parser must agree with our validation; it is the reference.
-    parsed = honcho_environ.parse_procfile(text).processes
+    # honcho's own parser must agree with our validation; it is the reference. Its
+    # pattern is anchored at column 0, so give it the lines as we validated them.
+    parsed = honcho_environ.parse_procfile(
+        "\n".join(line.strip() for line in text.splitlines())).processes
     return tuple(ProcessType(t.name, parsed[t.name].strip(), t.line) for t in types)
 
 
 def parse_env(text: str, source: str) -> dict[str, str]:
     """Parse a .env file with honcho's parser, reporting bad lines with their number."""
+    empty: set[str] = set()
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -131,13 +137,21 @@ def parse_env(text: str, source: str) -> dict[str, str]:
             raise ProcfileError(f"{source}:{number}: malformed env line {raw.strip()!r}; "
                                 "expected KEY=value")
         try:
-            shlex.split(line)
+            words = shlex.split(line)
         except ValueError as e:
             raise ProcfileError(f"{source}:{number}: {e} in {raw.strip()!r}") from None
+        if len(words) > 1:
+            # honcho would glue the words together and lose the spaces: refuse instead.
+            raise ProcfileError(f"{source}:{number}: the value of {key.strip()} has spaces; "
+                                f"quote it: {key.strip()}=\"{line.partition('=')[2].strip()}\"")
+        empty.update({key.strip()} if not line.partition("=")[2].strip() else set())
     text = "\n".join(
         ln.strip()[len("export "):] if ln.strip().startswith("export ") else ln
         for ln in text.splitlines())
-    return honcho_environ.parse(text)
+    values = honcho_environ.parse(text)
+    for key in empty:  # honcho drops `KEY=`; an empty value is a value
+        values.setdefault(key, "")
+    return values
 
 
 def parse_scale(items: Sequence[str]) -> dict[str, int]:
@@ -206,7 +220,11 @@ def command_argv(command: str, env: Mapping[str, str]) -> list[str]:
             words = shlex.split(command)
         except ValueError:
             words = []
-        if words and "'" not in command and '"' not in command:
+        values = [env.get(m.group(1) or m.group(2)) for m in _VAR.finditer(command)]
+        # An unset/empty variable vanishes and a value with spaces splits into words
+        # in sh; only the plain case (set, one word) is expanded here.
+        plain = all(v and not any(c.isspace() for c in v) for v in values)
+        if words and plain and "'" not in command and '"' not in command:
             return [_VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), w) for w in words]
     return ["/bin/sh", "-c", command]
 

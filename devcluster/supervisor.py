@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -16,14 +15,15 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import TextIO
 
 from devcluster import process, procfile
-from devcluster.errors import ClusterRunningError, CorruptRegistryError, UnknownInstanceError
-from devcluster.instance import Instance, Policy, Runtime
+from devcluster.errors import CorruptRegistryError, UnknownInstanceError
+from devcluster.instance import DRAIN_DELAY, Instance, Policy, Runtime
 from devcluster.logs import LogSink
 from devcluster.registry import FileRegistry, Registry, State
 from devcluster.registry.liveness import alive
+from devcluster.statedir import hold_lock, socket_path
 from devcluster.watchdog import Watchdog
 
 
@@ -41,6 +41,10 @@ class Settings:
     restart: dict[str, Policy] = field(default_factory=dict)
     ready_fd: int | None = None
     """A pipe to write one JSON line to once every instance has settled (``up -d``)."""
+    lifeline_fd: int | None = None
+    """A pipe whose other end the starting process holds: EOF (it exited, however it
+    died) shuts the cluster down gracefully. Unlike PDEATHSIG it is not tied to the
+    thread that started us."""
 
 
 class Supervisor:
@@ -147,7 +151,7 @@ class Supervisor:
         added = [s for n, s in wanted.items() if n not in self.instances]
         self.sink.system(f"reload: {len(added)} added, {len(removed)} removed, "
                          f"{len(changed)} changed")
-        await asyncio.gather(*(i.stop() for i in removed + changed))
+        await asyncio.gather(*(i.stop(drain=DRAIN_DELAY) for i in removed + changed))
         for inst in removed:
             self.instances.pop(inst.name)
             self.registry.deregister(inst.name)
@@ -186,7 +190,7 @@ class Supervisor:
             mine = sorted((i for i in self.instances.values() if i.spec.process_type == ptype),
                           key=lambda i: _number(i.name))
             extra = mine[wanted:]
-            await asyncio.gather(*(i.stop() for i in extra))
+            await asyncio.gather(*(i.stop(drain=DRAIN_DELAY) for i in extra))
             for inst in extra:
                 self.instances.pop(inst.name)
                 self.registry.deregister(inst.name)
@@ -209,81 +213,43 @@ def _number(name: str) -> int:
     return int(n) if n.isdigit() else 1
 
 
-# -- the state dir ---------------------------------------------------------------------
+def clean_stale(registry: FileRegistry, sink: LogSink) -> str | None:
+    """Say what a crashed run left behind, kill leftovers, and start from a fresh registry.
 
-def socket_path(state_dir: Path) -> Path:
-    return state_dir / "control.sock"
-
-
-@contextlib.contextmanager
-def hold_lock(state_dir: Path) -> Iterator[IO[str]]:
-    """Hold ``supervisor.lock`` for the supervisor's life; refuse if another holds it."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(state_dir, 0o700)
-    path = state_dir / "supervisor.lock"
-    f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        pid = f.read().strip() or "?"
-        f.close()
-        raise ClusterRunningError(
-            f"a cluster is already running in {state_dir} (supervisor pid {pid}); "
-            "stop it with `devcluster down` or use another --state-dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    try:
-        yield f
-    finally:
-        f.close()
-
-
-def running_pid(state_dir: Path) -> int | None:
-    """The pid of the supervisor holding the state dir's lock, else None."""
-    path = state_dir / "supervisor.lock"
-    try:
-        with open(path, encoding="utf-8") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                text = f.read().strip()
-                return int(text) if text.isdigit() else -1
-            return None
-    except (FileNotFoundError, PermissionError):
-        return None
-
-
-def clean_stale(registry: FileRegistry, sink: LogSink) -> None:
-    """Say what a crashed run left behind, kill leftovers, and start from a fresh registry."""
+    Returns the note (also logged) so ``up -d`` can show it to the user.
+    """
     try:
         snap = FileRegistry(registry.state_dir, check_liveness=False).snapshot()
     except CorruptRegistryError as e:
         kept = registry.recover()
-        sink.system(f"{e}; kept it as {kept.name if kept else '?'} and started a fresh one")
-        return
+        note = f"{e}; kept it as {kept.name if kept else '?'} and started a fresh one"
+        sink.system(note)
+        return note
     stale = [r for r in snap.records.values() if r.state.running]
     if not stale:
-        return
+        return None
     killed = []
     for rec in stale:
         if rec.pid and rec.started_at and alive(rec.pid, rec.started_at):
             process.signal_group(rec.pid, signal.SIGKILL)
             killed.append(f"{rec.name} (pid {rec.pid})")
     names = ", ".join(r.name for r in stale)
-    sink.system(f"cleaned stale state of a crashed run: {names}"
-                + (f"; killed leftover {', '.join(killed)}" if killed else ""))
+    note = (f"cleaned stale state of a crashed run: {names}"
+            + (f"; killed leftover {', '.join(killed)}" if killed else ""))
+    sink.system(note)
+    return note
 
 
-def write_ready(fd: int | None, sup: Supervisor) -> None:
+def write_ready(fd: int | None, sup: Supervisor, notes: list[str]) -> None:
     """Tell the ``up -d`` parent the outcome (one JSON line), then close the pipe."""
     if fd is None:
         return
-    payload = {name: {"state": i.state.value, "address": i.address,
-                      "last_exit": i.last_exit, "ready_timed_out": i.ready_timed_out}
-               for name, i in sup.instances.items()}
+    instances = {name: {"state": i.state.value, "address": i.address,
+                        "service": i.spec.service, "pid": i.pid, "restarts": i.restarts,
+                        "started_at": i.started_at, "last_exit": i.last_exit,
+                        "ready_timed_out": i.ready_timed_out}
+                 for name, i in sup.instances.items()}
+    payload = {"instances": instances, "notes": notes}
     with contextlib.suppress(OSError):
         os.write(fd, (json.dumps(payload) + "\n").encode())
         os.close(fd)
@@ -301,7 +267,7 @@ async def serve(settings: Settings, console: TextIO | None) -> int:
     with hold_lock(settings.state_dir):
         sink = LogSink(settings.state_dir / "logs", console)
         registry = FileRegistry(settings.state_dir)
-        clean_stale(registry, sink)
+        notes = [n for n in [clean_stale(registry, sink)] if n]
         _check_ports(specs)
         watchdog = Watchdog()
         sup = Supervisor(settings, registry, sink, types, env, specs, watchdog)
@@ -309,7 +275,7 @@ async def serve(settings: Settings, console: TextIO | None) -> int:
         loop = asyncio.get_running_loop()
         control = ControlServer(sup, socket_path(settings.state_dir))
         await control.start()
-        with _signals(loop, sup):
+        with _signals(loop, sup), _lifeline(loop, sup, settings.lifeline_fd):
             began = time.monotonic()
             sup.start_all()
             settled = asyncio.create_task(sup.wait_settled(settings.ready_timeout + 60))
@@ -318,7 +284,7 @@ async def serve(settings: Settings, console: TextIO | None) -> int:
             stop_wait.cancel()
             if settled.done():
                 _report_ready(sup, time.monotonic() - began)
-            write_ready(settings.ready_fd, sup)
+            write_ready(settings.ready_fd, sup, notes)
             await sup.done.wait()
         await control.stop()
         watchdog.close()
@@ -346,6 +312,30 @@ def _check_ports(specs: Sequence[procfile.InstanceSpec]) -> None:
         raise DevclusterError(
             f"port {spec.port} for {spec.name} is already in use by {owner}; stop it or "
             "choose another base with --port")
+
+
+@contextlib.contextmanager
+def _lifeline(loop: asyncio.AbstractEventLoop, sup: Supervisor, fd: int | None) -> Iterator[None]:
+    """Shut down when the process that started us is gone (its pipe end closes)."""
+    if fd is None:
+        yield
+        return
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(fd)
+            loop.create_task(sup.shutdown(who="the process that started the cluster exited"))
+
+    loop.add_reader(fd, readable)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 @contextlib.contextmanager

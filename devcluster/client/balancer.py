@@ -32,6 +32,10 @@ from devcluster.registry.record import Record, Snapshot, State
 InstanceKey = tuple[str, str, int | None, float | None]
 
 
+#: Failures that, without a response header, mean the server's application never saw
+#: the call, so any call may go to another instance.
+_NOT_REACHED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
 class Instance:
     """One process of one registry record, with its sub-channel and health verdict."""
 
@@ -210,7 +214,9 @@ class Balancer:
         application saw the call: such calls are retried only for ``retry_on``
         codes, as gRPC's own transparent retry does.
         """
-        if code is grpc.StatusCode.UNAVAILABLE and not reached:
+        # A grpc server in graceful shutdown refuses new calls with CANCELLED before its
+        # application sees them (no header): as safe to repeat as a refused connection.
+        if code in _NOT_REACHED_CODES and not reached:
             inst.timeouts = 0
             self.eject(inst, "unreachable")
             return True
