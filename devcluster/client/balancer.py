@@ -136,6 +136,8 @@ class Balancer:
             for record in snapshot.records.values():
                 if self.service is not None and record.service != self.service:
                     continue
+                if not record.address:
+                    continue  # still starting on a port nobody knows yet: nothing to dial
                 inst = old.get(record.name)
                 if inst is not None and inst.key == instance_key(record):
                     if inst.ejected and record.state is not inst.record.state:
