@@ -112,7 +112,12 @@ class Cluster:
 
         Raises NotReadyError (cluster left running) when some instance does not serve.
         """
-        procfile_mod.load(self.procfile, self.env_files, self.scale_counts, self.port)
+        types, _, _ = procfile_mod.load(self.procfile, self.env_files, self.scale_counts,
+                                        self.port)
+        for name in self.restart_policies:
+            if name not in {t.name for t in types}:
+                raise UsageError(f"--restart {name}=...: the Procfile has no process type "
+                                 f"{name!r}; types: {', '.join(t.name for t in types)}")
         pid = running_pid(self.state_dir)
         if pid is not None:
             raise ClusterRunningError(
@@ -178,6 +183,10 @@ class Cluster:
             code = self._proc.wait(timeout=30)
             lines = tail(self.state_dir / "logs" / "supervisor.out", 5)
             why = next((ln for ln in reversed(lines) if ln.strip()), "no output")
+            prefix = "devcluster: error: "
+            if why.startswith(prefix):  # the daemon's own one-line error: pass it on as is
+                error = UsageError if code == UsageError.exit_code else DevclusterError
+                raise error(why[len(prefix):])
             raise DevclusterError(f"the supervisor exited ({code}) before it was ready: {why}")
         return json.loads(data)
 

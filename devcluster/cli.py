@@ -237,6 +237,8 @@ def logs(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Show (and with -f follow) the log of one instance or of the whole cluster."""
+    if lines < 0:
+        raise UsageError(f"--lines must be 0 or more, got {lines}")
     from devcluster.logview import show_logs
 
     show_logs(_state_dir(procfile, state_dir), name, follow, lines)
@@ -283,7 +285,8 @@ def _act(verb: str, names: list[str] | None, all_: bool, procfile: Path, state_d
         print(json.dumps(rows, indent=2))
         return
     for r in rows:
-        extra = f" ({r['last_exit']})" if r.get("last_exit") and r["state"] != "serving" else ""
+        extra = f" ({r['last_exit']})" if r.get("last_exit") and r["state"] in {
+            "exited", "failed", "killed", "backoff", "stopped"} else ""
         where = f" on {r['address']}" if r["state"] == "serving" and r["address"] else ""
         if r["name"] in reply.unchanged:
             out.print(f"{r['name']} is already {r['state']}{where}; nothing to do")

@@ -192,6 +192,10 @@ class Instance:
             return False
         process.signal_group(self.pid, signal.SIGCONT)
         self._set(self._before_pause)
+        if self.state is State.STARTING and self._proc is not None and self.ready_timed_out:
+            # Frozen while starting, its readiness clock ran out: give it a fresh one.
+            self.ready_timed_out = False
+            asyncio.get_running_loop().create_task(self._become_ready(self._proc))
         return True
 
     def force_kill(self) -> None:

@@ -15,7 +15,7 @@ def show_logs(state_dir: Path, name: str | None, follow: bool, lines: int) -> No
     log_dir = state_dir / "logs"
     path = log_dir / f"{name or SYSTEM}.log"
     if not path.exists():
-        if not log_dir.is_dir():
+        if not log_dir.is_dir() or name is None:
             raise NoClusterError(f"no cluster running in {state_dir}; start one with "
                                  "`devcluster up`")
         known = sorted(p.stem for p in log_dir.glob("*.log") if p.stem != SYSTEM)

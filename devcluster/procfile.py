@@ -136,15 +136,18 @@ def parse_env(text: str, source: str) -> dict[str, str]:
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
             raise ProcfileError(f"{source}:{number}: malformed env line {raw.strip()!r}; "
                                 "expected KEY=value")
+        value_text = line.partition("=")[2]
         try:
-            words = shlex.split(line)
+            # As honcho's shlex lexer reads it: quotes group, '#' starts a comment.
+            words = shlex.split(value_text, comments=True)
         except ValueError as e:
             raise ProcfileError(f"{source}:{number}: {e} in {raw.strip()!r}") from None
         if len(words) > 1:
             # honcho would glue the words together and lose the spaces: refuse instead.
             raise ProcfileError(f"{source}:{number}: the value of {key.strip()} has spaces; "
-                                f"quote it: {key.strip()}=\"{line.partition('=')[2].strip()}\"")
-        empty.update({key.strip()} if not line.partition("=")[2].strip() else set())
+                                f"quote it: {key.strip()}=\"{' '.join(words)}\"")
+        if not words:
+            empty.add(key.strip())
     text = "\n".join(
         ln.strip()[len("export "):] if ln.strip().startswith("export ") else ln
         for ln in text.splitlines())

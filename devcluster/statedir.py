@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from devcluster.errors import ClusterRunningError
+from devcluster.errors import ClusterRunningError, DevclusterError
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -23,10 +23,14 @@ def socket_path(state_dir: Path) -> Path:
 @contextlib.contextmanager
 def hold_lock(state_dir: Path) -> Iterator[IO[str]]:
     """Hold ``supervisor.lock`` for the supervisor's life; refuse if another holds it."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(state_dir, 0o700)
-    path = state_dir / "supervisor.lock"
-    f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(state_dir, 0o700)
+        path = state_dir / "supervisor.lock"
+        f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+    except OSError as e:
+        raise DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror}); "
+                              "pass --state-dir DIR with a directory you can write") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -59,3 +63,6 @@ def running_pid(state_dir: Path) -> int | None:
             return None
     except (FileNotFoundError, PermissionError):
         return None
+    except OSError as e:  # e.g. the state dir is a file
+        raise DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror}); "
+                              "pass --state-dir DIR with a directory") from None

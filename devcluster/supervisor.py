@@ -68,6 +68,8 @@ class Supervisor:
         self.done = asyncio.Event()
         self._interrupts = 0
         self.started = time.monotonic()
+        # scale and reload add and remove instances across awaits: one at a time.
+        self._membership = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.settings.procfile} {len(self.instances)} instances>"
@@ -131,6 +133,10 @@ class Supervisor:
             inst.force_kill()
 
     async def reload(self) -> None:
+        async with self._membership:
+            await self._reload()
+
+    async def _reload(self) -> None:
         """SIGHUP: re-read the Procfile; start added types, stop removed ones, restart
         instances whose command or environment changed. A bad Procfile changes nothing."""
         from devcluster.errors import DevclusterError
@@ -177,6 +183,10 @@ class Supervisor:
             self.force()
 
     async def scale(self, counts: dict[str, int]) -> list[Instance]:
+        async with self._membership:
+            return await self._scale(counts)
+
+    async def _scale(self, counts: dict[str, int]) -> list[Instance]:
         """Set the number of instances of process types; returns those added or removed.
 
         Shrinking stops the highest-numbered instances gracefully and forgets them;

@@ -36,10 +36,14 @@ class Registry(abc.ABC):
     def update_many(self, changes: Mapping[str, Mapping[str, Any]]) -> Snapshot:
         """Change several records in one write (one revision); unknown names are errors."""
 
-    @abc.abstractmethod
     def modify(self, decide: Callable[[Snapshot], Mapping[str, Mapping[str, Any]]]) -> Snapshot:
-        """Read-modify-write: ``decide(current)`` returns the changes, applied atomically
-        (lock or compare-and-swap), so increments from many writers are never lost."""
+        """Read-modify-write: ``decide(current)`` returns the changes to apply.
+
+        The file and etcd backends override this to be atomic (lock, compare-and-swap)
+        so increments from many writers are never lost; this default is for in-process
+        registries with a single writer.
+        """
+        return self.update_many(decide(self.snapshot()))
 
     @abc.abstractmethod
     def deregister(self, name: str) -> None:
