@@ -1,0 +1,225 @@
+"""Every user mistake: one line on stderr naming the problem, exit 2 (usage) or 1
+(runtime), no traceback, and the user's files unchanged.
+
+Each row is: the files to write, the CLI args, the expected exit status, a fragment
+of the message. Rows marked ``cluster`` run against one shared running cluster.
+The rows run concurrently in a module fixture; each test checks its own outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devcluster.api import Cluster
+
+GREETER = "python -m services.greeter --port $PORT"
+PROCFILE = f"greeter: {GREETER}\n".encode()
+
+
+@dataclass(frozen=True)
+class Row:
+    args: tuple[str, ...]
+    code: int | tuple[int, ...]
+    """The exit status (or the statuses a fix may reasonably choose)."""
+    fragment: str
+    files: dict[str, bytes] = field(default_factory=lambda: {"Procfile": PROCFILE})
+    cluster: bool = False
+    """Run in the shared cluster's directory (a supervisor is running)."""
+    absent: str = ""
+    """A fragment the message must not contain."""
+
+
+VERBS = ("kill", "stop", "start", "restart", "pause", "resume")
+
+ROWS: dict[str, Row] = {
+    # -- the Procfile --
+    "missing Procfile": Row(("up",), 2, "no Procfile at", files={}),
+    "empty Procfile": Row(("up",), 2, "defines no processes", files={"Procfile": b""}),
+    "binary Procfile": Row(("up",), 2, "not a text file",
+                           files={"Procfile": b"\x7fELF\x02\x01\x01\x00\x00web: x\n"}),
+    "malformed line": Row(("up",), 2, "Procfile:3: malformed line",
+                          files={"Procfile": PROCFILE + b"# ok\nthis is not a process\n"}),
+    "duplicate name": Row(("up",), 2, "(first on line 1)",
+                          files={"Procfile": PROCFILE + b"\ngreeter: other\n"}),
+    "illegal name": Row(("up",), 2, "'my.web' has illegal characters",
+                        files={"Procfile": b"my.web: python a.py\n"}),
+    "bad Procfile, detached": Row(("up", "-d"), 2, "Procfile:2",
+                                  files={"Procfile": PROCFILE + b"nope\n"}),
+    # -- flags of up --
+    "scale unknown type": Row(("up", "--scale", "nope=2"), 2, "cannot scale 'nope'"),
+    "scale negative": Row(("up", "--scale", "greeter=-1"), 2, "0 or more"),
+    "scale not a number": Row(("up", "-c", "greeter=two"), 2, "not a whole number"),
+    "bad restart policy": Row(("up", "--restart", "greeter=sometimes"), 2, "bad --restart"),
+    "restart unknown type": Row(("up", "--restart", "nope=no"), 2, "'nope'"),
+    "restart unknown type, detached": Row(("up", "-d", "--restart", "nope=no"), 2, "'nope'"),
+    "negative grace": Row(("up", "--grace", "-1"), 2, "--grace"),
+    "port in use": Row(("up", "-p", "{busy_port}"), 1, "is already in use by pid"),
+    "port in use, detached": Row(("up", "-d", "-p", "{busy_port}"), 1,
+                                 "is already in use by pid"),
+    "port not a number": Row(("up", "-p", "http"), 2, "--port"),
+    "unknown option": Row(("up", "--bogus"), 2, "--bogus"),
+    # -- the state dir --
+    **{f"state dir is a file: {' '.join(args)}": Row(
+        args, (1, 2), ".devcluster",
+        files={"Procfile": PROCFILE, ".devcluster": b"not a directory\n"})
+       for args in (("up", "-d", "-p", "0"), ("up", "-p", "0"), ("ps",))},
+    # -- env files --
+    "bad .env line": Row(("up",), 2, ".env:2: malformed env line",
+                         files={"Procfile": PROCFILE, ".env": b"A=1\nnot an assignment\n"}),
+    "missing -e file": Row(("up", "-e", "nope.env"), 2, "nope.env"),
+    "bad PORT in .env": Row(("up",), 2, "PORT='eighty'",
+                            files={"Procfile": PROCFILE, ".env": b"PORT=eighty\n"}),
+    # -- weight (the registry; no supervisor needed) --
+    **{f"weight {v}": Row(("weight", "greeter", "--", v), 2, "weight must be an integer 0..1000",
+                          cluster=True) for v in ("-1", "abc", "1e9", "1001")},
+    "weight, no registry": Row(("weight", "greeter", "1001"), 2, "0..1000"),
+    "weight unknown instance": Row(("weight", "nope", "3"), 2, "unknown instance 'nope'",
+                                   cluster=True),
+    "enable unknown instance": Row(("enable", "nope"), 2, "unknown instance 'nope'",
+                                   cluster=True),
+    # -- control commands --
+    **{f"{verb} unknown instance": Row((verb, "nope"), 2,
+                                       "unknown instance 'nope'; known instances: greeter",
+                                       cluster=True) for verb in VERBS},
+    "kill unknown signal": Row(("kill", "greeter", "--signal", "SIGNOPE"), 2, "unknown signal",
+                               cluster=True),
+    "kill without a name": Row(("kill",), 2, "name an instance", cluster=True),
+    "scale negative, running": Row(("scale", "greeter=-1"), 2, "0 or more", cluster=True),
+    "scale unknown type, running": Row(("scale", "nope=2"), 2, "unknown process type 'nope'",
+                                       cluster=True),
+    "up while running": Row(("up", "-d", "-p", "0"), 1, "already running", cluster=True),
+    "logs unknown instance": Row(("logs", "nope"), 2, "no log for 'nope'", cluster=True),
+    "logs negative lines": Row(("logs", "-n", "-1"), 2, "-1", cluster=True),
+    "logs, no merged log yet": Row(("logs",), 1, "devcluster", absent="None", files={
+        "Procfile": PROCFILE, ".devcluster/logs/supervisor.out": b"crashed at start\n"}),
+    **{f"{verb} without a cluster": Row((verb, "greeter"), 1, "no cluster running")
+       for verb in VERBS},
+    "ps without a cluster": Row(("ps",), 1, "no cluster running"),
+    "down without a cluster": Row(("down",), 1, "no cluster running"),
+    "scale without a cluster": Row(("scale", "greeter=2"), 1, "no cluster running"),
+    "logs without a cluster": Row(("logs",), 1, "no cluster running"),
+}
+
+#: Rows that show a known product bug: name -> reason (strict xfail). None open now.
+BUGS: dict[str, str] = {}
+
+
+def _params() -> list[object]:
+    return [pytest.param(row, id=name, marks=[pytest.mark.xfail(strict=True, reason=BUGS[name])]
+                         if name in BUGS else []) for name, row in ROWS.items()]
+
+
+def digest(directory: Path) -> dict[str, str]:
+    """Hashes of every file the user wrote (the state dir is devcluster's own)."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*"))
+            if p.is_file() and ".devcluster" not in p.parts}
+
+
+@dataclass
+class Outcome:
+    result: subprocess.CompletedProcess[str]
+    files_before: dict[str, str]
+    files_after: dict[str, str]
+
+
+@dataclass
+class SharedCluster:
+    """What the rows run against the shared cluster did to it (nothing, we hope)."""
+
+    registry_unchanged: bool
+    state: str
+
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+SHARED = "__shared_cluster__"
+
+
+def _run(cli: Cli, row: Row, directory: Path, busy_port: int) -> Outcome:
+    before = digest(directory)
+    # A row that unexpectedly succeeds (a foreground `up`) must not hang the suite.
+    result = cli(*(arg.format(busy_port=busy_port) for arg in row.args), cwd=directory,
+                 timeout=30)
+    return Outcome(result, before, digest(directory))
+
+
+@pytest.fixture(scope="module")
+def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+             devcluster_cli: Cli,
+             processes_under: Callable[[Path], list[object]]) -> Iterator[dict[str, Any]]:
+    """Run every selected row at once (each CLI start is ~0.3 s of CPU: use every core).
+
+    Rows get their own directory; ``cluster`` rows share one running cluster. At the
+    end, nothing may run under any of these directories.
+    """
+    selected = [item.callspec.id for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")]
+    base = tmp_path_factory.mktemp("cli-errors")
+    shared = base / "shared"
+    shared.mkdir()
+    (shared / "Procfile").write_bytes(PROCFILE)
+    cluster = Cluster(shared / "Procfile", port=0, grace=1)
+    jobs: dict[str, tuple[Row, Path]] = {}
+    for number, name in enumerate(selected):
+        row = ROWS[name]
+        directory = shared if row.cluster else base / f"row{number}"
+        if not row.cluster:
+            for rel, data in row.files.items():
+                (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+                (directory / rel).write_bytes(data)
+            directory.mkdir(exist_ok=True)
+        jobs[name] = (row, directory)
+    try:
+        registry = cluster.state_dir / "registry.json"
+        uses_cluster = any(row.cluster for row, _ in jobs.values())
+        if uses_cluster:
+            cluster.up()
+        registry_before = registry.read_bytes() if uses_cluster else b""
+        with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 2)) as pool, \
+                socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            futures = {name: pool.submit(_run, devcluster_cli, row, d, port)
+                       for name, (row, d) in jobs.items()}
+            done: dict[str, Any] = {name: f.result() for name, f in futures.items()}
+        if uses_cluster:
+            done[SHARED] = SharedCluster(registry.read_bytes() == registry_before,
+                                         cluster.instance("greeter").state)
+        yield done
+    finally:
+        cluster.down()
+        assert processes_under(base) == []
+
+
+@pytest.mark.parametrize("row", _params())
+def test_user_mistake(row: Row, request: pytest.FixtureRequest,
+                      outcomes: dict[str, Any]) -> None:
+    outcome = outcomes[request.node.callspec.id]
+    result = outcome.result
+    err = result.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    assert row.fragment in err, err
+    if row.absent:
+        assert row.absent not in err, err
+    assert err.startswith("devcluster: error: "), err
+    assert err.count("devcluster: error:") == 1, err
+    codes = row.code if isinstance(row.code, tuple) else (row.code,)
+    assert result.returncode in codes, err
+    assert result.stdout == ""
+    assert outcome.files_after == outcome.files_before  # the user's files are unchanged
+    if row.cluster:  # no mistake changed the running cluster or its registry
+        shared: SharedCluster = outcomes[SHARED]  # type: ignore[assignment]
+        assert shared.registry_unchanged
+        assert shared.state == "serving"
