@@ -98,6 +98,10 @@ ROWS: dict[str, Row] = {
     "scale unknown type, running": Row(("scale", "nope=2"), 2, "unknown process type 'nope'",
                                        cluster=True),
     "up while running": Row(("up", "-d", "-p", "0"), 1, "already running", cluster=True),
+    "corrupt registry": Row(("weight", "greeter", "2"), 1, "registry.json", files={
+        "Procfile": PROCFILE, ".devcluster/registry.json": b"{not json"}),
+    "client without a registry": Row(("client", "--count", "1"), 1, "no registry"),
+    "client bad target": Row(("client", "--target", "static:///"), 2, "static"),
     "logs unknown instance": Row(("logs", "nope"), 2, "no log for 'nope'", cluster=True),
     "logs negative lines": Row(("logs", "-n", "-1"), 2, "-1", cluster=True),
     "logs, no merged log yet": Row(("logs",), 1, "devcluster", absent="None", files={
@@ -223,3 +227,19 @@ def test_user_mistake(row: Row, request: pytest.FixtureRequest,
         shared: SharedCluster = outcomes[SHARED]  # type: ignore[assignment]
         assert shared.registry_unchanged
         assert shared.state == "serving"
+
+
+def test_command_not_found_names_it_and_keeps_the_rest(tmp_path: Path, run_cli: Any) -> None:
+    """A Procfile line whose program does not exist: `up -d` names it, exits 1, and the
+    other instances keep serving (the user fixes the line and `start`s it)."""
+    (tmp_path / "Procfile").write_bytes(
+        PROCFILE + b"bad: no-such-command-xyz --port $PORT\n")
+    try:
+        result = run_cli("up", "-d", "-p", "0")
+        assert result.returncode == 1
+        errors = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert len(errors) == 1 and "no-such-command-xyz" in errors[0], result.stderr
+        assert "Traceback" not in result.stderr
+        assert " serving " in result.stdout  # the greeter still serves
+    finally:
+        assert run_cli("down", "--grace", "1").returncode == 0
