@@ -137,7 +137,7 @@ class Instance:
         return True
 
     async def stop(self, grace: float | None = None, intent: State = State.STOPPED,
-                   drain: float = 0.0) -> bool:
+                   drain: float = 0.0, announce: bool = True) -> bool:
         """Graceful stop: draining, SIGINT, SIGKILL after ``grace``. False if not running.
 
         ``drain`` seconds pass between the registry saying ``draining`` and SIGINT, so
@@ -149,7 +149,10 @@ class Instance:
         grace = self.rt.grace if grace is None else grace
         self._intent = intent
         paused = self.state is State.PAUSED
-        self._set(State.DRAINING)
+        if announce:
+            self._set(State.DRAINING)
+        else:  # the supervisor wrote every instance's `draining` in one registry write
+            self.state = State.DRAINING
         if drain > 0 and not paused:
             await asyncio.sleep(drain)
         if not self.running:
@@ -299,7 +302,8 @@ class Instance:
         def alive() -> bool:
             return proc.returncode is None
 
-        port = await health.find_port(proc.pid, self.port, alive, deadline)
+        port = await health.find_port(proc.pid, self.port, alive, deadline,
+                                      expect_wanted="PORT" in self.spec.command)
         if port is not None:
             self.port, self.address = port, f"127.0.0.1:{port}"
             how = await health.wait_ready(self.address, alive, deadline)

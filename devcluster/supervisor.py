@@ -122,7 +122,7 @@ class Supervisor:
         with contextlib.suppress(Exception):
             self.registry.update_many({i.name: {"state": State.DRAINING.value} for i in running})
         began = time.monotonic()
-        await asyncio.gather(*(i.stop(grace) for i in self.instances.values()))
+        await asyncio.gather(*(i.stop(grace, announce=False) for i in self.instances.values()))
         self.sink.system(f"all instances stopped in {1000 * (time.monotonic() - began):.0f} ms")
         self.done.set()
 
