@@ -26,7 +26,7 @@ from typing import Any
 from devcluster import procfile as procfile_mod
 from devcluster.errors import ClusterRunningError, DevclusterError, NoClusterError, UsageError
 from devcluster.logs import tail
-from devcluster.registry import FileRegistry, Snapshot, State
+from devcluster.registry import Registry, Snapshot, State, open_registry
 from devcluster.statedir import running_pid
 
 STATE_DIR_NAME = ".devcluster"
@@ -86,6 +86,7 @@ class Cluster:
         restart: Mapping[str, str] | None = None,
         ready_timeout: float = 30.0,
         attach: bool = True,
+        registry: str | None = None,
     ) -> None:
         self.procfile = Path(procfile).absolute()
         self.state_dir = default_state_dir(self.procfile, state_dir)
@@ -96,11 +97,13 @@ class Cluster:
         self.restart_policies = dict(restart or {})
         self.ready_timeout = ready_timeout
         self.attach = attach
+        #: ``etcd://...`` (or ``$DEVCLUSTER_REGISTRY``); None: the state dir's file.
+        self.registry_url = registry or os.environ.get("DEVCLUSTER_REGISTRY") or None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lifeline: int | None = None
         #: What the supervisor reported while starting (e.g. stale state it cleaned).
         self.notes: list[str] = []
-        self._registry: FileRegistry | None = None
+        self._registry: Registry | None = None
 
     def __repr__(self) -> str:
         return f"<Cluster {self.procfile} state_dir={self.state_dir}>"
@@ -162,7 +165,7 @@ class Cluster:
             scale=self.scale_counts, base_port=self.port, grace=self.grace,
             ready_timeout=self.ready_timeout,
             restart={k: str(v) for k, v in self.restart_policies.items()}, ready_fd=ready_fd,
-            lifeline_fd=lifeline_fd)]
+            lifeline_fd=lifeline_fd, registry=self.registry_url)]
 
     def _read_ready(self, fd: int) -> dict[str, Any]:
         # Crash loops settle as `failed` after ~7.5 s of backoff; allow for that.
@@ -233,9 +236,9 @@ class Cluster:
     # -- looking -----------------------------------------------------------------------
 
     @property
-    def registry(self) -> FileRegistry:
+    def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = FileRegistry(self.state_dir)
+            self._registry = open_registry(self.registry_url or self.state_dir)
         return self._registry
 
     def control(self) -> Any:
@@ -342,7 +345,7 @@ def parse_weight(value: str | int) -> int:
     return weight
 
 
-def set_weight(registry: FileRegistry, name: str, weight: str | int) -> None:
+def set_weight(registry: Registry, name: str, weight: str | int) -> None:
     registry.update(name, weight=parse_weight(weight))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,19 @@ StateDirOpt = Annotated[Path | None, typer.Option(
     "--state-dir", help="State dir (default: .devcluster beside the Procfile; "
                         "env DEVCLUSTER_HOME).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+RegistryOpt = Annotated[str | None, typer.Option(
+    "--registry", help="etcd://host:2379[/prefix] to use etcd (env DEVCLUSTER_REGISTRY); "
+                       "default: the state dir's registry.json.", show_default=False)]
+
+
+def _registry(procfile: Path, state_dir: Path | None, registry: str | None) -> Any:
+    from devcluster.registry import open_registry, registry_spec
+
+    return open_registry(registry_spec(registry, _state_dir(procfile, state_dir)))
+
+
+def _is_etcd(registry: str | None) -> bool:
+    return (registry or os.environ.get("DEVCLUSTER_REGISTRY") or "").startswith("etcd://")
 
 
 def _state_dir(procfile: Path, state_dir: Path | None) -> Path:
@@ -93,6 +107,7 @@ def up(
     ready_timeout: Annotated[float, typer.Option(help="Seconds an instance gets to serve.")]
     = 30.0,
     json_: JsonOpt = False,
+    registry: RegistryOpt = None,
 ) -> None:
     """Start every instance of the Procfile and supervise them (Ctrl-C stops them all)."""
     scale_counts = procfile_mod.parse_scale(scale)
@@ -103,7 +118,7 @@ def up(
     if detach:
         cluster = Cluster(procfile, scale=scale_counts, state_dir=directory, port=port,
                           grace=grace, env_files=env, restart=policies,
-                          ready_timeout=ready_timeout, attach=False)
+                          ready_timeout=ready_timeout, attach=False, registry=registry)
         began = time.monotonic()
         try:
             states = cluster.up()
@@ -124,7 +139,8 @@ def up(
 
     settings = Settings(procfile=procfile.absolute(), state_dir=directory, env_files=tuple(env),
                         scale=scale_counts, base_port=port, grace=grace,
-                        ready_timeout=ready_timeout, restart=policies)
+                        ready_timeout=ready_timeout, restart=policies,
+                        registry=registry or os.environ.get("DEVCLUSTER_REGISTRY") or None)
     code = asyncio.run(serve(settings, sys.stdout))
     raise typer.Exit(code)
 
@@ -219,10 +235,19 @@ def _print_instances(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 @app.command()
 def ps(procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
-       json_: JsonOpt = False) -> None:
-    """List instances: state, pid, address, weight, uptime, restarts, CPU, memory."""
-    with control_client(_state_dir(procfile, state_dir)) as control:
-        rows = [instance_dict(i) for i in control.ps().instances]
+       json_: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """List instances: state, pid, address, weight, uptime, restarts, CPU, memory.
+
+    With an etcd registry: every instance of every supervisor registered there."""
+    if _is_etcd(registry):
+        snap = _registry(procfile, state_dir, registry).snapshot()
+        now = time.time()
+        rows = [{**r.to_dict(), "uptime_s": round(now - r.started_at, 3)
+                 if r.started_at and r.state.running else 0.0, "cpu_percent": 0.0,
+                 "rss_bytes": 0, "last_exit": None} for r in snap.records.values()]
+    else:
+        with control_client(_state_dir(procfile, state_dir)) as control:
+            rows = [instance_dict(i) for i in control.ps().instances]
     _print_instances(rows, json_)
 
 
@@ -246,9 +271,9 @@ def logs(
 
 @app.command()
 def registry(procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
-             json_: JsonOpt = False) -> None:
+             json_: JsonOpt = False, registry_url: RegistryOpt = None) -> None:
     """Print the registry: every record with weight, enabled and state."""
-    reg = FileRegistry(_state_dir(procfile, state_dir))
+    reg = _registry(procfile, state_dir, registry_url)
     snap = reg.snapshot()
     if json_:
         print(json.dumps({"revision": snap.revision,
@@ -256,7 +281,8 @@ def registry(procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = 
                          indent=2))
         return
     table = Table(box=None, header_style="bold", pad_edge=False,
-                  title=f"{reg.path} (revision {snap.revision})", title_justify="left")
+                  title=f"{getattr(reg, 'path', None) or registry_url} "
+                        f"(revision {snap.revision})", title_justify="left")
     for col in ("NAME", "SERVICE", "ADDRESS", "WEIGHT", "ENABLED", "STATE", "PID"):
         table.add_column(col)
     for r in snap.records.values():
@@ -366,18 +392,20 @@ def weight(
     value: Annotated[str, typer.Argument(metavar="WEIGHT", help="Integer 0..1000; 0 drains.")],
     procfile: ProcfileOpt = Path("Procfile"),
     state_dir: StateDirOpt = None,
+    registry: RegistryOpt = None,
 ) -> None:
     """Set the weight of an instance in the registry (works without a supervisor)."""
     w = parse_weight(value)
-    reg = FileRegistry(_state_dir(procfile, state_dir))
+    reg = _registry(procfile, state_dir, registry)
     names = _registry_names(reg, name)
     reg.update_many({n: {"weight": w} for n in names})
     for n in names:
         out.print(f"{n}: weight {w}")
 
 
-def _enable(name: str, procfile: Path, state_dir: Path | None, enabled: bool) -> None:
-    reg = FileRegistry(_state_dir(procfile, state_dir))
+def _enable(name: str, procfile: Path, state_dir: Path | None, enabled: bool,
+            registry: str | None = None) -> None:
+    reg = _registry(procfile, state_dir, registry)
     names = _registry_names(reg, name)
     reg.update_many({n: {"enabled": enabled} for n in names})
     for n in names:
@@ -386,16 +414,18 @@ def _enable(name: str, procfile: Path, state_dir: Path | None, enabled: bool) ->
 
 @app.command()
 def enable(name: Annotated[str, typer.Argument(help="Instance or process type.")],
-           procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None) -> None:
+            procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
+            registry: RegistryOpt = None) -> None:
     """Let an instance receive calls again."""
-    _enable(name, procfile, state_dir, True)
+    _enable(name, procfile, state_dir, True, registry)
 
 
 @app.command()
 def disable(name: Annotated[str, typer.Argument(help="Instance or process type.")],
-            procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None) -> None:
+            procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
+            registry: RegistryOpt = None) -> None:
     """Take an instance out of rotation (it keeps running)."""
-    _enable(name, procfile, state_dir, False)
+    _enable(name, procfile, state_dir, False, registry)
 
 
 @app.command()
@@ -421,6 +451,7 @@ def client(
     state_dir: StateDirOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per call, then a "
                                                         "summary object.")] = False,
+    registry: RegistryOpt = None,
 ) -> None:
     """Call SayHello in a loop through the balancing client; print who served each call."""
     from devcluster.client.runner import ClientOptions, run_client
@@ -441,6 +472,9 @@ def client(
             err.print(f"devcluster: note: grpc reads {target!r} as one host name and cannot "
                       f"resolve it; a list needs static:///{target} (devcluster's balancer) "
                       f"or ipv4:{target} (grpc's)", markup=False)
+    elif _is_etcd(registry):
+        directory = _state_dir(procfile, state_dir)
+        shared = _registry(procfile, state_dir, registry)
     else:
         directory = _state_dir(procfile, state_dir)
         if not (directory / "registry.json").exists():
@@ -448,7 +482,8 @@ def client(
                                  "`devcluster up` (or pass --state-dir, or --target)")
     opts = ClientOptions(service=service, name=name, count=count, interval=interval,
                          concurrency=concurrency, timeout=timeout, json=json_, policy=policy,
-                         state_dir=directory, target=target)
+                         state_dir=directory, target=target,
+                         registry=shared if _is_etcd(registry) and parsed is None else None)
     summary = run_client(opts, out)
     if count is not None and summary.failures:
         raise typer.Exit(1)

@@ -32,7 +32,8 @@ def main(argv: list[str]) -> int:
         scale=dict(raw.get("scale", {})), base_port=int(raw["base_port"]),
         grace=float(raw["grace"]), ready_timeout=float(raw["ready_timeout"]),
         restart={k: Policy(v) for k, v in raw.get("restart", {}).items()},
-        ready_fd=raw.get("ready_fd"), lifeline_fd=raw.get("lifeline_fd"))
+        ready_fd=raw.get("ready_fd"), lifeline_fd=raw.get("lifeline_fd"),
+        registry=raw.get("registry"))
     try:
         return asyncio.run(serve(settings, None))
     except DevclusterError as e:

@@ -21,7 +21,7 @@ from devcluster import process, procfile
 from devcluster.errors import CorruptRegistryError, UnknownInstanceError
 from devcluster.instance import DRAIN_DELAY, Instance, Policy, Runtime
 from devcluster.logs import LogSink
-from devcluster.registry import FileRegistry, Registry, State
+from devcluster.registry import FileRegistry, Registry, State, open_registry
 from devcluster.registry.liveness import alive
 from devcluster.statedir import hold_lock, socket_path
 from devcluster.watchdog import Watchdog
@@ -41,6 +41,8 @@ class Settings:
     restart: dict[str, Policy] = field(default_factory=dict)
     ready_fd: int | None = None
     """A pipe to write one JSON line to once every instance has settled (``up -d``)."""
+    registry: str | None = None
+    """``etcd://host:port/prefix`` to register into etcd; None: the state dir's file."""
     lifeline_fd: int | None = None
     """A pipe whose other end the starting process holds: EOF (it exited, however it
     died) shuts the cluster down gracefully. Unlike PDEATHSIG it is not tied to the
@@ -276,8 +278,13 @@ async def serve(settings: Settings, console: TextIO | None) -> int:
             raise UnknownInstanceError(name, [t.name for t in types])
     with hold_lock(settings.state_dir):
         sink = LogSink(settings.state_dir / "logs", console)
-        registry = FileRegistry(settings.state_dir)
-        notes = [n for n in [clean_stale(registry, sink)] if n]
+        registry: Registry
+        if settings.registry and settings.registry.startswith("etcd://"):
+            registry = open_registry(settings.registry)  # stale records expire with leases
+            notes: list[str] = []
+        else:
+            registry = FileRegistry(settings.state_dir)
+            notes = [n for n in [clean_stale(registry, sink)] if n]
         _check_ports(specs)
         watchdog = Watchdog()
         sup = Supervisor(settings, registry, sink, types, env, specs, watchdog)
@@ -298,6 +305,7 @@ async def serve(settings: Settings, console: TextIO | None) -> int:
             await sup.done.wait()
         await control.stop()
         watchdog.close()
+        registry.close()  # etcd: revoke the lease, so our records go at once
         sink.system("bye")
         sink.close()
     return 0

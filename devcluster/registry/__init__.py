@@ -23,6 +23,7 @@ __all__ = [
     "Snapshot",
     "State",
     "open_registry",
+    "registry_spec",
 ]
 
 
@@ -44,5 +45,18 @@ def open_registry(spec_or_state_dir: str | os.PathLike[str]) -> Registry:
                 f"cannot use registry {spec!r}: the etcd client is not installed ({e.name} "
                 "missing); install it with: pip install 'devcluster[etcd]'"
             ) from None
+        spec, _, query = spec.partition("?")
+        options = dict(part.partition("=")[::2] for part in query.split("&") if part)
+        if "ttl" in options:  # etcd://host:port/prefix?ttl=2: a short lease, for tests
+            try:
+                ttl = float(options["ttl"])
+            except ValueError:
+                raise UsageError(f"bad ttl in registry {spec!r}: {options['ttl']!r}") from None
+            return EtcdRegistry(spec, lease_ttl=ttl, keepalive_every=ttl / 3)
         return EtcdRegistry(spec)
     return FileRegistry(spec)
+
+
+def registry_spec(explicit: str | None, state_dir: os.PathLike[str] | str) -> str:
+    """``--registry`` > ``$DEVCLUSTER_REGISTRY`` > the state dir (file backend)."""
+    return explicit or os.environ.get("DEVCLUSTER_REGISTRY") or os.fspath(state_dir)
