@@ -70,6 +70,7 @@ class Instance:
         self._intent: State | None = None  # why we are ending the process: STOPPED/KILLED
         self._before_pause = State.SERVING
         self._task: asyncio.Task[None] | None = None
+        self._ready_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._spawned_once = False
 
@@ -195,10 +196,13 @@ class Instance:
             return False
         process.signal_group(self.pid, signal.SIGCONT)
         self._set(self._before_pause)
-        if self.state is State.STARTING and self._proc is not None and self.ready_timed_out:
+        ready = self._ready_task
+        if self.state is State.STARTING and self._proc is not None and (
+                ready is None or ready.done()):
             # Frozen while starting, its readiness clock ran out: give it a fresh one.
             self.ready_timed_out = False
-            asyncio.get_running_loop().create_task(self._become_ready(self._proc))
+            self._ready_task = asyncio.get_running_loop().create_task(
+                self._become_ready(self._proc))
         return True
 
     def force_kill(self) -> None:
@@ -272,9 +276,9 @@ class Instance:
         self._set(State.STARTING)
         self.rt.sink.system(f"{self.name} started (pid {proc.pid}): {self.spec.command}")
         pump = asyncio.create_task(self._pump(proc))
-        ready = asyncio.create_task(self._become_ready(proc))
+        self._ready_task = asyncio.create_task(self._become_ready(proc))
         returncode = await proc.wait()
-        ready.cancel()
+        self._ready_task.cancel()
         # The leader is gone; sweep whatever it left in its group, then drain the pipe.
         process.signal_group(proc.pid, signal.SIGKILL)
         if self.rt.watchdog is not None:

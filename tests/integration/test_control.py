@@ -211,10 +211,6 @@ def test_pause_freezes_but_stays_registered_then_resume(
         assert list(control.act("resume", ["greeter.1"]).unchanged) == ["greeter.1"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pausing an instance while it is `starting` "
-                   "lets the readiness probe run out (ready_timeout) without a word; resume "
-                   "puts it back to `starting` with no probe left: it never becomes serving, "
-                   "and `start` says it is already running")
 def test_resume_after_a_long_pause_while_starting_becomes_serving(
         make_cluster: MakeCluster, wait_until: Callable[..., Any]) -> None:
     # `sleep` first: the instance is surely still starting when the pause lands.
