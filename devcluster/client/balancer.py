@@ -230,6 +230,12 @@ class Balancer:
             inst.timeouts = 0
         return code in self._retry_on
 
+    def stalled(self, inst: Instance) -> None:
+        """A call on ``inst`` went unanswered for the hedge delay: count it as a timeout."""
+        inst.timeouts += 1
+        if inst.timeouts >= self._eject_after:
+            self.eject(inst, f"hung ({inst.timeouts} calls in a row unanswered)")
+
     def eject(self, inst: Instance, reason: str) -> bool:
         """Stop sending calls to ``inst`` until it proves alive; never the last one."""
         with self.lock:

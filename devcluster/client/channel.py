@@ -83,7 +83,12 @@ class BalancedChannel(grpc.Channel):
         options: Sequence[tuple[str, Any]] = (),
         default_wait: float = DEFAULT_WAIT,
         order: OrderKey | None = None,
+        hedge_after: float | None = None,
     ) -> None:
+        #: Idempotent calls only: a unary call with no answer after this many seconds is
+        #: also sent to another instance and the first answer wins, so a hung (paused)
+        #: instance costs no failed call even with many calls in flight. None: off.
+        self.hedge_after = hedge_after
         self._options = [*SUBCHANNEL_OPTIONS, *options]
         self._registry, self._owns_registry = open_registry(registry)
         self.on_call = on_call

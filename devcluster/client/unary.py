@@ -7,6 +7,7 @@ header parsing and :class:`CallInfo` happen only when someone listens (``on_call
 
 from __future__ import annotations
 
+import queue
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -96,7 +97,15 @@ class UnaryUnary(grpc.UnaryUnaryMultiCallable):
                     self._report(on_call, started, inst, None, tried, error)
                 raise error
             try:
-                if want_call or on_call is not None:
+                hedge = self._channel.hedge_after
+                if hedge is not None and (remaining is None or remaining > hedge):
+                    response, call, winner = self._hedged(
+                        sub, inst, request, remaining, metadata, credentials, compression,
+                        hedge)
+                    if winner is not inst:
+                        tried = [*(tried or []), (inst, grpc.StatusCode.DEADLINE_EXCEEDED)]
+                        inst = winner
+                elif want_call or on_call is not None:
                     response, call = sub.with_call(request, remaining, metadata, credentials,
                                                   False, compression)
                 else:
@@ -127,6 +136,45 @@ class UnaryUnary(grpc.UnaryUnaryMultiCallable):
             if want_call:
                 return response, BalancedCall(call, inst.name, inst.address)
             return response
+
+    def _hedged(self, sub: Any, inst: Instance, request: Any, remaining: float | None,
+                metadata: Any, credentials: Any, compression: Any,
+                hedge: float) -> tuple[Any, Any, Instance]:
+        """Call ``inst``; if it has not answered after ``hedge`` s, call another one too.
+
+        The first successful answer wins and the other call is cancelled; when both
+        fail, the original's error is raised. Only for idempotent calls (opt-in).
+        """
+        finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        first = sub.future(request, remaining, metadata, credentials, False, compression)
+        first.add_done_callback(finished.put)
+        try:
+            finished.get(timeout=hedge)
+        except queue.Empty:
+            pass
+        else:
+            return first.result(), first, inst  # raises its RpcError: the caller books it
+        self._balancer.stalled(inst)
+        other = self._balancer.next_after(inst.name, {inst.name})
+        if other is None:
+            return first.result(), first, inst
+        sub2 = other.callables.get(self._slot) or self._bind(other)
+        left = None if remaining is None else max(0.001, remaining - hedge)
+        second = sub2.future(request, left, metadata, credentials, False, compression)
+        second.add_done_callback(finished.put)
+        pending = {first: inst, second: other}
+        while pending:
+            fut = finished.get()
+            if fut not in pending:
+                continue
+            owner = pending.pop(fut)
+            if not fut.cancelled() and fut.exception() is None:
+                for loser in pending:
+                    loser.cancel()
+                if owner is inst:
+                    self._balancer.succeeded(inst)
+                return fut.result(), fut, owner
+        return first.result(), first, inst  # both failed: the original's error
 
     def _report(self, on_call: Any, started: float, inst: Instance | None, call: Any,
                 tried: list[tuple[Instance, grpc.StatusCode]] | None,
