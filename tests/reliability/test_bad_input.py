@@ -243,3 +243,21 @@ def test_command_not_found_names_it_and_keeps_the_rest(tmp_path: Path, run_cli: 
         assert " serving " in result.stdout  # the greeter still serves
     finally:
         assert run_cli("down", "--grace", "1").returncode == 0
+
+
+def test_control_socket_of_another_user_is_refused(tmp_path: Path, run_cli: Any) -> None:
+    """Commands go to whoever owns the socket: one that is not ours is refused."""
+    (tmp_path / "Procfile").write_bytes(PROCFILE)
+    assert run_cli("up", "-d", "-p", "0").returncode == 0
+    sock = Path(os.path.realpath(tmp_path / ".devcluster" / "control.sock"))
+    try:
+        assert sock.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / ".devcluster").stat().st_mode & 0o777 == 0o700
+        os.chown(sock, 65534, 65534)  # as if another user had put it there
+        result = run_cli("ps")
+        assert result.returncode == 1
+        errors = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        assert len(errors) == 1 and "belongs to uid 65534" in errors[0], result.stderr
+    finally:
+        os.chown(sock, os.getuid(), os.getgid())
+        assert run_cli("down", "--grace", "1").returncode == 0
