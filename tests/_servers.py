@@ -16,20 +16,17 @@ context kills every greeter it started, also when a test fails.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -37,10 +34,9 @@ import psutil
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
-from devcluster.errors import UnknownInstanceError
-from devcluster.registry.base import Registry
 from devcluster.registry.file import FileRegistry
-from devcluster.registry.record import Record, Snapshot, State
+from devcluster.registry.memory import MemoryRegistry  # noqa: F401 - re-exported for tests
+from devcluster.registry.record import Record, State
 from devcluster.server import InstanceHeaderInterceptor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,74 +226,6 @@ def greeters_fixture(tmp_path: Path) -> Iterator[Greeters]:
         yield cluster
     left = leftover_children()
     assert not left, f"processes left behind: {left}"
-
-
-class MemoryRegistry(Registry):
-    """An in-memory Registry for unit tests: same contract, pushes on every write."""
-
-    def __init__(self, records: Iterable[Record] = ()) -> None:
-        self._cond = threading.Condition()
-        self._snap = Snapshot(0)
-        if records:
-            self.reset(records)
-
-    def _publish(self, records: dict[str, Record]) -> Snapshot:
-        with self._cond:
-            self._snap = Snapshot(self._snap.revision + 1,
-                                  MappingProxyType(dict(sorted(records.items()))))
-            self._cond.notify_all()
-            return self._snap
-
-    def register(self, record: Record) -> Record:
-        stored = record.with_(updated_at=time.time())
-        with self._cond:
-            self._publish({**self._snap.records, record.name: stored})
-        return stored
-
-    def update(self, name: str, **fields: Any) -> Record:
-        return self.update_many({name: fields}).records[name]
-
-    def update_many(self, changes: Mapping[str, Mapping[str, Any]]) -> Snapshot:
-        with self._cond:
-            records = dict(self._snap.records)
-            for name, fields in changes.items():
-                if name not in records:
-                    raise UnknownInstanceError(name, list(records))
-                records[name] = records[name].with_(**fields, updated_at=time.time())
-            return self._publish(records)
-
-    def deregister(self, name: str) -> None:
-        with self._cond:
-            self._publish({n: r for n, r in self._snap.records.items() if n != name})
-
-    def reset(self, records: Iterable[Record]) -> Snapshot:
-        return self._publish({r.name: r for r in records})
-
-    def snapshot(self) -> Snapshot:
-        return self._snap
-
-    def watch(self, stop: threading.Event | None = None) -> Iterator[Snapshot]:
-        stop = stop or threading.Event()
-        seen = self._snap
-        yield seen
-        while not stop.is_set():
-            with self._cond:
-                # Short waits so a set `stop` ends the watch promptly.
-                if self._snap is seen:
-                    self._cond.wait(timeout=0.05)
-                snap = self._snap
-            if snap is not seen:
-                seen = snap
-                yield snap
-
-    async def awatch(self) -> AsyncIterator[Snapshot]:
-        seen = self._snap
-        yield seen
-        while True:
-            await asyncio.sleep(0.002)
-            if self._snap is not seen:
-                seen = self._snap
-                yield seen
 
 
 #: Metadata key that makes an in-process greeter fail the call with this status,
