@@ -1,0 +1,149 @@
+"""``up`` and ``down``: a cluster's life cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from devcluster import procfile as procfile_mod
+from devcluster.api import Cluster, NotReadyError, control_client, default_state_dir
+from devcluster.cli.app import (
+    JsonOpt,
+    ProcfileOpt,
+    RegistryOpt,
+    StateDirOpt,
+    _state_dir,
+    app,
+    err,
+    fail,
+    out,
+)
+from devcluster.cli.render import _print_instances
+from devcluster.errors import UsageError
+from devcluster.policy import Policy
+
+
+def _policies(items: list[str]) -> dict[str, Policy]:
+    out_: dict[str, Policy] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out_[name] = Policy(value)
+        except ValueError:
+            raise UsageError(f"bad --restart {item!r}; expected TYPE=POLICY with POLICY one of "
+                             f"{', '.join(p.value for p in Policy)}") from None
+        if not sep or not name:
+            raise UsageError(f"bad --restart {item!r}; expected TYPE=POLICY, e.g. web=always")
+    return out_
+
+
+@app.command()
+def up(
+    procfile: ProcfileOpt = Path("Procfile"),
+    state_dir: StateDirOpt = None,
+    env: Annotated[list[Path], typer.Option("--env", "-e", help="Extra env file (repeatable).")]
+    = [],  # noqa: B006 - typer reads the default, never mutates it
+    scale: Annotated[list[str], typer.Option("--scale", "-c", help="TYPE=N (repeatable).")]
+    = [],  # noqa: B006
+    port: Annotated[int, typer.Option("--port", "-p", help="Base port ($PORT of the first "
+                                                           "instance); 0 lets servers pick.")]
+    = procfile_mod.DEFAULT_BASE_PORT,
+    grace: Annotated[float, typer.Option(help="Seconds instances get to stop on SIGINT.")] = 5.0,
+    restart: Annotated[list[str], typer.Option(
+        "--restart", help="TYPE=POLICY: no, on-failure (default), always.")] = [],  # noqa: B006
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background; "
+                                         "return once every instance serves.")] = False,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds an instance gets to serve.")]
+    = 30.0,
+    json_: JsonOpt = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Start every instance of the Procfile and supervise them (Ctrl-C stops them all)."""
+    scale_counts = procfile_mod.parse_scale(scale)
+    policies = _policies(restart)
+    directory = _state_dir(procfile, state_dir)
+    if grace < 0 or ready_timeout <= 0:
+        raise UsageError("--grace must be >= 0 and --ready-timeout > 0")
+    if detach:
+        cluster = Cluster(procfile, scale=scale_counts, state_dir=directory, port=port,
+                          grace=grace, env_files=env, restart=policies,
+                          ready_timeout=ready_timeout, attach=False, registry=registry)
+        began = time.monotonic()
+        try:
+            states = cluster.up()
+        except NotReadyError as e:
+            for note in cluster.notes:
+                err.print(f"devcluster: {note}", markup=False)
+            _print_instances(_ready_rows(e.states), json_)
+            fail(f"{e}; the cluster keeps running: fix it, then `devcluster start NAME`")
+        for note in cluster.notes:
+            err.print(f"devcluster: {note}", markup=False)
+        _print_instances(_ready_rows(states), json_)
+        if not json_:
+            where = "" if directory == default_state_dir(procfile) else f" --state-dir {directory}"
+            out.print(f"ready in {time.monotonic() - began:.2f} s; stop with "
+                      f"`devcluster down{where}`")
+        return
+    from devcluster.supervisor import Settings, serve
+
+    settings = Settings(procfile=procfile.absolute(), state_dir=directory, env_files=tuple(env),
+                        scale=scale_counts, base_port=port, grace=grace,
+                        ready_timeout=ready_timeout, restart=policies,
+                        registry=registry or os.environ.get("DEVCLUSTER_REGISTRY") or None)
+    code = asyncio.run(serve(settings, sys.stdout))
+    raise typer.Exit(code)
+
+
+def _ready_rows(states: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``ps``-shaped rows from the supervisor's ready report (no control call needed)."""
+    now = time.time()
+    return [{"name": name, "service": s.get("service"), "state": s["state"], "pid": s.get("pid"),
+             "address": s.get("address") or None, "weight": 1, "enabled": True,
+             "restarts": s.get("restarts", 0), "last_exit": s.get("last_exit") or None,
+             "uptime_s": round(now - s["started_at"], 3) if s.get("started_at") else 0.0,
+             "cpu_percent": 0.0, "rss_bytes": 0} for name, s in states.items()]
+
+
+@app.command()
+def down(
+    procfile: ProcfileOpt = Path("Procfile"),
+    state_dir: StateDirOpt = None,
+    grace: Annotated[float | None, typer.Option(help="Seconds instances get to stop.")] = None,
+) -> None:
+    """Stop the running cluster gracefully; returns when every process is gone."""
+    directory = _state_dir(procfile, state_dir)
+    from devcluster.statedir import running_pid
+
+    pid = running_pid(directory)
+    with control_client(directory) as control:
+        reply = control.down(grace)
+    if pid and pid > 0:
+        _wait_gone(pid, 30)
+    out.print(f"stopped {len(reply.instances)} instances")
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait until the supervisor has exited; an exited one nobody reaped yet counts."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+    except psutil.Error:
+        return
+    deadline = time.monotonic() + timeout
+    # Polls: a process that is not our child gives no event to wait on.
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.Error:
+            return
+        time.sleep(0.01)
+
+

@@ -1,0 +1,86 @@
+"""``ps``, ``logs`` and ``registry``: looking at a cluster."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from devcluster.api import control_client, instance_dict
+from devcluster.cli.app import (
+    JsonOpt,
+    ProcfileOpt,
+    RegistryOpt,
+    StateDirOpt,
+    _is_etcd,
+    _registry,
+    _state_dir,
+    app,
+    out,
+)
+from devcluster.cli.render import _print_instances
+from devcluster.errors import UsageError
+
+
+@app.command()
+def ps(procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
+       json_: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """List instances: state, pid, address, weight, uptime, restarts, CPU, memory.
+
+    With an etcd registry: every instance of every supervisor registered there."""
+    if _is_etcd(registry):
+        snap = _registry(procfile, state_dir, registry).snapshot()
+        now = time.time()
+        rows = [{**r.to_dict(), "uptime_s": round(now - r.started_at, 3)
+                 if r.started_at and r.state.running else 0.0, "cpu_percent": 0.0,
+                 "rss_bytes": 0, "last_exit": None} for r in snap.records.values()]
+    else:
+        with control_client(_state_dir(procfile, state_dir)) as control:
+            rows = [instance_dict(i) for i in control.ps().instances]
+    _print_instances(rows, json_)
+
+
+@app.command()
+def logs(
+    name: Annotated[str | None, typer.Argument(help="Instance (default: the merged log).")]
+    = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")]
+    = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="Lines to show.")] = 50,
+    procfile: Annotated[Path, typer.Option("--procfile", help="Procfile.")] = Path("Procfile"),
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Show (and with -f follow) the log of one instance or of the whole cluster."""
+    if lines < 0:
+        raise UsageError(f"--lines must be 0 or more, got {lines}")
+    from devcluster.logview import show_logs
+
+    show_logs(_state_dir(procfile, state_dir), name, follow, lines)
+
+
+@app.command()
+def registry(procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
+             json_: JsonOpt = False, registry_url: RegistryOpt = None) -> None:
+    """Print the registry: every record with weight, enabled and state."""
+    reg = _registry(procfile, state_dir, registry_url)
+    snap = reg.snapshot()
+    if json_:
+        print(json.dumps({"revision": snap.revision,
+                          "instances": {n: r.to_dict() for n, r in snap.records.items()}},
+                         indent=2))
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False,
+                  title=f"{getattr(reg, 'path', None) or registry_url} "
+                        f"(revision {snap.revision})", title_justify="left")
+    for col in ("NAME", "SERVICE", "ADDRESS", "WEIGHT", "ENABLED", "STATE", "PID"):
+        table.add_column(col)
+    for r in snap.records.values():
+        table.add_row(r.name, r.service, r.address or "-", str(r.weight),
+                      "yes" if r.enabled else "no", r.state.value, str(r.pid or "-"))
+    out.print(table)
+
+

@@ -1,0 +1,108 @@
+"""``client`` and ``demo``: the balancing client and the narrated story."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from devcluster.cli.app import (
+    ProcfileOpt,
+    RegistryOpt,
+    StateDirOpt,
+    _is_etcd,
+    _registry,
+    _state_dir,
+    app,
+    err,
+    fail,
+    out,
+)
+from devcluster.errors import NoClusterError, UsageError
+
+
+@app.command()
+def client(
+    service: Annotated[str | None, typer.Option(help="Service to call (default: every "
+                                                     "serving instance).")] = None,
+    name: Annotated[str, typer.Option(help="Name to greet; calls send NAME-SEQ.")] = "world",
+    count: Annotated[int | None, typer.Option("--count", "-n", help="Calls to make "
+                                              "(default: until Ctrl-C).")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between calls.")] = 0.5,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-C",
+                                             help="Calls in flight.")] = 1,
+    timeout: Annotated[float, typer.Option(help="Deadline of each call, seconds.")] = 2.0,
+    policy: Annotated[str | None, typer.Option(
+        help="weighted (default), round_robin or pick_first; with a grpc --target, grpc's "
+             "own pick_first (default) or round_robin.", show_default=False)] = None,
+    target: Annotated[str | None, typer.Option(
+        help="Call these servers instead of the registry: static:///H:P,H:P,... (a fixed "
+             "list, devcluster's balancer, no cluster needed), or a grpc target "
+             "(ipv4:H:P,H:P / dns:///H:P / H:P) resolved and balanced by grpc itself.",
+        show_default=False)] = None,
+    procfile: ProcfileOpt = Path("Procfile"),
+    state_dir: StateDirOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object per call, then a "
+                                                        "summary object.")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Call SayHello in a loop through the balancing client; print who served each call."""
+    from devcluster.client.runner import ClientOptions, run_client
+    from devcluster.client.targets import parse_target, resolve_policy
+
+    # A bad target or policy is a usage error before anything starts.
+    parsed = parse_target(target) if target is not None else None
+    resolve_policy(parsed, policy)
+    if (count is not None and count < 0) or interval < 0 or timeout <= 0 or concurrency < 1:
+        raise UsageError("--count and --interval must be >= 0, --timeout > 0, "
+                         "--concurrency >= 1")
+    directory = None
+    if parsed is not None:
+        if service is not None or state_dir is not None:
+            raise UsageError("--service and --state-dir pick instances from a registry; "
+                             "--target names the servers itself: pass one or the other")
+        if parsed.comma_list:
+            err.print(f"devcluster: note: grpc reads {target!r} as one host name and cannot "
+                      f"resolve it; a list needs static:///{target} (devcluster's balancer) "
+                      f"or ipv4:{target} (grpc's)", markup=False)
+    elif _is_etcd(registry):
+        directory = _state_dir(procfile, state_dir)
+        shared = _registry(procfile, state_dir, registry)
+    else:
+        directory = _state_dir(procfile, state_dir)
+        if not (directory / "registry.json").exists():
+            raise NoClusterError(f"no registry in {directory}; start a cluster with "
+                                 "`devcluster up` (or pass --state-dir, or --target)")
+    opts = ClientOptions(service=service, name=name, count=count, interval=interval,
+                         concurrency=concurrency, timeout=timeout, json=json_, policy=policy,
+                         state_dir=directory, target=target,
+                         registry=shared if _is_etcd(registry) and parsed is None else None)
+    summary = run_client(opts, out)
+    if count is not None and summary.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    speed: Annotated[float, typer.Option(help="Slow down (0.5 = half speed) for a talk.")] = 1.0,
+    lesson: Annotated[bool, typer.Option(
+        "--lesson", help="The article's progression instead: one address, the comma list, "
+                         "static + pick_first, round_robin, the registry, weights, faults.")]
+    = False,
+) -> None:
+    """The seed article's story in one command: weights, a crash, a freeze, a drain."""
+    if speed <= 0:
+        raise UsageError(f"--speed must be > 0, got {speed}")
+    if lesson:
+        from devcluster.lesson import run_lesson
+
+        if not run_lesson(out, speed):
+            fail("some step did not behave as the article says (see the table above)")
+        return
+    from devcluster.demo import run_demo
+
+    if not run_demo(out, speed):
+        fail("some step did not behave as expected (see the table above)")
+
+
