@@ -51,7 +51,7 @@ REQUEST = helloworld_pb2.HelloRequest(name="bench")
 def greeters(n: int = 3) -> Iterator[list[tuple[str, str, int, float]]]:
     """Start ``n`` greeters on free ports; yield (name, address, pid, started_at)."""
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "services.greeter", "--port", "0", "--name", f"server{i}"],
+        [sys.executable, "-m", "devcluster.greeter", "--port", "0", "--name", f"server{i}"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         for i in range(1, n + 1)]

@@ -2,7 +2,7 @@
 
 ``python -m bench.failover [--runs 10] [--hold 3] [--json]``
 
-One devcluster cluster of three greeters (``greeter: python -m services.greeter --port
+One devcluster cluster of three greeters (``greeter: python -m devcluster.greeter --port
 $PORT``, ports picked by the servers). Three callers run at full speed for the whole
 scenario, each in its own thread, each sequential with a per-call deadline of 1 s:
 
@@ -50,7 +50,7 @@ from devcluster.client.calls import header_instance
 from devcluster.registry import State
 
 REQUEST = helloworld_pb2.HelloRequest(name="bench")
-PROCFILE = "greeter: python -m services.greeter --port $PORT\n"
+PROCFILE = "greeter: python -m devcluster.greeter --port $PORT\n"
 NATIVE_OPTIONS = [("grpc.lb_policy_name", "round_robin")]
 ACTIONS = ("kill", "stop", "pause")
 

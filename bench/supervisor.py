@@ -128,7 +128,7 @@ def _gone(procs: list[psutil.Process], timeout: float) -> float:
 def _workdir(n: int) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="devcluster-bench-") as tmp:
         d = Path(tmp)
-        (d / "Procfile").write_text("greeter: python -m services.greeter --port $PORT\n")
+        (d / "Procfile").write_text("greeter: python -m devcluster.greeter --port $PORT\n")
         yield d
 
 
@@ -199,7 +199,7 @@ def _is_instance(proc: psutil.Process) -> bool:
         cmd = proc.cmdline()
     except psutil.Error:
         return False
-    return bool(cmd) and Path(cmd[0]).name not in ("sh", "bash") and "services.greeter" in cmd
+    return bool(cmd) and Path(cmd[0]).name not in ("sh", "bash") and "devcluster.greeter" in cmd
 
 
 def _control_latency(state_dir: Path) -> dict[str, float]:

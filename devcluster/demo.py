@@ -152,7 +152,7 @@ class Demo:
         with tempfile.TemporaryDirectory(prefix="devcluster-demo-") as tmp:
             procfile = self._procfile(Path(tmp))
             cluster = Cluster(procfile, state_dir=Path(tmp) / "state", grace=2.0, port=0)
-            step = self.say("1. Start three greeters", f"devcluster up -d -f {self.procfile.name}")
+            step = self.say("1. Start three greeters", f"devcluster -f {self.procfile.name} up -d")
             try:
                 cluster.up()
                 pids = [i.pid for i in cluster.instances if i.pid]

@@ -181,7 +181,7 @@ class Lesson:
             step = self.say(
                 "0. Three instances of one service",
                 "a Greeter server that takes its port from a flag, started three times "
-                "from a goreman Procfile.", f"devcluster up -d -f {self.procfile.name}")
+                "from a goreman Procfile.", f"devcluster -f {self.procfile.name} up -d")
             try:
                 cluster.up()
                 instances = cluster.instances

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import json
 import threading
 from pathlib import Path
 
@@ -10,8 +10,25 @@ from devcluster.errors import NoClusterError, UsageError
 from devcluster.logs import SYSTEM, tail
 
 
-def show_logs(state_dir: Path, name: str | None, follow: bool, lines: int) -> None:
-    """Print ``lines`` last lines of ``name``'s log (merged log if None); follow with watchfiles."""
+def as_json_line(name: str | None, text: str) -> str:
+    """One log line as JSON: ``{"time", "instance", "line"}`` (merged lines name their instance)."""
+    stamp, _, rest = text.partition(" ")
+    instance = name
+    if name is None:
+        label, sep, body = rest.partition(" | ")
+        instance, rest = (label.strip(), body) if sep else (SYSTEM, rest)
+    return json.dumps({"time": stamp, "instance": instance, "line": rest})
+
+
+def show_logs(state_dir: Path, name: str | None, follow: bool, lines: int,
+              as_json: bool = False) -> None:
+    """Print ``lines`` last lines of ``name``'s log (merged log if None); follow with watchfiles.
+
+    ``as_json``: one JSON object a line (:func:`as_json_line`)."""
+
+    def emit(text: str) -> None:
+        print(as_json_line(name, text) if as_json else text, flush=follow)
+
     log_dir = state_dir / "logs"
     path = log_dir / f"{name or SYSTEM}.log"
     if not path.exists():
@@ -22,7 +39,7 @@ def show_logs(state_dir: Path, name: str | None, follow: bool, lines: int) -> No
         raise UsageError(f"no log for {name!r} in {log_dir}; instances with logs: "
                          f"{', '.join(known) or 'none'}")
     for line in tail(path, lines):
-        print(line)
+        emit(line)
     if not follow:
         return
     import watchfiles
@@ -30,13 +47,13 @@ def show_logs(state_dir: Path, name: str | None, follow: bool, lines: int) -> No
     with open(path, encoding="utf-8", errors="replace") as f:
         f.seek(0, 2)
         stop = threading.Event()
+        pending = ""  # a line the writer has not finished yet
         try:
             for _ in watchfiles.watch(log_dir, stop_event=stop, debounce=50, step=20,
                                       watch_filter=lambda _c, p: Path(p) == path,
                                       raise_interrupt=False):
-                chunk = f.read()
-                if chunk:
-                    sys.stdout.write(chunk)
-                    sys.stdout.flush()
+                *complete, pending = (pending + f.read()).split("\n")
+                for text in complete:
+                    emit(text)
         except KeyboardInterrupt:
             pass

@@ -6,7 +6,7 @@ Every error names the file and line. Expansion follows foreman/honcho: ``$PORT``
 is base + 100 per process type + 1 per instance; a type scaled explicitly gets
 dotted names (``greeter.1``), an unscaled one keeps its own name (``server1``).
 
->>> types = parse_procfile("web: python -m services.greeter --port $PORT", "Procfile")
+>>> types = parse_procfile("web: python -m devcluster.greeter --port $PORT", "Procfile")
 >>> [i.name for i in expand(types, {"web": 2})]
 ['web.1', 'web.2']
 """
@@ -72,7 +72,7 @@ def read_text(path: Path, what: str) -> str:
     except FileNotFoundError:
         if what == "Procfile":
             raise ProcfileError(
-                f"no Procfile at {path}; create one (e.g. 'web: python -m services.greeter "
+                f"no Procfile at {path}; create one (e.g. 'web: python -m devcluster.greeter "
                 "--port $PORT') or pass -f FILE") from None
         raise ProcfileError(f"{what} {path} does not exist; check the path") from None
     except IsADirectoryError:
@@ -115,7 +115,7 @@ def parse_procfile(text: str, source: str) -> tuple[ProcessType, ...]:
     if not types:
         raise ProcfileError(
             f"{source} defines no processes; add a line like "
-            "'web: python -m services.greeter --port $PORT'")
+            "'web: python -m devcluster.greeter --port $PORT'")
     # honcho's own parser must agree with our validation; it is the reference. Its
     # pattern is anchored at column 0, so give it the lines as we validated them.
     parsed = honcho_environ.parse_procfile(

@@ -6,7 +6,7 @@ set -euo pipefail
 state=$(mktemp -d)
 trap 'devcluster down --state-dir "$state" >/dev/null 2>&1 || true; rm -rf "$state"' EXIT
 
-devcluster up -d --state-dir "$state" --port 0 -f examples/Procfile
+devcluster -f examples/Procfile up -d --state-dir "$state" --port 0
 devcluster client --state-dir "$state" --service server --interval 0.2 --timeout 1 &
 client=$!
 

@@ -8,7 +8,7 @@ channel's unit tests) and ``MemoryRegistry`` is the registry fake for those.
 ...     cluster.start_many("server1", "server2", "server3")
 ...     cluster.kill("server2", state="killed")
 
-Each greeter is ``python -m services.greeter`` in its own session, started on port
+Each greeter is ``python -m devcluster.greeter`` in its own session, started on port
 0 (the kernel picks a free port, no race with other tests) and found through its
 listening socket; it counts as started once a health Check answers. Leaving the
 context kills every greeter it started, also when a test fails.
@@ -120,7 +120,7 @@ class Greeters:
     def _launch(self, name: str, port: int) -> subprocess.Popen[bytes]:
         log = open(self._logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.greeter", "--port", str(port), "--name", name,
+            [sys.executable, "-m", "devcluster.greeter", "--port", str(port), "--name", name,
              "--grace", "0.5"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -24,7 +24,7 @@ import pytest
 T = TypeVar("T")
 
 #: A greeter taking its port from devcluster (``$PORT`` = 0 with ``-p 0``).
-GREETER = "python -m services.greeter --port $PORT"
+GREETER = "python -m devcluster.greeter --port $PORT"
 
 #: How long a leftover gets to finish exiting (e.g. a PDEATHSIG already on its way)
 #: before the leak check kills it and fails the test.

@@ -29,7 +29,7 @@ from devcluster.procfile import (
     service_of,
 )
 
-GREETER = "python -m services.greeter --port $PORT"
+GREETER = "python -m devcluster.greeter --port $PORT"
 
 
 # -- parse / validate ------------------------------------------------------------------
@@ -366,8 +366,8 @@ ENV = {"PORT": "5100", "HOME": "/home/u", "SPACED": "--grace 1", "PATH": "/usr/b
 
 
 @pytest.mark.parametrize(("command", "argv"), [
-    ("python -m services.greeter --port $PORT",
-     ["python", "-m", "services.greeter", "--port", "5100"]),
+    ("python -m devcluster.greeter --port $PORT",
+     ["python", "-m", "devcluster.greeter", "--port", "5100"]),
     ("python -m x --port=$PORT --home $HOME", ["python", "-m", "x", "--port=5100",
                                                 "--home", "/home/u"]),
     ("  server   --flag  ", ["server", "--flag"]),
@@ -433,5 +433,5 @@ def test_argv_runs_what_the_shell_would(args: str, print_args: Path, tmp_path: P
 
 
 def test_module_docstring_example() -> None:
-    types = procfile.parse_procfile("web: python -m services.greeter --port $PORT", "Procfile")
+    types = procfile.parse_procfile("web: python -m devcluster.greeter --port $PORT", "Procfile")
     assert [i.name for i in procfile.expand(types, {"web": 2})] == ["web.1", "web.2"]

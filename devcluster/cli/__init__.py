@@ -7,9 +7,10 @@ registers its commands on it when imported here."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-from devcluster.cli.app import app, err
+from devcluster.cli.app import app, error_line
 from devcluster.errors import DevclusterError
 
 __all__ = ["app", "main"]
@@ -19,12 +20,40 @@ for _group in ("cluster", "look", "act", "tools"):
     importlib.import_module(f"devcluster.cli.{_group}")
 
 
+def _posix_or_exit() -> None:
+    """devcluster needs POSIX process groups and fcntl locks: say so instead of a traceback."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        if hasattr(os, "killpg") and hasattr(os, "setsid"):
+            return
+    print(f"devcluster: error: this platform ({sys.platform}) lacks the POSIX pieces devcluster "
+          "needs (fcntl locks, process groups); run it on Linux or macOS, or in WSL",
+          file=sys.stderr)
+    sys.exit(1)
+
+
+def _usage_hint(e: Exception) -> str:
+    """What to do instead, for a command line click refused."""
+    if getattr(e, "option_name", None) == "-f":
+        return (" (-f FILE goes before the command, as in docker compose: "
+                "`devcluster -f FILE up`; after it, use --procfile FILE)")
+    ctx = getattr(e, "ctx", None)
+    return f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+
+
 def main() -> None:
-    """Console entry point: one line on stderr and a status for every user mistake."""
+    """Console entry point: one line on stderr and a status for every user mistake.
+
+    Exit status: 0 done; 1 the world disagrees (no cluster, no such instance, a timeout);
+    2 the command line is wrong (unknown flag, bad value, bad file); 130 interrupted."""
+    _posix_or_exit()
     try:
         code = app(standalone_mode=False)
     except DevclusterError as e:
-        err.print(f"[red]devcluster: error:[/red] {e}", markup=True)
+        error_line(str(e))
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -35,9 +64,7 @@ def main() -> None:
         if type(e).__name__ == "Abort":
             sys.exit(130)
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):
-            ctx = getattr(e, "ctx", None)
-            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            err.print(f"[red]devcluster: error:[/red] {e.format_message()}{hint}", markup=True)
+            error_line(f"{e.format_message()}{_usage_hint(e)}")
             sys.exit(e.exit_code)
         raise
     sys.exit(code if isinstance(code, int) else 0)

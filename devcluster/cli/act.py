@@ -12,6 +12,7 @@ import typer
 from devcluster import procfile as procfile_mod
 from devcluster.api import control_client, instance_dict, parse_weight
 from devcluster.cli.app import (
+    DEFAULT_PROCFILE,
     JsonOpt,
     ProcfileOpt,
     RegistryOpt,
@@ -26,7 +27,8 @@ from devcluster.errors import UsageError
 from devcluster.registry import FileRegistry
 
 NamesArg = Annotated[list[str] | None, typer.Argument(
-    help="Instances (server1, greeter.2) or process types (greeter).", show_default=False)]
+    metavar="[NAME]...", help="Instances (server1, greeter.2) or process types (greeter).",
+    show_default=False)]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every instance.")]
 NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Return without waiting for the "
                                                             "change to happen.")]
@@ -53,30 +55,36 @@ def _act(verb: str, names: list[str] | None, all_: bool, procfile: Path, state_d
 
 
 def _verb(verb: str, doc: str, waits: bool) -> None:
-    def command(
-        names: NamesArg = None,
-        all_: AllOpt = False,
-        no_wait: NoWaitOpt = False,
-        procfile: ProcfileOpt = Path("Procfile"),
-        state_dir: StateDirOpt = None,
-        json_: JsonOpt = False,
-    ) -> None:
-        _act(verb, names, all_, procfile, state_dir, json_, wait=waits and not no_wait)
+    """Register a verb; only a verb that waits for its change has --no-wait."""
+    example = f"\n\nExample: devcluster {verb} server2   (or a type: {verb} greeter; or --all)"
+    if waits:
+        def command(names: NamesArg = None, all_: AllOpt = False, no_wait: NoWaitOpt = False,
+                    procfile: ProcfileOpt = DEFAULT_PROCFILE, state_dir: StateDirOpt = None,
+                    json_: JsonOpt = False) -> None:
+            _act(verb, names, all_, procfile, state_dir, json_, wait=not no_wait)
+    else:
+        def command(names: NamesArg = None, all_: AllOpt = False,  # type: ignore[misc]
+                    procfile: ProcfileOpt = DEFAULT_PROCFILE, state_dir: StateDirOpt = None,
+                    json_: JsonOpt = False) -> None:
+            _act(verb, names, all_, procfile, state_dir, json_, wait=False)
 
-    command.__doc__ = doc
+    command.__doc__ = doc + example
     app.command(verb)(command)
 
 
 @app.command()
 def kill(
     names: NamesArg = None,
-    signal: Annotated[str, typer.Option("--signal", "-s", help="Signal to send.")] = "SIGKILL",
+    signal: Annotated[str, typer.Option("--signal", "-s", metavar="SIGNAL",
+                                        help="Signal to send.")] = "SIGKILL",
     all_: AllOpt = False,
-    procfile: ProcfileOpt = Path("Procfile"),
+    procfile: ProcfileOpt = DEFAULT_PROCFILE,
     state_dir: StateDirOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Simulate a crash: SIGKILL (or --signal) to the instance's process group."""
+    """Simulate a crash: SIGKILL (or --signal) to the instance's process group.
+
+    Example: devcluster kill server2 --signal SIGTERM"""
     from devcluster.process import parse_signal
 
     parse_signal(signal)
@@ -92,13 +100,15 @@ _verb("resume", "Thaw a paused instance with SIGCONT.", False)
 
 @app.command()
 def scale(
-    counts: Annotated[list[str], typer.Argument(help="TYPE=N, e.g. greeter=5.")],
+    counts: Annotated[list[str], typer.Argument(metavar="TYPE=N...", help="TYPE=N, e.g. greeter=5.")],
     no_wait: NoWaitOpt = False,
-    procfile: ProcfileOpt = Path("Procfile"),
+    procfile: ProcfileOpt = DEFAULT_PROCFILE,
     state_dir: StateDirOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Grow or shrink a process type while the cluster runs."""
+    """Grow or shrink a process type while the cluster runs.
+
+    Example: devcluster scale greeter=5 web=2"""
     wanted = procfile_mod.parse_scale(counts)
     with control_client(_state_dir(procfile, state_dir)) as control:
         reply = control.scale(wanted, wait=not no_wait)
@@ -120,43 +130,56 @@ def _registry_names(reg: FileRegistry, name: str) -> list[str]:
 
 @app.command()
 def weight(
-    name: Annotated[str, typer.Argument(help="Instance or process type.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Instance or process type.")],
     value: Annotated[str, typer.Argument(metavar="WEIGHT", help="Integer 0..1000; 0 drains.")],
-    procfile: ProcfileOpt = Path("Procfile"),
+    procfile: ProcfileOpt = DEFAULT_PROCFILE,
     state_dir: StateDirOpt = None,
     registry: RegistryOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
-    """Set the weight of an instance in the registry (works without a supervisor)."""
+    """Set the weight of an instance in the registry (works without a supervisor).
+
+    Example: devcluster weight server1 5   (server1 then gets 5/7 of the calls of three)"""
     w = parse_weight(value)
+    _registry_write(procfile, state_dir, registry, name, {"weight": w}, f"weight {w}", json_)
+
+
+def _registry_write(procfile: Path, state_dir: Path | None, registry: str | None, name: str,
+                    change: dict[str, Any], said: str, as_json: bool) -> None:
+    """Apply ``change`` to an instance (or every instance of a type) and say what it is now."""
     reg = _registry(procfile, state_dir, registry)
     names = _registry_names(reg, name)
-    reg.update_many({n: {"weight": w} for n in names})
+    records = reg.update_many({n: change for n in names}).records
+    if as_json:
+        print(json.dumps([records[n].to_dict() for n in names if n in records], indent=2))
+        return
     for n in names:
-        out.print(f"{n}: weight {w}")
+        out.print(f"{n}: {said}", markup=False)
 
 
 def _enable(name: str, procfile: Path, state_dir: Path | None, enabled: bool,
-            registry: str | None = None) -> None:
-    reg = _registry(procfile, state_dir, registry)
-    names = _registry_names(reg, name)
-    reg.update_many({n: {"enabled": enabled} for n in names})
-    for n in names:
-        out.print(f"{n}: {'enabled' if enabled else 'disabled'}")
+            registry: str | None, as_json: bool) -> None:
+    _registry_write(procfile, state_dir, registry, name, {"enabled": enabled},
+                    "enabled" if enabled else "disabled", as_json)
 
 
 @app.command()
-def enable(name: Annotated[str, typer.Argument(help="Instance or process type.")],
-            procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
-            registry: RegistryOpt = None) -> None:
-    """Let an instance receive calls again."""
-    _enable(name, procfile, state_dir, True, registry)
+def enable(name: Annotated[str, typer.Argument(metavar="NAME", help="Instance or process type.")],
+            procfile: ProcfileOpt = DEFAULT_PROCFILE, state_dir: StateDirOpt = None,
+            registry: RegistryOpt = None, json_: JsonOpt = False) -> None:
+    """Let an instance receive calls again.
+
+    Example: devcluster enable server3"""
+    _enable(name, procfile, state_dir, True, registry, json_)
 
 
 @app.command()
-def disable(name: Annotated[str, typer.Argument(help="Instance or process type.")],
-            procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
-            registry: RegistryOpt = None) -> None:
-    """Take an instance out of rotation (it keeps running)."""
-    _enable(name, procfile, state_dir, False, registry)
+def disable(name: Annotated[str, typer.Argument(metavar="NAME", help="Instance or process type.")],
+            procfile: ProcfileOpt = DEFAULT_PROCFILE, state_dir: StateDirOpt = None,
+            registry: RegistryOpt = None, json_: JsonOpt = False) -> None:
+    """Take an instance out of rotation (it keeps running).
+
+    Example: devcluster disable server3"""
+    _enable(name, procfile, state_dir, False, registry, json_)
 
 

@@ -12,8 +12,15 @@ from typing import Annotated, Any
 import typer
 
 from devcluster import procfile as procfile_mod
-from devcluster.api import Cluster, NotReadyError, control_client, default_state_dir
+from devcluster.api import (
+    Cluster,
+    NotReadyError,
+    control_client,
+    default_state_dir,
+    instance_dict,
+)
 from devcluster.cli.app import (
+    DEFAULT_PROCFILE,
     JsonOpt,
     ProcfileOpt,
     RegistryOpt,
@@ -45,26 +52,38 @@ def _policies(items: list[str]) -> dict[str, Policy]:
 
 @app.command()
 def up(
-    procfile: ProcfileOpt = Path("Procfile"),
+    procfile: ProcfileOpt = DEFAULT_PROCFILE,
     state_dir: StateDirOpt = None,
-    env: Annotated[list[Path], typer.Option("--env", "-e", help="Extra env file (repeatable).")]
+    env: Annotated[list[Path], typer.Option("--env", "-e", metavar="FILE",
+                                            help="Extra env file (repeatable).")]
     = [],  # noqa: B006 - typer reads the default, never mutates it
-    scale: Annotated[list[str], typer.Option("--scale", "-c", help="TYPE=N (repeatable).")]
+    scale: Annotated[list[str], typer.Option("--scale", "-c", metavar="TYPE=N",
+                                             help="TYPE=N (repeatable).")]
     = [],  # noqa: B006
-    port: Annotated[int, typer.Option("--port", "-p", help="Base port ($PORT of the first "
-                                                           "instance); 0 lets servers pick.")]
+    port: Annotated[int, typer.Option("--port", "-p", metavar="PORT",
+                                      help="Base port ($PORT of the first instance); "
+                                           "0 lets servers pick.")]
     = procfile_mod.DEFAULT_BASE_PORT,
-    grace: Annotated[float, typer.Option(help="Seconds instances get to stop on SIGINT.")] = 5.0,
+    grace: Annotated[float, typer.Option(metavar="SECONDS",
+                                         help="Seconds instances get to stop on SIGINT.")] = 5.0,
     restart: Annotated[list[str], typer.Option(
-        "--restart", help="TYPE=POLICY: no, on-failure (default), always.")] = [],  # noqa: B006
+        "--restart", metavar="TYPE=POLICY",
+        help="TYPE=POLICY: no, on-failure (default), always.")] = [],  # noqa: B006
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background; "
                                          "return once every instance serves.")] = False,
-    ready_timeout: Annotated[float, typer.Option(help="Seconds an instance gets to serve.")]
+    ready_timeout: Annotated[float, typer.Option(metavar="SECONDS",
+                                                 help="Seconds an instance gets to serve.")]
     = 30.0,
-    json_: JsonOpt = False,
+    json_: Annotated[bool, typer.Option("--json", help="With -d: the instances as JSON, "
+                                                        "as `ps --json`.")] = False,
     registry: RegistryOpt = None,
 ) -> None:
-    """Start every instance of the Procfile and supervise them (Ctrl-C stops them all)."""
+    """Start every instance of the Procfile and supervise them (Ctrl-C stops them all).
+
+    Example: devcluster up -d -c greeter=3 -p 0"""
+    if json_ and not detach:
+        raise UsageError("--json needs -d: in the foreground, up prints the instances' logs, "
+                         "not a result (use `devcluster up -d --json`)")
     scale_counts = procfile_mod.parse_scale(scale)
     policies = _policies(restart)
     directory = _state_dir(procfile, state_dir)
@@ -112,11 +131,15 @@ def _ready_rows(states: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 @app.command()
 def down(
-    procfile: ProcfileOpt = Path("Procfile"),
+    procfile: ProcfileOpt = DEFAULT_PROCFILE,
     state_dir: StateDirOpt = None,
-    grace: Annotated[float | None, typer.Option(help="Seconds instances get to stop.")] = None,
+    grace: Annotated[float | None, typer.Option(metavar="SECONDS",
+                                                help="Seconds instances get to stop.")] = None,
+    json_: JsonOpt = False,
 ) -> None:
-    """Stop the running cluster gracefully; returns when every process is gone."""
+    """Stop the running cluster gracefully; returns when every process is gone.
+
+    Example: devcluster down --grace 2"""
     directory = _state_dir(procfile, state_dir)
     from devcluster.statedir import running_pid
 
@@ -125,6 +148,9 @@ def down(
         reply = control.down(grace)
     if pid and pid > 0:
         _wait_gone(pid, 30)
+    if json_:
+        _print_instances([instance_dict(i) for i in reply.instances], True)
+        return
     out.print(f"stopped {len(reply.instances)} instances")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,6 +11,7 @@ from rich.table import Table
 
 from devcluster.api import control_client, instance_dict
 from devcluster.cli.app import (
+    DEFAULT_PROCFILE,
     JsonOpt,
     ProcfileOpt,
     RegistryOpt,
@@ -27,11 +27,13 @@ from devcluster.errors import UsageError
 
 
 @app.command()
-def ps(procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
+def ps(procfile: ProcfileOpt = DEFAULT_PROCFILE, state_dir: StateDirOpt = None,
        json_: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """List instances: state, pid, address, weight, uptime, restarts, CPU, memory.
 
-    With an etcd registry: every instance of every supervisor registered there."""
+    With an etcd registry: every instance of every supervisor registered there.
+
+    Example: devcluster ps --json"""
     if _is_etcd(registry):
         snap = _registry(procfile, state_dir, registry).snapshot()
         now = time.time()
@@ -46,26 +48,32 @@ def ps(procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
 
 @app.command()
 def logs(
-    name: Annotated[str | None, typer.Argument(help="Instance (default: the merged log).")]
+    name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="Instance (default: the merged log).")]
     = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")]
     = False,
-    lines: Annotated[int, typer.Option("--lines", "-n", help="Lines to show.")] = 50,
-    procfile: Annotated[Path, typer.Option("--procfile", help="Procfile.")] = Path("Procfile"),
+    lines: Annotated[int, typer.Option("--lines", "-n", metavar="N", help="Lines to show.")] = 50,
+    procfile: ProcfileOpt = DEFAULT_PROCFILE,
     state_dir: StateDirOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object a line: time, "
+                                                        "instance, line.")] = False,
 ) -> None:
-    """Show (and with -f follow) the log of one instance or of the whole cluster."""
+    """Show (and with -f follow) the log of one instance or of the whole cluster.
+
+    Example: devcluster logs server1 -f -n 20"""
     if lines < 0:
         raise UsageError(f"--lines must be 0 or more, got {lines}")
     from devcluster.logview import show_logs
 
-    show_logs(_state_dir(procfile, state_dir), name, follow, lines)
+    show_logs(_state_dir(procfile, state_dir), name, follow, lines, as_json=json_)
 
 
 @app.command()
-def registry(procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
+def registry(procfile: ProcfileOpt = DEFAULT_PROCFILE, state_dir: StateDirOpt = None,
              json_: JsonOpt = False, registry_url: RegistryOpt = None) -> None:
-    """Print the registry: every record with weight, enabled and state."""
+    """Print the registry: every record with weight, enabled and state.
+
+    Example: devcluster registry --json"""
     reg = _registry(procfile, state_dir, registry_url)
     snap = reg.snapshot()
     if json_:

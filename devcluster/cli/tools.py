@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+import json
+import signal
+from collections.abc import Iterator
+from types import FrameType
 from typing import Annotated
 
 import typer
 
 from devcluster.cli.app import (
+    DEFAULT_PROCFILE,
     ProcfileOpt,
     RegistryOpt,
     StateDirOpt,
@@ -22,32 +27,54 @@ from devcluster.cli.app import (
 from devcluster.errors import NoClusterError, UsageError
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM end the loop with its summary, as Ctrl-C does.
+
+    SIGINT is set explicitly: a background job of a non-interactive shell starts with SIGINT
+    ignored, and ``kill -INT $client`` in a script would otherwise never reach us."""
+    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 @app.command()
 def client(
-    service: Annotated[str | None, typer.Option(help="Service to call (default: every "
+    service: Annotated[str | None, typer.Option(metavar="SERVICE", help="Service to call (default: every "
                                                      "serving instance).")] = None,
-    name: Annotated[str, typer.Option(help="Name to greet; calls send NAME-SEQ.")] = "world",
-    count: Annotated[int | None, typer.Option("--count", "-n", help="Calls to make "
+    name: Annotated[str, typer.Option(metavar="NAME", help="Name to greet; calls send NAME-SEQ.")] = "world",
+    count: Annotated[int | None, typer.Option("--count", "-n", metavar="N", help="Calls to make "
                                               "(default: until Ctrl-C).")] = None,
-    interval: Annotated[float, typer.Option(help="Seconds between calls.")] = 0.5,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-C",
+    interval: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds between calls.")] = 0.5,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-C", metavar="N",
                                              help="Calls in flight.")] = 1,
-    timeout: Annotated[float, typer.Option(help="Deadline of each call, seconds.")] = 2.0,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Deadline of each call, seconds.")] = 2.0,
     policy: Annotated[str | None, typer.Option(
-        help="weighted (default), round_robin or pick_first; with a grpc --target, grpc's "
+        metavar="POLICY", help="weighted (default), round_robin or pick_first; with a grpc --target, grpc's "
              "own pick_first (default) or round_robin.", show_default=False)] = None,
     target: Annotated[str | None, typer.Option(
-        help="Call these servers instead of the registry: static:///H:P,H:P,... (a fixed "
+        metavar="TARGET", help="Call these servers instead of the registry: static:///H:P,H:P,... (a fixed "
              "list, devcluster's balancer, no cluster needed), or a grpc target "
              "(ipv4:H:P,H:P / dns:///H:P / H:P) resolved and balanced by grpc itself.",
         show_default=False)] = None,
-    procfile: ProcfileOpt = Path("Procfile"),
+    procfile: ProcfileOpt = DEFAULT_PROCFILE,
     state_dir: StateDirOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per call, then a "
                                                         "summary object.")] = False,
     registry: RegistryOpt = None,
 ) -> None:
-    """Call SayHello in a loop through the balancing client; print who served each call."""
+    """Call SayHello in a loop through the balancing client; print who served each call.
+
+    Ctrl-C or SIGTERM stops it with a summary.
+
+    Example: devcluster client --service server -n 20 --interval 0.1"""
     from devcluster.client.runner import ClientOptions, run_client
     from devcluster.client.targets import parse_target, resolve_policy
 
@@ -78,31 +105,47 @@ def client(
                          concurrency=concurrency, timeout=timeout, json=json_, policy=policy,
                          state_dir=directory, target=target,
                          registry=shared if _is_etcd(registry) and parsed is None else None)
-    summary = run_client(opts, out)
+    with stop_on_signals():
+        summary = run_client(opts, out)
     if count is not None and summary.failures:
         raise typer.Exit(1)
 
 
 @app.command()
 def demo(
-    speed: Annotated[float, typer.Option(help="Slow down (0.5 = half speed) for a talk.")] = 1.0,
+    speed: Annotated[float, typer.Option(metavar="X", help="Slow down (0.5 = half speed) for a talk.")] = 1.0,
     lesson: Annotated[bool, typer.Option(
         "--lesson", help="The article's progression instead: one address, the comma list, "
                          "static + pick_first, round_robin, the registry, weights, faults.")]
     = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the summary table as JSON on "
+                                                        "stdout (the story goes to stderr).")]
+    = False,
 ) -> None:
-    """The seed article's story in one command: weights, a crash, a freeze, a drain."""
+    """The seed article's story in one command: weights, a crash, a freeze, a drain.
+
+    Exits 0 only if every step behaved, so it doubles as a smoke test.
+
+    Example: devcluster demo --speed 0.5"""
     if speed <= 0:
         raise UsageError(f"--speed must be > 0, got {speed}")
     if lesson:
         from devcluster.lesson import run_lesson
 
+        if json_:
+            raise UsageError("--json gives the summary of the demo; --lesson has none: "
+                             "drop one of them")
         if not run_lesson(out, speed):
             fail("some step did not behave as the article says (see the table above)")
         return
-    from devcluster.demo import run_demo
+    from devcluster.demo import Demo
 
-    if not run_demo(out, speed):
+    story = Demo(err if json_ else out, speed)
+    ok = story.run()
+    if json_:
+        print(json.dumps([{"step": r.title.strip(), "calls": dict(r.calls),
+                           "failed": r.failures, "ok": r.ok} for r in story.results], indent=2))
+    if not ok:
         fail("some step did not behave as expected (see the table above)")
 
 

@@ -24,7 +24,7 @@ import pytest
 from devcluster.api import Cluster, NotReadyError
 from devcluster.errors import UsageError
 
-GREETER = "python -m services.greeter --port $PORT"
+GREETER = "python -m devcluster.greeter --port $PORT"
 CRASH = 'crash: python -c "import sys; sys.exit(1)"'
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -385,7 +385,7 @@ def test_scale_up_then_down_leaves_exactly_the_wanted_processes(
     assert all(gone(five[f"greeter.{n}"].pid) for n in (3, 4, 5))
     assert sorted(cluster.registry.snapshot().records) == ["greeter.1", "greeter.2"]
     greeters = [p for p in processes_under(tmp_path)
-                if "services.greeter" in " ".join(p.cmdline())]
+                if "devcluster.greeter" in " ".join(p.cmdline())]
     assert sorted(p.pid for p in greeters) == sorted(five[f"greeter.{n}"].pid for n in (1, 2))
 
     # Growing again reuses the next free names.

@@ -21,7 +21,7 @@ from devcluster.client import BalancedChannel, CallInfo
 from devcluster.registry import open_registry
 from tests._etcd import require_etcd, running_etcd
 
-GREETER = "python -m services.greeter --port $PORT"
+GREETER = "python -m devcluster.greeter --port $PORT"
 
 
 def _procfile(directory: Path, names: list[str]) -> Path:

@@ -10,8 +10,8 @@ import psutil
 import pytest
 
 PROCFILE = """\
-server1: python -m services.greeter --port $PORT
-server2: python -m services.greeter --port $PORT
+server1: python -m devcluster.greeter --port $PORT
+server2: python -m devcluster.greeter --port $PORT
 """
 
 USER_TESTS = '''

@@ -23,7 +23,7 @@ import pytest
 
 from tests._servers import Greeters, dead_address, greeters_fixture
 
-SERVERS = tuple(f"server{i}: python -m services.greeter --port $PORT" for i in (1, 2, 3))
+SERVERS = tuple(f"server{i}: python -m devcluster.greeter --port $PORT" for i in (1, 2, 3))
 NAMES = ("server1", "server2", "server3")
 
 

@@ -25,7 +25,7 @@ import pytest
 
 from devcluster.api import Cluster, NotReadyError
 
-GREETER = "python -m services.greeter --port $PORT"
+GREETER = "python -m devcluster.greeter --port $PORT"
 UP = ("-p", "0", "--grace", "1")
 
 CONTRACT_FIELDS = {"name": str, "service": str, "state": str, "pid": int, "address": str,

@@ -22,7 +22,7 @@ import pytest
 
 from devcluster.api import Cluster
 
-GREETER = "python -m services.greeter --port $PORT"
+GREETER = "python -m devcluster.greeter --port $PORT"
 PROCFILE = f"greeter: {GREETER}\n".encode()
 
 

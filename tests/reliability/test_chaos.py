@@ -47,7 +47,7 @@ from devcluster.registry.liveness import CREATE_TIME_TOLERANCE_S
 
 pytestmark = pytest.mark.slow
 
-GREETER = "python -m services.greeter --port $PORT"
+GREETER = "python -m devcluster.greeter --port $PORT"
 INSTANCES = 10
 SCALE_MIN, SCALE_MAX = 8, 12
 CLIENT_THREADS = 8
@@ -240,7 +240,7 @@ def greeter_processes(root: Path, processes_under: Callable[[Path], list[psutil.
     found = {}
     for proc in processes_under(root):
         with contextlib.suppress(psutil.Error):
-            if "services.greeter" in " ".join(proc.cmdline()):
+            if "devcluster.greeter" in " ".join(proc.cmdline()):
                 found[proc.pid] = proc
     return found
 

@@ -23,7 +23,7 @@ import pytest
 from devcluster.control import ControlClient, as_dict
 from devcluster.registry import FileRegistry
 
-GREETER = "python -m services.greeter --port $PORT"
+GREETER = "python -m devcluster.greeter --port $PORT"
 
 #: A gRPC server (health service only) that ignores SIGINT: only SIGKILL ends it.
 #: A plain command line (no shell syntax), so it is the instance's leader itself and a
@@ -185,7 +185,7 @@ def test_sighup_with_an_invalid_procfile_changes_nothing(
     up.wait_for("ready: 3/3 serving")
     before = control_ps(state_dir)
 
-    invalid = "keep: python -m services.greeter --port $PORT\nthis line has no colon\n"
+    invalid = "keep: python -m devcluster.greeter --port $PORT\nthis line has no colon\n"
     procfile.write_text(invalid)
     up.proc.send_signal(signal.SIGHUP)
     text = up.wait_for("reload refused")

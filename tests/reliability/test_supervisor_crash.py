@@ -27,7 +27,7 @@ import pytest
 
 from devcluster.control import ControlClient, as_dict
 
-GREETER = "python -m services.greeter --port $PORT"
+GREETER = "python -m devcluster.greeter --port $PORT"
 #: A shell line: sh leads the group; the greeter (in the background) and `sleep` are
 #: its children, the grandchildren of the supervisor, out of PDEATHSIG's reach.
 SHELL_LINE = f"{GREETER} & sleep 1000 && echo x"
@@ -103,7 +103,7 @@ def crash(tmp_path: Path, write_procfile: Callable[..., Path],
         commands = list(victims.values())
         # What the test is about must really be there: grandchildren and the watchdog.
         assert any(c.startswith("sleep 1000") for c in commands), commands
-        assert sum(c.startswith("python -m services.greeter") for c in commands) == 3, commands
+        assert sum(c.startswith("python -m devcluster.greeter") for c in commands) == 3, commands
         assert any("devcluster.watchdog" in c for c in commands), commands
         socket_target = _socket_target(state_dir / "control.sock")
     finally:

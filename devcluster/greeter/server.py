@@ -1,6 +1,6 @@
 """A grpc.aio Greeter: SayHello, health, reflection, instance header, graceful stop.
 
-``python -m services.greeter --port 50051 --name server1`` (defaults: ``$PORT`` and
+``python -m devcluster.greeter --port 50051 --name server1`` (defaults: ``$PORT`` and
 ``$DEVCLUSTER_INSTANCE``). On SIGINT/SIGTERM it reports NOT_SERVING, stops accepting
 calls, lets in-flight calls finish within ``--grace`` seconds, and exits 0.
 """
