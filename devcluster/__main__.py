@@ -1,3 +1,3 @@
-from devcluster.cli import main
+from devcluster.entry import main
 
 main()

@@ -7,7 +7,6 @@ registers its commands on it when imported here."""
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 from devcluster.cli.app import app, error_line
@@ -18,21 +17,6 @@ __all__ = ["app", "main"]
 # Commands appear in --help in this order.
 for _group in ("cluster", "look", "act", "tools"):
     importlib.import_module(f"devcluster.cli.{_group}")
-
-
-def _posix_or_exit() -> None:
-    """devcluster needs POSIX process groups and fcntl locks: say so instead of a traceback."""
-    try:
-        import fcntl  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        if hasattr(os, "killpg") and hasattr(os, "setsid"):
-            return
-    print(f"devcluster: error: this platform ({sys.platform}) lacks the POSIX pieces devcluster "
-          "needs (fcntl locks, process groups); run it on Linux or macOS, or in WSL",
-          file=sys.stderr)
-    sys.exit(1)
 
 
 def _usage_hint(e: Exception) -> str:
@@ -49,7 +33,6 @@ def main() -> None:
 
     Exit status: 0 done; 1 the world disagrees (no cluster, no such instance, a timeout);
     2 the command line is wrong (unknown flag, bad value, bad file); 130 interrupted."""
-    _posix_or_exit()
     try:
         code = app(standalone_mode=False)
     except DevclusterError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,3 +86,14 @@ def test_no_wait_only_where_a_verb_waits(tmp_path: Path, run_cli: Cli) -> None:
         assert "--no-wait" in _ok(run_cli(verb, "--help"))
     for verb in ("kill", "stop", "pause", "resume"):
         assert "--no-wait" not in _ok(run_cli(verb, "--help"))
+
+
+def test_a_platform_without_posix_gets_one_line(tmp_path: Path) -> None:
+    """As on Windows: no fcntl. One line naming what is missing, exit 1, no traceback."""
+    code = ("import sys; sys.modules['fcntl'] = None; sys.argv = ['devcluster', 'ps']\n"
+            "from devcluster.entry import main; main()")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.startswith("devcluster: error: ") and "fcntl" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
