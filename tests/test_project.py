@@ -166,7 +166,8 @@ BAD: dict[str, tuple[str, tuple[str, ...]]] = {
                          '[process.c]\ndepends_on = ["a"]\n',
                          (":2:", "cycle: a -> b -> c -> a", "remove one")),
     "watch not strings": ('[process.a]\nwatch = [1]\n', (":2:", "array of strings")),
-    "preload not a module": ('[process.a]\npreload = ["my-mod"]\n', (":2:", "'my-mod', not a Python module name")),
+    "preload not a module": ('[process.a]\npreload = ["my-mod"]\n',
+                             (":2:", "'my-mod', not a Python module name")),
 }
 
 
