@@ -238,7 +238,8 @@ def compile_proto(proto: str | os.PathLike[str],
         done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               check=False)
         if done.returncode != 0 or not out.exists():
-            first = (done.stderr.strip().splitlines() or ["protoc failed"])[0]
+            lines = done.stderr.strip().splitlines() or ["protoc failed"]
+            first = next((ln for ln in lines if "warning:" not in ln), lines[0])
             raise ProtoError(f"--proto {proto} does not compile: {first}")
         files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     pool = descriptor_pool.DescriptorPool()
