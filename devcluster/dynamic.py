@@ -50,6 +50,18 @@ class ProtoError(UsageError):
     """The ``--proto`` file does not compile (exit 2)."""
 
 
+class UnknownServiceError(UsageError):
+    """No server (or .proto) defines the service (exit 2); ``services`` are the known ones."""
+
+    def __init__(self, service: str, services: Sequence[str]) -> None:
+        self.service = service
+        self.services = sorted(s for s in set(services) if not s.startswith("grpc."))
+        close = difflib.get_close_matches(service, self.services, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        super().__init__(f"unknown service {service!r}; {hint}services: "
+                         f"{', '.join(self.services) or 'none found'}")
+
+
 @dataclass(frozen=True)
 class MethodRef:
     """``package.Service/Method`` split in two."""
@@ -116,11 +128,7 @@ def method_from_pool(pool: descriptor_pool.DescriptorPool, ref: MethodRef,
     try:
         service: ServiceDescriptor = pool.FindServiceByName(ref.service)
     except KeyError:
-        known = [s for s in services if not s.startswith("grpc.")]
-        close = difflib.get_close_matches(ref.service, known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UsageError(f"unknown service {ref.service!r}; {hint}services: "
-                         f"{', '.join(sorted(known)) or 'none found'}") from None
+        raise UnknownServiceError(ref.service, services) from None
     method = service.methods_by_name.get(ref.method)
     if method is None:
         names = sorted(service.methods_by_name)
@@ -210,6 +218,9 @@ def find_by_reflection(addresses: Mapping[str, str], ref: MethodRef,
     if not errors:
         raise DevclusterError("no serving instance to ask for the types of "
                               f"{ref.service}; start the cluster (`devcluster up`) or check --service")
+    unknown = [e for e in errors if isinstance(e, UnknownServiceError)]
+    if unknown and all(not isinstance(e, UsageError) or e in unknown for e in errors):
+        raise UnknownServiceError(ref.service, [s for e in unknown for s in e.services])
     rank = {UsageError: 0, NoReflectionError: 1}
     raise min(errors, key=lambda e: next((v for k, v in rank.items() if isinstance(e, k)), 2))
 
