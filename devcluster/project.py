@@ -395,18 +395,3 @@ def _first(*values: Any) -> Any:
     """The first value that is not None (the last is the default)."""
     return next(v for v in values if v is not None)
 
-
-def parse_meta_items(items: Iterable[str]) -> dict[str, str | None]:
-    """``["zone=a", "tier="]`` -> ``{"zone": "a", "tier": None}`` (``KEY=`` removes a key).
-
-    >>> parse_meta_items(["zone=a", "tier="])
-    {'zone': 'a', 'tier': None}
-    """
-    out: dict[str, str | None] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not check.META_KEY.fullmatch(key):
-            raise UsageError(f"bad metadata {item!r}; expected KEY=VALUE (KEY= removes KEY), "
-                             "KEY of letters, digits and '_.:/-'")
-        out[key] = value or None
-    return out

@@ -8,9 +8,11 @@ the value, or None when the key is absent.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
+
+from devcluster.errors import UsageError
 
 if TYPE_CHECKING:
     from devcluster.project import _Ctx
@@ -175,4 +177,20 @@ def waves(types: Sequence[str], deps: Mapping[str, Sequence[str]]) -> list[list[
     out: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
     for name in types:
         out[level[name]].append(name)
+    return out
+
+
+def parse_meta_items(items: Iterable[str]) -> dict[str, str | None]:
+    """``["zone=a", "tier="]`` -> ``{"zone": "a", "tier": None}`` (``KEY=`` removes a key).
+
+    >>> parse_meta_items(["zone=a", "tier="])
+    {'zone': 'a', 'tier': None}
+    """
+    out: dict[str, str | None] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not META_KEY.fullmatch(key):
+            raise UsageError(f"bad metadata {item!r}; expected KEY=VALUE (KEY= removes KEY), "
+                             "KEY of letters, digits and '_.:/-'")
+        out[key] = value or None
     return out

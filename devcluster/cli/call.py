@@ -170,7 +170,7 @@ def meta(
     registry: RegistryOpt = None,
 ) -> None:
     """Set an instance's metadata (KEY=VALUE), or remove a key (KEY=)."""
-    from devcluster.project import parse_meta_items
+    from devcluster.projectcheck import parse_meta_items
 
     changes = parse_meta_items(items)
     set_metadata(_registry(procfile, state_dir, registry), name, changes)
