@@ -48,7 +48,7 @@ class Greeter(helloworld_pb2_grpc.GreeterServicer):
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     env_port = os.environ.get("PORT")
-    parser = argparse.ArgumentParser(prog="python -m services.greeter", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devcluster.greeter", description=__doc__)
     parser.add_argument("--port", type=int, default=int(env_port) if env_port else None,
                         help="port to listen on (default: $PORT)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -107,5 +107,5 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m services.greeter``."""
+    """Entry point of ``python -m devcluster.greeter``."""
     return asyncio.run(serve(_parse(argv)))
