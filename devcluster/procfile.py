@@ -23,9 +23,10 @@ from types import MappingProxyType
 
 from honcho import environ as honcho_environ
 
+from devcluster import defaults
 from devcluster.errors import ProcfileError, UsageError
 
-DEFAULT_BASE_PORT = 5000
+DEFAULT_BASE_PORT = defaults.BASE_PORT
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # Anything the shell would treat specially: pipes, lists, redirections, globs, tilde,
 # command substitution, escapes, comments, leading assignments. `${NAME}` is not: we
@@ -207,7 +208,8 @@ def instance_spec(
     """The spec of instance ``number`` (1-based) of ``ptype``, foreman's port scheme."""
     port = base_port + 100 * type_index + number - 1 if base_port else 0
     child_env = dict(env or {})
-    child_env.update(PORT=str(port), PS=name, DEVCLUSTER_INSTANCE=name, PYTHONUNBUFFERED="1")
+    child_env.update({"PORT": str(port), "PS": name, defaults.ENV_INSTANCE: name,
+                      "PYTHONUNBUFFERED": "1"})
     return InstanceSpec(name, ptype.name, ptype.command, port, MappingProxyType(child_env))
 
 
