@@ -242,7 +242,9 @@ class Cluster:
 
     def logs(self, name: str | None = None, n: int = 50) -> list[str]:
         """The last ``n`` lines of an instance's log (or of the merged log)."""
-        return tail(defaults.layout(self.state_dir).log(name), n)
+        from devcluster.procfile import check_name
+
+        return tail(defaults.layout(self.state_dir).log(check_name(name) if name else None), n)
 
     def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float = 10.0) -> Snapshot:
         """Wait on registry changes (not a timer) until ``predicate(snapshot)`` holds."""

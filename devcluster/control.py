@@ -197,6 +197,12 @@ class ControlServer:
                 p.unlink()
 
 
+def _unknown(message: str) -> UnknownInstanceError:
+    error = UnknownInstanceError.__new__(UnknownInstanceError)
+    Exception.__init__(error, message)
+    return error
+
+
 def _who() -> str:
     return f"pid {os.getpid()}"
 
@@ -244,8 +250,12 @@ class ControlClient:
         except grpc.RpcError as e:
             code = e.code() if isinstance(e, grpc.Call) else None
             details = e.details() if isinstance(e, grpc.Call) else str(e)
-            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            if code == grpc.StatusCode.NOT_FOUND:  # a well-formed name the cluster lacks
+                raise _unknown(details) from None
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise UsageError(details) from None
+            if code == grpc.StatusCode.FAILED_PRECONDITION:  # the supervisor's own message
+                raise DevclusterError(details) from None
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise NoClusterError(f"no cluster answers in {self.state_dir} ({details}); "
                                      "start one with `devcluster up`") from None

@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from devcluster import defaults, process, procfile
 from devcluster.control import ControlServer
-from devcluster.errors import CorruptRegistryError, DevclusterError, UnknownInstanceError, to_payload
+from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError, to_payload
 from devcluster.logs import LogSink
 from devcluster.registry import FileRegistry, Registry, open_registry
 from devcluster.registry.liveness import alive
@@ -62,7 +62,8 @@ async def serve(settings: Settings, console: TextIO | None, ready: ReadyPipe | N
                                       settings.base_port)
     for name in settings.restart:
         if name not in {t.name for t in types}:
-            raise UnknownInstanceError(name, [t.name for t in types])
+            raise UsageError(f"--restart {name}=...: the Procfile has no process type "
+                             f"{name!r}; types: {', '.join(t.name for t in types)}")
     where = defaults.layout(settings.state_dir)
     with hold_lock(settings.state_dir):
         sink = LogSink(where.logs, console)

@@ -106,12 +106,29 @@ class Layout:
 
     def log(self, name: str | None = None) -> Path:
         """The log of instance ``name``; None: the merged log."""
-        return self.logs / f"{name or SYSTEM_LOG}.log"
+        return self.logs / log_file_name(name)
 
     @property
     def daemon_out(self) -> Path:
         """stdout/stderr of a background supervisor."""
         return self.logs / "supervisor.out"
+
+
+def log_file_name(name: str | None) -> str:
+    """``greeter.2.log``; the merged log is ``devcluster.log``, so an instance named
+    ``devcluster`` gets ``devcluster.instance.log`` (no instance name contains
+    ``.instance``: the only dot in a name is before its number)."""
+    if name is None:
+        return f"{SYSTEM_LOG}.log"
+    return f"{name}.instance.log" if name == SYSTEM_LOG else f"{name}.log"
+
+
+def instance_of_log(file_name: str) -> str | None:
+    """The instance whose log ``file_name`` is (None: the merged log or not a log)."""
+    stem = file_name.removesuffix(".log")
+    if stem in (file_name, SYSTEM_LOG):
+        return None
+    return stem.removesuffix(".instance") if stem == f"{SYSTEM_LOG}.instance" else stem
 
 
 def layout(root: Path) -> Layout:

@@ -37,8 +37,12 @@ class ProcfileError(UsageError):
     """The Procfile or an env file is missing, empty or malformed."""
 
 
-class UnknownInstanceError(UsageError):
-    """A command named an instance or process type the cluster does not have."""
+class UnknownInstanceError(DevclusterError):
+    """A command named an instance or process type the cluster does not have.
+
+    The world disagrees with a well-formed name (exit 1); a malformed name (a path,
+    ``../x``) is a UsageError (exit 2) before anything is looked up.
+    """
 
     def __init__(self, name: str, known: list[str] | tuple[str, ...]) -> None:
         self.name = name

@@ -117,6 +117,7 @@ class Supervisor:
             return list(self.instances.values())
         chosen: dict[str, Instance] = {}
         for name in names:
+            procfile.check_name(name)
             if name in self.instances:
                 chosen[name] = self.instances[name]
                 continue
@@ -366,27 +367,31 @@ class Supervisor:
         for ptype in counts:
             if ptype not in self.types:
                 raise UnknownInstanceError(ptype, self.type_order)
+        plan = [self._scale_plan(ptype, wanted) for ptype, wanted in counts.items()]
         changed: list[Instance] = []
-        for ptype, wanted in counts.items():
-            mine = sorted((i for i in self.instances.values() if i.spec.process_type == ptype),
-                          key=lambda i: _number(i.name))
-            extra = mine[wanted:]
+        for extra, specs in plan:  # every spec is valid (ports...) before anything changes
             await asyncio.gather(*(i.stop(drain=DRAIN_DELAY) for i in extra))
             for inst in extra:
                 self.instances.pop(inst.name)
                 self.records.deregister(inst.name)
                 changed.append(inst)
-            index = self.type_order.index(ptype)
-            number = max((_number(i.name) for i in mine[:wanted]), default=0)
-            for _ in range(wanted - len(mine)):
-                number += 1
-                spec = procfile.instance_spec(self.types[ptype], f"{ptype}.{number}", index,
-                                              number, self.settings.base_port, self.env)
+            for spec in specs:
                 inst = self._add(spec)
                 self.records.register(inst.record())
                 inst.start()
                 changed.append(inst)
         return changed
+
+    def _scale_plan(self, ptype: str, wanted: int) -> tuple[list[Instance], list[procfile.InstanceSpec]]:
+        """(instances to remove, specs to add) to have ``wanted`` instances of ``ptype``."""
+        mine = sorted((i for i in self.instances.values() if i.spec.process_type == ptype),
+                      key=lambda i: _number(i.name))
+        index = self.type_order.index(ptype)
+        first = max((_number(i.name) for i in mine[:wanted]), default=0) + 1
+        specs = [procfile.instance_spec(self.types[ptype], f"{ptype}.{n}", index, n,
+                                        self.settings.base_port, self.env)
+                 for n in range(first, first + wanted - len(mine))]
+        return mine[wanted:], specs
 
 
 def _number(name: str) -> int:
