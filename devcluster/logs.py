@@ -8,6 +8,7 @@ stream to ``logs/devcluster.log``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -53,10 +54,12 @@ class LogSink:
         """One line of output of instance ``name`` (or of the supervisor: ``system``)."""
         stamp = time.strftime("%H:%M:%S")
         text = text.rstrip("\r\n")
-        if not system:  # an instance may be named like the supervisor: it still has its log
-            self._recent.setdefault(name, deque(maxlen=50)).append(text)
-            self._file(name).write(f"{stamp} {text}\n")
-        self._merged.write(f"{stamp} {name:<{self.width}} | {text}\n")
+        # A full disk or a deleted state dir loses log lines, never the supervisor.
+        with contextlib.suppress(OSError, ValueError):
+            if not system:  # an instance may be named like the supervisor: it has its log
+                self._recent.setdefault(name, deque(maxlen=50)).append(text)
+                self._file(name).write(f"{stamp} {text}\n")
+            self._merged.write(f"{stamp} {name:<{self.width}} | {text}\n")
         if self.console is not None:
             label = f"{stamp} {name:<{self.width}} |"
             if self.colour:
@@ -88,12 +91,25 @@ class LogSink:
             self._files[name] = f
         return f
 
+    def reopen(self) -> None:
+        """Open every log file again by name (the state dir was deleted and re-created)."""
+        with contextlib.suppress(OSError):
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            merged = open(self.log_dir / log_file_name(None), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            self._merged.close()
+            self._merged = merged
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
+
     def close(self) -> None:
         """Close the log files."""
         for f in self._files.values():
-            f.close()
+            with contextlib.suppress(OSError):
+                f.close()
         self._files.clear()
-        self._merged.close()
+        with contextlib.suppress(OSError):
+            self._merged.close()
 
 
 def tail(path: Path, n: int) -> list[str]:

@@ -10,6 +10,9 @@ Every call returns a :class:`concurrent.futures.Future` the caller may await (vi
 ``asyncio.wrap_future``) when order against the outside world matters, e.g. the
 ``draining`` that must reach watchers before SIGINT. A failed write is reported to
 ``on_error`` (the supervisor logs it) and never stops the writer.
+
+The supervisor's memory is the truth (``truth()``): a registry found corrupt (kept
+aside) or missing the records of running instances is rewritten from it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
+from devcluster.errors import CorruptRegistryError
 from devcluster.registry import Record, Registry, Snapshot
 
 Changes = dict[str, dict[str, Any]]
@@ -38,8 +42,14 @@ class Recorder:
     """Queue registry writes; a daemon thread applies them in order."""
 
     def __init__(self, registry: Registry, on_error: Callable[[str], None],
-                 before_write: Callable[[], None] | None = None) -> None:
+                 before_write: Callable[[], None] | None = None,
+                 truth: Callable[[], list[Record]] = list) -> None:
         self.registry = registry
+        #: The registry as last written by us: weights and flags when it is unreadable.
+        self.last: Snapshot | None = None
+        #: Instance name -> why its last write failed (cleared by a write that lands).
+        self.failures: dict[str, str] = {}
+        self._truth = truth
         self._on_error = on_error
         self._before_write = before_write
         self._ops: deque[_Op] = deque()
@@ -118,29 +128,66 @@ class Recorder:
         if batch[0].kind == "flush":
             batch[0].future.set_result(None)
             return
+        names = _names(batch)
         try:
             if self._before_write is not None:
                 self._before_write()
-            kind = batch[0].kind
-            if kind == "update":
-                merged: Changes = {}
-                for op in batch:
-                    for name, fields in op.arg.items():
-                        merged.setdefault(name, {}).update(fields)
-                self.registry.modify(lambda snap: _known(snap, merged))
-            elif kind == "register":
-                self.registry.register(batch[0].arg)
-            elif kind == "deregister":
-                self.registry.deregister(batch[0].arg)
-            elif kind == "reset":
-                self.registry.reset(batch[0].arg)
+            try:
+                self._write(batch)
+            except CorruptRegistryError as e:  # garbage in the file: ours is the truth
+                self._rewrite(f"{e}")
+                self._write(batch)
         except Exception as e:  # reported, and the writer goes on
             self._on_error(f"registry write failed: {e}")
+            self.failures.update(dict.fromkeys(names, str(e)))
             for op in batch:
                 op.future.set_exception(e)
             return
+        for name in names:
+            self.failures.pop(name, None)
         for op in batch:
             op.future.set_result(None)
+
+    def _write(self, batch: list[_Op]) -> None:
+        kind, arg = batch[0].kind, batch[0].arg
+        if kind == "update":
+            merged: Changes = {}
+            for op in batch:
+                for name, fields in op.arg.items():
+                    merged.setdefault(name, {}).update(fields)
+            self.last = self.registry.modify(lambda snap: _known(snap, merged))
+            lost = set(merged) - set(self.last.records)
+            if lost & {r.name for r in self._truth()}:  # the file was deleted or emptied
+                self._rewrite("the registry lost records of running instances")
+        elif kind == "register":
+            self.registry.register(arg)
+        elif kind == "deregister":
+            self.registry.deregister(arg)
+        elif kind == "reset":
+            self.last = self.registry.reset(arg)
+
+    def _rewrite(self, why: str) -> None:
+        """Write every record from the supervisor's memory (weights and enabled flags as
+        last seen); a corrupt file is kept aside first, as ``up`` does."""
+        recover = getattr(self.registry, "recover", None)
+        kept = recover() if recover is not None else None
+        known = self.last.records if self.last is not None else {}
+        records = [r.with_(weight=known[r.name].weight, enabled=known[r.name].enabled)
+                   if r.name in known else r for r in self._truth()]
+        self.last = self.registry.reset(records)
+        aside = f"; kept the old file as {kept.name}" if kept is not None else ""
+        self._on_error(f"{why}; rewrote the registry from the supervisor's state{aside}")
+
+
+def _names(batch: list[_Op]) -> set[str]:
+    kind, arg = batch[0].kind, batch[0].arg
+    if kind == "update":
+        return {n for op in batch for n in op.arg}
+    if kind == "register":
+        return {arg.name}
+    if kind == "reset":
+        return {r.name for r in arg}
+    return set()
 
 
 def _known(snap: Snapshot, changes: Changes) -> Changes:

@@ -30,6 +30,8 @@ from devcluster.schema import InstanceInfo
 from devcluster.triggers import lifeline, signals
 from devcluster.watchdog import Watchdog
 
+_DONE = {"kill": "killed", "stop": "stopped", "start": "started", "restart": "restarted",
+         "pause": "paused", "resume": "resumed"}
 #: Longest a whole-cluster shutdown waits for its `draining` write before SIGINT.
 _DRAIN_WRITE_WAIT = 0.5
 
@@ -69,7 +71,10 @@ class Supervisor:
         self.type_order = [t.name for t in types]
         self.env = env
         loop = asyncio.get_running_loop()
-        self.records = Recorder(registry, lambda msg: loop.call_soon_threadsafe(sink.system, msg))
+        self.records = Recorder(
+            registry, lambda msg: loop.call_soon_threadsafe(sink.system, msg),
+            # From the writer thread: list() copies the values in one step.
+            truth=lambda: [i.record() for i in list(self.instances.values())])
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
                           settings.ready_timeout, watchdog, self._spawn)
         self.instances: dict[str, Instance] = {}
@@ -131,7 +136,9 @@ class Supervisor:
         """Instances in the one schema (every one by default); the registry is read in a
         thread, once, for weight and enabled (None if it cannot be read)."""
         chosen = list(self.instances.values() if chosen is None else chosen)
-        records: dict[str, Record] = {}
+        # Unreadable (corrupt, deleted): answer from memory, with what we last wrote.
+        last = self.records.last
+        records: dict[str, Record] = dict(last.records) if last is not None else {}
         with contextlib.suppress(DevclusterError, OSError):
             records = dict((await asyncio.to_thread(self.registry.snapshot)).records)
         now = time.time()
@@ -166,6 +173,13 @@ class Supervisor:
 
         await asyncio.gather(*(one(i) for i in chosen))
         await self._written()
+        failed = {i.name: self.records.failures[i.name] for i in chosen
+                  if i.name in self.records.failures}
+        if failed:  # the action happened; the registry does not say so
+            name, why = next(iter(failed.items()))
+            others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise DevclusterError(f"{_DONE.get(verb, verb)} {name}{others}, but could not "
+                                  f"record it in the registry: {why}")
         return await self.infos(chosen), unchanged
 
     def _verb(self, verb: str, signal_name: str) -> tuple[
