@@ -86,6 +86,7 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
         registry = FileRegistry(settings.state_dir)
         notes = [n for n in [await asyncio.to_thread(clean_stale, registry, sink)] if n]
     _check_ports(specs)
+    process.become_subreaper()  # what instances daemonize stays ours to find and stop
     watchdog = Watchdog()
     sup = Supervisor(settings, registry, sink, types, env, specs, watchdog)
     try:

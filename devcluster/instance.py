@@ -58,6 +58,8 @@ class Runtime:
     watchdog: Watchdog | None = None
     spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]] = _unowned
     """Creates a task owned by the supervisor's task group: no instance task is unowned."""
+    ours: Callable[[], set[int]] = set
+    """Pids of the processes the supervisor started itself (not orphans it adopted)."""
 
 
 class Instance:
@@ -301,8 +303,10 @@ class Instance:
             self._ready_task = run.create_task(self._become_ready(proc))
             returncode = await self._wait_exit(proc)
             self._ready_task.cancel()
-            # The leader is gone; sweep whatever it left in its group, then drain the pipe.
+            # The leader is gone; sweep whatever it left in its group and what it
+            # daemonized out of it (adopted: we are a subreaper), then drain the pipe.
             process.signal_group(proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(process.sweep, self.rt.ours(), self.name)
             if self.rt.watchdog is not None:
                 self.rt.watchdog.forget(proc.pid)
             with contextlib.suppress(TimeoutError):
@@ -316,11 +320,11 @@ class Instance:
         """Wait for the process to exit; if cancelled (the supervisor's task group is
         failing), stop it first (SIGINT, grace, SIGKILL), as trio's run_process does."""
         try:
-            return await proc.wait()
+            return await process.wait_exit(proc)
         except asyncio.CancelledError:
             process.signal_group(proc.pid, signal.SIGINT)
             try:
-                await asyncio.wait_for(proc.wait(), self.rt.grace)
+                await asyncio.wait_for(process.wait_exit(proc), self.rt.grace)
             except (TimeoutError, asyncio.CancelledError):
                 pass
             finally:

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devcluster import defaults, procfile
+import psutil
+
+from devcluster import defaults, process, procfile
 from devcluster.errors import DevclusterError, UnknownInstanceError
 from devcluster.instance import DRAIN_DELAY, Instance, Policy, Runtime, _landed
 from devcluster.logs import LogSink
@@ -75,8 +77,9 @@ class Supervisor:
             registry, lambda msg: loop.call_soon_threadsafe(sink.system, msg),
             # From the writer thread: list() copies the values in one step.
             truth=lambda: [i.record() for i in list(self.instances.values())])
+        self.watchdog = watchdog
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
-                          settings.ready_timeout, watchdog, self._spawn)
+                          settings.ready_timeout, watchdog, self._spawn, self._ours)
         self.instances: dict[str, Instance] = {}
         for spec in specs:
             self._add(spec)
@@ -106,6 +109,26 @@ class Supervisor:
             coro.close()
             raise RuntimeError("the supervisor is not running")
         return self._tg.create_task(coro)
+
+    def _ours(self) -> set[int]:
+        """Pids we started (instance leaders, the watchdog): never adopted orphans."""
+        pids = {i.pid for i in list(self.instances.values()) if i.running and i.pid}
+        if self.watchdog is not None:
+            pids.add(self.watchdog.pid)
+        return pids
+
+    async def _reap_adopted(self) -> None:
+        """Collect orphans that exited under us (we are their subreaper) so no zombie
+        piles up. Polls: an adopted process gives us no event but SIGCHLD, which
+        asyncio's child watcher owns."""
+        while True:
+            await asyncio.sleep(1.0)
+            zombies = []
+            for proc in process.adopted(self._ours()):
+                with contextlib.suppress(psutil.Error):
+                    if proc.status() == psutil.STATUS_ZOMBIE:
+                        zombies.append(proc.pid)
+            process.reap(zombies)
 
     def _add(self, spec: procfile.InstanceSpec) -> Instance:
         policy = self.settings.restart.get(spec.process_type, Policy.ON_FAILURE)
@@ -257,6 +280,10 @@ class Supervisor:
         await _landed(drained, _DRAIN_WRITE_WAIT)  # never wait on the registry for long
         began = time.monotonic()
         await asyncio.gather(*(i.stop(grace, announce=False) for i in self.instances.values()))
+        left = await asyncio.to_thread(process.sweep, self._ours())
+        if left:
+            self.sink.system(f"stopped {len(left)} process(es) the instances had daemonized "
+                             f"(pids {', '.join(map(str, left))})")
         self.sink.system(f"all instances stopped in {1000 * (time.monotonic() - began):.0f} ms")
         self.done.set()
 
@@ -264,6 +291,7 @@ class Supervisor:
         """Second Ctrl-C (and the exit path): SIGKILL every process group now."""
         for inst in self.instances.values():
             inst.force_kill()
+        process.sweep(self._ours())
 
     async def run(self, on_settled: Callable[[], Awaitable[None]] | None = None) -> None:
         """Start every instance, serve until told to stop, stop them all.
@@ -293,6 +321,7 @@ class Supervisor:
 
     async def _serve(self, on_settled: Callable[[], Awaitable[None]] | None) -> None:
         began = time.monotonic()
+        reaper = self._spawn(self._reap_adopted())
         self.start_all()
         settled = self._spawn(self._settle(began))
         stop_wait = asyncio.ensure_future(self.stopping.wait())
@@ -307,6 +336,7 @@ class Supervisor:
         await self.stopping.wait()
         if self._shutdown_task is not None:
             await self._shutdown_task
+        reaper.cancel()
 
     async def _settle(self, began: float) -> None:
         if await self.wait_settled(self.settings.ready_timeout + 60):

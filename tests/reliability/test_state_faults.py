@@ -134,3 +134,43 @@ def test_disk_full_then_kill_ps_and_down(small_disk: Path, run_cli: Cli,
     down, took = timed(run_cli, "down", "--state-dir", str(state))
     assert down.returncode == 0, down.stderr
     assert took < BOUND
+
+
+# -- 4. commands that daemonize --------------------------------------------------------
+
+def _pids_of(argv: str) -> list[int]:
+    return [p.pid for p in psutil.process_iter(["cmdline", "status"])
+            if " ".join(p.info["cmdline"] or []) == argv and p.info["status"] != "zombie"]
+
+
+def test_a_command_that_daemonizes_settles_and_its_children_are_stopped(
+        run_cli: Cli, write_procfile: Callable[..., Path], tmp_path: Path) -> None:
+    tag = f"{os.getpid()}{time.monotonic_ns() % 100000}"
+    write_procfile(f"bg: sh -c 'sleep 9{tag}1 & exit 0'",
+                   f"detached: sh -c 'setsid sleep 9{tag}2 & exec sleep 300'",
+                   f"web: {GREETER}")
+    up, took = timed(run_cli, *UP, "--restart", "bg=no", "--ready-timeout", "2")
+    # `bg` exited at once although its background child holds its output (was: `starting`
+    # with a dead pid for 90 s); `detached` never listens; `web` serves.
+    assert up.returncode == 1
+    assert "bg exited (exit 0)" in up.stderr and "detached starting" in up.stderr
+    assert took < 2 + BOUND
+    rows = ps_rows(run_cli)
+    assert rows["bg"]["state"] == "exited" and rows["web"]["state"] == "serving"
+    assert _pids_of(f"sleep 9{tag}1") == []  # swept with the instance that left it
+    assert len(_pids_of(f"sleep 9{tag}2")) == 1
+    down, took = timed(run_cli, "down")
+    assert down.returncode == 0, down.stderr
+    assert took < BOUND
+    assert _pids_of(f"sleep 9{tag}2") == []  # left its session, still stopped by down
+
+
+def test_a_daemonizing_instance_is_restarted_by_its_policy(
+        run_cli: Cli, write_procfile: Callable[..., Path], tmp_path: Path) -> None:
+    write_procfile("bg: sh -c 'sleep 300 & exit 0'")
+    up = run_cli(*UP, "--restart", "bg=always", "--ready-timeout", "1")
+    assert up.returncode == 1
+    from conftest import wait_until
+
+    wait_until(lambda: ps_rows(run_cli)["bg"]["restarts"] >= 1, 5.0, "bg to be restarted")
+    assert run_cli("down").returncode == 0
