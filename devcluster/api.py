@@ -19,48 +19,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devcluster import defaults
 from devcluster import procfile as procfile_mod
-from devcluster.errors import ClusterRunningError, DevclusterError, NoClusterError, UsageError
+from devcluster.errors import (
+    ClusterRunningError,
+    DevclusterError,
+    NoClusterError,
+    UsageError,
+    from_payload,
+)
 from devcluster.logs import tail
 from devcluster.registry import Registry, Snapshot, State, open_registry
+from devcluster.schema import InstanceInfo
 from devcluster.statedir import running_pid
 
-STATE_DIR_NAME = ".devcluster"
-
+STATE_DIR_NAME = defaults.STATE_DIR_NAME
 
 def default_state_dir(procfile: Path, state_dir: str | Path | None = None) -> Path:
     """``--state-dir`` > ``$DEVCLUSTER_HOME`` > ``.devcluster`` beside the Procfile."""
-    if state_dir:
-        return Path(state_dir).absolute()
-    if os.environ.get("DEVCLUSTER_HOME"):
-        return Path(os.environ["DEVCLUSTER_HOME"]).absolute()
-    return procfile.absolute().parent / STATE_DIR_NAME
-
-
-@dataclass(frozen=True)
-class InstanceInfo:
-    """One instance as ``ps`` sees it."""
-
-    name: str
-    service: str
-    state: str
-    pid: int | None
-    address: str | None
-    weight: int
-    enabled: bool
-    restarts: int
-    uptime_s: float
-    cpu_percent: float
-    rss_bytes: int
-    last_exit: str | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> InstanceInfo:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+    return defaults.state_dir(procfile, state_dir)
 
 
 class NotReadyError(DevclusterError):
@@ -80,11 +60,11 @@ class Cluster:
         *,
         scale: Mapping[str, int] | None = None,
         state_dir: str | Path | None = None,
-        port: int = procfile_mod.DEFAULT_BASE_PORT,
-        grace: float = 5.0,
+        port: int = defaults.BASE_PORT,
+        grace: float = defaults.GRACE,
         env_files: Sequence[str | Path] = (),
         restart: Mapping[str, str] | None = None,
-        ready_timeout: float = 30.0,
+        ready_timeout: float = defaults.READY_TIMEOUT,
         attach: bool = True,
         registry: str | None = None,
     ) -> None:
@@ -98,7 +78,7 @@ class Cluster:
         self.ready_timeout = ready_timeout
         self.attach = attach
         #: ``etcd://...`` (or ``$DEVCLUSTER_REGISTRY``); None: the state dir's file.
-        self.registry_url = registry or os.environ.get("DEVCLUSTER_REGISTRY") or None
+        self.registry_url = defaults.registry_url(registry)
         self._proc: subprocess.Popen[bytes] | None = None
         self._lifeline: int | None = None
         #: What the supervisor reported while starting (e.g. stale state it cleaned).
@@ -126,7 +106,8 @@ class Cluster:
             raise ClusterRunningError(
                 f"a cluster is already running in {self.state_dir} (supervisor pid {pid}); "
                 "stop it with `devcluster down` or use another --state-dir")
-        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        where = defaults.layout(self.state_dir)
+        where.logs.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         read_fd, write_fd = os.pipe()
         passed = [write_fd]
@@ -136,7 +117,7 @@ class Cluster:
             # end closes and the cluster shuts down gracefully.
             lifeline, self._lifeline = os.pipe()
             passed.append(lifeline)
-        out = open(self.state_dir / "logs" / "supervisor.out", "ab")  # noqa: SIM115
+        out = open(where.daemon_out, "ab")  # noqa: SIM115
         try:
             self._proc = subprocess.Popen(
                 self._argv(write_fd, lifeline), stdin=subprocess.DEVNULL, stdout=out,
@@ -149,6 +130,8 @@ class Cluster:
             payload = self._read_ready(read_fd)
         finally:
             os.close(read_fd)
+        if "error" in payload:  # the daemon could not start: its error, as data
+            raise from_payload(payload["error"])
         states: dict[str, dict[str, Any]] = payload["instances"]
         self.notes = list(payload.get("notes", []))
         bad = {n: s for n, s in states.items() if s["state"] != State.SERVING.value}
@@ -181,23 +164,19 @@ class Cluster:
             if not chunk:
                 break
             data += chunk
-        if not data.strip():
+        if not data.strip():  # it died before it could say anything (killed, no memory...)
             assert self._proc is not None
             code = self._proc.wait(timeout=30)
-            lines = tail(self.state_dir / "logs" / "supervisor.out", 5)
+            lines = tail(defaults.layout(self.state_dir).daemon_out, 5)
             why = next((ln for ln in reversed(lines) if ln.strip()), "no output")
-            prefix = "devcluster: error: "
-            if why.startswith(prefix):  # the daemon's own one-line error: pass it on as is
-                error = UsageError if code == UsageError.exit_code else DevclusterError
-                raise error(why[len(prefix):])
             raise DevclusterError(f"the supervisor exited ({code}) before it was ready: {why}")
         return json.loads(data)
 
     def _not_ready_message(self, bad: Mapping[str, Mapping[str, Any]]) -> str:
         parts = []
         for name, s in bad.items():
-            why = s.get("last_exit") or ("not answering" if s.get("ready_timed_out") else "")
-            log = tail(self.state_dir / "logs" / f"{name}.log", 3)
+            why = s.get("last_exit") or ("not answering" if s["state"] == "starting" else "")
+            log = tail(defaults.layout(self.state_dir).log(name), 3)
             last = f"; last log: {' / '.join(log)}" if log else ""
             parts.append(f"{name} {s['state']}{f' ({why})' if why else ''}{last}")
         return "not serving: " + "; ".join(parts)
@@ -263,7 +242,9 @@ class Cluster:
 
     def logs(self, name: str | None = None, n: int = 50) -> list[str]:
         """The last ``n`` lines of an instance's log (or of the merged log)."""
-        return tail(self.state_dir / "logs" / f"{name or 'devcluster'}.log", n)
+        from devcluster.procfile import check_name
+
+        return tail(defaults.layout(self.state_dir).log(check_name(name) if name else None), n)
 
     def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float = 10.0) -> Snapshot:
         """Wait on registry changes (not a timer) until ``predicate(snapshot)`` holds."""
@@ -334,14 +315,15 @@ class Cluster:
 
 def parse_weight(value: str | int) -> int:
     """A weight from the user: an integer 0..1000."""
+    bounds = f"{defaults.MIN_WEIGHT}..{defaults.MAX_WEIGHT}"
     try:
         if isinstance(value, bool):
             raise ValueError
         weight = int(value) if isinstance(value, int) else int(str(value).strip(), 10)
     except ValueError:
-        raise UsageError(f"weight must be an integer 0..1000, got {value!r}") from None
-    if not 0 <= weight <= 1000:
-        raise UsageError(f"weight must be an integer 0..1000, got {weight}")
+        raise UsageError(f"weight must be an integer {bounds}, got {value!r}") from None
+    if not defaults.MIN_WEIGHT <= weight <= defaults.MAX_WEIGHT:
+        raise UsageError(f"weight must be an integer {bounds}, got {weight}")
     return weight
 
 
@@ -358,7 +340,7 @@ def control_client(state_dir: Path) -> Any:
 
 
 def instance_dict(inst: Any) -> dict[str, Any]:
-    """A control-plane Instance as the ``ps --json`` dict."""
+    """A control-plane Instance as the ``ps --json`` dict (:class:`InstanceInfo`'s keys)."""
     from devcluster.control import as_dict
 
     return as_dict(inst)

@@ -1,33 +1,32 @@
 """The control plane: ``devcluster.Control`` over a unix socket in the state dir.
 
-:class:`ControlServer` runs inside the supervisor and calls it; the supervisor never
-calls back. :class:`ControlClient` is what the CLI, the Python API and scripts use.
+:class:`ControlServer` runs in the supervisor's process and calls it through the
+:class:`Supervised` protocol; the supervisor never imports this module (the daemon
+wires them). :class:`ControlClient` is what the CLI, the Python API and scripts use.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import grpc.aio
 
+from devcluster import defaults
 from devcluster._proto import control_pb2 as pb
 from devcluster._proto import control_pb2_grpc as pb_grpc
 from devcluster.errors import DevclusterError, NoClusterError, UnknownInstanceError, UsageError
-from devcluster.instance import DRAIN_DELAY, Instance
-from devcluster.process import parse_signal
-from devcluster.registry import Record, State
+from devcluster.schema import InstanceInfo, uptime
 
 # sockaddr_un holds 108 bytes; pytest's tmp dirs easily pass that.
 _MAX_SOCKET_PATH = 100
-_DEFAULT_WAIT = 30.0
+T = TypeVar("T")
 
 
 def bind_path(path: Path) -> Path:
@@ -48,114 +47,130 @@ def bind_path(path: Path) -> Path:
     return short_dir / f"{digest}.sock"
 
 
+class Supervised(Protocol):
+    """What the control plane needs of a supervisor (:class:`devcluster.supervisor.Supervisor`
+    satisfies it; :mod:`devcluster.daemon` hands one over). Verbs raise
+    UnknownInstanceError for a name the cluster does not have, UsageError for a bad value.
+    """
+
+    @property
+    def procfile(self) -> Path: ...
+
+    @property
+    def state_dir(self) -> Path: ...
+
+    async def infos(self) -> list[InstanceInfo]: ...
+
+    async def act(self, verb: str, names: Sequence[str], all_: bool = False, *,
+                  signal_name: str = "", wait: bool = False, timeout: float = ...,
+                  who: str = "") -> tuple[list[InstanceInfo], list[str]]: ...
+
+    async def scale(self, counts: dict[str, int], *, wait: bool = False, timeout: float = ...,
+                    who: str = "") -> list[InstanceInfo]: ...
+
+    async def wait_settled(self, timeout: float) -> bool: ...
+
+    async def down(self, grace: float | None = None, who: str = "") -> list[InstanceInfo]: ...
+
+
+def to_pb(info: InstanceInfo) -> pb.Instance:
+    """The schema's instance on the wire (an unknown value is an unset optional field)."""
+    values = {k: v for k, v in info.to_dict().items() if v is not None and k != "uptime_s"}
+    return pb.Instance(**values)
+
+
+def from_pb(inst: pb.Instance, now: float | None = None) -> InstanceInfo:
+    """An instance off the wire, in the one schema (uptime as of ``now``)."""
+    def opt(name: str) -> Any:
+        return getattr(inst, name) if inst.HasField(name) else None
+
+    return InstanceInfo(
+        name=inst.name, service=inst.service, process_type=inst.process_type,
+        state=inst.state, pid=opt("pid"), address=opt("address"), port=opt("port"),
+        weight=opt("weight"), enabled=opt("enabled"), restarts=inst.restarts,
+        uptime_s=uptime(inst.state, opt("started_at"), now), cpu_percent=opt("cpu_percent"),
+        rss_bytes=opt("rss_bytes"), uss_bytes=opt("uss_bytes"), last_exit=opt("last_exit"),
+        started_at=opt("started_at"))
+
+
 class _Servicer(pb_grpc.ControlServicer):
-    def __init__(self, sup: Any) -> None:
+    def __init__(self, sup: Supervised) -> None:
         self.sup = sup
 
-    def _instances(self, chosen: Iterable[Instance]) -> list[pb.Instance]:
-        records = self.sup.registry.snapshot().records  # one read for all of them
-        return [self._instance(i, records.get(i.name)) for i in chosen]
-
-    def _instance(self, inst: Instance, rec: Record | None) -> pb.Instance:
-        cpu, rss, uss = inst.stats()
-        return pb.Instance(
-            name=inst.name, service=inst.spec.service, state=inst.state.value,
-            pid=inst.pid or 0, address=inst.address, weight=rec.weight if rec else 1,
-            enabled=rec.enabled if rec else True, restarts=inst.restarts,
-            started_at=inst.started_at or 0.0, cpu_percent=cpu, rss_bytes=rss, uss_bytes=uss,
-            last_exit=inst.last_exit, process_type=inst.spec.process_type, port=inst.port)
+    async def _aborting(self, context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
+        """Await ``call``; a user mistake becomes the gRPC status the client maps back."""
+        try:
+            return await call
+        except UnknownInstanceError as e:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except UsageError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except DevclusterError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        raise AssertionError("unreachable: abort raises")
 
     async def Ps(self, request: pb.PsRequest, context: grpc.aio.ServicerContext) -> pb.PsReply:
-        return pb.PsReply(instances=self._instances(self.sup.instances.values()),
-                          supervisor_pid=os.getpid(), procfile=str(self.sup.settings.procfile),
-                          state_dir=str(self.sup.settings.state_dir))
+        infos = await self.sup.infos()
+        return pb.PsReply(instances=[to_pb(i) for i in infos], supervisor_pid=os.getpid(),
+                          procfile=str(self.sup.procfile), state_dir=str(self.sup.state_dir))
 
     async def WaitReady(self, request: pb.WaitReadyRequest,
                         context: grpc.aio.ServicerContext) -> pb.PsReply:
-        await self.sup.wait_settled(request.timeout or _DEFAULT_WAIT)
+        await self.sup.wait_settled(request.timeout or defaults.CONTROL_WAIT)
         return await self.Ps(pb.PsRequest(), context)
 
     async def Down(self, request: pb.DownRequest, context: grpc.aio.ServicerContext) -> pb.DownReply:
-        asyncio.get_running_loop().create_task(
-            # proto3 has no unset double: a negative grace means "the cluster's default".
-            self.sup.shutdown(request.grace if request.grace >= 0 else None,
-                              who=request.who or "control client"))
-        await self.sup.done.wait()
-        return pb.DownReply(instances=self._instances(self.sup.instances.values()))
+        # proto3 has no unset double: a negative grace means "the cluster's default".
+        infos = await self.sup.down(request.grace if request.grace >= 0 else None,
+                                    who=request.who or "control client")
+        return pb.DownReply(instances=[to_pb(i) for i in infos])
 
-    async def _act(self, request: pb.ActionRequest, context: grpc.aio.ServicerContext, verb: str,
-                   act: Callable[[Instance], Awaitable[bool] | bool],
-                   wanted: Callable[[Instance], bool] | None = None) -> pb.ActionReply:
-        try:
-            chosen = self.sup.select(request.names, request.all)
-        except UnknownInstanceError as e:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-        targets = "--all" if request.all else " ".join(request.names)
-        self.sup.sink.system(f"{verb} {targets} (asked by {request.who or 'a control client'})")
-        unchanged: list[str] = []
-
-        async def one(inst: Instance) -> None:
-            result = act(inst)
-            changed = await result if asyncio.iscoroutine(result) else result
-            if not changed:
-                unchanged.append(inst.name)
-            elif wanted is not None and request.wait:
-                await inst.wait_until(wanted, request.timeout or _DEFAULT_WAIT)
-
-        await asyncio.gather(*(one(i) for i in chosen))
-        return pb.ActionReply(instances=self._instances(chosen), unchanged=unchanged)
+    async def _act(self, request: pb.ActionRequest, context: grpc.aio.ServicerContext,
+                   verb: str) -> pb.ActionReply:
+        infos, unchanged = await self._aborting(context, self.sup.act(
+            verb, list(request.names), request.all, signal_name=request.signal,
+            wait=request.wait, timeout=request.timeout or defaults.CONTROL_WAIT,
+            who=request.who))
+        return pb.ActionReply(instances=[to_pb(i) for i in infos], unchanged=unchanged)
 
     async def Kill(self, request: pb.ActionRequest, context: grpc.aio.ServicerContext) -> pb.ActionReply:
-        try:
-            sig = parse_signal(request.signal or "SIGKILL")
-        except UsageError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        return await self._act(request, context, f"kill ({sig.name})", lambda i: i.kill(sig))
+        return await self._act(request, context, "kill")
 
     async def Stop(self, request: pb.ActionRequest, context: grpc.aio.ServicerContext) -> pb.ActionReply:
-        return await self._act(request, context, "stop", lambda i: i.stop(drain=DRAIN_DELAY))
+        return await self._act(request, context, "stop")
 
     async def Start(self, request: pb.ActionRequest, context: grpc.aio.ServicerContext) -> pb.ActionReply:
-        return await self._act(request, context, "start", lambda i: i.start(by_command=True),
-                               lambda i: i.settled)
+        return await self._act(request, context, "start")
 
     async def Restart(self, request: pb.ActionRequest,
                       context: grpc.aio.ServicerContext) -> pb.ActionReply:
-        async def restart(inst: Instance) -> bool:
-            await inst.stop(drain=DRAIN_DELAY)
-            return inst.start(by_command=True)
-
-        return await self._act(request, context, "restart", restart, lambda i: i.settled)
+        return await self._act(request, context, "restart")
 
     async def Pause(self, request: pb.ActionRequest, context: grpc.aio.ServicerContext) -> pb.ActionReply:
-        return await self._act(request, context, "pause", lambda i: i.pause())
+        return await self._act(request, context, "pause")
 
     async def Resume(self, request: pb.ActionRequest,
                      context: grpc.aio.ServicerContext) -> pb.ActionReply:
-        return await self._act(request, context, "resume", lambda i: i.resume())
+        return await self._act(request, context, "resume")
 
     async def Scale(self, request: pb.ScaleRequest, context: grpc.aio.ServicerContext) -> pb.ActionReply:
         counts = dict(request.counts)
         if any(n < 0 for n in counts.values()):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "scale counts must be 0 or more")
-        self.sup.sink.system(f"scale {counts} (asked by {request.who or 'a control client'})")
         try:
-            changed = await self.sup.scale(counts)
+            infos = await self.sup.scale(counts, wait=request.wait,
+                                         timeout=request.timeout or defaults.CONTROL_WAIT,
+                                         who=request.who)
         except UnknownInstanceError as e:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"unknown process type {e.name!r}; types: {', '.join(e.known)}")
-        if request.wait:
-            for inst in changed:
-                if inst.name in self.sup.instances:
-                    await inst.wait_until(lambda i: i.settled, request.timeout or _DEFAULT_WAIT)
-        mine = [i for i in self.sup.instances.values() if i.spec.process_type in counts]
-        return pb.ActionReply(instances=self._instances(mine))
+        return pb.ActionReply(instances=[to_pb(i) for i in infos])
 
 
 class ControlServer:
     """Serves ``devcluster.Control`` on the state dir's socket (0600, dir 0700)."""
 
-    def __init__(self, sup: Any, path: Path) -> None:
+    def __init__(self, sup: Supervised, path: Path) -> None:
         self.path = path
         self.bound = bind_path(path)
         self.server = grpc.aio.server()
@@ -180,6 +195,12 @@ class ControlServer:
         for p in {self.path, self.bound}:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+def _unknown(message: str) -> UnknownInstanceError:
+    error = UnknownInstanceError.__new__(UnknownInstanceError)
+    Exception.__init__(error, message)
+    return error
 
 
 def _who() -> str:
@@ -229,8 +250,12 @@ class ControlClient:
         except grpc.RpcError as e:
             code = e.code() if isinstance(e, grpc.Call) else None
             details = e.details() if isinstance(e, grpc.Call) else str(e)
-            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            if code == grpc.StatusCode.NOT_FOUND:  # a well-formed name the cluster lacks
+                raise _unknown(details) from None
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise UsageError(details) from None
+            if code == grpc.StatusCode.FAILED_PRECONDITION:  # the supervisor's own message
+                raise DevclusterError(details) from None
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise NoClusterError(f"no cluster answers in {self.state_dir} ({details}); "
                                      "start one with `devcluster up`") from None
@@ -243,35 +268,23 @@ class ControlClient:
         return self._call("WaitReady", pb.WaitReadyRequest(timeout=timeout), timeout + 5)
 
     def down(self, grace: float | None = None) -> pb.DownReply:
-        wait = (5.0 if grace is None else grace) * 3 + 30
+        wait = (defaults.GRACE if grace is None else grace) * 3 + 30
         request = pb.DownRequest(grace=-1.0 if grace is None else grace, who=_who())
         return self._call("Down", request, wait)
 
     def act(self, verb: str, names: list[str], all_: bool = False, signal: str = "",
-            wait: bool = True, timeout: float = _DEFAULT_WAIT) -> pb.ActionReply:
+            wait: bool = True, timeout: float = defaults.CONTROL_WAIT) -> pb.ActionReply:
         """``verb`` is one of kill, stop, start, restart, pause, resume."""
         request = pb.ActionRequest(names=names, all=all_, signal=signal, wait=wait,
                                    timeout=timeout, who=_who())
         return self._call(verb.capitalize(), request, timeout + 30)
 
     def scale(self, counts: dict[str, int], wait: bool = True,
-              timeout: float = _DEFAULT_WAIT) -> pb.ActionReply:
+              timeout: float = defaults.CONTROL_WAIT) -> pb.ActionReply:
         request = pb.ScaleRequest(counts=counts, wait=wait, timeout=timeout, who=_who())
         return self._call("Scale", request, timeout + 30)
 
 
 def as_dict(inst: pb.Instance) -> dict[str, Any]:
-    """The JSON shape of one instance (``ps --json``)."""
-    import time
-
-    running = inst.state in {s.value for s in State if s.running}
-    return {
-        "name": inst.name, "service": inst.service, "process_type": inst.process_type,
-        "state": inst.state, "pid": inst.pid or None, "address": inst.address or None,
-        "port": inst.port or None, "weight": inst.weight, "enabled": inst.enabled,
-        "restarts": inst.restarts,
-        "uptime_s": round(time.time() - inst.started_at, 3) if running and inst.started_at else 0.0,
-        "cpu_percent": round(inst.cpu_percent, 1), "rss_bytes": inst.rss_bytes,
-        "uss_bytes": inst.uss_bytes, "last_exit": inst.last_exit or None,
-        "started_at": inst.started_at or None,
-    }
+    """The JSON shape of one instance (``ps --json``): :class:`InstanceInfo`'s."""
+    return from_pb(inst).to_dict()

@@ -1,32 +1,165 @@
-"""The background supervisor of ``up -d`` and of the Python API.
+"""Wiring: the supervisor, its control plane and its state dir, for ``devcluster up``.
 
-``python -m devcluster.daemon SETTINGS_JSON`` runs :func:`devcluster.supervisor.serve`
-with no console (the merged log goes to ``logs/devcluster.log``). It is started by
-:class:`devcluster.api.Cluster` and skips the CLI's imports (typer, rich): the
-daemon's start-up is on the path of every ``up -d``.
+:func:`serve` is ``devcluster up`` (the CLI calls it in the foreground). The supervisor
+knows nothing of the control plane; here the control server is given the supervisor
+(which satisfies :class:`devcluster.control.Supervised`) and both run inside the state
+dir's lock. Leaving :func:`serve` always stops the instances, then the control server
+(removing its socket), then releases the lock, whatever failed.
+
+``python -m devcluster.daemon SETTINGS_JSON`` is the background supervisor of ``up -d``
+and of the Python API: no console (the merged log goes to ``logs/devcluster.log``),
+and it reports how start-up went on a pipe as data: every instance in the one schema,
+or the error (type, message, instance, last log lines). It skips the CLI's imports
+(typer, rich): its start-up is on the path of every ``up -d``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+from devcluster import defaults, process, procfile
+from devcluster.control import ControlServer
+from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError, to_payload
+from devcluster.logs import LogSink
+from devcluster.registry import FileRegistry, Registry, open_registry
+from devcluster.registry.liveness import alive
+from devcluster.statedir import hold_lock
+from devcluster.supervisor import Settings, Supervisor
+from devcluster.watchdog import Watchdog
+
+#: Longest the exit path waits for queued registry writes before giving up on them.
+_LAST_WRITES_WAIT = 2.0
+
+
+class ReadyPipe:
+    """The pipe to the ``up -d`` parent: one JSON line, written once, then closed."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def send(self, payload: dict[str, Any]) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None  # once: the number may be reused after close
+        with contextlib.suppress(OSError):
+            os.write(fd, (json.dumps(payload) + "\n").encode())
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+async def serve(settings: Settings, console: TextIO | None, ready: ReadyPipe | None = None) -> int:
+    """``devcluster up``: returns the exit status; user mistakes raise DevclusterError."""
+    ready = ready or ReadyPipe(settings.ready_fd)
+    types, env, specs = procfile.load(settings.procfile, settings.env_files, settings.scale,
+                                      settings.base_port)
+    for name in settings.restart:
+        if name not in {t.name for t in types}:
+            raise UsageError(f"--restart {name}=...: the Procfile has no process type "
+                             f"{name!r}; types: {', '.join(t.name for t in types)}")
+    where = defaults.layout(settings.state_dir)
+    with hold_lock(settings.state_dir):
+        sink = LogSink(where.logs, console)
+        try:
+            await _run(settings, sink, types, env, specs, ready)
+            sink.system("bye")
+        finally:
+            sink.close()
+    return 0
+
+
+async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.ProcessType],
+               env: dict[str, str], specs: Sequence[procfile.InstanceSpec],
+               ready: ReadyPipe) -> None:
+    registry: Registry
+    notes: list[str] = []
+    if settings.registry and settings.registry.startswith("etcd://"):
+        registry = open_registry(settings.registry)  # stale records expire with leases
+    else:
+        registry = FileRegistry(settings.state_dir)
+        notes = [n for n in [await asyncio.to_thread(clean_stale, registry, sink)] if n]
+    _check_ports(specs)
+    process.become_subreaper()  # what instances daemonize stays ours to find and stop
+    watchdog = Watchdog()
+    sup = Supervisor(settings, registry, sink, types, env, specs, watchdog)
+    try:
+        # Awaited: a registry that cannot be written at start is the user's error to see.
+        await asyncio.wrap_future(sup.records.reset(i.record() for i in sup.instances.values()))
+        control = ControlServer(sup, defaults.layout(settings.state_dir).socket)
+        await control.start()
+        try:
+            async def settled() -> None:
+                infos = await sup.infos()
+                ready.send({"instances": {i.name: i.to_dict() for i in infos}, "notes": notes})
+
+            await sup.run(settled)
+        finally:
+            await control.stop()
+    finally:
+        sup.force()  # nothing outlives us, whatever failed
+        if not await asyncio.to_thread(sup.records.close, _LAST_WRITES_WAIT):
+            sink.system("registry writes still pending at exit; left undone")
+        watchdog.close()
+        with contextlib.suppress(Exception):
+            registry.close()  # etcd: revoke the lease, so our records go at once
+
+
+def clean_stale(registry: FileRegistry, sink: LogSink) -> str | None:
+    """Say what a crashed run left behind, kill leftovers, and start from a fresh registry.
+
+    Returns the note (also logged) so ``up -d`` can show it to the user.
+    """
+    try:
+        snap = FileRegistry(registry.state_dir, check_liveness=False).snapshot()
+    except CorruptRegistryError as e:
+        kept = registry.recover()
+        note = f"{e}; kept it as {kept.name if kept else '?'} and started a fresh one"
+        sink.system(note)
+        return note
+    stale = [r for r in snap.records.values() if r.state.running]
+    if not stale:
+        return None
+    killed = []
+    for rec in stale:
+        if rec.pid and rec.started_at and alive(rec.pid, rec.started_at):
+            process.signal_group(rec.pid, signal.SIGKILL)
+            killed.append(f"{rec.name} (pid {rec.pid})")
+    names = ", ".join(r.name for r in stale)
+    note = (f"cleaned stale state of a crashed run: {names}"
+            + (f"; killed leftover {', '.join(killed)}" if killed else ""))
+    sink.system(note)
+    return note
+
+
+def _check_ports(specs: Sequence[procfile.InstanceSpec]) -> None:
+    # Only commands that use $PORT bind it; the demo's `--port 50051` lines do not.
+    taken = [(s, owner) for s in specs if s.port and "PORT" in s.command
+             and (owner := process.port_owner(s.port))]
+    if taken:
+        spec, owner = taken[0]
+        error = DevclusterError(
+            f"port {spec.port} for {spec.name} is already in use by {owner}; stop it or "
+            "choose another base with --port")
+        error.instance = spec.name
+        raise error
 
 
 def settings_json(**fields: Any) -> str:
-    """Encode :class:`~devcluster.supervisor.Settings` fields for the daemon's argv."""
+    """Encode :class:`~devcluster.supervisor.Settings` fields for the daemon."""
     return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items()})
 
 
-def main(argv: list[str]) -> int:
-    from devcluster.errors import DevclusterError
+def _settings(raw: dict[str, Any]) -> Settings:
     from devcluster.policy import Policy
-    from devcluster.supervisor import Settings, serve
 
-    raw = json.loads(argv[0])
-    settings = Settings(
+    return Settings(
         procfile=Path(raw["procfile"]), state_dir=Path(raw["state_dir"]),
         env_files=tuple(Path(p) for p in raw.get("env_files", ())),
         scale=dict(raw.get("scale", {})), base_port=int(raw["base_port"]),
@@ -34,11 +167,20 @@ def main(argv: list[str]) -> int:
         restart={k: Policy(v) for k, v in raw.get("restart", {}).items()},
         ready_fd=raw.get("ready_fd"), lifeline_fd=raw.get("lifeline_fd"),
         registry=raw.get("registry"))
+
+
+def main(argv: list[str]) -> int:
+    settings = _settings(json.loads(argv[0]))
+    ready = ReadyPipe(settings.ready_fd)
     try:
-        return asyncio.run(serve(settings, None))
+        return asyncio.run(serve(settings, None, ready))
     except DevclusterError as e:
-        print(f"devcluster: error: {e}", file=sys.stderr, flush=True)
+        ready.send({"error": to_payload(e)})
+        print(f"devcluster: error: {e}", file=sys.stderr, flush=True)  # for post-mortems
         return e.exit_code
+    except Exception as e:
+        ready.send({"error": to_payload(e)})
+        raise  # the traceback goes to logs/supervisor.out
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The one exception tree of devcluster.
 
 Every error a user can cause is a :class:`DevclusterError` whose message names the
-bad value and the fix, in one line. Only ``cli.py`` turns them into exit codes:
-``exit_code`` 2 for usage mistakes, 1 for runtime failures.
+bad value and the fix, in one line. Only the CLI (``devcluster.cli``) turns them
+into exit codes: ``exit_code`` 2 for usage mistakes, 1 for runtime failures.
+Between processes (the background supervisor telling ``up -d`` why it could not
+start) an error travels as data: :func:`to_payload` and :func:`from_payload`.
 
 This module is a leaf: it imports nothing of ours, so every piece (the registry
 included) may raise from this tree.
@@ -10,11 +12,19 @@ included) may raise from this tree.
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class DevclusterError(Exception):
     """Base of every error devcluster reports to a user (runtime failure, exit 1)."""
 
     exit_code = 1
+    #: The instance the error is about, when there is one.
+    instance: str | None = None
+    #: Last lines of the log that explain it (e.g. of the instance), oldest first.
+    log: tuple[str, ...] = ()
 
 
 class UsageError(DevclusterError):
@@ -27,8 +37,12 @@ class ProcfileError(UsageError):
     """The Procfile or an env file is missing, empty or malformed."""
 
 
-class UnknownInstanceError(UsageError):
-    """A command named an instance or process type the cluster does not have."""
+class UnknownInstanceError(DevclusterError):
+    """A command named an instance or process type the cluster does not have.
+
+    The world disagrees with a well-formed name (exit 1); a malformed name (a path,
+    ``../x``) is a UsageError (exit 2) before anything is looked up.
+    """
 
     def __init__(self, name: str, known: list[str] | tuple[str, ...]) -> None:
         self.name = name
@@ -51,3 +65,43 @@ class NoClusterError(DevclusterError):
 
 class ClusterRunningError(DevclusterError):
     """A second ``up`` was asked for where a cluster already runs."""
+
+
+def to_payload(e: BaseException, instance: str | None = None,
+               log: Sequence[str] = ()) -> dict[str, Any]:
+    """``e`` as JSON-ready data: type, message, exit code, instance, last log lines.
+
+    An error that is not ours (a bug) keeps its type name, and its traceback's last
+    lines become the log, so the caller can say what happened without a traceback.
+    """
+    ours = isinstance(e, DevclusterError)
+    lines = list(log) or list(getattr(e, "log", ()))
+    if not ours and not lines:
+        lines = "".join(traceback.format_exception(e)).rstrip().splitlines()[-5:]
+    return {"type": type(e).__name__, "message": str(e),
+            "exit_code": e.exit_code if isinstance(e, DevclusterError) else 1,
+            "instance": instance or getattr(e, "instance", None), "log": lines}
+
+
+def from_payload(data: Mapping[str, Any]) -> DevclusterError:
+    """The error :func:`to_payload` described, as the same class when it is one of ours."""
+    name, message = str(data.get("type", "")), str(data.get("message", ""))
+    cls = _ours().get(name)
+    if cls is None:  # not ours: a bug in the supervisor; say so in one line
+        error = DevclusterError(f"the supervisor failed: {name}: {message}")
+    else:
+        error = cls.__new__(cls)
+        Exception.__init__(error, message)
+    error.instance = data.get("instance")
+    error.log = tuple(str(line) for line in data.get("log") or ())
+    return error
+
+
+def _ours() -> dict[str, type[DevclusterError]]:
+    found: dict[str, type[DevclusterError]] = {}
+    todo: list[type[DevclusterError]] = [DevclusterError]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return found

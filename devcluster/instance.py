@@ -12,17 +12,21 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from devcluster import health, process
+from devcluster import defaults, health, process
 from devcluster.logs import LogSink
 from devcluster.policy import Policy
 from devcluster.procfile import InstanceSpec, child_environment, command_argv
-from devcluster.registry import Record, Registry, State
+from devcluster.recorder import Recorder
+from devcluster.registry import Record, State
+from devcluster.schema import InstanceInfo, uptime
 from devcluster.watchdog import Watchdog
 
 #: Restart backoff: 0.5 s doubling, capped; reset once an instance served this long.
@@ -36,16 +40,26 @@ DRAIN_DELAY = 0.1
 SETTLED = frozenset({State.SERVING, State.FAILED, State.EXITED, State.KILLED, State.STOPPED})
 
 
+def _unowned(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    coro.close()
+    raise RuntimeError("instances start only while their supervisor runs")
+
+
 @dataclass(frozen=True)
 class Runtime:
     """What every instance of one supervisor shares."""
 
-    registry: Registry
+    records: Recorder
+    """The registry writer: state changes are queued, never written on the loop."""
     sink: LogSink
     cwd: Path
-    grace: float = 5.0
-    ready_timeout: float = 30.0
+    grace: float = defaults.GRACE
+    ready_timeout: float = defaults.READY_TIMEOUT
     watchdog: Watchdog | None = None
+    spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]] = _unowned
+    """Creates a task owned by the supervisor's task group: no instance task is unowned."""
+    ours: Callable[[], set[int]] = set
+    """Pids of the processes the supervisor started itself (not orphans it adopted)."""
 
 
 class Instance:
@@ -73,6 +87,7 @@ class Instance:
         self._ready_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._spawned_once = False
+        self._run_group: asyncio.TaskGroup | None = None  # owns this run's pump and probe
 
     def __repr__(self) -> str:
         return f"<Instance {self.name} {self.state.value} pid={self.pid} {self.address or '-'}>"
@@ -96,14 +111,17 @@ class Instance:
 
     # -- state -------------------------------------------------------------------------
 
-    def _set(self, state: State, **fields: object) -> None:
+    def _set(self, state: State) -> Future[None] | None:
+        """Change state, queue the registry write (returned), wake whoever waits."""
         self.state = state
+        written = None
         if state is not State.PAUSED:
-            self.rt.registry.update(self.name, state=state.value, pid=self.pid,
-                                    address=self.address, restarts=self.restarts,
-                                    started_at=self.started_at, **fields)
+            written = self.rt.records.update(
+                self.name, state=state.value, pid=self.pid, address=self.address,
+                restarts=self.restarts, started_at=self.started_at)
         self._changed.set()
         self._changed = asyncio.Event()
+        return written
 
     async def wait_until(self, predicate: Callable[[Instance], bool], timeout: float) -> bool:
         """Wait (on state changes, not a timer) until ``predicate(self)`` or ``timeout``."""
@@ -134,7 +152,7 @@ class Instance:
             self.failures = 0
         # Not settled from here on, even before the task first runs.
         self.state, self.ready_timed_out = State.STARTING, False
-        self._task = asyncio.get_running_loop().create_task(self._lifecycle(), name=self.name)
+        self._task = self.rt.spawn(self._lifecycle())
         return True
 
     async def stop(self, grace: float | None = None, intent: State = State.STOPPED,
@@ -151,7 +169,11 @@ class Instance:
         self._intent = intent
         paused = self.state is State.PAUSED
         if announce:
-            self._set(State.DRAINING)
+            written = self._set(State.DRAINING)
+            if drain > 0 and not paused and written is not None:
+                # Watchers must be able to see `draining` before SIGINT: wait for the
+                # write to land (bounded: a stuck registry never blocks a stop).
+                await _landed(written, self.rt.grace)
         else:  # the supervisor wrote every instance's `draining` in one registry write
             self.state = State.DRAINING
         if drain > 0 and not paused:
@@ -201,8 +223,8 @@ class Instance:
                 ready is None or ready.done()):
             # Frozen while starting, its readiness clock ran out: give it a fresh one.
             self.ready_timed_out = False
-            self._ready_task = asyncio.get_running_loop().create_task(
-                self._become_ready(self._proc))
+            if self._run_group is not None:
+                self._ready_task = self._run_group.create_task(self._become_ready(self._proc))
         return True
 
     def force_kill(self) -> None:
@@ -251,7 +273,7 @@ class Instance:
             self.restarts += 1
         self._spawned_once = True
         env = child_environment(self.spec, str(Path(sys.executable).parent))
-        env["DEVCLUSTER_GRACE"] = f"{self.rt.grace:g}"  # servers may finish calls within it
+        env[defaults.ENV_GRACE] = f"{self.rt.grace:g}"  # servers may finish calls within it
         if self.port and self.port != self.spec.port:
             env["PORT"] = str(self.port)  # port 0 at first: keep the one it found
         argv = command_argv(self.spec.command, env)
@@ -275,18 +297,39 @@ class Instance:
         self.serving_since = None
         self._set(State.STARTING)
         self.rt.sink.system(f"{self.name} started (pid {proc.pid}): {self.spec.command}")
-        pump = asyncio.create_task(self._pump(proc))
-        self._ready_task = asyncio.create_task(self._become_ready(proc))
-        returncode = await proc.wait()
-        self._ready_task.cancel()
-        # The leader is gone; sweep whatever it left in its group, then drain the pipe.
-        process.signal_group(proc.pid, signal.SIGKILL)
-        if self.rt.watchdog is not None:
-            self.rt.watchdog.forget(proc.pid)
-        with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
-            await asyncio.wait_for(pump, 2.0)
+        async with asyncio.TaskGroup() as run:
+            self._run_group = run
+            pump = run.create_task(self._pump(proc))
+            self._ready_task = run.create_task(self._become_ready(proc))
+            returncode = await self._wait_exit(proc)
+            self._ready_task.cancel()
+            # The leader is gone; sweep whatever it left in its group and what it
+            # daemonized out of it (adopted: we are a subreaper), then drain the pipe.
+            process.signal_group(proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(process.sweep, self.rt.ours(), self.name)
+            if self.rt.watchdog is not None:
+                self.rt.watchdog.forget(proc.pid)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pump), 2.0)
+            pump.cancel()
+        self._run_group = None
         self.last_exit = process.describe_exit(returncode)
         return returncode
+
+    async def _wait_exit(self, proc: asyncio.subprocess.Process) -> int:
+        """Wait for the process to exit; if cancelled (the supervisor's task group is
+        failing), stop it first (SIGINT, grace, SIGKILL), as trio's run_process does."""
+        try:
+            return await process.wait_exit(proc)
+        except asyncio.CancelledError:
+            process.signal_group(proc.pid, signal.SIGINT)
+            try:
+                await asyncio.wait_for(process.wait_exit(proc), self.rt.grace)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            finally:
+                process.signal_group(proc.pid, signal.SIGKILL)
+            raise
 
     async def _pump(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -350,14 +393,37 @@ class Instance:
         self._set(State.BACKOFF)
         return min(BACKOFF_FIRST * 2 ** (self.failures - 1), BACKOFF_CAP)
 
-    def stats(self) -> tuple[float, int, int]:
-        """(CPU % since the last call, RSS bytes, USS bytes) of the process tree's leader."""
+    def stats(self) -> tuple[float | None, int | None, int | None]:
+        """(CPU % since the last call, RSS, USS) of the leader; None when not measured."""
         if self._ps is None or not self.running:
-            return 0.0, 0, 0
+            return None, None, None
         try:
             with self._ps.oneshot():
                 cpu = self._ps.cpu_percent(None)
                 mem = self._ps.memory_full_info()
-            return cpu, mem.rss, getattr(mem, "uss", 0)
+            return round(cpu, 1), mem.rss, getattr(mem, "uss", None)
         except psutil.Error:
-            return 0.0, 0, 0
+            return None, None, None
+
+    def info(self, record: Record | None, now: float | None = None) -> InstanceInfo:
+        """This instance in the one schema; weight/enabled come from its ``record``."""
+        cpu, rss, uss = self.stats()
+        running = self.running
+        return InstanceInfo(
+            name=self.name, service=self.spec.service, process_type=self.spec.process_type,
+            state=self.state.value, pid=self.pid,
+            address=self.address or None, port=self.port or None,
+            weight=record.weight if record else None,
+            enabled=record.enabled if record else None, restarts=self.restarts,
+            uptime_s=uptime(self.state.value, self.started_at, now) if running else None,
+            cpu_percent=cpu, rss_bytes=rss, uss_bytes=uss, last_exit=self.last_exit or None,
+            started_at=self.started_at)
+
+
+async def _landed(written: Future[None], timeout: float) -> bool:
+    """Wait up to ``timeout`` for a queued registry write; False if it failed or hangs."""
+    try:
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(written)), timeout)
+    except Exception:  # the writer reported it; stopping goes on
+        return False
+    return True

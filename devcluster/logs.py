@@ -8,6 +8,7 @@ stream to ``logs/devcluster.log``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -15,7 +16,9 @@ from collections import deque
 from pathlib import Path
 from typing import IO, TextIO
 
-SYSTEM = "devcluster"
+from devcluster.defaults import SYSTEM_LOG, log_file_name
+
+SYSTEM = SYSTEM_LOG
 _COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95", "94", "91")
 
 
@@ -41,24 +44,26 @@ class LogSink:
         self._colours: dict[str, str] = {}
         self._recent: dict[str, deque[str]] = {}
         # The merged stream is always on disk too, for `devcluster logs` and post-mortems.
-        self._merged = open(log_dir / f"{SYSTEM}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self._merged = open(log_dir / log_file_name(None), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
 
     def widen(self, name: str) -> None:
         """Make room for ``name`` in the aligned prefix."""
         self.width = max(self.width, len(name))
 
-    def line(self, name: str, text: str) -> None:
-        """One line of output of ``name`` (an instance, or SYSTEM)."""
+    def line(self, name: str, text: str, *, system: bool = False) -> None:
+        """One line of output of instance ``name`` (or of the supervisor: ``system``)."""
         stamp = time.strftime("%H:%M:%S")
         text = text.rstrip("\r\n")
-        self._recent.setdefault(name, deque(maxlen=50)).append(text)
-        if name != SYSTEM:
-            self._file(name).write(f"{stamp} {text}\n")
-        self._merged.write(f"{stamp} {name:<{self.width}} | {text}\n")
+        # A full disk or a deleted state dir loses log lines, never the supervisor.
+        with contextlib.suppress(OSError, ValueError):
+            if not system:  # an instance may be named like the supervisor: it has its log
+                self._recent.setdefault(name, deque(maxlen=50)).append(text)
+                self._file(name).write(f"{stamp} {text}\n")
+            self._merged.write(f"{stamp} {name:<{self.width}} | {text}\n")
         if self.console is not None:
             label = f"{stamp} {name:<{self.width}} |"
             if self.colour:
-                colour = "1" if name == SYSTEM else self._colour(name)
+                colour = "1" if system else self._colour(name)
                 label = f"\x1b[{colour}m{label}\x1b[0m"
             try:
                 self.console.write(f"{label} {text}\n")
@@ -68,7 +73,7 @@ class LogSink:
 
     def system(self, text: str) -> None:
         """A line of the supervisor itself."""
-        self.line(SYSTEM, text)
+        self.line(SYSTEM, text, system=True)
 
     def recent(self, name: str, n: int = 10) -> list[str]:
         """The last ``n`` lines of ``name`` (kept in memory for error reports)."""
@@ -82,16 +87,29 @@ class LogSink:
     def _file(self, name: str) -> IO[str]:
         f = self._files.get(name)
         if f is None:
-            f = open(self.log_dir / f"{name}.log", "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            f = open(self.log_dir / log_file_name(name), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
             self._files[name] = f
         return f
+
+    def reopen(self) -> None:
+        """Open every log file again by name (the state dir was deleted and re-created)."""
+        with contextlib.suppress(OSError):
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            merged = open(self.log_dir / log_file_name(None), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            self._merged.close()
+            self._merged = merged
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
 
     def close(self) -> None:
         """Close the log files."""
         for f in self._files.values():
-            f.close()
+            with contextlib.suppress(OSError):
+                f.close()
         self._files.clear()
-        self._merged.close()
+        with contextlib.suppress(OSError):
+            self._merged.close()
 
 
 def tail(path: Path, n: int) -> list[str]:

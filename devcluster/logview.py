@@ -6,8 +6,10 @@ import json
 import threading
 from pathlib import Path
 
-from devcluster.errors import NoClusterError, UsageError
-from devcluster.logs import SYSTEM, tail
+from devcluster.defaults import SYSTEM_LOG, instance_of_log, layout
+from devcluster.errors import NoClusterError, UnknownInstanceError
+from devcluster.logs import tail
+from devcluster.procfile import check_name
 
 
 def as_json_line(name: str | None, text: str) -> str:
@@ -16,7 +18,7 @@ def as_json_line(name: str | None, text: str) -> str:
     instance = name
     if name is None:
         label, sep, body = rest.partition(" | ")
-        instance, rest = (label.strip(), body) if sep else (SYSTEM, rest)
+        instance, rest = (label.strip(), body) if sep else (SYSTEM_LOG, rest)
     return json.dumps({"time": stamp, "instance": instance, "line": rest})
 
 
@@ -29,15 +31,15 @@ def show_logs(state_dir: Path, name: str | None, follow: bool, lines: int,
     def emit(text: str) -> None:
         print(as_json_line(name, text) if as_json else text, flush=follow)
 
-    log_dir = state_dir / "logs"
-    path = log_dir / f"{name or SYSTEM}.log"
+    where = layout(state_dir)
+    log_dir = where.logs
+    path = where.log(check_name(name) if name is not None else None)
     if not path.exists():
         if not log_dir.is_dir() or name is None:
             raise NoClusterError(f"no cluster running in {state_dir}; start one with "
                                  "`devcluster up`")
-        known = sorted(p.stem for p in log_dir.glob("*.log") if p.stem != SYSTEM)
-        raise UsageError(f"no log for {name!r} in {log_dir}; instances with logs: "
-                         f"{', '.join(known) or 'none'}")
+        known = [instance_of_log(p.name) for p in log_dir.glob("*.log")]
+        raise UnknownInstanceError(name, [k for k in known if k])
     for line in tail(path, lines):
         emit(line)
     if not follow:

@@ -21,11 +21,14 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import psutil
 
+from devcluster.defaults import ENV_INSTANCE
+
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 # Resolve the symbol before any fork: the child should do as little as possible.
 _prctl = _libc.prctl if _libc is not None else None
@@ -67,6 +70,104 @@ async def spawn(
         preexec_fn=preexec,  # type: ignore[arg-type]
         limit=1 << 20,
     )
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux; as tini does).
+
+    A command that daemonizes (``sleep 1000 &``, a double fork, ``setsid``) leaves
+    processes outside the process group of the instance; without this they are
+    reparented to init and nothing stops them. With it they stay our descendants:
+    :func:`adopted` finds them and :func:`sweep` stops them.
+    """
+    if _prctl is None:
+        return False
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+async def wait_exit(proc: asyncio.subprocess.Process) -> int:
+    """The exit status of ``proc`` as soon as it exits.
+
+    asyncio's ``wait()`` also waits until every pipe of the process is closed, so a
+    background child that inherited stdout (``sh -c 'server & exit 0'``) would keep
+    an exited instance looking alive forever. A pidfd is readable when the process
+    exits, whoever holds its pipes.
+    """
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or already reaped
+        return await _returncode(proc)
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+    try:
+        await gone
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return await _returncode(proc)
+
+
+async def _returncode(proc: asyncio.subprocess.Process) -> int:
+    # asyncio's child watcher reaps the process and records its status a moment after
+    # it exits; poll for that (it has no other event), with a deadline as a safety.
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while proc.returncode is None:
+        if asyncio.get_running_loop().time() > deadline:
+            return await proc.wait()
+        await asyncio.sleep(0.005)
+    return proc.returncode
+
+
+def adopted(ours: Collection[int], instance: str | None = None) -> list[psutil.Process]:
+    """Our children that we did not start (orphans of instances, see become_subreaper);
+    only those of ``instance`` (by the ``DEVCLUSTER_INSTANCE`` they inherited) if given."""
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        if child.pid in ours:
+            continue
+        try:
+            if instance is not None and child.environ().get(ENV_INSTANCE) != instance:
+                continue
+        except psutil.Error:
+            continue
+        found.append(child)
+    return found
+
+
+def sweep(ours: Collection[int], instance: str | None = None) -> list[int]:
+    """SIGKILL what :func:`adopted` finds (and its groups), reap it; the pids killed."""
+    found = adopted(ours, instance)
+    for proc in found:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)  # it may lead a group of its own (setsid)
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    reap([p.pid for p in found], timeout=1.0)
+    return [p.pid for p in found]
+
+
+def reap(pids: Collection[int], timeout: float = 0.0) -> None:
+    """Collect the exit status of adopted children (never asyncio's), up to ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    left = set(pids)
+    while left:
+        for pid in list(left):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                left.discard(pid)
+        if not left or time.monotonic() >= deadline:
+            return
+        time.sleep(0.005)
 
 
 def signal_group(pgid: int, sig: int) -> bool:

@@ -23,10 +23,13 @@ from types import MappingProxyType
 
 from honcho import environ as honcho_environ
 
+from devcluster import defaults
 from devcluster.errors import ProcfileError, UsageError
 
-DEFAULT_BASE_PORT = 5000
+DEFAULT_BASE_PORT = defaults.BASE_PORT
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+#: An instance name (``server1``, ``greeter.2``) or a process type (``greeter``).
+_INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[0-9]+)?$")
 # Anything the shell would treat specially: pipes, lists, redirections, globs, tilde,
 # command substitution, escapes, comments, leading assignments. `${NAME}` is not: we
 # expand it ourselves.
@@ -206,9 +209,29 @@ def instance_spec(
 ) -> InstanceSpec:
     """The spec of instance ``number`` (1-based) of ``ptype``, foreman's port scheme."""
     port = base_port + 100 * type_index + number - 1 if base_port else 0
+    check_port(port, name, base_port)
     child_env = dict(env or {})
-    child_env.update(PORT=str(port), PS=name, DEVCLUSTER_INSTANCE=name, PYTHONUNBUFFERED="1")
+    child_env.update({"PORT": str(port), "PS": name, defaults.ENV_INSTANCE: name,
+                      "PYTHONUNBUFFERED": "1"})
     return InstanceSpec(name, ptype.name, ptype.command, port, MappingProxyType(child_env))
+
+
+def check_name(name: str) -> str:
+    """``name`` if it can name an instance or a process type; a path or a malformed name
+    is a usage error (it never reaches a file system path or a lookup)."""
+    if not _INSTANCE_NAME.match(name):
+        raise UsageError(f"{name!r} is not an instance name; names are like server1, greeter "
+                         "or greeter.2 (letters, digits, '-', '_', then optionally .N)")
+    return name
+
+
+def check_port(port: int, name: str, base_port: int) -> None:
+    """A port an instance would get must be a TCP port: 1..65535 (0: the server picks)."""
+    if base_port and not defaults.MIN_PORT <= port <= defaults.MAX_PORT:
+        raise UsageError(
+            f"port {port} for {name} is out of range {defaults.MIN_PORT}..{defaults.MAX_PORT} "
+            f"(base port {base_port}, +100 per process type, +1 per instance); pass a base "
+            "with --port that fits every instance, or --port 0 to let servers pick")
 
 
 def command_argv(command: str, env: Mapping[str, str]) -> list[str]:

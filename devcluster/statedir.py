@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from devcluster.defaults import layout
 from devcluster.errors import ClusterRunningError, DevclusterError
 
 
 def socket_path(state_dir: Path) -> Path:
-    return state_dir / "control.sock"
+    return layout(state_dir).socket
 
 
 @contextlib.contextmanager
@@ -26,7 +27,7 @@ def hold_lock(state_dir: Path) -> Iterator[IO[str]]:
     try:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(state_dir, 0o700)
-        path = state_dir / "supervisor.lock"
+        path = layout(state_dir).lock
         f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
     except OSError as e:
         raise DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror}); "
@@ -52,7 +53,7 @@ def hold_lock(state_dir: Path) -> Iterator[IO[str]]:
 
 def running_pid(state_dir: Path) -> int | None:
     """The pid of the supervisor holding the state dir's lock, else None."""
-    path = state_dir / "supervisor.lock"
+    path = layout(state_dir).lock
     try:
         with open(path, encoding="utf-8") as f:
             try:

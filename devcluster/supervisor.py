@@ -1,30 +1,41 @@
 """The supervisor: runs every instance of a Procfile until told to stop.
 
-It owns the instances (each changes its own state), the registry's records, the
-control socket and the signal handlers. ``run(settings)`` is ``devcluster up``.
+It owns the instances (each changes its own state), their registry records (written
+by one :class:`~devcluster.recorder.Recorder` thread, never on the event loop) and the
+signal handlers. Every task it runs belongs to the task group of :meth:`Supervisor.run`,
+whose exit path always stops every instance. It knows nothing of the control plane:
+:mod:`devcluster.control` calls the verbs below through a small protocol, and
+:mod:`devcluster.daemon` wires the two together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import signal
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any
 
-from devcluster import process, procfile
-from devcluster.errors import CorruptRegistryError, UnknownInstanceError
-from devcluster.instance import DRAIN_DELAY, Instance, Policy, Runtime
+import psutil
+
+from devcluster import defaults, process, procfile
+from devcluster.errors import DevclusterError, UnknownInstanceError
+from devcluster.instance import DRAIN_DELAY, Instance, Policy, Runtime, _landed
 from devcluster.logs import LogSink
-from devcluster.registry import FileRegistry, Registry, State, open_registry
-from devcluster.registry.liveness import alive
-from devcluster.statedir import hold_lock, socket_path
+from devcluster.process import parse_signal
+from devcluster.recorder import Recorder
+from devcluster.registry import Record, Registry, State
+from devcluster.schema import InstanceInfo
+from devcluster.triggers import lifeline, signals
 from devcluster.watchdog import Watchdog
+
+_DONE = {"kill": "killed", "stop": "stopped", "start": "started", "restart": "restarted",
+         "pause": "paused", "resume": "resumed"}
+#: Longest a whole-cluster shutdown waits for its `draining` write before SIGINT.
+_DRAIN_WRITE_WAIT = 0.5
 
 
 @dataclass(frozen=True)
@@ -35,9 +46,9 @@ class Settings:
     state_dir: Path
     env_files: tuple[Path, ...] = ()
     scale: dict[str, int] = field(default_factory=dict)
-    base_port: int = procfile.DEFAULT_BASE_PORT
-    grace: float = 5.0
-    ready_timeout: float = 30.0
+    base_port: int = defaults.BASE_PORT
+    grace: float = defaults.GRACE
+    ready_timeout: float = defaults.READY_TIMEOUT
     restart: dict[str, Policy] = field(default_factory=dict)
     ready_fd: int | None = None
     """A pipe to write one JSON line to once every instance has settled (``up -d``)."""
@@ -50,7 +61,7 @@ class Settings:
 
 
 class Supervisor:
-    """The running cluster. Build with :meth:`create`; serve with :meth:`run`."""
+    """The running cluster: build it inside a running loop, then :meth:`run` it."""
 
     def __init__(self, settings: Settings, registry: Registry, sink: LogSink,
                  types: Sequence[procfile.ProcessType], env: dict[str, str],
@@ -61,8 +72,14 @@ class Supervisor:
         self.types = {t.name: t for t in types}
         self.type_order = [t.name for t in types]
         self.env = env
-        self.rt = Runtime(registry, sink, settings.procfile.parent.resolve(), settings.grace,
-                          settings.ready_timeout, watchdog)
+        loop = asyncio.get_running_loop()
+        self.records = Recorder(
+            registry, lambda msg: loop.call_soon_threadsafe(sink.system, msg),
+            # From the writer thread: list() copies the values in one step.
+            truth=lambda: [i.record() for i in list(self.instances.values())])
+        self.watchdog = watchdog
+        self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
+                          settings.ready_timeout, watchdog, self._spawn, self._ours)
         self.instances: dict[str, Instance] = {}
         for spec in specs:
             self._add(spec)
@@ -70,11 +87,48 @@ class Supervisor:
         self.done = asyncio.Event()
         self._interrupts = 0
         self.started = time.monotonic()
+        self._tg: asyncio.TaskGroup | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
         # scale and reload add and remove instances across awaits: one at a time.
         self._membership = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.settings.procfile} {len(self.instances)} instances>"
+
+    @property
+    def procfile(self) -> Path:
+        return self.settings.procfile
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.state_dir
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task owned by :meth:`run`'s task group (no task of ours is left unowned)."""
+        if self._tg is None:
+            coro.close()
+            raise RuntimeError("the supervisor is not running")
+        return self._tg.create_task(coro)
+
+    def _ours(self) -> set[int]:
+        """Pids we started (instance leaders, the watchdog): never adopted orphans."""
+        pids = {i.pid for i in list(self.instances.values()) if i.running and i.pid}
+        if self.watchdog is not None:
+            pids.add(self.watchdog.pid)
+        return pids
+
+    async def _reap_adopted(self) -> None:
+        """Collect orphans that exited under us (we are their subreaper) so no zombie
+        piles up. Polls: an adopted process gives us no event but SIGCHLD, which
+        asyncio's child watcher owns."""
+        while True:
+            await asyncio.sleep(1.0)
+            zombies = []
+            for proc in process.adopted(self._ours()):
+                with contextlib.suppress(psutil.Error):
+                    if proc.status() == psutil.STATUS_ZOMBIE:
+                        zombies.append(proc.pid)
+            process.reap(zombies)
 
     def _add(self, spec: procfile.InstanceSpec) -> Instance:
         policy = self.settings.restart.get(spec.process_type, Policy.ON_FAILURE)
@@ -91,6 +145,7 @@ class Supervisor:
             return list(self.instances.values())
         chosen: dict[str, Instance] = {}
         for name in names:
+            procfile.check_name(name)
             if name in self.instances:
                 chosen[name] = self.instances[name]
                 continue
@@ -99,6 +154,100 @@ class Supervisor:
                 raise UnknownInstanceError(name, list(self.instances))
             chosen.update((i.name, i) for i in of_type)
         return list(chosen.values())
+
+    async def infos(self, chosen: Iterable[Instance] | None = None) -> list[InstanceInfo]:
+        """Instances in the one schema (every one by default); the registry is read in a
+        thread, once, for weight and enabled (None if it cannot be read)."""
+        chosen = list(self.instances.values() if chosen is None else chosen)
+        # Unreadable (corrupt, deleted): answer from memory, with what we last wrote.
+        last = self.records.last
+        records: dict[str, Record] = dict(last.records) if last is not None else {}
+        with contextlib.suppress(DevclusterError, OSError):
+            records = dict((await asyncio.to_thread(self.registry.snapshot)).records)
+        now = time.time()
+        return [i.info(records.get(i.name), now) for i in chosen]
+
+    async def _written(self) -> None:
+        """Wait (bounded) until every registry write queued so far landed, so a control
+        client reading the registry right after a reply sees what the reply says."""
+        await _landed(self.records.flush(), self.settings.grace)
+
+    # -- verbs (the control plane calls these) ------------------------------------------
+
+    async def act(self, verb: str, names: Sequence[str], all_: bool = False, *,
+                  signal_name: str = "", wait: bool = False,
+                  timeout: float = defaults.CONTROL_WAIT,
+                  who: str = "") -> tuple[list[InstanceInfo], list[str]]:
+        """kill/stop/start/restart/pause/resume instances; (their infos, unchanged names)."""
+        do, wanted = self._verb(verb, signal_name)
+        chosen = self.select(names, all_)
+        targets = "--all" if all_ else " ".join(names)
+        label = f"kill ({parse_signal(signal_name or 'SIGKILL').name})" if verb == "kill" else verb
+        self.sink.system(f"{label} {targets} (asked by {who or 'a control client'})")
+        unchanged: list[str] = []
+
+        async def one(inst: Instance) -> None:
+            result = do(inst)
+            changed = await result if asyncio.iscoroutine(result) else result
+            if not changed:
+                unchanged.append(inst.name)
+            elif wanted is not None and wait:
+                await inst.wait_until(wanted, timeout)
+
+        await asyncio.gather(*(one(i) for i in chosen))
+        await self._written()
+        failed = {i.name: self.records.failures[i.name] for i in chosen
+                  if i.name in self.records.failures}
+        if failed:  # the action happened; the registry does not say so
+            name, why = next(iter(failed.items()))
+            others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise DevclusterError(f"{_DONE.get(verb, verb)} {name}{others}, but could not "
+                                  f"record it in the registry: {why}")
+        return await self.infos(chosen), unchanged
+
+    def _verb(self, verb: str, signal_name: str) -> tuple[
+            Callable[[Instance], Awaitable[bool] | bool], Callable[[Instance], bool] | None]:
+        """(what ``verb`` does to one instance, what to wait for with ``wait``)."""
+        settled: Callable[[Instance], bool] = lambda i: i.settled  # noqa: E731
+
+        async def restart(inst: Instance) -> bool:
+            await inst.stop(drain=DRAIN_DELAY)
+            return inst.start(by_command=True)
+
+        if verb == "kill":
+            sig = parse_signal(signal_name or "SIGKILL")
+            return (lambda i: i.kill(sig)), None
+        verbs: dict[str, tuple[Callable[[Instance], Awaitable[bool] | bool],
+                               Callable[[Instance], bool] | None]] = {
+            "stop": (lambda i: i.stop(drain=DRAIN_DELAY), None),
+            "start": (lambda i: i.start(by_command=True), settled),
+            "restart": (restart, settled),
+            "pause": (lambda i: i.pause(), None),
+            "resume": (lambda i: i.resume(), None),
+        }
+        if verb not in verbs:
+            raise DevclusterError(f"unknown action {verb!r}")
+        return verbs[verb]
+
+    async def scale(self, counts: dict[str, int], *, wait: bool = False,
+                    timeout: float = defaults.CONTROL_WAIT, who: str = "") -> list[InstanceInfo]:
+        """Set instance counts of process types; the infos of every instance of them."""
+        self.sink.system(f"scale {counts} (asked by {who or 'a control client'})")
+        async with self._membership:
+            changed = await self._scale(counts)
+        if wait:
+            for inst in changed:
+                if inst.name in self.instances:
+                    await inst.wait_until(lambda i: i.settled, timeout)
+        await self._written()
+        return await self.infos(i for i in self.instances.values()
+                                if i.spec.process_type in counts)
+
+    async def down(self, grace: float | None = None, who: str = "") -> list[InstanceInfo]:
+        """Stop the whole cluster; returns once every instance is stopped."""
+        self.request_shutdown(grace, who or "control client")
+        await self.done.wait()
+        return await self.infos()
 
     # -- whole cluster -----------------------------------------------------------------
 
@@ -114,25 +263,95 @@ class Supervisor:
                 return False
         return True
 
+    def request_shutdown(self, grace: float | None = None, who: str = "signal") -> None:
+        """Start the graceful shutdown (once; later requests join it)."""
+        if self._shutdown_task is None and self._tg is not None:
+            self.stopping.set()
+            with contextlib.suppress(RuntimeError):  # the group is failing: it stops all
+                self._shutdown_task = self._spawn(self.shutdown(grace, who))
+
     async def shutdown(self, grace: float | None = None, who: str = "signal") -> None:
         """Drain every instance in one registry write, then stop them all gracefully."""
-        if self.stopping.is_set():
-            return
         self.stopping.set()
         self.sink.system(f"shutting down ({who}): draining {len(self.instances)} instances")
         running = [i for i in self.instances.values() if i.running]
-        with contextlib.suppress(Exception):
-            self.registry.update_many({i.name: {"state": State.DRAINING.value} for i in running})
+        drained = self.records.update_many({i.name: {"state": State.DRAINING.value}
+                                            for i in running})
+        await _landed(drained, _DRAIN_WRITE_WAIT)  # never wait on the registry for long
         began = time.monotonic()
         await asyncio.gather(*(i.stop(grace, announce=False) for i in self.instances.values()))
+        left = await asyncio.to_thread(process.sweep, self._ours())
+        if left:
+            self.sink.system(f"stopped {len(left)} process(es) the instances had daemonized "
+                             f"(pids {', '.join(map(str, left))})")
         self.sink.system(f"all instances stopped in {1000 * (time.monotonic() - began):.0f} ms")
         self.done.set()
 
     def force(self) -> None:
-        """Second Ctrl-C: SIGKILL every process group now."""
-        self.sink.system("forced shutdown: SIGKILL to every instance")
+        """Second Ctrl-C (and the exit path): SIGKILL every process group now."""
         for inst in self.instances.values():
             inst.force_kill()
+        process.sweep(self._ours())
+
+    async def run(self, on_settled: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Start every instance, serve until told to stop, stop them all.
+
+        Every task (life cycles, probes, shutdown, reload) belongs to one task group. A
+        task that fails cancels the others; each instance then stops its process on the
+        way out, and what is left is SIGKILLed here: nothing outlives this call.
+        ``on_settled`` runs once every instance settled (or shutdown began).
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg  # before the handlers: a signal always finds its owner
+                with signals(loop, self), lifeline(loop, self, self.settings.lifeline_fd):
+                    await self._serve(on_settled)
+        except ExceptionGroup as group:
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            self.sink.system(f"a supervisor task failed ({first!r}); stopping every instance")
+            raise first from group
+        finally:
+            self._tg = None
+            self.stopping.set()
+            self.force()
+            self.done.set()
+
+    async def _serve(self, on_settled: Callable[[], Awaitable[None]] | None) -> None:
+        began = time.monotonic()
+        reaper = self._spawn(self._reap_adopted())
+        self.start_all()
+        settled = self._spawn(self._settle(began))
+        stop_wait = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({settled, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+        settled.cancel()
+        await self._written()
+        if on_settled is not None:
+            await on_settled()
+        await self.stopping.wait()
+        if self._shutdown_task is not None:
+            await self._shutdown_task
+        reaper.cancel()
+
+    async def _settle(self, began: float) -> None:
+        if await self.wait_settled(self.settings.ready_timeout + 60):
+            seconds = time.monotonic() - began
+            await self._written()  # "ready" means the registry says so too
+            self._report_ready(seconds)
+
+    def _report_ready(self, seconds: float) -> None:
+        serving = [i for i in self.instances.values() if i.state is State.SERVING]
+        others = [f"{i.name} {i.state.value}" for i in self.instances.values()
+                  if i.state is not State.SERVING]
+        line = f"ready: {len(serving)}/{len(self.instances)} serving in {seconds:.2f} s"
+        self.sink.system(line + (f" (not serving: {', '.join(others)})" if others else ""))
+
+    # -- membership: reload and scale ----------------------------------------------------
 
     async def reload(self) -> None:
         async with self._membership:
@@ -141,8 +360,6 @@ class Supervisor:
     async def _reload(self) -> None:
         """SIGHUP: re-read the Procfile; start added types, stop removed ones, restart
         instances whose command or environment changed. A bad Procfile changes nothing."""
-        from devcluster.errors import DevclusterError
-
         st = self.settings
         try:
             types, env, specs = procfile.load(st.procfile, st.env_files, st.scale, st.base_port)
@@ -162,31 +379,28 @@ class Supervisor:
         await asyncio.gather(*(i.stop(drain=DRAIN_DELAY) for i in removed + changed))
         for inst in removed:
             self.instances.pop(inst.name)
-            self.registry.deregister(inst.name)
+            self.records.deregister(inst.name)
         for inst in changed:
             fresh = self._add(wanted[inst.name])
             fresh.restarts = inst.restarts + 1
             fresh.start()
         for spec in added:
             inst = self._add(spec)
-            self.registry.register(inst.record())
+            self.records.register(inst.record())
             inst.start()
 
     def on_signal(self, sig: signal.Signals) -> None:
         """Signal handler: only schedules work (first: graceful, second: forced)."""
         if sig is signal.SIGHUP:
-            if not self.stopping.is_set():
-                asyncio.get_running_loop().create_task(self.reload())
+            if not self.stopping.is_set() and self._tg is not None:
+                self._spawn(self.reload())
             return
         self._interrupts += 1
         if self._interrupts == 1:
-            asyncio.get_running_loop().create_task(self.shutdown(who=sig.name))
+            self.request_shutdown(who=sig.name)
         else:
+            self.sink.system("forced shutdown: SIGKILL to every instance")
             self.force()
-
-    async def scale(self, counts: dict[str, int]) -> list[Instance]:
-        async with self._membership:
-            return await self._scale(counts)
 
     async def _scale(self, counts: dict[str, int]) -> list[Instance]:
         """Set the number of instances of process types; returns those added or removed.
@@ -197,176 +411,33 @@ class Supervisor:
         for ptype in counts:
             if ptype not in self.types:
                 raise UnknownInstanceError(ptype, self.type_order)
+        plan = [self._scale_plan(ptype, wanted) for ptype, wanted in counts.items()]
         changed: list[Instance] = []
-        for ptype, wanted in counts.items():
-            mine = sorted((i for i in self.instances.values() if i.spec.process_type == ptype),
-                          key=lambda i: _number(i.name))
-            extra = mine[wanted:]
+        for extra, specs in plan:  # every spec is valid (ports...) before anything changes
             await asyncio.gather(*(i.stop(drain=DRAIN_DELAY) for i in extra))
             for inst in extra:
                 self.instances.pop(inst.name)
-                self.registry.deregister(inst.name)
+                self.records.deregister(inst.name)
                 changed.append(inst)
-            index = self.type_order.index(ptype)
-            number = max((_number(i.name) for i in mine[:wanted]), default=0)
-            for _ in range(wanted - len(mine)):
-                number += 1
-                spec = procfile.instance_spec(self.types[ptype], f"{ptype}.{number}", index,
-                                              number, self.settings.base_port, self.env)
+            for spec in specs:
                 inst = self._add(spec)
-                self.registry.register(inst.record())
+                self.records.register(inst.record())
                 inst.start()
                 changed.append(inst)
         return changed
+
+    def _scale_plan(self, ptype: str, wanted: int) -> tuple[list[Instance], list[procfile.InstanceSpec]]:
+        """(instances to remove, specs to add) to have ``wanted`` instances of ``ptype``."""
+        mine = sorted((i for i in self.instances.values() if i.spec.process_type == ptype),
+                      key=lambda i: _number(i.name))
+        index = self.type_order.index(ptype)
+        first = max((_number(i.name) for i in mine[:wanted]), default=0) + 1
+        specs = [procfile.instance_spec(self.types[ptype], f"{ptype}.{n}", index, n,
+                                        self.settings.base_port, self.env)
+                 for n in range(first, first + wanted - len(mine))]
+        return mine[wanted:], specs
 
 
 def _number(name: str) -> int:
     _, _, n = name.rpartition(".")
     return int(n) if n.isdigit() else 1
-
-
-def clean_stale(registry: FileRegistry, sink: LogSink) -> str | None:
-    """Say what a crashed run left behind, kill leftovers, and start from a fresh registry.
-
-    Returns the note (also logged) so ``up -d`` can show it to the user.
-    """
-    try:
-        snap = FileRegistry(registry.state_dir, check_liveness=False).snapshot()
-    except CorruptRegistryError as e:
-        kept = registry.recover()
-        note = f"{e}; kept it as {kept.name if kept else '?'} and started a fresh one"
-        sink.system(note)
-        return note
-    stale = [r for r in snap.records.values() if r.state.running]
-    if not stale:
-        return None
-    killed = []
-    for rec in stale:
-        if rec.pid and rec.started_at and alive(rec.pid, rec.started_at):
-            process.signal_group(rec.pid, signal.SIGKILL)
-            killed.append(f"{rec.name} (pid {rec.pid})")
-    names = ", ".join(r.name for r in stale)
-    note = (f"cleaned stale state of a crashed run: {names}"
-            + (f"; killed leftover {', '.join(killed)}" if killed else ""))
-    sink.system(note)
-    return note
-
-
-def write_ready(fd: int | None, sup: Supervisor, notes: list[str]) -> None:
-    """Tell the ``up -d`` parent the outcome (one JSON line), then close the pipe."""
-    if fd is None:
-        return
-    instances = {name: {"state": i.state.value, "address": i.address,
-                        "service": i.spec.service, "pid": i.pid, "restarts": i.restarts,
-                        "started_at": i.started_at, "last_exit": i.last_exit,
-                        "ready_timed_out": i.ready_timed_out}
-                 for name, i in sup.instances.items()}
-    payload = {"instances": instances, "notes": notes}
-    with contextlib.suppress(OSError):
-        os.write(fd, (json.dumps(payload) + "\n").encode())
-        os.close(fd)
-
-
-async def serve(settings: Settings, console: TextIO | None) -> int:
-    """``devcluster up`` in the foreground: returns the exit status."""
-    from devcluster.control import ControlServer
-
-    types, env, specs = procfile.load(settings.procfile, settings.env_files, settings.scale,
-                                      settings.base_port)
-    for name in settings.restart:
-        if name not in {t.name for t in types}:
-            raise UnknownInstanceError(name, [t.name for t in types])
-    with hold_lock(settings.state_dir):
-        sink = LogSink(settings.state_dir / "logs", console)
-        registry: Registry
-        if settings.registry and settings.registry.startswith("etcd://"):
-            registry = open_registry(settings.registry)  # stale records expire with leases
-            notes: list[str] = []
-        else:
-            registry = FileRegistry(settings.state_dir)
-            notes = [n for n in [clean_stale(registry, sink)] if n]
-        _check_ports(specs)
-        watchdog = Watchdog()
-        sup = Supervisor(settings, registry, sink, types, env, specs, watchdog)
-        registry.reset(i.record() for i in sup.instances.values())
-        loop = asyncio.get_running_loop()
-        control = ControlServer(sup, socket_path(settings.state_dir))
-        await control.start()
-        with _signals(loop, sup), _lifeline(loop, sup, settings.lifeline_fd):
-            began = time.monotonic()
-            sup.start_all()
-            settled = asyncio.create_task(sup.wait_settled(settings.ready_timeout + 60))
-            stop_wait = asyncio.create_task(sup.stopping.wait())
-            await asyncio.wait({settled, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            stop_wait.cancel()
-            if settled.done():
-                _report_ready(sup, time.monotonic() - began)
-            write_ready(settings.ready_fd, sup, notes)
-            await sup.done.wait()
-        await control.stop()
-        watchdog.close()
-        registry.close()  # etcd: revoke the lease, so our records go at once
-        sink.system("bye")
-        sink.close()
-    return 0
-
-
-def _report_ready(sup: Supervisor, seconds: float) -> None:
-    serving = [i for i in sup.instances.values() if i.state is State.SERVING]
-    others = [f"{i.name} {i.state.value}" for i in sup.instances.values()
-              if i.state is not State.SERVING]
-    line = f"ready: {len(serving)}/{len(sup.instances)} serving in {seconds:.2f} s"
-    sup.sink.system(line + (f" (not serving: {', '.join(others)})" if others else ""))
-
-
-def _check_ports(specs: Sequence[procfile.InstanceSpec]) -> None:
-    from devcluster.errors import DevclusterError
-
-    # Only commands that use $PORT bind it; the demo's `--port 50051` lines do not.
-    taken = [(s, owner) for s in specs if s.port and "PORT" in s.command
-             and (owner := process.port_owner(s.port))]
-    if taken:
-        spec, owner = taken[0]
-        raise DevclusterError(
-            f"port {spec.port} for {spec.name} is already in use by {owner}; stop it or "
-            "choose another base with --port")
-
-
-@contextlib.contextmanager
-def _lifeline(loop: asyncio.AbstractEventLoop, sup: Supervisor, fd: int | None) -> Iterator[None]:
-    """Shut down when the process that started us is gone (its pipe end closes)."""
-    if fd is None:
-        yield
-        return
-
-    def readable() -> None:
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(fd)
-            loop.create_task(sup.shutdown(who="the process that started the cluster exited"))
-
-    loop.add_reader(fd, readable)
-    try:
-        yield
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _signals(loop: asyncio.AbstractEventLoop, sup: Supervisor) -> Iterator[None]:
-    """Install SIGINT/SIGTERM/SIGHUP handlers for the run; restore the old ones after."""
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.getsignal(s) for s in sigs}
-    for s in sigs:
-        loop.add_signal_handler(s, sup.on_signal, s)
-    try:
-        yield
-    finally:
-        for s in sigs:
-            loop.remove_signal_handler(s)
-            signal.signal(s, old[s])
-

@@ -27,6 +27,7 @@ class Watchdog:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         assert self._proc.stdin is not None
         self._fd = self._proc.stdin.fileno()
+        self.pid = self._proc.pid
 
     def _send(self, line: str) -> None:
         with contextlib.suppress(OSError):

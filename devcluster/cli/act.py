@@ -116,6 +116,7 @@ def scale(
 
 
 def _registry_names(reg: FileRegistry, name: str) -> list[str]:
+    procfile_mod.check_name(name)
     snap = reg.snapshot()
     if name in snap.records:
         return [name]

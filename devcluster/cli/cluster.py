@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from devcluster import defaults
 from devcluster import procfile as procfile_mod
 from devcluster.api import (
     Cluster,
@@ -63,9 +63,10 @@ def up(
     port: Annotated[int, typer.Option("--port", "-p", metavar="PORT",
                                       help="Base port ($PORT of the first instance); "
                                            "0 lets servers pick.")]
-    = procfile_mod.DEFAULT_BASE_PORT,
+    = defaults.BASE_PORT,
     grace: Annotated[float, typer.Option(metavar="SECONDS",
-                                         help="Seconds instances get to stop on SIGINT.")] = 5.0,
+                                         help="Seconds instances get to stop on SIGINT.")]
+    = defaults.GRACE,
     restart: Annotated[list[str], typer.Option(
         "--restart", metavar="TYPE=POLICY",
         help="TYPE=POLICY: no, on-failure (default), always.")] = [],  # noqa: B006
@@ -73,7 +74,7 @@ def up(
                                          "return once every instance serves.")] = False,
     ready_timeout: Annotated[float, typer.Option(metavar="SECONDS",
                                                  help="Seconds an instance gets to serve.")]
-    = 30.0,
+    = defaults.READY_TIMEOUT,
     json_: Annotated[bool, typer.Option("--json", help="With -d: the instances as JSON, "
                                                         "as `ps --json`.")] = False,
     registry: RegistryOpt = None,
@@ -99,34 +100,25 @@ def up(
         except NotReadyError as e:
             for note in cluster.notes:
                 err.print(f"devcluster: {note}", markup=False)
-            _print_instances(_ready_rows(e.states), json_)
+            _print_instances(list(e.states.values()), json_)
             fail(f"{e}; the cluster keeps running: fix it, then `devcluster start NAME`")
         for note in cluster.notes:
             err.print(f"devcluster: {note}", markup=False)
-        _print_instances(_ready_rows(states), json_)
+        _print_instances(list(states.values()), json_)
         if not json_:
             where = "" if directory == default_state_dir(procfile) else f" --state-dir {directory}"
             out.print(f"ready in {time.monotonic() - began:.2f} s; stop with "
                       f"`devcluster down{where}`")
         return
-    from devcluster.supervisor import Settings, serve
+    from devcluster.daemon import serve
+    from devcluster.supervisor import Settings
 
     settings = Settings(procfile=procfile.absolute(), state_dir=directory, env_files=tuple(env),
                         scale=scale_counts, base_port=port, grace=grace,
                         ready_timeout=ready_timeout, restart=policies,
-                        registry=registry or os.environ.get("DEVCLUSTER_REGISTRY") or None)
+                        registry=defaults.registry_url(registry))
     code = asyncio.run(serve(settings, sys.stdout))
     raise typer.Exit(code)
-
-
-def _ready_rows(states: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """``ps``-shaped rows from the supervisor's ready report (no control call needed)."""
-    now = time.time()
-    return [{"name": name, "service": s.get("service"), "state": s["state"], "pid": s.get("pid"),
-             "address": s.get("address") or None, "weight": 1, "enabled": True,
-             "restarts": s.get("restarts", 0), "last_exit": s.get("last_exit") or None,
-             "uptime_s": round(now - s["started_at"], 3) if s.get("started_at") else 0.0,
-             "cpu_percent": 0.0, "rss_bytes": 0} for name, s in states.items()]
 
 
 @app.command()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated
 
 import typer
@@ -35,11 +34,10 @@ def ps(procfile: ProcfileOpt = DEFAULT_PROCFILE, state_dir: StateDirOpt = None,
 
     Example: devcluster ps --json"""
     if _is_etcd(registry):
+        from devcluster.schema import InstanceInfo
+
         snap = _registry(procfile, state_dir, registry).snapshot()
-        now = time.time()
-        rows = [{**r.to_dict(), "uptime_s": round(now - r.started_at, 3)
-                 if r.started_at and r.state.running else 0.0, "cpu_percent": 0.0,
-                 "rss_bytes": 0, "last_exit": None} for r in snap.records.values()]
+        rows = [InstanceInfo.from_record(r).to_dict() for r in snap.records.values()]
     else:
         with control_client(_state_dir(procfile, state_dir)) as control:
             rows = [instance_dict(i) for i in control.ps().instances]

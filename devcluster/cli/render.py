@@ -10,7 +10,7 @@ from rich.table import Table
 from devcluster.cli.app import out
 
 
-def _uptime(seconds: float) -> str:
+def _uptime(seconds: float | None) -> str:
     if not seconds:
         return "-"
     if seconds < 60:
@@ -20,8 +20,13 @@ def _uptime(seconds: float) -> str:
     return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
 
 
-def _mib(n: int) -> str:
+def _mib(n: int | None) -> str:
     return f"{n / 1048576:.1f} MiB" if n else "-"
+
+
+def _known(value: object, fmt: str = "{}") -> str:
+    """A value of the instance schema; None (not known on this path) shows as ``-``."""
+    return "-" if value is None else fmt.format(value)
 
 
 _STATE_STYLE = {"serving": "green", "starting": "yellow", "draining": "yellow",
@@ -39,13 +44,13 @@ def _print_instances(rows: list[dict[str, Any]], as_json: bool) -> None:
                                                           "RSS"} else "left")
     for r in rows:
         style = _STATE_STYLE.get(r["state"], "")
-        state = r["state"] + ("" if r["enabled"] else " (disabled)")
+        state = r["state"] + (" (disabled)" if r["enabled"] is False else "")
         if r.get("last_exit") and r["state"] in {"exited", "failed", "killed", "backoff"}:
             state += f" ({r['last_exit']})"
         table.add_row(r["name"], f"[{style}]{state}[/{style}]" if style else state,
-                      str(r["pid"] or "-"), r["address"] or "-", str(r["weight"]),
-                      _uptime(r["uptime_s"]), str(r["restarts"]), f"{r['cpu_percent']:.1f}",
-                      _mib(r["rss_bytes"]))
+                      str(r["pid"] or "-"), r["address"] or "-", _known(r["weight"]),
+                      _uptime(r["uptime_s"]), str(r["restarts"]),
+                      _known(r["cpu_percent"], "{:.1f}"), _mib(r["rss_bytes"]))
     out.print(table)
 
 

@@ -361,6 +361,8 @@ def open_registry(registry: Registry | str | os.PathLike[str] | None) -> tuple[R
         return registry, False
     from devcluster.registry import open_registry as open_spec
 
-    if registry is None:
-        registry = os.environ.get("DEVCLUSTER_HOME") or ".devcluster"
+    if registry is None:  # the same resolution as the CLI and the API
+        from devcluster.defaults import state_dir
+
+        registry = state_dir()
     return open_spec(registry), True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from devcluster import defaults
 from devcluster.errors import UsageError
 from devcluster.registry.base import Registry
 from devcluster.registry.file import FileRegistry
@@ -59,4 +60,4 @@ def open_registry(spec_or_state_dir: str | os.PathLike[str]) -> Registry:
 
 def registry_spec(explicit: str | None, state_dir: os.PathLike[str] | str) -> str:
     """``--registry`` > ``$DEVCLUSTER_REGISTRY`` > the state dir (file backend)."""
-    return explicit or os.environ.get("DEVCLUSTER_REGISTRY") or os.fspath(state_dir)
+    return defaults.registry_url(explicit) or os.fspath(state_dir)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import watchfiles
 
+from devcluster import defaults
 from devcluster.errors import CorruptRegistryError, RegistryError, UnknownInstanceError, UsageError
 from devcluster.registry import codec
 from devcluster.registry.base import Registry
@@ -35,8 +36,8 @@ from devcluster.registry.record import RECORD_FIELDS, Record, Snapshot, State
 
 log = logging.getLogger(__name__)
 
-REGISTRY_FILE = "registry.json"
-LOCK_FILE = "registry.lock"
+REGISTRY_FILE = defaults.REGISTRY_FILE
+LOCK_FILE = defaults.REGISTRY_LOCK_FILE
 # One fixed temp name (safe: only the lock holder writes it) keeps watchfiles' set of
 # changed paths from growing during a burst of writes, so watchers still get a snapshot
 # every ~2 steps (measured: every 8 ms under 1200 writes/s) instead of one per debounce
@@ -68,7 +69,7 @@ DEFAULT_DEBOUNCE_MS = 50
 # dir deleted and re-created. A re-read is ~0.25 ms + ~0.05 ms per running record.
 DEFAULT_RESCAN_MS = 1000
 
-MAX_WEIGHT = 1000
+MAX_WEIGHT = defaults.MAX_WEIGHT
 _UPDATABLE = frozenset(RECORD_FIELDS) - {"name", "updated_at"}
 _STATES = ", ".join(s.value for s in State)
 
@@ -410,8 +411,10 @@ def _inode(path: Path) -> int | None:
 def _checked(record: Record, **changes: Any) -> Record:
     """``record`` with ``changes``, validated so no write can produce a file we reject."""
     weight = changes.get("weight", record.weight)
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
-        raise UsageError(f"weight must be an integer 0..{MAX_WEIGHT}, got {weight!r}")
+    if isinstance(weight, bool) or not isinstance(weight, int) \
+            or not defaults.MIN_WEIGHT <= weight <= MAX_WEIGHT:
+        raise UsageError(f"weight must be an integer {defaults.MIN_WEIGHT}..{MAX_WEIGHT}, "
+                         f"got {weight!r}")
     state = changes.pop("state", record.state)
     try:
         changed = record.with_(state=state, **changes)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from devcluster.defaults import DEFAULT_WEIGHT
+
 
 class State(enum.StrEnum):
     """Life-cycle state of one instance, as the supervisor drives it."""
@@ -71,7 +73,7 @@ class Record:
     name: str
     service: str
     address: str
-    weight: int = 1
+    weight: int = DEFAULT_WEIGHT
     enabled: bool = True
     state: State = State.STARTING
     pid: int | None = None

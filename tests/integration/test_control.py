@@ -269,7 +269,7 @@ def test_process_type_names_and_all(make_cluster: MakeCluster, run_cli: Cli) -> 
 
     # An unknown name is an error listing the known instances, and nothing happens.
     result = run_cli("stop", "greeter.2", "greeter.3")
-    assert result.returncode == 2
+    assert result.returncode == 1
     err = one_line_error(result)
     assert "unknown instance 'greeter.3'; known instances: greeter.1, greeter.2, web" in err
     assert cluster.instance("greeter.2").state == "serving"

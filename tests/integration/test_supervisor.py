@@ -462,7 +462,7 @@ def test_logs_files_and_logs_command(make_cluster: MakeCluster, run_cli: Cli,
     assert "greeter.1" in merged.stdout and "Received: call0" in merged.stdout
 
     unknown = run_cli("logs", "nope")
-    assert unknown.returncode == 2
+    assert unknown.returncode == 1  # a well-formed name the cluster lacks (issue 16)
     assert "greeter.1" in one_line_error(unknown)
 
 
@@ -578,3 +578,57 @@ def test_cluster_dies_with_the_python_process_that_started_it(
         owner.stdout.close()  # type: ignore[union-attr]
     wait_until(lambda: not processes_under(tmp_path), 3.0,
                "the cluster of a SIGKILLed owner to die")
+
+
+# -- one instance schema (issue 15) ------------------------------------------------------
+
+def test_every_path_gives_the_same_instance_keys_and_no_placeholders(
+        run_cli: Cli, write_procfile: Callable[..., Path], tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from devcluster.api import Cluster
+    from devcluster.registry import FileRegistry
+    from devcluster.schema import InstanceInfo
+
+    keys = [f.name for f in fields(InstanceInfo)]
+    write_procfile(f"greeter: {GREETER}", "idle: sleep 300")
+    up = run_cli("up", "-d", *UP, "-c", "greeter=2", "--ready-timeout", "2", "--json")
+    try:
+        assert up.returncode == 1, up.stderr  # `idle` never listens: not serving
+        from_up = {r["name"]: r for r in json.loads(up.stdout)}
+        assert run_cli("weight", "greeter.2", "7").returncode == 0
+        from_ps = ps_json(run_cli)
+        from_api = {i.name: i.to_dict() for i in Cluster(tmp_path / "Procfile").instances}
+        snap = FileRegistry(tmp_path / ".devcluster").snapshot()
+        from_registry = {n: InstanceInfo.from_record(r).to_dict() for n, r in snap.records.items()}
+        for rows in (from_up, from_ps, from_api, from_registry):
+            assert sorted(rows) == ["greeter.1", "greeter.2", "idle"]
+            assert all(list(row) == keys for row in rows.values())
+        # The truth, never a placeholder: the weight the registry holds, measured memory.
+        assert from_ps["greeter.2"]["weight"] == from_api["greeter.2"]["weight"] == 7
+        assert from_up["greeter.1"]["weight"] == 1 and from_up["greeter.1"]["rss_bytes"] > 0
+        assert from_ps["idle"]["state"] == "starting" and from_ps["idle"]["address"] is None
+        # What a registry record cannot know is null, not 0.
+        assert from_registry["greeter.1"]["cpu_percent"] is None
+        assert from_registry["greeter.1"]["rss_bytes"] is None
+    finally:
+        assert run_cli("down").returncode == 0
+
+
+def test_a_start_up_error_reaches_the_api_as_data(make_cluster: MakeCluster) -> None:
+    # The daemon finds the port taken; the API raises the same error class, with the
+    # instance it is about, from the data the daemon sent (no stderr line parsed back).
+    import socket
+
+    from devcluster.errors import DevclusterError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cluster = make_cluster([f"greeter: {GREETER}"], start=False, port=port)
+        with pytest.raises(DevclusterError) as caught:
+            cluster.up()
+    assert type(caught.value) is DevclusterError
+    assert caught.value.instance == "greeter"
+    assert f"port {port} for greeter is already in use" in str(caught.value)

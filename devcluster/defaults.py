@@ -1,0 +1,135 @@
+"""Every default and every path of devcluster, defined once (a leaf: imports nothing of ours).
+
+The CLI's option defaults, the Python API's keyword defaults, the daemon and the
+supervisor all read them here, so ``--grace`` means the same 5 s on every path.
+
+The state dir (``--state-dir`` > ``$DEVCLUSTER_HOME`` > ``.devcluster`` beside the
+Procfile) holds::
+
+    registry.json, registry.lock   the file registry (devcluster.registry.file)
+    supervisor.lock                held by the running supervisor; its pid inside
+    control.sock                   the control plane's unix socket (0600)
+    logs/<name>.log                one log per instance; logs/devcluster.log merged
+    logs/supervisor.out            stdout/stderr of a background supervisor
+
+>>> layout(state_dir(Path("/srv/app/Procfile"), None, environ={})).socket
+PosixPath('/srv/app/.devcluster/control.sock')
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Seconds an instance gets between SIGINT and SIGKILL (``--grace``).
+GRACE = 5.0
+#: Seconds an instance gets to answer its readiness probe (``--ready-timeout``).
+READY_TIMEOUT = 30.0
+#: Foreman's base port: ``$PORT`` of the first instance (``--port``).
+BASE_PORT = 5000
+#: The lowest and highest port an instance may be given.
+MIN_PORT, MAX_PORT = 1, 65535
+#: Weights a registry record may carry; a fresh record gets DEFAULT_WEIGHT.
+MIN_WEIGHT, MAX_WEIGHT, DEFAULT_WEIGHT = 0, 1000, 1
+#: Seconds a control client waits for a change it asked for (``start --wait``...).
+CONTROL_WAIT = 30.0
+
+#: Environment variables devcluster reads.
+ENV_HOME = "DEVCLUSTER_HOME"
+"""The state dir itself (relative paths: to the working directory)."""
+ENV_REGISTRY = "DEVCLUSTER_REGISTRY"
+"""``etcd://host:port[/prefix]``: register into etcd instead of the state dir's file."""
+#: Environment variables devcluster sets for every instance.
+ENV_INSTANCE = "DEVCLUSTER_INSTANCE"
+ENV_GRACE = "DEVCLUSTER_GRACE"
+
+STATE_DIR_NAME = ".devcluster"
+REGISTRY_FILE = "registry.json"
+REGISTRY_LOCK_FILE = "registry.lock"
+SUPERVISOR_LOCK_FILE = "supervisor.lock"
+SOCKET_FILE = "control.sock"
+LOG_DIR = "logs"
+#: The name of the merged log (also the supervisor's name in the log stream).
+SYSTEM_LOG = "devcluster"
+
+
+def state_dir(procfile: Path | None = None, explicit: str | os.PathLike[str] | None = None,
+              environ: Mapping[str, str] | None = None) -> Path:
+    """``explicit`` > ``$DEVCLUSTER_HOME`` > ``.devcluster`` beside ``procfile``.
+
+    Every reader of the state dir (CLI, API, pytest plugin, balancing client) resolves
+    it here, so ``DEVCLUSTER_HOME`` means one thing. Without a Procfile (a client in a
+    script) the default is beside ``./Procfile``: ``./.devcluster``. Always absolute.
+    """
+    env = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit).absolute()
+    if env.get(ENV_HOME):
+        return Path(env[ENV_HOME]).absolute()
+    return (procfile or Path("Procfile")).absolute().parent / STATE_DIR_NAME
+
+
+def registry_url(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """``explicit`` > ``$DEVCLUSTER_REGISTRY`` > None (the state dir's file)."""
+    env = os.environ if environ is None else environ
+    return explicit or env.get(ENV_REGISTRY) or None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The files of one state dir."""
+
+    root: Path
+
+    @property
+    def registry(self) -> Path:
+        return self.root / REGISTRY_FILE
+
+    @property
+    def registry_lock(self) -> Path:
+        return self.root / REGISTRY_LOCK_FILE
+
+    @property
+    def lock(self) -> Path:
+        """The supervisor's lock (its pid inside)."""
+        return self.root / SUPERVISOR_LOCK_FILE
+
+    @property
+    def socket(self) -> Path:
+        return self.root / SOCKET_FILE
+
+    @property
+    def logs(self) -> Path:
+        return self.root / LOG_DIR
+
+    def log(self, name: str | None = None) -> Path:
+        """The log of instance ``name``; None: the merged log."""
+        return self.logs / log_file_name(name)
+
+    @property
+    def daemon_out(self) -> Path:
+        """stdout/stderr of a background supervisor."""
+        return self.logs / "supervisor.out"
+
+
+def log_file_name(name: str | None) -> str:
+    """``greeter.2.log``; the merged log is ``devcluster.log``, so an instance named
+    ``devcluster`` gets ``devcluster.instance.log`` (no instance name contains
+    ``.instance``: the only dot in a name is before its number)."""
+    if name is None:
+        return f"{SYSTEM_LOG}.log"
+    return f"{name}.instance.log" if name == SYSTEM_LOG else f"{name}.log"
+
+
+def instance_of_log(file_name: str) -> str | None:
+    """The instance whose log ``file_name`` is (None: the merged log or not a log)."""
+    stem = file_name.removesuffix(".log")
+    if stem in (file_name, SYSTEM_LOG):
+        return None
+    return stem.removesuffix(".instance") if stem == f"{SYSTEM_LOG}.instance" else stem
+
+
+def layout(root: Path) -> Layout:
+    return Layout(root)

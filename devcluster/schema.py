@@ -1,0 +1,110 @@
+"""The one JSON shape of an instance: ``ps --json``, ``up -d --json``, the control reply,
+``Cluster.instances`` and the etcd view all build it here.
+
+Every path gives the same keys in the same order. A value that is not known on a
+path (the CPU of an instance another machine runs, the weight when the registry is
+unreadable) is ``None`` (JSON ``null``), never a placeholder such as 0 or 1.
+
+>>> InstanceInfo.from_dict({"name": "greeter.2", "state": "stopped"}).to_dict()["pid"] is None
+True
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol
+
+#: States with a process behind them (``devcluster.registry.State.running``), as strings:
+#: this module is read by every path, the etcd view included, and imports nothing.
+RUNNING_STATES = frozenset({"starting", "serving", "draining", "paused"})
+
+
+class _RecordLike(Protocol):
+    name: str
+    service: str
+    address: str
+    weight: int
+    enabled: bool
+    pid: int | None
+    restarts: int
+    started_at: float | None
+
+    @property
+    def state(self) -> Any: ...
+
+
+def process_type_of(name: str) -> str:
+    """``greeter.2`` -> ``greeter``; ``server1`` -> ``server1`` (honcho's naming)."""
+    head, dot, number = name.rpartition(".")
+    return head if dot and head and number.isdigit() else name
+
+
+def uptime(state: str, started_at: float | None, now: float | None = None) -> float | None:
+    """Seconds the current process has run; None when no process runs."""
+    if state not in RUNNING_STATES or not started_at:
+        return None
+    return round(max(0.0, (time.time() if now is None else now) - started_at), 3)
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """One instance as every command and the Python API show it (see :meth:`to_dict`)."""
+
+    name: str
+    """Instance name: ``server1``, ``greeter.2``."""
+    service: str = ""
+    """Process type without trailing digits; what clients select by."""
+    process_type: str = ""
+    """The Procfile line it comes from."""
+    state: str = "stopped"
+    """starting, serving, draining, stopped, exited, killed, backoff, failed, paused."""
+    pid: int | None = None
+    """The process devcluster started last (leader of its group); None if none yet."""
+    address: str | None = None
+    """``127.0.0.1:PORT`` clients call; None until known."""
+    port: int | None = None
+    """The port of ``address``; None until known."""
+    weight: int | None = None
+    """Registry weight 0..1000; None when the registry could not be read."""
+    enabled: bool | None = None
+    """Registry flag; None when the registry could not be read."""
+    restarts: int = 0
+    """Starts after the first, by policy or by command."""
+    uptime_s: float | None = None
+    """Seconds the current process has run; None when none runs."""
+    cpu_percent: float | None = None
+    """CPU % of the process since the last look; None when not measured here."""
+    rss_bytes: int | None = None
+    """Resident memory of the process; None when not measured here."""
+    uss_bytes: int | None = None
+    """Memory unique to the process; None when not measured here."""
+    last_exit: str | None = None
+    """How the last process ended (``exit 1``, ``signal SIGKILL``); None if none ended."""
+    started_at: float | None = None
+    """Unix time the current (or last) process started; None if never started."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, keys in the documented order."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> InstanceInfo:
+        """Read :meth:`to_dict`'s output back (unknown keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_record(cls, record: _RecordLike, now: float | None = None) -> InstanceInfo:
+        """A registry record (e.g. from etcd): no process stats, no exit history."""
+        state = getattr(record.state, "value", record.state)
+        _, _, port = record.address.rpartition(":")
+        return cls(
+            name=record.name, service=record.service,
+            process_type=process_type_of(record.name), state=state,
+            pid=record.pid,
+            address=record.address or None, port=int(port) if port.isdigit() else None,
+            weight=record.weight, enabled=record.enabled, restarts=record.restarts,
+            uptime_s=uptime(state, record.started_at, now), started_at=record.started_at)
+

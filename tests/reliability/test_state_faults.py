@@ -1,0 +1,176 @@
+"""Issue 16: faults found from outside must never leave a cluster stuck or unreachable.
+
+A broken state dir (garbage, a full disk, deleted, shared), odd processes (daemonizing,
+two listeners) and odd names. Every repro ends with the cluster working or stopped,
+nothing left running (the autouse leak check), nothing of another run touched, and
+within the grace period plus 2 s, with one line saying what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+GREETER = "python -m services.greeter --port $PORT"
+GRACE = 1.0
+UP = ("up", "-d", "-p", "0", "--grace", f"{GRACE:g}")
+#: Each repro's own deadline: the grace period plus 2 s (a CLI start costs ~0.5 s more).
+BOUND = GRACE + 2 + 0.5
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def timed(run_cli: Cli, *args: str,
+          cwd: Path | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
+    began = time.monotonic()
+    result = run_cli(*args, cwd=cwd)
+    return result, time.monotonic() - began
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    err = result.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def ps_rows(run_cli: Cli, cwd: Path | None = None) -> dict[str, dict[str, Any]]:
+    result = run_cli("ps", "--json", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return {r["name"]: r for r in json.loads(result.stdout)}
+
+
+def supervisor_of(state_dir: Path) -> psutil.Process:
+    from devcluster.statedir import running_pid
+
+    pid = running_pid(state_dir)
+    assert pid and pid > 0
+    return psutil.Process(pid)
+
+
+@pytest.fixture
+def greeters(run_cli: Cli, write_procfile: Callable[..., Path], tmp_path: Path) -> Iterator[Path]:
+    """Three greeters up in tmp_path; the state dir. Taken down at the end if still up."""
+    write_procfile(f"greeter: {GREETER}")
+    up = run_cli(*UP, "-c", "greeter=3")
+    assert up.returncode == 0, up.stderr
+    yield tmp_path / ".devcluster"
+    run_cli("down")
+
+
+# -- 1. a registry that cannot be read or written ----------------------------------------
+
+def test_registry_garbage_then_down(greeters: Path, run_cli: Cli, tmp_path: Path) -> None:
+    (greeters / "registry.json").write_text("junk\n")
+    assert sorted(ps_rows(run_cli)) == ["greeter.1", "greeter.2", "greeter.3"]  # from memory
+    killed = run_cli("kill", "greeter.2")
+    assert killed.returncode == 0, killed.stderr
+    # The supervisor rewrote the registry from memory and kept the garbage aside.
+    rows = json.loads((greeters / "registry.json").read_text())["instances"]
+    assert rows["greeter.2"]["state"] == "killed" and rows["greeter.1"]["state"] == "serving"
+    assert [p.read_text() for p in greeters.glob("registry.json.corrupt-*")] == ["junk\n"]
+    (greeters / "registry.json").write_text("junk again\n")
+    sup = supervisor_of(greeters)
+    down, took = timed(run_cli, "down")
+    assert down.returncode == 0, down.stderr
+    assert "stopped 3 instances" in down.stdout
+    assert took < BOUND
+    assert not sup.is_running() or sup.status() == psutil.STATUS_ZOMBIE
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the file system is full, to the last byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (root only); skipped where mounting is not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_disk_full_then_kill_ps_and_down(small_disk: Path, run_cli: Cli,
+                                         write_procfile: Callable[..., Path],
+                                         tmp_path: Path) -> None:
+    write_procfile(f"greeter: {GREETER}")
+    state = small_disk / "state"
+    up = run_cli(*UP, "-c", "greeter=2", "--state-dir", str(state))
+    assert up.returncode == 0, up.stderr
+    fill(small_disk / "filler")
+    killed = run_cli("kill", "greeter.2", "--state-dir", str(state))
+    assert killed.returncode == 1
+    err = one_line(killed)
+    assert "killed greeter.2, but could not record it in the registry" in err, err
+    assert "No space left on device" in err, err
+    ps = run_cli("ps", "--json", "--state-dir", str(state))
+    assert ps.returncode == 0, ps.stderr
+    assert {r["name"]: r["state"] for r in json.loads(ps.stdout)}["greeter.2"] == "killed"
+    down, took = timed(run_cli, "down", "--state-dir", str(state))
+    assert down.returncode == 0, down.stderr
+    assert took < BOUND
+
+
+# -- 4. commands that daemonize --------------------------------------------------------
+
+def _pids_of(argv: str) -> list[int]:
+    return [p.pid for p in psutil.process_iter(["cmdline", "status"])
+            if " ".join(p.info["cmdline"] or []) == argv and p.info["status"] != "zombie"]
+
+
+def test_a_command_that_daemonizes_settles_and_its_children_are_stopped(
+        run_cli: Cli, write_procfile: Callable[..., Path], tmp_path: Path) -> None:
+    tag = f"{os.getpid()}{time.monotonic_ns() % 100000}"
+    write_procfile(f"bg: sh -c 'sleep 9{tag}1 & exit 0'",
+                   f"detached: sh -c 'setsid sleep 9{tag}2 & exec sleep 300'",
+                   f"web: {GREETER}")
+    up, took = timed(run_cli, *UP, "--restart", "bg=no", "--ready-timeout", "2")
+    # `bg` exited at once although its background child holds its output (was: `starting`
+    # with a dead pid for 90 s); `detached` never listens; `web` serves.
+    assert up.returncode == 1
+    assert "bg exited (exit 0)" in up.stderr and "detached starting" in up.stderr
+    assert took < 2 + BOUND
+    rows = ps_rows(run_cli)
+    assert rows["bg"]["state"] == "exited" and rows["web"]["state"] == "serving"
+    assert _pids_of(f"sleep 9{tag}1") == []  # swept with the instance that left it
+    assert len(_pids_of(f"sleep 9{tag}2")) == 1
+    down, took = timed(run_cli, "down")
+    assert down.returncode == 0, down.stderr
+    assert took < BOUND
+    assert _pids_of(f"sleep 9{tag}2") == []  # left its session, still stopped by down
+
+
+def test_a_daemonizing_instance_is_restarted_by_its_policy(
+        run_cli: Cli, write_procfile: Callable[..., Path], tmp_path: Path) -> None:
+    write_procfile("bg: sh -c 'sleep 300 & exit 0'")
+    up = run_cli(*UP, "--restart", "bg=always", "--ready-timeout", "1")
+    assert up.returncode == 1
+    from conftest import wait_until
+
+    wait_until(lambda: ps_rows(run_cli)["bg"]["restarts"] >= 1, 5.0, "bg to be restarted")
+    assert run_cli("down").returncode == 0
