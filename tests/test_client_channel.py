@@ -21,6 +21,7 @@ import pytest
 from rich.console import Console
 
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
+from devcluster.cli.client_runner import ClientOptions, run_client
 from devcluster.client import (
     AioBalancedChannel,
     BalancedChannel,
@@ -28,7 +29,6 @@ from devcluster.client import (
     NoUsableInstanceError,
     served_by,
 )
-from devcluster.client.runner import ClientOptions, run_client
 from devcluster.errors import DevclusterError
 from devcluster.registry.record import Record, State
 from tests._servers import (

@@ -48,8 +48,8 @@ def client(
     registry: RegistryOpt = None,
 ) -> None:
     """Call SayHello in a loop through the balancing client; print who served each call."""
-    from devcluster.client.runner import ClientOptions, run_client
-    from devcluster.client.targets import parse_target, resolve_policy
+    from devcluster.cli.client_runner import ClientOptions, run_client
+    from devcluster.cli.targets import parse_target, resolve_policy
 
     # A bad target or policy is a usage error before anything starts.
     parsed = parse_target(target) if target is not None else None

@@ -33,10 +33,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
+from devcluster.cli.targets import Target, parse_target, resolve_policy
 from devcluster.client.calls import CallInfo
 from devcluster.client.channel import BalancedChannel
 from devcluster.client.direct import GrpcTargetChannel
-from devcluster.client.targets import Target, parse_target, resolve_policy
 from devcluster.registry.base import Registry
 
 Channel = BalancedChannel | GrpcTargetChannel
@@ -49,7 +49,7 @@ class ClientOptions:
     ``count=None`` calls until interrupted (or ``stop`` is set); ``timeout`` is each
     call's deadline; ``registry`` (a Registry object, for the API and tests)
     takes precedence over ``state_dir``; ``target`` (``static:///H:P,...`` or a grpc
-    target, see :mod:`devcluster.client.targets`) replaces both. ``policy`` None
+    target, see :mod:`devcluster.cli.targets`) replaces both. ``policy`` None
     means ``weighted``, or grpc's ``pick_first`` for a grpc target.
     ``retry_on`` defaults to UNAVAILABLE:
     SayHello is idempotent, so even a call cut off by its server's crash (which
