@@ -167,7 +167,10 @@ class _Streaming(Multi):
         return attempts, action
 
     def _follow(self, attempts: Attempts, inst: Instance, call: Any) -> Any:
-        call.add_done_callback(lambda done: self._book(attempts, inst, done))
+        # Booked on the channel's pool: grpc runs done-callbacks on the thread that
+        # would deliver a late response header, so waiting for it there never ends.
+        call.add_done_callback(
+            lambda done: self._channel.submit(self._book, attempts, inst, done))
         return call
 
     def _book(self, attempts: Attempts, inst: Instance, call: Any) -> None:
