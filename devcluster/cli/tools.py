@@ -19,6 +19,8 @@ from devcluster.cli.app import (
     fail,
     out,
 )
+from devcluster.cli.targets import GRPC_POLICIES
+from devcluster.client.picker import DEFAULT_POLICY, policies_help
 from devcluster.errors import NoClusterError, UsageError
 
 
@@ -34,8 +36,13 @@ def client(
                                              help="Calls in flight.")] = 1,
     timeout: Annotated[float, typer.Option(help="Deadline of each call, seconds.")] = 2.0,
     policy: Annotated[str | None, typer.Option(
-        help="weighted (default), round_robin or pick_first; with a grpc --target, grpc's "
-             "own pick_first (default) or round_robin.", show_default=False)] = None,
+        help=f"devcluster's balancer ({DEFAULT_POLICY} by default): {policies_help()}. With a "
+             f"grpc --target, grpc's own {' (default) or '.join(GRPC_POLICIES)}.",
+        show_default=False)] = None,
+    hedge: Annotated[float | None, typer.Option(
+        metavar="SECONDS", help="Also send a call unanswered for SECONDS to a second "
+        "instance; the first answer wins (a frozen instance then costs no call). For "
+        "idempotent methods only (SayHello is).", show_default=False)] = None,
     target: Annotated[str | None, typer.Option(
         help="Call these servers instead of the registry: static:///H:P,H:P,... (a fixed "
              "list, devcluster's balancer, no cluster needed), or a grpc target "
@@ -57,6 +64,10 @@ def client(
     if (count is not None and count < 0) or interval < 0 or timeout <= 0 or concurrency < 1:
         raise UsageError("--count and --interval must be >= 0, --timeout > 0, "
                          "--concurrency >= 1")
+    if hedge is not None and (hedge <= 0 or (parsed is not None and parsed.kind == "grpc")):
+        raise UsageError(f"--hedge must be > 0 seconds, got {hedge}" if hedge <= 0 else
+                         "--hedge needs devcluster's balancer: drop it, or use --target "
+                         "static:///HOST:PORT,... instead of a grpc target")
     directory = None
     if parsed is not None:
         if service is not None or state_dir is not None:
@@ -76,7 +87,7 @@ def client(
                                  "`devcluster up` (or pass --state-dir, or --target)")
     opts = ClientOptions(service=service, name=name, count=count, interval=interval,
                          concurrency=concurrency, timeout=timeout, json=json_, policy=policy,
-                         state_dir=directory, target=target,
+                         state_dir=directory, target=target, hedge=hedge,
                          registry=shared if _is_etcd(registry) and parsed is None else None)
     summary = run_client(opts, out)
     if count is not None and summary.failures:
