@@ -125,33 +125,8 @@ class AioBalancedChannel(ChannelDriver, grpc.aio.Channel):
 
     # -- grpc.aio.Channel -----------------------------------------------------------
 
-    def unary_unary(self, method: str, request_serializer: Any = None,
-                    response_deserializer: Any = None,
-                    _registered_method: bool | None = False) -> AioUnaryUnary:
-        """A balanced unary-unary multicallable; calls fail over, eject and hedge."""
-        return AioUnaryUnary(self, "unary_unary", method, request_serializer,
-                             response_deserializer, bool(_registered_method))
-
-    def unary_stream(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> AioStreamingCall:
-        """A unary-stream multicallable: one instance per call, no failover."""
-        return AioStreamingCall(self, "unary_stream", method, request_serializer,
-                                response_deserializer, bool(_registered_method))
-
-    def stream_unary(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> AioStreamingCall:
-        """A stream-unary multicallable: one instance per call, no failover."""
-        return AioStreamingCall(self, "stream_unary", method, request_serializer,
-                                response_deserializer, bool(_registered_method))
-
-    def stream_stream(self, method: str, request_serializer: Any = None,
-                      response_deserializer: Any = None,
-                      _registered_method: bool | None = False) -> AioStreamingCall:
-        """A stream-stream multicallable: one instance per call, no failover."""
-        return AioStreamingCall(self, "stream_stream", method, request_serializer,
-                                response_deserializer, bool(_registered_method))
+    CALLS = {"unary_unary": AioUnaryUnary, "unary_stream": AioStreamingCall,
+             "stream_unary": AioStreamingCall, "stream_stream": AioStreamingCall}
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """READY while some instance may take calls, else TRANSIENT_FAILURE."""

@@ -119,9 +119,41 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):
             await self
 
     async def _run(self) -> Any:
+        attempts = self._attempts
+        channel: AioDriver = self._mc._channel
+        action, error = self._action, None
         try:
-            self._response = response = await self._attempt_until_done()
-            return response
+            while True:
+                if type(action) is Wait:
+                    await channel.wait(action)
+                    action = attempts.resume()
+                    continue
+                if type(action) is GiveUp:
+                    raise self._give_up(action, error)
+                if type(action) is Send:
+                    self._begin(action)
+                send = self._send
+                if send.hedge_in is None:
+                    call = self._call
+                    try:
+                        response = await call
+                    except grpc.aio.AioRpcError as e:
+                        action, error = attempts.failed(
+                            send.inst, e.code(), bool(e.initial_metadata()),
+                            cancelled=self._cancelled), e
+                        continue
+                    inst = send.inst
+                else:
+                    won = await self._hedged(send)
+                    if type(won) is Lost:
+                        action, error = won
+                        continue
+                    response, call, inst = won
+                attempts.succeeded(inst)
+                if channel.on_call is not None:
+                    self._mc._report(attempts, _OK, "", await call.initial_metadata(), response)
+                self._response = response
+                return response
         except BaseException as e:
             self._error = e
             raise
@@ -132,45 +164,14 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):
             for callback in self._callbacks or ():
                 callback(self)
 
-    async def _attempt_until_done(self) -> Any:
-        attempts = self._attempts
-        channel: AioDriver = self._mc._channel
-        action, error = self._action, None
-        while True:
-            if type(action) is Wait:
-                await channel.wait(action)
-                action = attempts.resume()
-                continue
-            if type(action) is GiveUp:
-                failure = action.error or error
-                assert failure is not None
-                own = action.error is None
-                self._mc._report(attempts, failure.code(), failure.details() or "",
-                                 failure.initial_metadata() if own else None)
-                raise failure
-            if type(action) is Send:
-                self._begin(action)
-            send = self._send
-            if send.hedge_in is None:
-                call = self._call
-                try:
-                    response = await call
-                except grpc.aio.AioRpcError as e:
-                    action, error = attempts.failed(
-                        send.inst, e.code(), bool(e.initial_metadata()),
-                        cancelled=self._cancelled), e
-                    continue
-                inst = send.inst
-            else:
-                won = await self._hedged(send)
-                if type(won) is Lost:
-                    action, error = won
-                    continue
-                response, call, inst = won
-            attempts.succeeded(inst)
-            if channel.on_call is not None:
-                self._mc._report(attempts, _OK, "", await call.initial_metadata(), response)
-            return response
+    def _give_up(self, action: GiveUp, error: grpc.RpcError | None) -> grpc.RpcError:
+        """Report the call's failure; the error to raise."""
+        failure = action.error or error
+        assert failure is not None
+        own = action.error is None
+        self._mc._report(self._attempts, failure.code(), failure.details() or "",
+                         failure.initial_metadata() if own else None)
+        return failure
 
     async def _hedged(self, send: Send) -> tuple[Any, Any, Instance] | Lost:
         """Await ``send``'s attempt, plus the hedge the core asks for after ``hedge_in``."""

@@ -101,7 +101,7 @@ class Attempts:
                  "_own_error", "_pause", "_replayable", "_stalled", "deadline", "inst",
                  "started", "tried")
 
-    def __init__(self, balancer: Balancer, timeout: float | None, *,
+    def __init__(self, balancer: Balancer, timeout: float | None,
                  hedge_after: float | None = None, replayable: bool = True,
                  default_wait: float = DEFAULT_WAIT,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -116,9 +116,11 @@ class Attempts:
         self._hedge_after = hedge_after if replayable else None
         #: The failed attempts so far, in order: (instance, code).
         self.tried: list[tuple[Instance, grpc.StatusCode]] = []
-        self._exclude: set[str] = set()
+        # Made on first use: the common call succeeds at once and needs neither.
+        self._exclude: set[str] | None = None
+        self._stalled: list[Instance] | None = None
+        #: Attempts in flight, kept only while hedging can put a second one there.
         self._in_flight: list[Instance] = []
-        self._stalled: list[Instance] = []
         self._pause = PAUSE_FIRST
         self._own_error = False
         #: The instance of the latest attempt (the winner, once the call succeeded).
@@ -174,10 +176,10 @@ class Attempts:
                 # Out of time while failing over: say which instances failed and why.
                 return self._give_up(self._balancer.out_of_time(self.tried))
         hedge = self._hedge_after
+        if hedge is None:
+            return Send(inst, timeout)
         self._in_flight.append(inst)
-        if hedge is not None and (timeout is None or timeout > hedge):
-            return Send(inst, timeout, hedge)
-        return Send(inst, timeout)
+        return Send(inst, timeout, hedge if timeout is None or timeout > hedge else None)
 
     def _give_up(self, error: BalancedRpcError) -> GiveUp:
         self._own_error = False
@@ -190,11 +192,13 @@ class Attempts:
         self.inst = inst
         if inst.timeouts:
             self._balancer.succeeded(inst)
-        # A stalled attempt that lost to its hedge counts as the deadline it would
-        # have hit: it shows in CallInfo.retried.
-        self.tried.extend((i, _DEADLINE) for i in self._stalled
-                          if i is not inst and i in self._in_flight)
-        self._in_flight.clear()
+        if self._stalled:
+            # A stalled attempt that lost to its hedge counts as the deadline it
+            # would have hit: it shows in CallInfo.retried.
+            self.tried.extend((i, _DEADLINE) for i in self._stalled
+                              if i is not inst and i in self._in_flight)
+        if self._in_flight:
+            self._in_flight.clear()
 
     def failed(self, inst: Instance, code: grpc.StatusCode, reached: bool, *,
                cancelled: bool = False) -> Action:
@@ -212,6 +216,8 @@ class Attempts:
             return GiveUp(None)
         retry = self._balancer.failed(inst, code, reached)
         self.tried.append((inst, code))
+        if self._exclude is None:
+            self._exclude = set()
         self._exclude.add(inst.name)
         if in_flight:
             return PENDING  # a hedge still runs: its outcome decides
@@ -242,8 +248,10 @@ class Attempts:
         if inst not in self._in_flight:
             return None
         self._balancer.stalled(inst)
+        if self._stalled is None:
+            self._stalled = []
         self._stalled.append(inst)
-        busy = self._exclude.union(i.name for i in self._in_flight)
+        busy = {i.name for i in self._in_flight}.union(self._exclude or ())
         other = self._balancer.next_after(inst.name, busy)
         if other is None:
             return None

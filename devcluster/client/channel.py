@@ -133,33 +133,8 @@ class BalancedChannel(ChannelDriver, grpc.Channel):
 
     # -- grpc.Channel -------------------------------------------------------------
 
-    def unary_unary(self, method: str, request_serializer: Any = None,
-                    response_deserializer: Any = None,
-                    _registered_method: bool | None = False) -> UnaryUnary:
-        """A balanced unary-unary multicallable (``__call__``, ``with_call``, ``future``)."""
-        return UnaryUnary(self, "unary_unary", method, request_serializer,
-                          response_deserializer, bool(_registered_method))
-
-    def unary_stream(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> UnaryStream:
-        """A unary-stream multicallable: each call picks an instance, no failover."""
-        return UnaryStream(self, "unary_stream", method, request_serializer,
-                           response_deserializer, bool(_registered_method))
-
-    def stream_unary(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> StreamUnary:
-        """A stream-unary multicallable: each call picks an instance, no failover."""
-        return StreamUnary(self, "stream_unary", method, request_serializer,
-                           response_deserializer, bool(_registered_method))
-
-    def stream_stream(self, method: str, request_serializer: Any = None,
-                      response_deserializer: Any = None,
-                      _registered_method: bool | None = False) -> StreamStream:
-        """A stream-stream multicallable: each call picks an instance, no failover."""
-        return StreamStream(self, "stream_stream", method, request_serializer,
-                            response_deserializer, bool(_registered_method))
+    CALLS = {"unary_unary": UnaryUnary, "unary_stream": UnaryStream,
+             "stream_unary": StreamUnary, "stream_stream": StreamStream}
 
     def _state(self) -> grpc.ChannelConnectivity:
         if self.balancer.has_candidates():

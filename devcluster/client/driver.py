@@ -15,8 +15,8 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Final
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -96,6 +96,19 @@ def health_serving(reply: Any) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+def _multicallable(kind: str, doc: str) -> Callable[..., Any]:
+    """grpc's ``kind`` factory method (``unary_unary``...): the flavour's class for it."""
+
+    def make(self: ChannelDriver, method: str, request_serializer: Any = None,
+             response_deserializer: Any = None, _registered_method: bool | None = False) -> Any:
+        return self.CALLS[kind](self, kind, method, request_serializer, response_deserializer,
+                                bool(_registered_method))
+
+    make.__name__ = make.__qualname__ = kind
+    make.__doc__ = doc
+    return make
+
+
 class ChannelDriver(abc.ABC):
     """The part of BalancedChannel and AioBalancedChannel that is the same.
 
@@ -152,6 +165,18 @@ class ChannelDriver(abc.ABC):
             name=f"devcluster-watch-{service or 'all'}", daemon=True)
         self._watcher.start()
 
+    #: The multicallable class of each grpc call shape, per flavour.
+    CALLS: ClassVar[Mapping[str, type[Any]]]
+
+    unary_unary = _multicallable(
+        "unary_unary", "A balanced unary-unary multicallable: failover, ejection, hedging.")
+    unary_stream = _multicallable(
+        "unary_stream", "A unary-stream multicallable: one instance per call, no failover.")
+    stream_unary = _multicallable(
+        "stream_unary", "A stream-unary multicallable: one instance per call, no failover.")
+    stream_stream = _multicallable(
+        "stream_stream", "A stream-stream multicallable: one instance per call, no failover.")
+
     def __repr__(self) -> str:
         names = ", ".join(repr(i) for i in self.balancer.instances())
         return f"<{type(self).__name__} service={self.balancer.service!r} [{names}]>"
@@ -166,8 +191,8 @@ class ChannelDriver(abc.ABC):
 
     def attempts(self, timeout: float | None, replayable: bool = True) -> Attempts:
         """The decisions of one new call with ``timeout`` (streams: not replayable)."""
-        return Attempts(self.balancer, timeout, hedge_after=self.hedge_after,
-                        replayable=replayable, default_wait=self.default_wait)
+        # Positional: this runs once per call.
+        return Attempts(self.balancer, timeout, self.hedge_after, replayable, self.default_wait)
 
     def probe(self, inst: Instance) -> Probe:
         """The probing decisions for an ejected ``inst``."""

@@ -166,6 +166,18 @@ class _Streaming(Multi):
         assert type(action) is Send
         return attempts, action
 
+    def _response_stream(self, request: Any, timeout: float | None = None,
+                         metadata: Any = None, credentials: grpc.CallCredentials | None = None,
+                         wait_for_ready: bool | None = None,
+                         compression: grpc.Compression | None = None) -> Any:
+        """Start the call on one instance; return grpc's response iterator (a grpc.Call).
+
+        ``request`` is the request message, or an iterator of them (stream-stream).
+        """
+        attempts, send = self._start(timeout)
+        return self._follow(attempts, send.inst, self._sub(send.inst)(
+            request, send.timeout, metadata, credentials, False, compression))
+
     def _follow(self, attempts: Attempts, inst: Instance, call: Any) -> Any:
         # Booked on the channel's pool: grpc runs done-callbacks on the thread that
         # would deliver a late response header, so waiting for it there never ends.
@@ -183,30 +195,14 @@ class UnaryStream(_Streaming, grpc.UnaryStreamMultiCallable):
     """``channel.unary_stream(method)`` of a balanced channel."""
 
     __slots__ = ()
-
-    def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
-                 credentials: grpc.CallCredentials | None = None,
-                 wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        """Start the call on one instance; return grpc's response iterator (a grpc.Call)."""
-        attempts, send = self._start(timeout)
-        return self._follow(attempts, send.inst, self._sub(send.inst)(
-            request, send.timeout, metadata, credentials, False, compression))
+    __call__ = _Streaming._response_stream
 
 
 class StreamStream(_Streaming, grpc.StreamStreamMultiCallable):
     """``channel.stream_stream(method)`` of a balanced channel."""
 
     __slots__ = ()
-
-    def __call__(self, request_iterator: Iterator[Any], timeout: float | None = None,
-                 metadata: Any = None, credentials: grpc.CallCredentials | None = None,
-                 wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        """Start the call on one instance; return grpc's response iterator (a grpc.Call)."""
-        attempts, send = self._start(timeout)
-        return self._follow(attempts, send.inst, self._sub(send.inst)(
-            request_iterator, send.timeout, metadata, credentials, False, compression))
+    __call__ = _Streaming._response_stream
 
 
 class StreamUnary(_Streaming, grpc.StreamUnaryMultiCallable):
