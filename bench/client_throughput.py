@@ -7,8 +7,9 @@ in the same run, alternating rounds so both sides see the same machine state:
 * sequential unary calls (one at a time): calls/s, p50/p99 latency;
 * 64 calls in flight with grpc.aio: calls/s, p50/p99 latency;
 
-for ``BalancedChannel``/``AioBalancedChannel`` and for one native channel with
-``grpc.lb_policy_name=round_robin`` over the same three addresses. ``ratio`` is
+for ``BalancedChannel``/``AioBalancedChannel`` (also with ``hedge_after=0.1``, whose
+hedges never fire here: the price of being ready to hedge) and for one native channel
+with ``grpc.lb_policy_name=round_robin`` over the same three addresses. ``ratio`` is
 ours/native calls/s (> 1.0: ours is faster); ``CPU us/call`` is the client
 process's CPU time (grpc's threads included) per call, steadier than calls/s on
 a busy machine. Last, the delay from a registry write to the picker using it.
@@ -44,6 +45,7 @@ from devcluster.registry.record import Record, State
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_FLIGHT = 64
+HEDGE = 0.1  # hedge_after of the "hedge" sides: never reached on healthy greeters
 REQUEST = helloworld_pb2.HelloRequest(name="bench")
 
 
@@ -159,35 +161,39 @@ NATIVE_OPTIONS = [("grpc.lb_policy_name", "round_robin")]
 
 
 def bench(seconds: float, rounds: int, state_dir: Path, addresses: list[str]) -> dict[str, Result]:
-    results = {k: Result() for k in ("ours_sync", "native_sync", "ours_aio", "native_aio")}
+    results = {f"{side}_{mode}": Result() for mode in ("sync", "aio")
+               for side in ("ours", "native", "hedge")}
     per_round = seconds / rounds
     ours = BalancedChannel("server", state_dir)
+    hedged = BalancedChannel("server", state_dir, hedge_after=HEDGE)
     native = grpc.insecure_channel(native_target(addresses), options=NATIVE_OPTIONS)
-    ours_call = helloworld_pb2_grpc.GreeterStub(ours).SayHello
-    native_call = helloworld_pb2_grpc.GreeterStub(native).SayHello
+    sides = [(helloworld_pb2_grpc.GreeterStub(ch).SayHello, key)
+             for ch, key in ((ours, "ours_sync"), (native, "native_sync"), (hedged, "hedge_sync"))]
     try:
         for i in range(rounds):
             # ABBA order: neither side always runs right after a switch.
-            sides = [(ours_call, "ours_sync"), (native_call, "native_sync")]
             for call, key in sides if i % 2 == 0 else sides[::-1]:
                 run_sync(functools.partial(call, REQUEST, timeout=5), per_round, results[key])
     finally:
         ours.close()
+        hedged.close()
         native.close()
 
     async def aio() -> None:
         ours = AioBalancedChannel("server", state_dir)
+        hedged = AioBalancedChannel("server", state_dir, hedge_after=HEDGE)
         native = grpc.aio.insecure_channel(native_target(addresses), options=NATIVE_OPTIONS)
-        ours_call = helloworld_pb2_grpc.GreeterStub(ours).SayHello
-        native_call = helloworld_pb2_grpc.GreeterStub(native).SayHello
+        sides = [(helloworld_pb2_grpc.GreeterStub(ch).SayHello, key)
+                 for ch, key in ((ours, "ours_aio"), (native, "native_aio"),
+                                 (hedged, "hedge_aio"))]
         try:
             for i in range(rounds):
-                sides = [(ours_call, "ours_aio"), (native_call, "native_aio")]
                 for call, key in sides if i % 2 == 0 else sides[::-1]:
                     await run_aio(functools.partial(call, REQUEST, timeout=5), per_round,
                                   results[key])
         finally:
             await ours.close()
+            await hedged.close()
             await native.close()
 
     asyncio.run(aio())
@@ -226,6 +232,10 @@ def report(results: dict[str, Result], console: Console) -> None:
                       f"{ours.pct(0.99):.3f}", f"{ours.cpu_us:.0f}", f"{ratio:.3f}x")
         table.add_row("", "native rr", f"{native.rate:,.0f}", f"{native.pct(0.5):.3f}",
                       f"{native.pct(0.99):.3f}", f"{native.cpu_us:.0f}", "")
+        hedged = results[f"hedge_{mode}"]
+        ratio = hedged.rate / native.rate if native.rate else float("nan")
+        table.add_row("", f"hedge_after={HEDGE}", f"{hedged.rate:,.0f}", f"{hedged.pct(0.5):.3f}",
+                      f"{hedged.pct(0.99):.3f}", f"{hedged.cpu_us:.0f}", f"{ratio:.3f}x")
     console.print(table)
     for key, when in (("view_start", "start"), ("view_return", "return")):
         if key in results:

@@ -11,6 +11,14 @@ scenario, each in its own thread, each sequential with a per-call deadline of 1 
   the server had already seen when its connection broke);
 * ``native rr``: ``grpc.insecure_channel("ipv4:a,b,c")`` with ``round_robin``.
 
+Then the same runs again with the asyncio driver and hedging (a second phase, so the
+first one's figures stay comparable with earlier runs), ``native rr`` again the anchor:
+
+* ``aio balanced``: ``AioBalancedChannel`` with default options (its own event loop);
+* ``balanced+hedge`` / ``aio balanced+hedge``: each driver with
+  ``retry_on={UNAVAILABLE}, hedge_after=0.1`` (idempotent calls: a call unanswered for
+  100 ms also goes to another instance).
+
 For each action (``kill`` = SIGKILL, ``stop`` = graceful stop, ``pause`` = SIGSTOP), on
 each run one instance (in turn) gets the action while the callers go on, then is
 restored (``start``, or ``resume`` after ``--hold`` seconds). Per run and caller:
@@ -31,6 +39,7 @@ both channels are judged the same way. Not a test: figures depend on the machine
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import tempfile
@@ -45,7 +54,7 @@ import grpc
 
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
 from devcluster.api import Cluster
-from devcluster.client import BalancedChannel, CallInfo
+from devcluster.client import AioBalancedChannel, BalancedChannel, CallInfo
 from devcluster.client.calls import header_instance
 from devcluster.registry import State
 
@@ -53,6 +62,17 @@ REQUEST = helloworld_pb2.HelloRequest(name="bench")
 PROCFILE = "greeter: python -m devcluster.greeter --port $PORT\n"
 NATIVE_OPTIONS = [("grpc.lb_policy_name", "round_robin")]
 ACTIONS = ("kill", "stop", "pause")
+RETRY = (grpc.StatusCode.UNAVAILABLE,)
+HEDGE = 0.1
+
+#: The callers of each phase: label -> (driver, channel options). Every phase also
+#: runs ``native rr``, the anchor; the first phase is the one of earlier runs.
+PHASES: tuple[dict[str, tuple[str, dict[str, Any]]], ...] = (
+    {"balanced": ("sync", {}), "balanced+retry": ("sync", {"retry_on": RETRY})},
+    {"aio balanced": ("aio", {}),
+     "balanced+hedge": ("sync", {"retry_on": RETRY, "hedge_after": HEDGE}),
+     "aio balanced+hedge": ("aio", {"retry_on": RETRY, "hedge_after": HEDGE})},
+)
 
 #: One call: (start, end) wall-clock seconds, instance that served it (None if it
 #: failed), status code name, instances of earlier attempts that failed over.
@@ -102,7 +122,6 @@ class Caller(threading.Thread):
         assert self.channel is not None
         say = helloworld_pb2_grpc.GreeterStub(self.channel).SayHello.with_call
         now = time.time
-        calls = self.calls
         deadline = self.deadline
         while not self.halt.is_set():
             self._info = None
@@ -114,9 +133,12 @@ class Caller(threading.Thread):
                 inst, code = None, e.code().name
             except ValueError:  # the channel was closed under us: the end
                 return
-            info = self._info
-            retried = tuple(name for name, _ in info.retried) if info is not None else ()
-            calls.append((t0, now(), inst, code, retried))
+            self._record(t0, inst, code)
+
+    def _record(self, t0: float, inst: str | None, code: str) -> None:
+        info = self._info
+        retried = tuple(name for name, _ in info.retried) if info is not None else ()
+        self.calls.append((t0, time.time(), inst, code, retried))
 
     def first_served(self, name: str, since: float, start: int = 0) -> tuple[float | None, int]:
         """Start time of the first call begun at/after ``since`` that ``name`` served.
@@ -130,6 +152,34 @@ class Caller(threading.Thread):
             if c[2] == name and c[0] >= since:
                 return c[0], i
         return None, end
+
+
+class AioCaller(Caller):
+    """The same sequential calls through an AioBalancedChannel on the thread's own loop."""
+
+    def __init__(self, label: str, state_dir: Path, deadline: float = 1.0,
+                 **options: Any) -> None:
+        super().__init__(label, deadline=deadline)
+        self.state_dir = state_dir
+        self.options = options
+
+    def run(self) -> None:
+        asyncio.run(self._calls())
+
+    async def _calls(self) -> None:
+        async with AioBalancedChannel("greeter", self.state_dir, on_call=self.on_call,
+                                      **self.options) as channel:
+            say = helloworld_pb2_grpc.GreeterStub(channel).SayHello
+            while not self.halt.is_set():
+                self._info = None
+                t0 = time.time()
+                call = say(REQUEST, timeout=self.deadline)
+                try:
+                    await call
+                    inst, code = header_instance(await call.initial_metadata()), "OK"
+                except grpc.RpcError as e:
+                    inst, code = None, e.code().name
+                self._record(t0, inst, code)
 
 
 def wait_served(callers: Sequence[Caller], name: str, since: float,
@@ -231,15 +281,34 @@ def summarise(runs: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str
 def measure(runs: int = 10, hold: float = 3.0, observe: float = 1.0, back_timeout: float = 6.0,
             deadline: float = 1.0, actions: Sequence[str] = ACTIONS,
             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Scenario 5: ``runs`` runs of every action; raw runs and a summary."""
-    with greeter_cluster(3) as cluster, ExitStack() as stack:
+    """Scenario 5: ``runs`` runs of every action, per phase; raw runs and summaries.
+
+    The first phase's figures are at the top level (as in earlier runs); the
+    asyncio driver's and hedging's are under ``"aio"``.
+    """
+    with greeter_cluster(3) as cluster:
+        phases = [_phase(cluster, callers, runs, hold, observe, back_timeout, deadline,
+                         actions, progress) for callers in PHASES]
+    first, second = phases
+    first["aio"] = second
+    return first
+
+
+def _phase(cluster: Cluster, specs: dict[str, tuple[str, dict[str, Any]]], runs: int,
+           hold: float, observe: float, back_timeout: float, deadline: float,
+           actions: Sequence[str], progress: Callable[[str], None] | None) -> dict[str, Any]:
+    """Every action ``runs`` times with the callers of ``specs`` and ``native rr``."""
+    with ExitStack() as stack:
         addrs = addresses(cluster)
         names = sorted(addrs)
         callers: list[Caller] = []
-        for label, retry in (("balanced", ()), ("balanced+retry", (grpc.StatusCode.UNAVAILABLE,))):
+        for label, (driver, options) in specs.items():
+            if driver == "aio":
+                callers.append(AioCaller(label, cluster.state_dir, deadline, **options))
+                continue
             caller = Caller(label, deadline=deadline)
             caller.channel = stack.enter_context(BalancedChannel(
-                "greeter", cluster.state_dir, retry_on=retry, on_call=caller.on_call))
+                "greeter", cluster.state_dir, on_call=caller.on_call, **options))
             callers.append(caller)
         native = native_channel([addrs[n] for n in names])
         stack.callback(native.close)
@@ -270,7 +339,8 @@ def measure(runs: int = 10, hold: float = 3.0, observe: float = 1.0, back_timeou
     return {
         "settings": {"instances": 3, "runs": runs, "deadline_s": deadline, "hold_s": hold,
                      "observe_s": observe, "back_timeout_s": back_timeout,
-                     "warm_up_ok": warm},
+                     "warm_up_ok": warm, "callers": {k: [d, {o: str(v) for o, v in opts.items()}]
+                                                     for k, (d, opts) in specs.items()}},
         "calls_per_s": rates,
         "summary": summarise(results, labels),
         "runs": results,
@@ -308,11 +378,12 @@ def main(argv: list[str] | None = None) -> int:
                      actions=[a for a in args.actions.split(",") if a], progress=print)
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        for action, per in result["summary"].items():
+        return 0
+    for phase in (result, result["aio"]):
+        for action, per in phase["summary"].items():
             for label, s in per.items():
                 back = "-" if s["back_ms_median"] is None else f"{s['back_ms_median']:.0f}"
-                print(f"{action:<6} {label:<15} failed {s['failed_total']:>3} "
+                print(f"{action:<6} {label:<19} failed {s['failed_total']:>3} "
                       f"(max {s['failed_max']}/run, {s['runs_with_failures']}/{s['runs']} runs)"
                       f"  steady p50 {s['steady_ms_median']:7.1f} ms  back p50 {back} ms"
                       f"  not back {s['not_back']}")

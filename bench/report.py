@@ -203,6 +203,10 @@ def client_rows(raw: Mapping[str, Any]) -> list[Row]:
         out.append(Row("3", f"calls/s, {label}", _num(a, 0), _num(b, 0), _ratio(a, b), ">= 1.0x",
                        _verdict(None if r is None else r >= 1.0,
                                 f"{r:.3f}x" if r is not None else "")))
+        if f"hedge_{mode}" in raw:
+            a = raw[f"hedge_{mode}"]["calls_per_s"]
+            out.append(Row("3", f"calls/s, {label}, `hedge_after=0.1` (never firing)",
+                           _num(a, 0), _num(b, 0), _ratio(a, b), "-", "-"))
     for mode, label in (("sync", "sequential"), ("aio", f"aio x{raw['in_flight']}")):
         ours, native = raw[f"ours_{mode}"], raw[f"native_{mode}"]
         for q in ("p50", "p99"):
@@ -261,6 +265,43 @@ def failover_rows(raw: Mapping[str, Any]) -> list[Row]:
                        + (f", {native['not_back']} not back" if native["not_back"] else ""),
                        _ratio(a, b), goal, _verdict(ok, f"{a:.0f} ms" if a is not None else
                                                     "never back")))
+        if "aio" in raw and action in raw["aio"]["summary"]:
+            out += _second_phase_rows(raw["aio"]["summary"][action], action, names[action],
+                                      failed)
+    return out
+
+
+def _second_phase_rows(per: Mapping[str, Any], action: str, name: str,
+                       failed: Callable[[Mapping[str, Any]], str]) -> list[Row]:
+    """Scenario 5, second phase: AioBalancedChannel, and both drivers with hedging."""
+    aio, native = per["aio balanced"], per["native rr"]
+    runs = aio["runs"]
+    out: list[Row] = []
+    if action == "pause":
+        goal, ok, miss = "<= 2 per run", aio["failed_max"] <= 2, f"max {aio['failed_max']} per run"
+    else:
+        goal, ok, miss = f"0 over {runs} runs", aio["failed_total"] == 0, \
+            f"{aio['failed_total']} failed"
+    out.append(Row("5", f"{name}: failed calls, AioBalancedChannel", failed(aio), failed(native),
+                   "-", goal, _verdict(ok, miss)))
+    a, b = aio["steady_ms_median"], native["steady_ms_median"]
+    out.append(Row("5", f"{name}: time to steady state, AioBalancedChannel, median (max)",
+                   f"{_num(a, 0)} ({_num(aio['steady_ms_max'], 0)}) ms",
+                   f"{_num(b, 0)} ({_num(native['steady_ms_max'], 0)}) ms", _ratio(a, b), "-", "-"))
+    a, b = aio["back_ms_median"], native["back_ms_median"]
+    back_ok = None if action == "pause" else a is not None and a <= 50
+    out.append(Row("5", f"{name}: gets calls again, AioBalancedChannel, median (max)",
+                   f"{_num(a, 0)} ({_num(aio['back_ms_max'], 0)}) ms"
+                   + (f", {aio['not_back']} not back" if aio["not_back"] else ""),
+                   f"{_num(b, 0)} ({_num(native['back_ms_max'], 0)}) ms", _ratio(a, b),
+                   "-" if action == "pause" else "<= 50 ms",
+                   _verdict(back_ok, f"{a:.0f} ms" if a is not None else "never back")))
+    sync_h, aio_h = per["balanced+hedge"], per["aio balanced+hedge"]
+    hedged_ok = sync_h["failed_total"] == 0 and aio_h["failed_total"] == 0
+    out.append(Row("5", f"{name}: failed calls, `hedge_after=0.1` + `retry_on`, "
+                        "sync / aio", f"{failed(sync_h)} / {failed(aio_h)}", failed(native), "-",
+                   f"0 over {runs} runs, both", _verdict(
+                       hedged_ok, f"{sync_h['failed_total']} / {aio_h['failed_total']} failed")))
     return out
 
 
@@ -344,7 +385,9 @@ def notes(results: Mapping[str, Any], rows: Sequence[Row]) -> list[str]:
         "affected instance before the restore. Under pause, native round_robin is never steady "
         "while the instance is frozen: its figure is the hold time. 'Gets calls again' is from "
         "the registry's `serving` write after `start` (from `resume` for pause) to the first "
-        "call served by the instance.",
+        "call served by the instance. A second phase on the same cluster runs "
+        "AioBalancedChannel (default options) and both drivers with `hedge_after=0.1` and "
+        "`retry_on={UNAVAILABLE}` (sequential callers too), beside native `round_robin` again.",
         "6: no anchor: grpc's round_robin has no weights. The change is `Cluster.weight`, the "
         "same registry write as `devcluster weight`; the switch is detected by real calls "
         "(weight 0 <-> 1000 on one instance). The goal is judged from the registry change "

@@ -3,7 +3,8 @@
 Three greeters start; a balancing client calls them in the background and prints
 every call; then, step by step: equal shares, ``weight server1 5``, ``kill server2``
 (no failed call), ``start server2`` (it rejoins), ``pause server3`` (ejected after at
-most 2 failed calls) and ``resume server3``, ``disable server3``, graceful shutdown.
+most 2 failed calls) and ``resume server3``, the same pause with hedging on (no failed
+call at all), ``disable server3``, graceful shutdown.
 Each step checks what it showed; the exit status is 0 only if every check held, so
 the demo doubles as a smoke test.
 """
@@ -30,6 +31,7 @@ from devcluster.client import BalancedChannel, CallInfo
 
 BUNDLED_PROCFILE = Path(__file__).parent / "data" / "Procfile"
 DEADLINE = 1.0  # per call, as in the seed's client
+HEDGE = 0.1  # seconds unanswered before a call also goes to another instance
 
 
 @dataclass
@@ -261,6 +263,7 @@ class Demo:
         with client.lock:
             client.step = None
         self.judge(step, back, "server3 answered a health probe and is back in rotation")
+        self._hedged_freeze(cluster, channel, client)
 
         step = self.say("7. Take server3 out of rotation", "devcluster disable server3")
         cluster.disable("server3")
@@ -268,6 +271,32 @@ class Demo:
         self._step_calls(client, step, 14)
         self.judge(step, step.failures == 0 and step.calls["server3"] == 0,
                    f"shares {dict(step.calls)}: server3 keeps running, gets no calls")
+
+    def _hedged_freeze(self, cluster: Cluster, channel: BalancedChannel,
+                       client: _Client) -> None:
+        # SayHello is idempotent, so the client may hedge: a call unanswered for
+        # 100 ms also goes to another instance, and the first answer wins.
+        channel.hedge_after = HEDGE
+        step = self.say("6b. Freeze server3 again, with hedging on",
+                        f"devcluster client --hedge {HEDGE}   # then: devcluster pause server3")
+        with client.lock:
+            client.step = step
+        cluster.pause("server3")
+        self._wait_ejected(channel, "server3", 15)
+        calls = client.wait_calls(client.mark(), 14, timeout=30)
+        with client.lock:
+            client.step = None
+        hedged = sum(1 for c in client.calls_since(0) if ("server3", "DEADLINE_EXCEEDED")
+                     in c.retried)
+        to_frozen = sum(1 for c in calls if c.ok and c.instance == "server3")
+        self.judge(step, step.failures == 0 and to_frozen == 0,
+                   f"{step.failures} failed calls: {hedged} hedged to another instance after "
+                   f"{HEDGE * 1000:.0f} ms, then server3 was ejected")
+        cluster.resume("server3")
+        back = client.wait_for(lambda c: c.ok and c.instance == "server3", client.mark(), 15)
+        channel.hedge_after = None
+        if not back:
+            self.judge(step, False, "server3 did not come back after resume")
 
     def _wait_ejected(self, channel: BalancedChannel, name: str, timeout: float) -> None:
         _wait(lambda: any(i.name == name and i.ejected for i in channel.instances()), timeout)

@@ -28,8 +28,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from devcluster.api import Cluster
+from devcluster.cli.client_runner import ClientOptions, run_client
 from devcluster.client.calls import CallInfo
-from devcluster.client.runner import ClientOptions, run_client
 
 BUNDLED_PROCFILE = Path(__file__).parent / "data" / "Procfile"
 NAMES = ("server1", "server2", "server3")

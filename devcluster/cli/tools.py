@@ -24,6 +24,8 @@ from devcluster.cli.app import (
     fail,
     out,
 )
+from devcluster.cli.targets import GRPC_POLICIES
+from devcluster.client.picker import DEFAULT_POLICY, policies_help
 from devcluster.errors import NoClusterError, UsageError
 
 
@@ -57,8 +59,14 @@ def client(
                                              help="Calls in flight.")] = 1,
     timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Deadline of each call, seconds.")] = 2.0,
     policy: Annotated[str | None, typer.Option(
-        metavar="POLICY", help="weighted (default), round_robin or pick_first; with a grpc --target, grpc's "
-             "own pick_first (default) or round_robin.", show_default=False)] = None,
+        metavar="POLICY",
+        help=f"devcluster's balancer ({DEFAULT_POLICY} by default): {policies_help()}. With a "
+             f"grpc --target, grpc's own {' (default) or '.join(GRPC_POLICIES)}.",
+        show_default=False)] = None,
+    hedge: Annotated[float | None, typer.Option(
+        metavar="SECONDS", help="Also send a call unanswered for SECONDS to a second "
+        "instance; the first answer wins (a frozen instance then costs no call). For "
+        "idempotent methods only (SayHello is).", show_default=False)] = None,
     target: Annotated[str | None, typer.Option(
         metavar="TARGET", help="Call these servers instead of the registry: static:///H:P,H:P,... (a fixed "
              "list, devcluster's balancer, no cluster needed), or a grpc target "
@@ -74,9 +82,9 @@ def client(
 
     Ctrl-C or SIGTERM stops it with a summary.
 
-    Example: devcluster client --service server -n 20 --interval 0.1"""
-    from devcluster.client.runner import ClientOptions, run_client
-    from devcluster.client.targets import parse_target, resolve_policy
+    Example: devcluster client --service server -n 20 --interval 0.1 --hedge 0.1"""
+    from devcluster.cli.client_runner import ClientOptions, run_client
+    from devcluster.cli.targets import parse_target, resolve_policy
 
     # A bad target or policy is a usage error before anything starts.
     parsed = parse_target(target) if target is not None else None
@@ -84,6 +92,10 @@ def client(
     if (count is not None and count < 0) or interval < 0 or timeout <= 0 or concurrency < 1:
         raise UsageError("--count and --interval must be >= 0, --timeout > 0, "
                          "--concurrency >= 1")
+    if hedge is not None and (hedge <= 0 or (parsed is not None and parsed.kind == "grpc")):
+        raise UsageError(f"--hedge must be > 0 seconds, got {hedge}" if hedge <= 0 else
+                         "--hedge needs devcluster's balancer: drop it, or use --target "
+                         "static:///HOST:PORT,... instead of a grpc target")
     directory = None
     if parsed is not None:
         if service is not None or state_dir is not None:
@@ -103,7 +115,7 @@ def client(
                                  "`devcluster up` (or pass --state-dir, or --target)")
     opts = ClientOptions(service=service, name=name, count=count, interval=interval,
                          concurrency=concurrency, timeout=timeout, json=json_, policy=policy,
-                         state_dir=directory, target=target,
+                         state_dir=directory, target=target, hedge=hedge,
                          registry=shared if _is_etcd(registry) and parsed is None else None)
     with stop_on_signals():
         summary = run_client(opts, out)

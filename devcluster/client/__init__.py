@@ -12,7 +12,11 @@ fail over on ``UNAVAILABLE`` before the server saw the call, and eject hung
 instances until a health probe gets an answer. ``static_channel`` does the same
 over a fixed list of addresses (no registry), and ``GrpcTargetChannel`` is grpc's
 own resolver and policy, reporting calls the same way, for comparison.
-``run_client`` is the engine of ``devcluster client``.
+
+Every decision (which instance, what an outcome means, when to hedge, what
+``CallInfo`` says) is made once, in a sans-IO core (:mod:`~devcluster.client.picker`,
+:mod:`~devcluster.client.balancer`, :mod:`~devcluster.client.attempts`); the two
+channels are thin drivers over it and take the same keyword arguments.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ __all__ = [
     "BalancedChannel",
     "BalancedRpcError",
     "CallInfo",
-    "ClientOptions",
     "GrpcTargetChannel",
     "NoUsableInstanceError",
     "PickFirst",
@@ -44,21 +47,15 @@ __all__ = [
     "RoundRobin",
     "SmoothWRR",
     "StaticRegistry",
-    "Summary",
-    "run_client",
     "served_by",
     "static_channel",
 ]
 
 
 def __getattr__(name: str) -> object:
-    # The asyncio channel and the CLI runner (rich) load only when asked for.
+    # The asyncio channel loads only when asked for.
     if name == "AioBalancedChannel":
         from devcluster.client.aio import AioBalancedChannel
 
         return AioBalancedChannel
-    if name in ("ClientOptions", "Summary", "run_client"):
-        from devcluster.client import runner
-
-        return getattr(runner, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

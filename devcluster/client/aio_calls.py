@@ -1,75 +1,56 @@
 """The multicallables and call objects of :class:`AioBalancedChannel`.
 
 A unary call starts its first attempt at once on the picked instance, as grpc.aio
-does; failover happens while the caller awaits it. A call that is never awaited
-therefore makes exactly one attempt.
+does; failover and hedging happen while the caller awaits it, as the core's
+actions say. A call that is never awaited therefore makes exactly one attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
 
-from devcluster.client.calls import (
-    BalancedRpcError,
-    CallInfo,
-    NoUsableInstanceError,
-    header_instance,
-)
+from devcluster.client.attempts import PENDING, Action, Attempts, GiveUp, Send, Wait
+from devcluster.client.balancer import Balancer, Instance
+from devcluster.client.calls import BalancedRpcError, NoUsableInstanceError
+from devcluster.client.multi import Driver, Lost, Multi
 
-if TYPE_CHECKING:
-    from devcluster.client.aio import AioBalancedChannel
-    from devcluster.client.balancer import Instance
-
-_monotonic = time.monotonic
-_perf_counter = time.perf_counter
+_OK = grpc.StatusCode.OK
 
 
-class AioUnaryUnary(grpc.aio.UnaryUnaryMultiCallable):
+class AioDriver(Driver, Protocol):
+    """What the multicallables need of their channel (AioBalancedChannel)."""
+
+    balancer: Balancer
+
+    async def wait(self, action: Wait) -> None: ...
+    def background(self, coro: Any) -> None: ...
+
+
+class AioUnaryUnary(Multi, grpc.aio.UnaryUnaryMultiCallable):
     """``channel.unary_unary(method)`` of an AioBalancedChannel."""
 
-    __slots__ = ("balancer", "channel", "deserializer", "method", "registered",
-                 "serializer", "slot")
-
-    def __init__(self, channel: AioBalancedChannel, method: str, serializer: Any,
-                 deserializer: Any, registered: bool) -> None:
-        self.channel = channel
-        self.balancer = channel.balancer
-        self.method = method
-        self.serializer = serializer
-        self.deserializer = deserializer
-        self.registered = registered
-        self.slot = channel.next_slot()
-
-    def sub(self, inst: Instance) -> Any:
-        """The sub-channel's own multicallable for this method, made once."""
-        sub = inst.callables.get(self.slot)
-        if sub is None:
-            sub = inst.channel.unary_unary(
-                self.method, request_serializer=self.serializer,
-                response_deserializer=self.deserializer, _registered_method=self.registered)
-            inst.callables[self.slot] = sub
-        return sub
+    __slots__ = ()
 
     def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
                  credentials: grpc.CallCredentials | None = None,
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> AioBalancedCall:
         """Start the call; await the result for the response (with failover)."""
-        return AioBalancedCall(self, request, timeout, metadata, credentials, compression)
+        return AioBalancedCall(self, request, metadata, credentials, compression,
+                               self._channel.attempts(timeout))
 
 
 class AioBalancedCall(grpc.aio.UnaryUnaryCall):
     """One balanced unary call: awaitable, and a ``grpc.aio.UnaryUnaryCall``.
 
-    ``instance`` and ``address`` tell where the current (finally: the last)
-    attempt went; the metadata and status accessors wait for the call to finish.
+    ``instance`` and ``address`` tell where the current (finally: the winning or
+    last) attempt went; the metadata and status accessors wait for the call to end.
     """
 
     # Class-level defaults: a call that succeeds first time never sets these, which
@@ -81,33 +62,41 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):
     _response: Any = None
     _error: BaseException | None = None
     _callbacks: list[Callable[[Any], None]] | None = None
-    _started = 0.0
+    _action: Action | None = None
+    _call: Any = None
 
-    def __init__(self, mc: AioUnaryUnary, request: Any, timeout: float | None,
-                 metadata: Any, credentials: Any, compression: Any) -> None:
+    def __init__(self, mc: AioUnaryUnary, request: Any, metadata: Any, credentials: Any,
+                 compression: Any, attempts: Attempts) -> None:
         self._mc = mc
         self._args = (request, metadata, credentials, compression)
-        self._deadline = None if timeout is None else _monotonic() + timeout
-        if mc.channel.on_call is not None:
-            self._started = _perf_counter()
-        self._inst = inst = mc.balancer.pick()
+        self._attempts = attempts
         # Eager first attempt, like grpc.aio: the call is under way before any await.
-        if inst is None:
-            self._call = None
+        action = attempts.start()
+        if type(action) is Send:
+            self._begin(action)
         else:
-            sub = inst.callables.get(mc.slot) or mc.sub(inst)
-            self._call = sub(request, timeout=timeout, metadata=metadata,
-                             credentials=credentials, compression=compression)
+            self._action = action
+
+    def _begin(self, send: Send) -> Any:
+        """Start the attempt ``send`` names; it becomes the current one."""
+        request, metadata, credentials, compression = self._args
+        self._send = send
+        self._call = call = self._mc._sub(send.inst)(
+            request, timeout=send.timeout, metadata=metadata, credentials=credentials,
+            compression=compression)
+        return call
 
     @property
     def instance(self) -> str | None:
         """Registry name of the instance of the current attempt."""
-        return None if self._inst is None else self._inst.name
+        inst = self._attempts.inst
+        return None if inst is None else inst.name
 
     @property
     def address(self) -> str | None:
         """Address of the instance of the current attempt."""
-        return None if self._inst is None else self._inst.address
+        inst = self._attempts.inst
+        return None if inst is None else inst.address
 
     def __await__(self) -> Generator[Any, None, Any]:
         if not self._running:
@@ -129,63 +118,40 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):
         with contextlib.suppress(grpc.RpcError):
             await self
 
-    def _start(self, inst: Instance,
-               tried: list[tuple[Instance, grpc.StatusCode]] | None) -> None:
-        """Start another attempt on ``inst`` with what is left of the deadline."""
-        self._inst = inst
-        remaining = None if self._deadline is None else self._deadline - _monotonic()
-        if remaining is not None and remaining <= 0:
-            # Out of time while failing over: say which instances failed and why.
-            raise self._mc.balancer.out_of_time(tried)
-        request, metadata, credentials, compression = self._args
-        self._call = self._mc.sub(inst)(request, timeout=remaining, metadata=metadata,
-                                        credentials=credentials, compression=compression)
-
     async def _run(self) -> Any:
-        mc = self._mc
-        balancer = mc.balancer
-        on_call = mc.channel.on_call
-        tried: list[tuple[Instance, grpc.StatusCode]] | None = None
+        attempts = self._attempts
+        channel: AioDriver = self._mc._channel
+        action, error = self._action, None
         try:
             while True:
-                if self._call is None:
+                if type(action) is Wait:
+                    await channel.wait(action)
+                    action = attempts.resume()
+                    continue
+                if type(action) is GiveUp:
+                    raise self._give_up(action, error)
+                if type(action) is Send:
+                    self._begin(action)
+                send = self._send
+                if send.hedge_in is None:
+                    call = self._call
                     try:
-                        self._start(await mc.channel.wait_for_instance(self._deadline, tried),
-                                    tried)
-                    except BalancedRpcError as e:
-                        if on_call is not None:
-                            self._report(on_call, None, tried, e)
-                        raise
-                inst = self._inst
-                assert inst is not None  # set together with self._call
-                try:
-                    response = await self._call
-                except grpc.aio.AioRpcError as e:
-                    code = e.code()
-                    # As in the sync channel: a call the server saw is repeated only
-                    # for retry_on codes, and on each instance once at most.
-                    reached = bool(e.initial_metadata())
-                    retry = balancer.failed(inst, code, reached)
-                    if tried is None:
-                        tried = []
-                    tried.append((inst, code))
-                    nxt = None
-                    if retry and not self._cancelled:
-                        nxt = balancer.next_after(inst.name, {i.name for i, _ in tried})
-                    if nxt is not None or (retry and not reached and not self._cancelled):
-                        self._call = None
-                        if nxt is not None:
-                            with contextlib.suppress(BalancedRpcError):  # raised again above
-                                self._start(nxt, tried)
+                        response = await call
+                    except grpc.aio.AioRpcError as e:
+                        action, error = attempts.failed(
+                            send.inst, e.code(), bool(e.initial_metadata()),
+                            cancelled=self._cancelled), e
                         continue
-                    if on_call is not None:
-                        self._report(on_call, e.initial_metadata(), tried[:-1], e)
-                    raise
-                if inst.timeouts:
-                    balancer.succeeded(inst)
-                if on_call is not None:
-                    self._report(on_call, await self._call.initial_metadata(), tried, None,
-                                 response)
+                    inst = send.inst
+                else:
+                    won = await self._hedged(send)
+                    if type(won) is Lost:
+                        action, error = won
+                        continue
+                    response, call, inst = won
+                attempts.succeeded(inst)
+                if channel.on_call is not None:
+                    self._mc._report(attempts, _OK, "", await call.initial_metadata(), response)
                 self._response = response
                 return response
         except BaseException as e:
@@ -198,21 +164,48 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):
             for callback in self._callbacks or ():
                 callback(self)
 
-    def _report(self, on_call: Callable[[CallInfo], None], metadata: Any,
-                tried: list[tuple[Instance, grpc.StatusCode]] | None,
-                error: grpc.RpcError | None, response: Any = None) -> None:
-        inst = self._inst
-        on_call(CallInfo(
-            seq=next(self._mc.balancer.seq),
-            instance=header_instance(metadata) or (inst.name if inst is not None else "-"),
-            address=inst.address if inst is not None else "",
-            ok=error is None,
-            code="OK" if error is None else error.code().name,
-            latency_ms=(_perf_counter() - self._started) * 1000,
-            retried=[(i.name, code.name) for i, code in tried or ()],
-            message="" if error is None else (error.details() or ""),
-            response=response,
-        ))
+    def _give_up(self, action: GiveUp, error: grpc.RpcError | None) -> grpc.RpcError:
+        """Report the call's failure; the error to raise."""
+        failure = action.error or error
+        assert failure is not None
+        own = action.error is None
+        self._mc._report(self._attempts, failure.code(), failure.details() or "",
+                         failure.initial_metadata() if own else None)
+        return failure
+
+    async def _hedged(self, send: Send) -> tuple[Any, Any, Instance] | Lost:
+        """Await ``send``'s attempt, plus the hedge the core asks for after ``hedge_in``."""
+        attempts = self._attempts
+        pending: dict[asyncio.Future[Any], tuple[Instance, Any]] = {
+            asyncio.ensure_future(self._call): (send.inst, self._call)}
+        wait: float | None = send.hedge_in
+        try:
+            while True:
+                done, _ = await asyncio.wait(pending, timeout=wait,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    wait = None
+                    extra = attempts.hedge(send.inst)
+                    if extra is not None:
+                        call = self._begin(extra)
+                        pending[asyncio.ensure_future(call)] = (extra.inst, call)
+                    continue
+                for fut in done:
+                    inst, call = pending.pop(fut)
+                    self._call = call
+                    error = fut.exception()
+                    if error is None:
+                        return fut.result(), call, inst
+                    if not isinstance(error, grpc.aio.AioRpcError):
+                        raise error
+                    action = attempts.failed(inst, error.code(), bool(error.initial_metadata()),
+                                             cancelled=self._cancelled)
+                    if action is not PENDING:
+                        return Lost(action, error)
+        finally:
+            for fut, (_inst, call) in pending.items():  # the losers
+                call.cancel()
+                fut.cancel()
 
     # -- grpc.aio.Call ------------------------------------------------------------
 
@@ -223,7 +216,8 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):
         return self._finished
 
     def time_remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - _monotonic())
+        remaining = self._attempts.remaining()
+        return None if remaining is None else max(0.0, remaining)
 
     def cancel(self) -> bool:
         if self.done():
@@ -267,44 +261,36 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):
         await self._settle()
 
 
-class AioStreamingCall:
+class AioStreamingCall(Multi):
     """A streaming multicallable of an AioBalancedChannel: one instance per call.
 
     The returned object is grpc.aio's own call on the picked instance; when it
-    ends, its outcome counts for ejection like a unary call's.
+    ends, its outcome counts for ejection and goes to ``on_call``, as a unary
+    call's. A call must be returned at once, so with no usable instance it
+    raises :class:`NoUsableInstanceError` at once rather than wait for one.
     """
 
-    def __init__(self, channel: AioBalancedChannel, kind: str, method: str, serializer: Any,
-                 deserializer: Any, registered: bool) -> None:
-        self._channel = channel
-        self._kind = kind
-        self._method = method
-        self._serializer = serializer
-        self._deserializer = deserializer
-        self._registered = registered
-        self._slot = channel.next_slot()
+    __slots__ = ()
 
     def __call__(self, request: Any = None, **kwargs: Any) -> Any:
         """Start the call on one instance (raise NoUsableInstanceError if none)."""
-        balancer = self._channel.balancer
-        inst = balancer.pick()
-        if inst is None:
-            raise NoUsableInstanceError(balancer.why_unusable())
-        sub = inst.callables.get(self._slot)
-        if sub is None:
-            sub = getattr(inst.channel, self._kind)(
-                self._method, request_serializer=self._serializer,
-                response_deserializer=self._deserializer, _registered_method=self._registered)
-            inst.callables[self._slot] = sub
+        channel: AioDriver = self._channel
+        attempts = channel.attempts(kwargs.get("timeout"), replayable=False)
+        action = attempts.start()
+        if type(action) is not Send:
+            error = action.error if type(action) is GiveUp and action.error is not None \
+                else NoUsableInstanceError(channel.balancer.why_unusable())
+            self._report(attempts, error.code(), error.details())
+            raise error
         kwargs.pop("wait_for_ready", None)
-        call = sub(request, **kwargs)
-        call.add_done_callback(lambda done: self._channel.background(self._book(inst, done)))
+        kwargs["timeout"] = action.timeout
+        inst = action.inst
+        call = self._sub(inst)(request, **kwargs)
+        call.add_done_callback(lambda done: channel.background(self._book(attempts, inst, done)))
         return call
 
-    async def _book(self, inst: Instance, call: Any) -> None:
+    async def _book(self, attempts: Attempts, inst: Instance, call: Any) -> None:
         code = await call.code()
-        if code is grpc.StatusCode.OK:
-            self._channel.balancer.succeeded(inst)
-        else:
-            reached = bool(await call.initial_metadata())
-            self._channel.balancer.failed(inst, code, reached)
+        metadata = await call.initial_metadata()
+        attempts.ended(inst, code, bool(metadata), call.cancelled())
+        self._report(attempts, code, await call.details() or "", metadata)

@@ -1,40 +1,44 @@
-"""The state both balanced channels share: the registry view, the picker, ejections.
+"""The registry view of a balanced channel, sans-IO: instances, candidates, ejections.
 
-:class:`Balancer` turns registry snapshots into one :class:`Instance` per registry
-record (with its own sub-channel), keeps the tuple of candidates the picker sees,
-and decides, per failed call, whether to eject the instance and whether to retry.
-It makes no calls itself: the sync and the asyncio channel drive it, and tell it
-how to make and close sub-channels and how to probe an ejected instance.
+:class:`Balancer` turns registry snapshots into one :class:`Instance` per running
+process (with its sub-channel), keeps the tuple of candidates the picker sees, and
+books the outcome of every attempt: an instance that was unreachable, or timed out
+``eject_after`` times in a row, is ejected until a probe or the registry says it is
+back. It never touches a socket, thread or event loop: the driver (the sync or the
+asyncio channel) hands it a lock and :class:`Effects`, the three things only a
+driver can do (open and close a sub-channel, start a probe) and the one it wants to
+hear (the candidates changed).
 
-Everything here runs under one lock; the hot path (:meth:`Balancer.pick`) takes
-it once and touches no more than the picker and a dict.
+>>> b = Balancer("server", SmoothWRR(), effects)       # doctest: +SKIP
+>>> b.apply(registry.snapshot())                       # doctest: +SKIP
+>>> b.pick()                                           # doctest: +SKIP
+<Instance server1 127.0.0.1:50051 pid=4242 serving>
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import os
-import threading
 from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import grpc.aio
 
 from devcluster.client.calls import NoUsableInstanceError
 from devcluster.client.picker import OrderKey, Picker
-from devcluster.registry.base import Registry
 from devcluster.registry.record import Record, Snapshot, State
 
 #: Identity of one running process of an instance: a restart changes pid and
 #: started_at, so it gets a fresh sub-channel (no reconnect backoff inherited).
 InstanceKey = tuple[str, str, int | None, float | None]
 
-
 #: Failures that, without a response header, mean the server's application never saw
-#: the call, so any call may go to another instance.
-_NOT_REACHED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+#: the call, so any call may go to another instance. (A grpc server in graceful
+#: shutdown refuses new calls with CANCELLED before its application sees them.)
+NOT_REACHED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
 
 class Instance:
     """One process of one registry record, with its sub-channel and health verdict."""
@@ -45,7 +49,7 @@ class Instance:
     def __init__(self, record: Record, channel: Any) -> None:
         self.name = record.name
         self.address = record.address
-        self.key: InstanceKey = (record.name, record.address, record.pid, record.started_at)
+        self.key: InstanceKey = instance_key(record)
         self.record = record
         self.channel = channel
         #: Sub-channel multicallables by the balanced multicallable's slot number.
@@ -53,7 +57,8 @@ class Instance:
         #: Why calls avoid this instance (set by a failure, cleared by a probe or
         #: by the registry showing a change), or None.
         self.ejected: str | None = None
-        #: DEADLINE_EXCEEDED calls in a row: how a hung (SIGSTOPped) server shows.
+        #: Attempts in a row that got no answer in time: how a hung (SIGSTOPped)
+        #: server shows.
         self.timeouts = 0
         #: Set once the registry no longer lists this process: probes stop.
         self.retired = False
@@ -69,44 +74,47 @@ def instance_key(record: Record) -> InstanceKey:
 
 
 @dataclass
-class Hooks:
-    """How a channel flavour (sync or asyncio) makes, closes and probes sub-channels."""
+class Effects:
+    """What only a driver can do for the balancer (it calls these, never blocks on them)."""
 
-    make_channel: Callable[[str], Any]
+    #: A (lazy, non-blocking) sub-channel to an address.
+    open_channel: Callable[[str], Any]
+    #: Close a sub-channel of a process the registry no longer lists (maybe later).
     close_channel: Callable[[Any], None]
+    #: Start probing an ejected instance (see :class:`~devcluster.client.attempts.Probe`).
     start_probe: Callable[[Instance], None]
     #: Called with the lock held after every change of the candidates.
-    on_change: Callable[[], None] = lambda: None
+    changed: Callable[[], None] = lambda: None
 
 
 class Balancer:
     """The live view of one service's instances and the rules for using them.
 
-    >>> b = Balancer("server", SmoothWRR(), hooks)     # doctest: +SKIP
-    >>> b.apply(registry.snapshot())                   # doctest: +SKIP
-    >>> b.pick()                                       # doctest: +SKIP
-    <Instance server1 127.0.0.1:50051 pid=4242 serving>
+    ``lock`` is the driver's (a ``threading.Lock`` for the sync channel); the view
+    takes it around every change and every pick, and nowhere else.
     """
 
     def __init__(
         self,
         service: str | None,
         picker: Picker,
-        hooks: Hooks,
+        effects: Effects,
         *,
         eject_after: int = 2,
         retry_on: Collection[grpc.StatusCode] = (),
         order: OrderKey | None = None,
+        lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         self.service = service
         #: Sorts instance names for failover and for the candidates (None: by name);
-        #: give the picker the same key.
+        #: the picker gets the same key.
         self._order = order
-        self.lock = threading.Lock()
+        self.lock: AbstractContextManager[Any] = lock if lock is not None else contextlib.nullcontext()
+        #: Numbers the calls, for CallInfo.seq.
         self.seq = itertools.count(1)
         self.revision: int | None = None
         self._picker = picker
-        self._hooks = hooks
+        self._effects = effects
         self._eject_after = max(1, eject_after)
         self._retry_on = frozenset(retry_on)
         self._instances: dict[str, Instance] = {}
@@ -134,10 +142,9 @@ class Balancer:
             old = self._instances
             new: dict[str, Instance] = {}
             for record in snapshot.records.values():
-                if self.service is not None and record.service != self.service:
+                if (self.service is not None and record.service != self.service) \
+                        or not record.address:  # starting on a port nobody knows yet
                     continue
-                if not record.address:
-                    continue  # still starting on a port nobody knows yet: nothing to dial
                 inst = old.get(record.name)
                 if inst is not None and inst.key == instance_key(record):
                     if inst.ejected and record.state is not inst.record.state:
@@ -148,7 +155,7 @@ class Balancer:
                 else:
                     if inst is not None:
                         retired.append(inst)
-                    inst = Instance(record, self._hooks.make_channel(record.address))
+                    inst = Instance(record, self._effects.open_channel(record.address))
                 new[record.name] = inst
             retired.extend(inst for name, inst in old.items() if name not in new)
             for inst in retired:
@@ -156,7 +163,7 @@ class Balancer:
             self._instances = new
             self._rebuild()
         for inst in retired:
-            self._hooks.close_channel(inst.channel)
+            self._effects.close_channel(inst.channel)
 
     def _rebuild(self) -> None:
         usable = [self._instances[name] for name in self._sorted(self._instances)
@@ -167,7 +174,7 @@ class Balancer:
         # A fresh tuple object tells the picker the candidates changed.
         self._candidates = tuple((inst.name, inst.record.weight) for inst in healthy or usable)
         self.generation += 1
-        self._hooks.on_change()
+        self._effects.changed()
 
     # -- picking ------------------------------------------------------------
 
@@ -206,35 +213,34 @@ class Balancer:
     # -- outcomes ---------------------------------------------------------
 
     def succeeded(self, inst: Instance) -> None:
-        """A call on ``inst`` got an answer: its timeout streak ends."""
+        """An attempt on ``inst`` got an answer: its timeout streak ends."""
         inst.timeouts = 0
 
     def failed(self, inst: Instance, code: grpc.StatusCode, reached: bool) -> bool:
-        """Book a failed call on ``inst``; True if the call should go to another instance.
+        """Book a failed attempt on ``inst``; True if the call may go to another instance.
 
         ``reached`` is True when the server sent initial metadata, i.e. its
         application saw the call: such calls are retried only for ``retry_on``
         codes, as gRPC's own transparent retry does.
         """
-        # A grpc server in graceful shutdown refuses new calls with CANCELLED before its
-        # application sees them (no header): as safe to repeat as a refused connection.
-        if code in _NOT_REACHED_CODES and not reached:
+        if code in NOT_REACHED_CODES and not reached:
             inst.timeouts = 0
             self.eject(inst, "unreachable")
             return True
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            inst.timeouts += 1
-            if inst.timeouts >= self._eject_after:
-                self.eject(inst, f"hung ({inst.timeouts} calls in a row timed out)")
+            self._timed_out(inst, "timed out")
         else:
             inst.timeouts = 0
         return code in self._retry_on
 
     def stalled(self, inst: Instance) -> None:
-        """A call on ``inst`` went unanswered for the hedge delay: count it as a timeout."""
+        """An attempt on ``inst`` went unanswered for the hedge delay: a timeout too."""
+        self._timed_out(inst, "unanswered")
+
+    def _timed_out(self, inst: Instance, how: str) -> None:
         inst.timeouts += 1
         if inst.timeouts >= self._eject_after:
-            self.eject(inst, f"hung ({inst.timeouts} calls in a row unanswered)")
+            self.eject(inst, f"hung ({inst.timeouts} calls in a row {how})")
 
     def eject(self, inst: Instance, reason: str) -> bool:
         """Stop sending calls to ``inst`` until it proves alive; never the last one."""
@@ -245,7 +251,7 @@ class Balancer:
                 return False
             inst.ejected = reason
             self._rebuild()
-        self._hooks.start_probe(inst)
+        self._effects.start_probe(inst)
         return True
 
     def readmit(self, inst: Instance) -> None:
@@ -275,22 +281,21 @@ class Balancer:
     def why_unusable(self, failures: dict[str, str] | None = None) -> str:
         """One line naming every known instance and why it takes no calls now."""
         failures = failures or {}
-        parts = []
-        for inst in self.instances():
-            parts.append(f"{inst.name} {_reason(inst, failures.get(inst.name))}")
+        parts = [f"{inst.name} {_reason(inst, failures.get(inst.name))}"
+                 for inst in self.instances()]
         what = "any service" if self.service is None else f"service {self.service!r}"
         if not parts:
             return f"no usable instance of {what}: the registry lists none"
         return f"no usable instance of {what}: {', '.join(parts)}"
 
-    def out_of_time(self, tried: list[tuple[Instance, grpc.StatusCode]] | None,
+    def out_of_time(self, tried: Collection[tuple[Instance, grpc.StatusCode]] = (),
                     ) -> NoUsableInstanceError:
         """The error for a call whose deadline ran out while no instance would take it."""
-        failures = {i.name: f"failed this call ({code.name})" for i, code in tried or ()}
+        failures = {i.name: f"failed this call ({code.name})" for i, code in tried}
         return NoUsableInstanceError(self.why_unusable(failures))
 
     def close(self) -> list[Instance]:
-        """Forget every instance; return them so the channel can close their channels."""
+        """Forget every instance; return them so the driver can close their channels."""
         with self.lock:
             self._closed = True
             gone = list(self._instances.values())
@@ -299,7 +304,7 @@ class Balancer:
             self._instances = {}
             self._candidates = ()
             self.generation += 1
-            self._hooks.on_change()
+            self._effects.changed()
         return gone
 
 
@@ -314,55 +319,3 @@ def _reason(inst: Instance, failure: str | None) -> str:
     if inst.ejected:
         return inst.ejected
     return failure or "serving but failed this call"
-
-
-#: Options of every sub-channel. The local subchannel pool matters: without it a
-#: re-created channel shares grpc's global subchannel, still in reconnect backoff
-#: from the process that died. Short backoffs let a probe see a restart quickly.
-SUBCHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
-
-#: Probing an ejected instance: first after 0.2 s, then doubling up to 5 s; each
-#: health Check gets a short deadline so a hung server costs the prober little.
-PROBE_FIRST = 0.2
-PROBE_MAX = 5.0
-PROBE_TIMEOUT = 0.3
-
-#: How long a call with no deadline waits for a usable instance before failing.
-DEFAULT_WAIT = 10.0
-
-HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
-
-
-def probe_verdict(code: grpc.StatusCode, serving: bool = False) -> bool:
-    """True when a health Check that ended with ``code`` shows the server is back.
-
-    Any answer from the server counts (UNIMPLEMENTED: it just has no health
-    service), except an explicit NOT_SERVING (``serving`` False on OK).
-    """
-    if code is grpc.StatusCode.OK:
-        return serving
-    return code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                        grpc.StatusCode.CANCELLED)
-
-
-def open_registry(registry: Registry | str | os.PathLike[str] | None) -> tuple[Registry, bool]:
-    """``(registry, owned)`` for the ``registry`` argument of a balanced channel.
-
-    A Registry is used as is; a path is a state dir of a file registry (which the
-    channel then owns and closes); None means ``$DEVCLUSTER_HOME``, else
-    ``./.devcluster``, where ``devcluster up`` keeps it by default.
-    """
-    if isinstance(registry, Registry):
-        return registry, False
-    from devcluster.registry import open_registry as open_spec
-
-    if registry is None:  # the same resolution as the CLI and the API
-        from devcluster.defaults import state_dir
-
-        registry = state_dir()
-    return open_spec(registry), True

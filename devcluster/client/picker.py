@@ -13,14 +13,10 @@ may change between picks (instances come, go, get reweighted); every picker cope
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Final
 
 from devcluster.errors import UsageError
-
-#: The ``--policy`` names, in the order the CLI lists them.
-POLICIES: Final = ("weighted", "round_robin", "pick_first")
-
 
 #: Orders instance names for a picker ("name order"); None means the names themselves.
 #: A static target passes each address's position in its list instead.
@@ -32,7 +28,18 @@ class NoCandidateError(LookupError):
 
 
 class Picker(abc.ABC):
-    """Chooses one of ``candidates`` per call; weight 0 is never chosen."""
+    """Chooses one of ``candidates`` per call; weight 0 is never chosen.
+
+    A new policy is a subclass (with a one-line ``summary`` for ``--help``) and one
+    entry in :data:`POLICIES`.
+    """
+
+    #: One line for ``devcluster client --help``.
+    summary: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def __init__(self, key: OrderKey | None = None) -> None:
+        """``key`` orders instance names (None: the names themselves)."""
 
     @abc.abstractmethod
     def pick(self, candidates: Sequence[tuple[str, int]]) -> str:
@@ -62,6 +69,7 @@ class SmoothWRR(Picker):
     """
 
     __slots__ = ("_current", "_key", "_last", "_total")
+    summary = "smooth weighted round robin: exact shares by weight, no bursts"
 
     def __init__(self, key: OrderKey | None = None) -> None:
         self._key = key
@@ -123,6 +131,7 @@ class RoundRobin(Picker):
     """
 
     __slots__ = ("_key", "_last")
+    summary = "each instance in turn, weights ignored"
 
     def __init__(self, key: OrderKey | None = None) -> None:
         self._key = key
@@ -159,6 +168,7 @@ class PickFirst(Picker):
     """
 
     __slots__ = ("_key",)
+    summary = "always the first instance in name order (grpc's default)"
 
     def __init__(self, key: OrderKey | None = None) -> None:
         self._key = key
@@ -171,16 +181,34 @@ class PickFirst(Picker):
         return min(names) if self._key is None else min(names, key=self._key)
 
 
+#: Every ``--policy``: name -> picker class, in the order ``--help`` lists them. Adding
+#: a policy is one Picker subclass and one line here; the CLI reads its choices from it.
+POLICIES: Final[Mapping[str, type[Picker]]] = {
+    "weighted": SmoothWRR,
+    "round_robin": RoundRobin,
+    "pick_first": PickFirst,
+}
+
+#: The policy of a balanced channel when none is given.
+DEFAULT_POLICY: Final = "weighted"
+
+
 def make_picker(policy: str, key: OrderKey | None = None) -> Picker:
     """The picker for a ``--policy`` name; ``key`` orders names (default: the names).
 
     >>> type(make_picker("round_robin")).__name__
     'RoundRobin'
     """
-    if policy == "weighted":
-        return SmoothWRR(key)
-    if policy == "round_robin":
-        return RoundRobin(key)
-    if policy == "pick_first":
-        return PickFirst(key)
-    raise UsageError(f"unknown policy {policy!r}; choose one of: {', '.join(POLICIES)}")
+    cls = POLICIES.get(policy)
+    if cls is None:
+        raise UsageError(f"unknown policy {policy!r}; choose one of: {', '.join(POLICIES)}")
+    return cls(key)
+
+
+def policies_help() -> str:
+    """``name: summary`` of every policy, for ``--help``.
+
+    >>> policies_help().split("; ")[0]
+    'weighted: smooth weighted round robin: exact shares by weight, no bursts'
+    """
+    return "; ".join(f"{name}: {cls.summary}" for name, cls in POLICIES.items())

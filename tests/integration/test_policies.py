@@ -208,6 +208,19 @@ def test_static_target_skips_a_dead_address_named_by_its_address(
     assert [r for c in calls for r in c["retried"]] == [[dead, "UNAVAILABLE"]]
 
 
+def test_hedge_a_frozen_server_costs_no_call(
+        greeters: Greeters, three: list[str], empty_dir: Path,
+        devcluster_cli: Callable[..., Any]) -> None:
+    greeters.freeze("server2")
+    target = "static:///" + ",".join(three)
+    result = devcluster_cli("client", "--target", target, "--hedge", "0.05", "--timeout", "1",
+                            "-C", "4", "-n", "24", "--interval", "0", "--json", cwd=empty_dir)
+    assert result.returncode == 0, result.stderr
+    calls, summary = parse(result.stdout)
+    assert summary["failures"] == 0 and served(calls)["server2"] == 0
+    assert [three[1], "DEADLINE_EXCEEDED"] in [r for c in calls for r in c["retried"]]
+
+
 # -- grpc's own resolver and balancer --------------------------------------------------
 
 def test_ipv4_target_with_grpcs_round_robin_spreads_like_ours(
@@ -279,6 +292,8 @@ def test_the_comma_list_fails_with_grpcs_own_error(
     (["--target", "static:///127.0.0.1:1", "--policy", "random"], "unknown policy"),
     (["--target", "ipv4:127.0.0.1:1", "--policy", "weighted"], "no 'weighted' policy"),
     (["--target", "static:///127.0.0.1:1", "--service", "server"], "one or the other"),
+    (["--target", "static:///127.0.0.1:1", "--hedge", "0"], "--hedge must be > 0"),
+    (["--target", "ipv4:127.0.0.1:1", "--hedge", "0.1"], "--hedge needs devcluster's"),
 ])
 def test_bad_target_or_policy_is_one_line_exit_2(
         args: list[str], fragment: str, empty_dir: Path,

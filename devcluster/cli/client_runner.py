@@ -33,10 +33,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
+from devcluster.cli.targets import Target, parse_target, resolve_policy
 from devcluster.client.calls import CallInfo
 from devcluster.client.channel import BalancedChannel
 from devcluster.client.direct import GrpcTargetChannel
-from devcluster.client.targets import Target, parse_target, resolve_policy
+from devcluster.client.static import static_channel
 from devcluster.registry.base import Registry
 
 Channel = BalancedChannel | GrpcTargetChannel
@@ -49,8 +50,9 @@ class ClientOptions:
     ``count=None`` calls until interrupted (or ``stop`` is set); ``timeout`` is each
     call's deadline; ``registry`` (a Registry object, for the API and tests)
     takes precedence over ``state_dir``; ``target`` (``static:///H:P,...`` or a grpc
-    target, see :mod:`devcluster.client.targets`) replaces both. ``policy`` None
+    target, see :mod:`devcluster.cli.targets`) replaces both. ``policy`` None
     means ``weighted``, or grpc's ``pick_first`` for a grpc target.
+    ``hedge`` is the channel's ``hedge_after`` (devcluster's balancer only).
     ``retry_on`` defaults to UNAVAILABLE:
     SayHello is idempotent, so even a call cut off by its server's crash (which
     the channel never repeats on its own) is safe to repeat elsewhere.
@@ -71,6 +73,7 @@ class ClientOptions:
     registry: Registry | None = None
     retry_on: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE,)
     target: str | None = None
+    hedge: float | None = None
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -224,12 +227,10 @@ def open_channel(opts: ClientOptions, on_call: Callable[[CallInfo], None] | None
     policy = resolve_policy(target, opts.policy)
     if target is None:
         return BalancedChannel(opts.service, opts.registry or opts.state_dir, policy=policy,
-                               retry_on=opts.retry_on, on_call=on_call)
+                               retry_on=opts.retry_on, on_call=on_call, hedge_after=opts.hedge)
     if target.kind == "static":
-        from devcluster.client.static import static_channel
-
         return static_channel(target.addresses, policy=policy, retry_on=opts.retry_on,
-                              on_call=on_call)
+                              on_call=on_call, hedge_after=opts.hedge)
     return GrpcTargetChannel(target.text, policy, on_call=on_call)
 
 

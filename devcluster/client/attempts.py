@@ -1,0 +1,332 @@
+"""Every decision of one balanced call, sans-IO: where each attempt goes, what its
+outcome means, when a hedge is due, how much time is left, what the CallInfo says.
+
+A driver (the sync or the asyncio channel) runs a call as a loop over the actions
+an :class:`Attempts` returns, and does only the I/O they name::
+
+    attempts = Attempts(balancer, timeout, hedge_after=0.1)
+    action = attempts.start()
+    # Send(inst, timeout, hedge_in): call inst with that timeout; if it has not
+    #     answered after hedge_in s, ask attempts.hedge(inst) for a second Send.
+    # Wait(seconds, generation): no instance now; wait for the view to change (or
+    #     the seconds), then attempts.resume().
+    # GiveUp(error): the call fails with error (None: the last attempt's own).
+    # PENDING: another attempt is still in flight; its outcome decides.
+    # An answer:  attempts.succeeded(inst)            -> the call is done
+    # A failure:  attempts.failed(inst, code, reached) -> the next action
+
+:class:`Probe` is the same for an ejected instance's health checks. Nothing here
+blocks, sleeps or reads a clock other than the one it is given, so it is tested
+with plain values and a fake clock (tests/test_client_core.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple
+
+import grpc
+
+from devcluster.client.balancer import Balancer, Instance
+from devcluster.client.calls import BalancedRpcError, CallInfo, header_instance
+
+#: How long a call with no deadline waits for a usable instance before failing.
+DEFAULT_WAIT: Final = 10.0
+
+#: When every candidate failed this call and none could be ejected, only a new
+#: attempt shows when one is back: pause this long (doubling up to PAUSE_MAX) first.
+PAUSE_FIRST: Final = 0.02
+PAUSE_MAX: Final = 0.5
+
+#: Probing an ejected instance: first after 0.2 s, then doubling up to 5 s; each
+#: health Check gets a short deadline so a hung server costs the prober little.
+PROBE_FIRST: Final = 0.2
+PROBE_MAX: Final = 5.0
+PROBE_TIMEOUT: Final = 0.3
+
+_OK = grpc.StatusCode.OK
+_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Send(NamedTuple):
+    """Start an attempt on ``inst`` with ``timeout`` seconds (None: no deadline).
+
+    ``hedge_in``: if the attempt has not answered after that many seconds, call
+    :meth:`Attempts.hedge` (None: no hedging for this attempt).
+    """
+
+    inst: Instance
+    timeout: float | None
+    hedge_in: float | None = None
+
+
+class Wait(NamedTuple):
+    """No instance may take the call now: wait up to ``seconds`` for the balancer's
+    ``generation`` to move past this one, then call :meth:`Attempts.resume`."""
+
+    seconds: float
+    generation: int
+
+
+class GiveUp(NamedTuple):
+    """The call fails: with ``error``, or (None) with the last attempt's own error."""
+
+    error: BalancedRpcError | None
+
+
+class _Pending:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+#: Another attempt of the call is still in flight: wait for its outcome.
+PENDING: Final = _Pending()
+
+Action = Send | Wait | GiveUp | _Pending
+
+
+class Attempts:
+    """The decisions of one call (not thread-safe: one call runs in one place at a time).
+
+    ``replayable`` is False for streaming calls (a request stream cannot be sent
+    again): their outcome is booked, but they never go to a second instance.
+    ``hedge_after`` (idempotent calls only) sends an attempt unanswered for that
+    long to a second instance too; the first answer wins.
+    """
+
+    __slots__ = ("_balancer", "_clock", "_end", "_exclude", "_hedge_after", "_in_flight",
+                 "_own_error", "_pause", "_replayable", "_stalled", "deadline", "inst",
+                 "started", "tried")
+
+    def __init__(self, balancer: Balancer, timeout: float | None,
+                 hedge_after: float | None = None, replayable: bool = True,
+                 default_wait: float = DEFAULT_WAIT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._balancer = balancer
+        self._clock = clock
+        self.started = now = clock()
+        #: When the caller's deadline passes (None: never).
+        self.deadline = None if timeout is None else now + timeout
+        # A call with no deadline still waits for an instance only so long.
+        self._end = now + default_wait if timeout is None else now + timeout
+        self._replayable = replayable
+        self._hedge_after = hedge_after if replayable else None
+        #: The failed attempts so far, in order: (instance, code).
+        self.tried: list[tuple[Instance, grpc.StatusCode]] = []
+        # Made on first use: the common call succeeds at once and needs neither.
+        self._exclude: set[str] | None = None
+        self._stalled: list[Instance] | None = None
+        #: Attempts in flight, kept only while hedging can put a second one there.
+        self._in_flight: list[Instance] = []
+        self._pause = PAUSE_FIRST
+        self._own_error = False
+        #: The instance of the latest attempt (the winner, once the call succeeded).
+        self.inst: Instance | None = None
+
+    def __repr__(self) -> str:
+        tried = ", ".join(f"{i.name} {c.name}" for i, c in self.tried)
+        return f"<Attempts in flight={[i.name for i in self._in_flight]} tried=[{tried}]>"
+
+    # -- where the next attempt goes ---------------------------------------------
+
+    def start(self) -> Send | Wait | GiveUp:
+        """The first action: an instance by the policy, or wait for one."""
+        return self._next()
+
+    def resume(self) -> Send | Wait | GiveUp:
+        """The action after a :class:`Wait`: an instance now, or wait again."""
+        return self._next()
+
+    def remaining(self) -> float | None:
+        """Seconds left of the caller's deadline (None: no deadline; may be <= 0)."""
+        return None if self.deadline is None else self.deadline - self._clock()
+
+    def _next(self) -> Send | Wait | GiveUp:
+        balancer = self._balancer
+        generation = balancer.generation
+        exclude = self._exclude
+        if exclude:
+            last = self.tried[-1][0].name if self.tried else ""
+            inst = balancer.next_after(last, exclude)
+        else:
+            inst = balancer.pick()
+        if inst is not None:
+            return self._send(inst)
+        remaining = self._end - self._clock()
+        if remaining <= 0:
+            return self._give_up(balancer.out_of_time(self.tried))
+        if exclude and balancer.has_candidates():
+            # Every candidate failed this call and none could be ejected: after a
+            # short, growing pause the ones tried become eligible again.
+            wait = min(remaining, self._pause)
+            self._pause = min(self._pause * 2, PAUSE_MAX)
+            exclude.clear()
+            return Wait(wait, generation)
+        return Wait(remaining, generation)
+
+    def _send(self, inst: Instance) -> Send | GiveUp:
+        self.inst = inst
+        timeout = None
+        if self.deadline is not None:
+            timeout = self.deadline - self._clock()
+            if timeout <= 0:
+                # Out of time while failing over: say which instances failed and why.
+                return self._give_up(self._balancer.out_of_time(self.tried))
+        hedge = self._hedge_after
+        if hedge is None:
+            return Send(inst, timeout)
+        self._in_flight.append(inst)
+        return Send(inst, timeout, hedge if timeout is None or timeout > hedge else None)
+
+    def _give_up(self, error: BalancedRpcError) -> GiveUp:
+        self._own_error = False
+        return GiveUp(error)
+
+    # -- what an outcome means -----------------------------------------------------
+
+    def succeeded(self, inst: Instance) -> None:
+        """``inst`` answered: the call is done (cancel any other attempt in flight)."""
+        self.inst = inst
+        if inst.timeouts:
+            self._balancer.succeeded(inst)
+        if self._stalled:
+            # A stalled attempt that lost to its hedge counts as the deadline it
+            # would have hit: it shows in CallInfo.retried.
+            self.tried.extend((i, _DEADLINE) for i in self._stalled
+                              if i is not inst and i in self._in_flight)
+        if self._in_flight:
+            self._in_flight.clear()
+
+    def failed(self, inst: Instance, code: grpc.StatusCode, reached: bool, *,
+               cancelled: bool = False) -> Action:
+        """An attempt on ``inst`` failed with ``code``; the call's next action.
+
+        ``reached``: the server sent its response header, so its application saw
+        the call (repeated only for ``retry_on`` codes). ``cancelled``: the caller
+        cancelled the call, which books nothing and ends it.
+        """
+        in_flight = self._in_flight
+        if inst in in_flight:
+            in_flight.remove(inst)
+        if cancelled:
+            self.inst, self._own_error = inst, False
+            return GiveUp(None)
+        retry = self._balancer.failed(inst, code, reached)
+        self.tried.append((inst, code))
+        if self._exclude is None:
+            self._exclude = set()
+        self._exclude.add(inst.name)
+        if in_flight:
+            return PENDING  # a hedge still runs: its outcome decides
+        self.inst = inst
+        if retry and self._replayable:
+            other = self._balancer.next_after(inst.name, self._exclude)
+            if other is not None:
+                return self._send(other)
+            if not reached:
+                return self._next()  # nobody saw the call: wait for an instance
+        self._own_error = True
+        return GiveUp(None)
+
+    def ended(self, inst: Instance, code: grpc.StatusCode, reached: bool,
+              cancelled: bool = False) -> None:
+        """A streaming call on ``inst`` ended with ``code``: book it (no retry)."""
+        if code is _OK:
+            self.succeeded(inst)
+        else:
+            self.failed(inst, code, reached, cancelled=cancelled)
+
+    def hedge(self, inst: Instance) -> Send | None:
+        """``inst`` has not answered for ``hedge_in``: a second attempt, or None.
+
+        The silence counts as a timeout toward ejecting ``inst``; the second
+        attempt goes to the next instance in name order not yet in this call.
+        """
+        if inst not in self._in_flight:
+            return None
+        self._balancer.stalled(inst)
+        if self._stalled is None:
+            self._stalled = []
+        self._stalled.append(inst)
+        busy = {i.name for i in self._in_flight}.union(self._exclude or ())
+        other = self._balancer.next_after(inst.name, busy)
+        if other is None:
+            return None
+        timeout = self.remaining()
+        if timeout is not None and timeout <= 0:
+            return None
+        self._in_flight.append(other)
+        return Send(other, timeout)
+
+    # -- what the caller is told --------------------------------------------------------
+
+    def info(self, code: grpc.StatusCode, details: str = "", metadata: Any = None,
+             response: Any = None) -> CallInfo:
+        """The CallInfo of the finished call (``metadata``: the deciding attempt's header)."""
+        inst = self.inst
+        tried = self.tried[:-1] if self._own_error else self.tried
+        ok = code is _OK
+        return CallInfo(
+            seq=next(self._balancer.seq),
+            instance=header_instance(metadata) or (inst.name if inst is not None else "-"),
+            address=inst.address if inst is not None else "",
+            ok=ok,
+            code=code.name,
+            latency_ms=(self._clock() - self.started) * 1000,
+            retried=[(i.name, c.name) for i, c in tried],
+            message="" if ok else (details or ""),
+            response=response,
+        )
+
+
+def probe_verdict(code: grpc.StatusCode, serving: bool = False) -> bool:
+    """True when a health Check that ended with ``code`` shows the server is back.
+
+    Any answer from the server counts (UNIMPLEMENTED: it just has no health
+    service), except an explicit NOT_SERVING (``serving`` False on OK).
+
+    >>> probe_verdict(grpc.StatusCode.UNIMPLEMENTED), probe_verdict(grpc.StatusCode.UNAVAILABLE)
+    (True, False)
+    """
+    if code is _OK:
+        return serving
+    return code not in (grpc.StatusCode.UNAVAILABLE, _DEADLINE, grpc.StatusCode.CANCELLED)
+
+
+class Probe:
+    """When to health-check an ejected instance, and what an answer means.
+
+    The driver loops: ``delay()`` (None: stop), sleep that long, ``wanted()``
+    (False: stop), one health Check, ``answered(code, serving)``.
+    """
+
+    __slots__ = ("_balancer", "_done", "_interval", "inst")
+
+    #: The deadline of one health Check.
+    timeout: Final = PROBE_TIMEOUT
+
+    def __init__(self, balancer: Balancer, inst: Instance) -> None:
+        self._balancer = balancer
+        self.inst = inst
+        self._interval = PROBE_FIRST
+        self._done = False
+
+    def wanted(self) -> bool:
+        """False once the instance is back or the registry no longer lists it."""
+        return not (self._done or self.inst.retired or self.inst.ejected is None)
+
+    def delay(self) -> float | None:
+        """Seconds until the next check, or None when probing should stop."""
+        return self._interval if self.wanted() else None
+
+    def answered(self, code: grpc.StatusCode, serving: bool = False) -> bool:
+        """Book one check's outcome; True (and the instance readmitted) when it is back."""
+        if probe_verdict(code, serving):
+            self._done = True
+            self._balancer.readmit(self.inst)
+            return True
+        self._interval = min(self._interval * 2, PROBE_MAX)
+        return False
