@@ -142,7 +142,7 @@ def demo(
     if speed <= 0:
         raise UsageError(f"--speed must be > 0, got {speed}")
     if lesson:
-        from devcluster.lesson import run_lesson
+        from devcluster.cli.lesson import run_lesson
 
         if json_:
             raise UsageError("--json gives the summary of the demo; --lesson has none: "
@@ -150,7 +150,7 @@ def demo(
         if not run_lesson(out, speed):
             fail("some step did not behave as the article says (see the table above)")
         return
-    from devcluster.demo import Demo
+    from devcluster.cli.demo import Demo
 
     story = Demo(err if json_ else out, speed)
     ok = story.run()

@@ -29,7 +29,7 @@ from rich.table import Table
 from devcluster.api import Cluster
 from devcluster.client import BalancedChannel, CallInfo
 
-BUNDLED_PROCFILE = Path(__file__).parent / "data" / "Procfile"
+BUNDLED_PROCFILE = Path(__file__).parent.parent / "data" / "Procfile"
 DEADLINE = 1.0  # per call, as in the seed's client
 HEDGE = 0.1  # seconds unanswered before a call also goes to another instance
 

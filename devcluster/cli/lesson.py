@@ -29,9 +29,9 @@ from rich.table import Table
 
 from devcluster.api import Cluster
 from devcluster.cli.client_runner import ClientOptions, run_client
+from devcluster.cli.demo import BUNDLED_PROCFILE
 from devcluster.client.calls import CallInfo
 
-BUNDLED_PROCFILE = Path(__file__).parent / "data" / "Procfile"
 NAMES = ("server1", "server2", "server3")
 DEADLINE = 1.0  # per call: long for a greeter, short enough to see a hung one quickly
 #: Seconds between calls at speed 1 (a talk slows it down with --speed).
