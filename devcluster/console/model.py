@@ -110,6 +110,7 @@ class ClusterView:
         self._lock = threading.Lock()
         self._rows: dict[str, dict[str, Any]] = {}
         self._ps_rows: dict[str, dict[str, Any]] = {}
+        self._registered: frozenset[str] = frozenset()
         self._traffic: dict[str, dict[str, Any]] = {}
         self._procs: dict[int, psutil.Process] = {}
         self._control: Any = None
@@ -194,10 +195,14 @@ class ClusterView:
                 base = self._rows.get(name) or self._ps_rows.get(name) \
                     or row_from_record(rec, now)
                 rows[name] = merge_record(base, rec)
+            gone = set(self._registered) - set(snapshot.records)
+            for name in gone:  # deregistered (scaled down): the last ps is out of date
+                self._ps_rows.pop(name, None)
             for name, row in self._ps_rows.items():  # known to the supervisor only
                 if name not in rows:
                     rows[name] = self._rows.get(name, row)
             self._rows = rows
+            self._registered = frozenset(snapshot.records)
             self.revision = snapshot.revision
 
     def sample(self) -> None:

@@ -100,16 +100,18 @@ class Guard:
         refused = self.refusal(request)
         if refused is not None:
             return refused
-        return await handler(request)
-
-    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Headers for every answer (the SSE stream too, whose headers go out early)."""
+        response = await handler(request)
         _, in_query = self.presented_token(request)
-        if in_query and request.method == "GET" and response.status < 400:
+        if in_query and request.method == "GET" and not response.prepared \
+                and response.status < 400:
             # From now on the cookie carries the token; SameSite=Strict keeps other
             # sites' requests from carrying it along.
             response.set_cookie(self.cookie_name, self.token, httponly=True,
                                 samesite="Strict", path="/")
+        return response
+
+    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Headers for every answer (the SSE stream too, whose headers go out early)."""
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
