@@ -26,7 +26,7 @@ import psutil
 
 from devcluster.api import control_client, instance_dict, parse_weight
 from devcluster.clientstats import read_traffic
-from devcluster.errors import DevclusterError, NoClusterError, UnknownInstanceError, UsageError
+from devcluster.errors import DevclusterError, UnknownInstanceError, UsageError
 from devcluster.registry import Record, Registry, Snapshot, State, open_registry, registry_spec
 
 #: Seconds between two full ``ps`` refreshes when nothing else asks for one.
@@ -158,11 +158,7 @@ class ClusterView:
             if self._control is None:
                 self._control = control_client(self.state_dir)
             reply = self._control.ps()
-        except NoClusterError as e:
-            self._drop_control()
-            self.supervisor_note = str(e)
-            return None
-        except DevclusterError as e:
+        except DevclusterError as e:  # NoClusterError included: etcd views work without
             self._drop_control()
             self.supervisor_note = str(e)
             return None
