@@ -2,7 +2,8 @@
 
 Never a downloaded browser (``playwright install`` cannot work here): Playwright
 launches ``/usr/bin/chromium`` (``apt-get install chromium``; ``.ci/run`` does).
-The test also keeps the screenshot the README shows (``docs/console.png``).
+The test takes a screenshot; with ``DEVCLUSTER_UPDATE_SCREENSHOT=1`` it replaces the
+one the README shows (``docs/console.png``), else it goes to the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ class Caller:
 
 
 def test_console_in_chromium(make_cluster: Callable[..., Cluster], browser_page: Any,
-                             wait_until: Any) -> None:
+                             wait_until: Any, tmp_path: Path) -> None:
     cluster = make_cluster([f"server{i}: {GREETER}" for i in (1, 2, 3)])
     page = browser_page
     with Console(cluster.state_dir) as console:
@@ -122,6 +123,8 @@ def test_console_in_chromium(make_cluster: Callable[..., Cluster], browser_page:
             page.wait_for_selector('tr[data-name="server3"][data-state="killed"]')
             page.wait_for_function(
                 "() => samples.slice(-2).every(s => !(s.v.server3 > 0))", timeout=15_000)
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            shot = SCREENSHOT if os.environ.get("DEVCLUSTER_UPDATE_SCREENSHOT") == "1" \
+                else tmp_path / "console.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
         assert "error" not in page.inner_text("#message").lower()
