@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-GREETER = "python -m services.greeter --port $PORT"
+GREETER = "python -m devcluster.greeter --port $PORT"
 GRACE = 1.0
 UP = ("up", "-d", "-p", "0", "--grace", f"{GRACE:g}")
 #: Each repro's own deadline: the grace period plus 2 s (a CLI start costs ~0.5 s more).
