@@ -269,6 +269,7 @@ class Cluster:
         """A BalancedChannel over this cluster's registry (stubs work on it unchanged)."""
         from devcluster.client import BalancedChannel
 
+        options.setdefault("state_dir", self.state_dir)  # where its statistics go (etcd too)
         return BalancedChannel(service, self.registry, **options)
 
     # -- acting ------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -78,6 +80,11 @@ def up(
     json_: Annotated[bool, typer.Option("--json", help="With -d: the instances as JSON, "
                                                         "as `ps --json`.")] = False,
     registry: RegistryOpt = None,
+    console: Annotated[bool, typer.Option(
+        "--console", help="Also serve the web console (see `devcluster console`) while the "
+                          "cluster runs; its URL is printed first.")] = False,
+    console_port: Annotated[int, typer.Option(
+        metavar="PORT", help="Port of --console on 127.0.0.1 (default: a free one).")] = 0,
 ) -> None:
     """Start every instance of the Procfile and supervise them (Ctrl-C stops them all).
 
@@ -90,6 +97,9 @@ def up(
     directory = _state_dir(procfile, state_dir)
     if grace < 0 or ready_timeout <= 0:
         raise UsageError("--grace must be >= 0 and --ready-timeout > 0")
+    if detach and console:
+        raise UsageError("--console runs beside a foreground `up`; with -d, start it on its "
+                         "own: `devcluster console`")
     if detach:
         cluster = Cluster(procfile, scale=scale_counts, state_dir=directory, port=port,
                           grace=grace, env_files=env, restart=policies,
@@ -117,8 +127,27 @@ def up(
                         scale=scale_counts, base_port=port, grace=grace,
                         ready_timeout=ready_timeout, restart=policies,
                         registry=defaults.registry_url(registry))
-    code = asyncio.run(serve(settings, sys.stdout))
+    with _console(console, directory, settings.registry, console_port):
+        code = asyncio.run(serve(settings, sys.stdout))
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _console(wanted: bool, directory: Path, registry: str | None, port: int) -> Iterator[None]:
+    """The web console beside a foreground cluster, for as long as it runs."""
+    if not wanted:
+        yield
+        return
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--console-port must be 0..65535, got {port}")
+    from devcluster.console import Console
+
+    server = Console(directory, registry, port=port)
+    out.print(f"console: {server.start()}", markup=False)
+    try:
+        yield
+    finally:
+        server.stop()
 
 
 @app.command()

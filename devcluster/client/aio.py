@@ -161,6 +161,7 @@ class AioBalancedChannel(ChannelDriver, grpc.aio.Channel):
         await asyncio.gather(*(ch.close(grace) for ch in channels), *self._closing,
                              return_exceptions=True)
         await asyncio.to_thread(self._watcher.join, 2.0)
+        self._close_stats()
         if self._owns_registry:
             self._registry.close()
 

@@ -182,6 +182,7 @@ class BalancedChannel(ChannelDriver, grpc.Channel):
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._watcher.join(timeout=2.0)
+        self._close_stats()
         if self._owns_registry:
             self._registry.close()
 

@@ -25,6 +25,7 @@ from devcluster.client.attempts import DEFAULT_WAIT, Attempts, Probe
 from devcluster.client.balancer import Balancer, Effects, Instance
 from devcluster.client.calls import CallInfo
 from devcluster.client.picker import DEFAULT_POLICY, OrderKey, make_picker
+from devcluster.clientstats import StatsPublisher, stats_on_call
 from devcluster.errors import UsageError
 from devcluster.registry.base import Registry
 from devcluster.registry.record import Snapshot
@@ -111,6 +112,15 @@ def _multicallable(kind: str, doc: str) -> Callable[..., Any]:
     return make
 
 
+def _publisher(stats: bool | None, state_dir: str | os.PathLike[str] | None,
+               service: str | None) -> StatsPublisher | None:
+    """The channel's statistics publisher, or None when off or with nowhere to publish."""
+    if stats is False or state_dir is None:
+        return None
+    publisher = StatsPublisher(state_dir, enabled=stats, label=f"channel {service or 'all'}")
+    return publisher if publisher.enabled else None
+
+
 class ChannelDriver(abc.ABC):
     """The part of BalancedChannel and AioBalancedChannel that is the same.
 
@@ -128,6 +138,11 @@ class ChannelDriver(abc.ABC):
     ``hedge_after`` (idempotent methods only): a unary call unanswered for that
     many seconds also goes to a second instance and the first answer wins, so a
     hung instance costs no failed call even with many calls in flight.
+    ``stats`` publishes what this channel sees of each instance (calls, failures,
+    p50, ejections) to ``<state_dir>/clients/`` for ``top`` and the console; None
+    follows ``$DEVCLUSTER_CLIENT_STATS`` (on unless ``0``). ``state_dir`` says where
+    (default: the file registry's own dir; an etcd registry publishes nothing
+    without it).
     """
 
     def __init__(
@@ -143,17 +158,21 @@ class ChannelDriver(abc.ABC):
         default_wait: float = DEFAULT_WAIT,
         order: OrderKey | None = None,
         hedge_after: float | None = None,
+        stats: bool | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if hedge_after is not None and hedge_after <= 0:
             raise UsageError(f"hedge_after must be > 0 seconds (or None: off), got {hedge_after}")
         picker = make_picker(policy, order)
         self._lock = threading.Lock()
         self._prepare()
-        self.on_call = on_call
         self.hedge_after = hedge_after
         self.default_wait = default_wait
         self._options = [*SUBCHANNEL_OPTIONS, *options]
         self._registry, self._owns_registry = open_registry(registry)
+        self._stats = _publisher(stats, state_dir or getattr(self._registry, "state_dir", None),
+                                 service)
+        self.on_call = stats_on_call(self._stats, on_call)
         self._stop = threading.Event()
         self._slot_numbers = itertools.count(1)
         self.balancer = Balancer(
@@ -195,6 +214,10 @@ class ChannelDriver(abc.ABC):
         """The decisions of one new call with ``timeout`` (streams: not replayable)."""
         # Positional: this runs once per call.
         return Attempts(self.balancer, timeout, self.hedge_after, replayable, self.default_wait)
+
+    def _close_stats(self) -> None:
+        if self._stats is not None:
+            self._stats.close()
 
     def probe(self, inst: Instance) -> Probe:
         """The probing decisions for an ejected ``inst``."""
