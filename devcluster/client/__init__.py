@@ -21,41 +21,52 @@ channels are thin drivers over it and take the same keyword arguments.
 
 from __future__ import annotations
 
-from devcluster.client.calls import (
-    BalancedCall,
-    BalancedRpcError,
-    CallInfo,
-    NoUsableInstanceError,
-    served_by,
-)
-from devcluster.client.channel import BalancedChannel
-from devcluster.client.direct import GrpcTargetChannel
-from devcluster.client.picker import POLICIES, Picker, PickFirst, RoundRobin, SmoothWRR
-from devcluster.client.static import StaticRegistry, static_channel
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "POLICIES",
-    "AioBalancedChannel",
-    "BalancedCall",
-    "BalancedChannel",
-    "BalancedRpcError",
-    "CallInfo",
-    "GrpcTargetChannel",
-    "NoUsableInstanceError",
-    "PickFirst",
-    "Picker",
-    "RoundRobin",
-    "SmoothWRR",
-    "StaticRegistry",
-    "served_by",
-    "static_channel",
+if TYPE_CHECKING:
+    from devcluster.client.aio import AioBalancedChannel
+    from devcluster.client.calls import (
+        BalancedCall,
+        BalancedRpcError,
+        CallInfo,
+        NoUsableInstanceError,
+        served_by,
+    )
+    from devcluster.client.channel import BalancedChannel
+    from devcluster.client.direct import GrpcTargetChannel
+    from devcluster.client.picker import POLICIES, Picker, PickFirst, RoundRobin, SmoothWRR
+    from devcluster.client.static import StaticRegistry, static_channel
+
+#: Where each public name lives. They load on first use, so that importing one light
+#: piece (the policy table for the CLI's help, say) does not import grpc.
+_HOME = {
+    "AioBalancedChannel": "aio",
+    "BalancedCall": "calls",
+    "BalancedRpcError": "calls",
+    "CallInfo": "calls",
+    "NoUsableInstanceError": "calls",
+    "served_by": "calls",
+    "BalancedChannel": "channel",
+    "GrpcTargetChannel": "direct",
+    "POLICIES": "picker",
+    "Picker": "picker",
+    "PickFirst": "picker",
+    "RoundRobin": "picker",
+    "SmoothWRR": "picker",
+    "StaticRegistry": "static",
+    "static_channel": "static",
+}
+
+__all__ = [  # noqa: RUF022 - the order of _HOME
+    "AioBalancedChannel", "BalancedCall", "BalancedRpcError", "CallInfo",
+    "NoUsableInstanceError", "served_by", "BalancedChannel", "GrpcTargetChannel", "POLICIES",
+    "Picker", "PickFirst", "RoundRobin", "SmoothWRR", "StaticRegistry", "static_channel",
 ]
 
 
 def __getattr__(name: str) -> object:
-    # The asyncio channel loads only when asked for.
-    if name == "AioBalancedChannel":
-        from devcluster.client.aio import AioBalancedChannel
+    if name in _HOME:
+        import importlib
 
-        return AioBalancedChannel
+        return getattr(importlib.import_module(f"devcluster.client.{_HOME[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
