@@ -221,9 +221,8 @@ def diff_snapshots(old: Snapshot | None, new: Snapshot, now: float | None = None
     """The events that turn registry snapshot ``old`` into ``new`` (pure).
 
     ``old=None`` is an empty registry: every record then reads as added (and started,
-    if it has a pid). Times are the records' ``updated_at`` (``started_at`` for a
-    start), else ``now``. States read off the registry never say *why* (no exit code,
-    no asker): the supervisor's own events do.
+    if it has a pid). Times are the records' ``updated_at``, else ``now``. States read
+    off the registry never say *why* (no exit code, no asker): the supervisor's do.
 
     >>> from devcluster.registry import Record, Snapshot
     >>> a = Snapshot(1, {"s1": Record("s1", "s", "127.0.0.1:1", state="serving")})
@@ -256,10 +255,12 @@ def _record_events(prev: Record | None, rec: Record, now: float, source: str) ->
 
     if prev is None:
         add(EventKind.ADDED, detail=rec.address)
+    # Not started_at: it is the process's create time as psutil computes it from the boot
+    # time, which can be off the wall clock by seconds (VMs, containers).
     if rec.pid and (prev is None or rec.pid != prev.pid):
-        add(EventKind.STARTED, min(rec.started_at or at, at), new=rec.pid)
+        add(EventKind.STARTED, new=rec.pid)
         if prev is not None and rec.restarts > prev.restarts:
-            add(EventKind.RESTARTED, min(rec.started_at or at, at), new=rec.restarts)
+            add(EventKind.RESTARTED, new=rec.restarts)
     if prev is None or _state(prev) != _state(rec):
         add(EventKind.STATE, old=None if prev is None else _state(prev), new=_state(rec))
     if prev is None:

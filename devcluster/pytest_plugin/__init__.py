@@ -40,6 +40,7 @@ _RUN = pytest.StashKey["SharedRun"]()  # the controller's view of the xdist run
 _LEAKS = pytest.StashKey[list["Leak"]]()
 _CLUSTERS = pytest.StashKey[list["PluginCluster"]]()
 _STARTED = pytest.StashKey[float]()
+_CURRENT = pytest.StashKey[str]()  # node id of the running test
 _CALLS_BEFORE = pytest.StashKey[dict[int, dict[str, dict[str, int]]]]()
 _WORKER_LEAKS = "devcluster_leaks"
 _RUN_DIR = "devcluster_run"
@@ -76,7 +77,7 @@ def _pool(config: pytest.Config) -> Pool:
         if workerinput is not None and config.getini("devcluster_share"):
             run = (SharedRun(Path(workerinput[_RUN_DIR])) if _RUN_DIR in workerinput
                    else SharedRun.of(workerinput["testrunuid"]))
-        config.stash[_POOL] = Pool(run)
+        config.stash[_POOL] = Pool(run, who=lambda: config.stash.get(_CURRENT, "test"))
     return config.stash[_POOL]
 
 
@@ -152,8 +153,7 @@ def cluster(request: pytest.FixtureRequest,
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     item.stash[_STARTED] = time.time()
-    if _POOL in item.config.stash:
-        item.config.stash[_POOL].current = item.nodeid
+    item.config.stash[_CURRENT] = item.nodeid
     try:
         return (yield)
     finally:

@@ -21,11 +21,12 @@ SCOPES = ("function", "module", "session")
 class Pool:
     """Every cluster this pytest process started or attached to."""
 
-    def __init__(self, run: SharedRun | None = None) -> None:
+    def __init__(self, run: SharedRun | None = None,
+                 who: Callable[[], str] = lambda: "test") -> None:
         #: The xdist run's shared clusters (workers only, when sharing is on).
         self.run = run
-        #: Node id of the running test: who asked for a verb.
-        self.current = "test"
+        #: Who asks for the verbs called on a cluster: the running test's node id.
+        self.who = who
         self._cache: dict[tuple[str, ...], PluginCluster] = {}
         self._shared: list[PluginCluster] = []
         self._joined = False
@@ -40,7 +41,7 @@ class Pool:
     def make(self, opts: dict[str, Any], **extra: Any) -> PluginCluster:
         opts = dict(opts)
         procfile = opts.pop("procfile")
-        return PluginCluster(procfile, who=lambda: self.current, **opts, **extra)
+        return PluginCluster(procfile, who=self.who, **opts, **extra)
 
     def start(self, opts: dict[str, Any], state_dir: Path,
               on_created: Callable[[PluginCluster], None]) -> PluginCluster:

@@ -127,17 +127,22 @@ class PluginCluster(Cluster):
         self._channels: list[tuple[Any, asyncio.AbstractEventLoop | None]] = []
         self._stop_watch = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._seen: Snapshot | None = None
+        self._seen_lock = threading.Lock()
 
     # -- life cycle --------------------------------------------------------------------
 
     def up(self) -> dict[str, dict[str, Any]]:
-        try:
-            states = super().up()
-        except NotReadyError:
-            self.follow()  # it runs: its story is worth telling
-            raise
+        # Follow the registry from before its first write: starts are in the timeline.
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.follow()
-        return states
+        try:
+            return super().up()
+        except NotReadyError:
+            raise  # it runs: its story is worth telling
+        except BaseException:
+            self.detach()
+            raise
 
     def down(self, grace: float | None = None) -> None:
         self.detach()
@@ -161,13 +166,23 @@ class PluginCluster(Cluster):
             _close_channel(channel, loop)
 
     def _follow(self) -> None:
-        previous: Snapshot | None = None
         try:
             for snap in self.registry.watch(self._stop_watch):
-                self._note(diff_snapshots(previous, snap))
-                previous = snap
+                self._catch_up(snap)
         except Exception:  # the timeline is a report aid: never fail a test for it
             log.debug("timeline watch of %s ended", self.state_dir, exc_info=True)
+
+    def _catch_up(self, snap: Snapshot | None = None) -> None:
+        """Record what changed since the last snapshot seen (by the watcher or a reader:
+        ``events()`` right after a change must already show it)."""
+        with self._seen_lock:
+            if snap is None:
+                snap = self.registry.snapshot()
+            seen = self._seen
+            if seen is not None and snap.revision <= seen.revision:
+                return
+            self._seen = snap
+            self._note(diff_snapshots(seen, snap))
 
     def _note(self, events: list[Event]) -> None:
         exits: list[Event] = []
@@ -197,6 +212,9 @@ class PluginCluster(Cluster):
         >>> [e.describe() for e in cluster.events() if e.kind == "exited"]  # doctest: +SKIP
         ['server2 exited (signal SIGKILL)']
         """
+        if self._watcher is not None and not self._stop_watch.is_set():
+            with contextlib.suppress(Exception):
+                self._catch_up()
         logged = read_events(self.state_dir, since)
         mine = self.timeline.events(since)
         if logged:  # the supervisor tells its own story: keep what only we could see
