@@ -226,6 +226,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         leaks = config.stash[_RUN].finish(grace)
     if _POOL in config.stash:
         leaks += config.stash[_POOL].leaks()
+    else:  # no fixture used; a test may still have started a Cluster of its own
+        from devcluster.pytest_plugin.leaks import find_leaks, spawned_supervisors
+
+        leaks += find_leaks({}, spawned_supervisors())
     if leaks:
         from devcluster.pytest_plugin.leaks import kill
 

@@ -98,9 +98,10 @@ def find_leaks(tracked: Mapping[int, tuple[float | None, str]],
         if (proc := same_process(pid, created)) is not None:
             found[pid] = (proc, origin)
     for sup in supervisors:
-        origin = "a supervisor started in this session and never stopped"
-        for proc in [sup, *_descendants(sup)]:
-            found.setdefault(proc.pid, (proc, origin))
+        found.setdefault(sup.pid, (sup, "a supervisor started in this session and never "
+                                        "stopped"))
+        for proc in _descendants(sup):
+            found.setdefault(proc.pid, (proc, f"started by supervisor pid {sup.pid}"))
     found = {pid: (p, o) for pid, (p, o) in found.items()
              if not any(s in " ".join(_command(p)) for s in skip)}
     if not found:
