@@ -243,6 +243,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """xdist controller, last resort (a session that never finished): stop the run's
+    shared clusters, so nothing outlives the run."""
+    if _RUN in config.stash:
+        leaks = config.stash[_RUN].finish(float(str(config.getini("devcluster_grace"))))
+        if leaks:
+            from devcluster.pytest_plugin.leaks import kill
+
+            kill(leaks)
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     leaks = config.stash.get(_LEAKS, [])
     if not leaks:
