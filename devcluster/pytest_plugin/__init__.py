@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the engine is imported when a fixture is used, not at pytes
 
 _POOL = pytest.StashKey["Pool"]()
 _RUN = pytest.StashKey["SharedRun"]()  # the controller's view of the xdist run
+_MEMBER = pytest.StashKey["SharedRun"]()  # a worker's view of it
 _LEAKS = pytest.StashKey[list["Leak"]]()
 _CLUSTERS = pytest.StashKey[list["PluginCluster"]]()
 _STARTED = pytest.StashKey[float]()
@@ -70,15 +71,26 @@ def pytest_configure(config: pytest.Config) -> None:
 def _pool(config: pytest.Config) -> Pool:
     if _POOL not in config.stash:
         from devcluster.pytest_plugin.pool import Pool
-        from devcluster.pytest_plugin.sharing import SharedRun
 
-        run = None
-        workerinput = getattr(config, "workerinput", None)
-        if workerinput is not None and config.getini("devcluster_share"):
-            run = (SharedRun(Path(workerinput[_RUN_DIR])) if _RUN_DIR in workerinput
-                   else SharedRun.of(workerinput["testrunuid"]))
-        config.stash[_POOL] = Pool(run, who=lambda: config.stash.get(_CURRENT, "test"))
+        config.stash[_POOL] = Pool(config.stash.get(_MEMBER, None),
+                                   who=lambda: config.stash.get(_CURRENT, "test"))
     return config.stash[_POOL]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """xdist worker: join the run, so that only the last worker to finish stops its
+    shared clusters (a worker done early does not, even if others have not used them yet)."""
+    config = session.config
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None or not config.getini("devcluster_share"):
+        return
+    from devcluster.pytest_plugin.sharing import SharedRun
+
+    run = (SharedRun(Path(workerinput[_RUN_DIR])) if _RUN_DIR in workerinput
+           else SharedRun.of(workerinput["testrunuid"]))
+    with run.locked():
+        run.join()
+    config.stash[_MEMBER] = run
 
 
 def _scope(fixture_name: str, config: pytest.Config) -> str:
@@ -220,10 +232,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """The leak guard (fixtures are torn down by now); the xdist controller also stops
     the run's shared clusters, whatever happened to the workers."""
     config = session.config
+    grace = float(str(config.getini("devcluster_grace")))
     leaks: list[Leak] = []
     if _RUN in config.stash:  # the xdist controller
-        grace = float(str(config.getini("devcluster_grace")))
         leaks = config.stash[_RUN].finish(grace)
+    if _MEMBER in config.stash:  # an xdist worker: the last one stops the shared clusters
+        config.stash[_MEMBER].leave(grace)
     if _POOL in config.stash:
         leaks += config.stash[_POOL].leaks()
     else:  # no fixture used; a test may still have started a Cluster of its own

@@ -29,7 +29,6 @@ class Pool:
         self.who = who
         self._cache: dict[tuple[str, ...], PluginCluster] = {}
         self._shared: list[PluginCluster] = []
-        self._joined = False
         #: pid -> (create time, origin) of every process started for this session.
         self.tracked: dict[int, tuple[float | None, str]] = {}
 
@@ -106,31 +105,23 @@ class Pool:
         assert self.run is not None
         state_dir = self.run.state_dir(options_key(opts))
         with self.run.locked():
-            if not self._joined:
-                self.run.join()
-                self._joined = True
-                session.addfinalizer(self.leave_shared)
             cluster = self.make(opts, state_dir=state_dir, attach=False)
             cluster.shared = True
+            if not self._shared:
+                session.addfinalizer(self.detach_shared)
             self._shared.append(cluster)
             if running_pid(state_dir) is None:
-                cluster.up()  # not tied to this worker's life: the last user stops it
+                cluster.up()  # not tied to this worker's life: the last worker stops it
             else:
                 cluster.follow()
                 _wait_serving(cluster)
         return cluster
 
-    def leave_shared(self) -> None:
-        """This worker is done: the last live user stops the run's clusters."""
+    def detach_shared(self) -> None:
+        """This worker is done with the run's clusters (they serve on for the others)."""
         shared, self._shared = self._shared, []
         for cluster in shared:
             cluster.detach()
-        if self.run is None or not self._joined:
-            return
-        self._joined = False
-        with self.run.locked():
-            if self.run.leave():
-                self.run.stop_all(grace=max((c.grace for c in shared), default=2.0))
 
     # -- the leak guard -----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import threading
 import time
@@ -239,19 +240,16 @@ class PluginCluster(Cluster):
         this cluster's timeline; it is closed when the fixture ends. Make an ``aio``
         channel inside the running event loop of the test.
         """
-        recorder = CallRecorder(self.timeline, options.get("eject_after", 2),
-                                options.pop("on_call", None))
-        self._recorders.append(recorder)
         if aio:
-            from devcluster.client.aio import AioBalancedChannel
-
-            channel: Any = AioBalancedChannel(service, self.registry, on_call=recorder, **options)
-            self._channels.append((channel, asyncio.get_running_loop()))
+            from devcluster.client.aio import AioBalancedChannel as kind
         else:
-            from devcluster.client import BalancedChannel
-
-            channel = BalancedChannel(service, self.registry, on_call=recorder, **options)
-            self._channels.append((channel, None))
+            from devcluster.client import BalancedChannel as kind  # type: ignore[assignment]
+        eject_after = options.get(
+            "eject_after", inspect.signature(kind).parameters["eject_after"].default)
+        recorder = CallRecorder(self.timeline, eject_after, options.pop("on_call", None))
+        channel = kind(service, self.registry, on_call=recorder, **options)
+        self._recorders.append(recorder)
+        self._channels.append((channel, asyncio.get_running_loop() if aio else None))
         return channel
 
     # -- verbs, recorded with who asked ------------------------------------------------

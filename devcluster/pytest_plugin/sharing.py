@@ -5,12 +5,12 @@ xdist's ``testrunuid``) holds:
 
 * ``lock`` — an fcntl lock: starting, attaching, leaving and stopping happen under it;
 * ``controller`` — the pid (and start time) of the xdist controller;
-* ``users/<pid>`` — one file per worker using a shared cluster (its start time inside);
+* ``users/<pid>`` — one file per worker of the run (its start time inside);
 * ``<key>/`` — the state dir of each shared cluster, keyed by its options.
 
 The first worker to need a cluster starts it (not tied to its own life: a worker
-that crashes does not take it down); the others attach. A worker leaving with no
-live user left stops every cluster of the run. The controller stops whatever is
+that crashes does not take it down); the others attach. The last worker of the run
+to finish (no other live worker left) stops every cluster of the run. The controller stops whatever is
 still running at the end of the run (all workers crashed, Ctrl-C), and a later
 run sweeps the directory of a run whose controller was killed outright.
 """
@@ -100,11 +100,13 @@ class SharedRun:
         """Register this process as a user (call under the lock)."""
         _mark(self.root / "users" / str(os.getpid()), os.getpid())
 
-    def leave(self) -> bool:
-        """Deregister this process (under the lock); True when no live user is left."""
-        with contextlib.suppress(FileNotFoundError):
-            (self.root / "users" / str(os.getpid())).unlink()
-        return not self.live_users()
+    def leave(self, grace: float) -> None:
+        """Deregister this process; the last live user stops every cluster of the run."""
+        with self.locked():
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / "users" / str(os.getpid())).unlink()
+            if not self.live_users():
+                self.stop_all(grace)
 
     def live_users(self) -> list[int]:
         users = self.root / "users"
