@@ -134,10 +134,27 @@ def test_module_clusters_are_per_worker(cluster, i):
     assert not _left(processes_under, pytester.path, mention=crash["state_dir"])
 
 
+def _stale_run(root: Path) -> tuple[Path, psutil.Process]:
+    """The shared cluster of a run whose controller was killed outright (SIGKILL)."""
+    from devcluster.api import Cluster
+    from devcluster.pytest_plugin.sharing import SharedRun, runs_root
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    run = SharedRun(runs_root() / f"stale{os.getpid()}")
+    (run.root / "users").mkdir(parents=True, exist_ok=True)
+    (run.root / "controller").write_text(json.dumps({"pid": dead.pid, "created": 0.0}))
+    Cluster(root / "Procfile", state_dir=run.state_dir("k"), port=0, attach=False).up()
+    sup = json.loads((run.state_dir("k") / "supervisor.lock").read_text() or "0")
+    return run.root, psutil.Process(sup)
+
+
 def test_leak_guard_fails_the_run_naming_what_was_left_behind(
         pytester: pytest.Pytester,
         processes_under: Callable[[Path], list[psutil.Process]]) -> None:
+    """... and a run sweeps the shared clusters of an earlier run killed outright."""
     pytester.makefile("", Procfile=PROCFILE)
+    stale_dir, stale_supervisor = _stale_run(pytester.path)
     pytester.makepyfile(test_leaky='''
 from devcluster.api import Cluster
 
@@ -161,6 +178,12 @@ def test_a_fixture_cluster_is_not_a_leak(cluster):
         "devcluster: still running *killed: pid * (*devcluster.greeter*",
     ])
     assert "devcluster0" not in result.stdout.str()  # the fixture's cluster was stopped
+    try:
+        stale_supervisor.wait(10)  # our child: psutil reaps it
+    except psutil.TimeoutExpired:
+        stale_supervisor.kill()
+        pytest.fail("the stale run's cluster was not swept")
+    assert not stale_dir.exists()
     assert not _left(processes_under, pytester.path)
 
 
