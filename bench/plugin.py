@@ -11,6 +11,8 @@
   workers (the default) against one cluster per worker (``devcluster_share = false``).
   Wall time of the whole ``pytest`` command, and clusters started (distinct
   supervisor pids the tests saw). Goal: exactly one cluster, at most 0.6x the time.
+  Also the same number of empty tests under ``-n 2`` (no cluster: pytest's and
+  xdist's own start-up), and the ratio of the times above that floor.
 
 Rounds alternate the two sides, so a busy machine slows both alike; medians are
 reported. Not a test: figures depend on the machine. Leaves nothing running.
@@ -43,6 +45,14 @@ def pytest_runtest_logreport(report):
         with open("phases.jsonl", "a") as f:
             f.write(json.dumps({"test": report.nodeid, "when": report.when,
                                 "s": report.duration}) + "\\n")
+'''
+
+EMPTY_TESTS = '''
+import pytest
+
+@pytest.mark.parametrize("i", range({n}))
+def test_nothing(i):
+    pass
 '''
 
 FUNCTION_TESTS = '''
@@ -127,6 +137,7 @@ def measure(runs: int, clusters: int, tests: int, calls: int,
         (root / "Procfile").write_text(PROCFILE)
         (root / "conftest.py").write_text(PHASES_CONFTEST)
         (root / "test_suite.py").write_text(SUITE_TESTS.format(n=tests, calls=calls))
+        (root / "test_empty.py").write_text(EMPTY_TESTS.format(n=tests))
         bare: list[float] = []
         plugin: list[float] = []
         for _ in range(runs):
@@ -134,11 +145,12 @@ def measure(runs: int, clusters: int, tests: int, calls: int,
             plugin += plugin_clusters(root, clusters)
         sharing = []
         for scale in scales:
-            shared, per_worker = [], []
+            shared, per_worker, floor = [], [], []
             for _ in range(runs):
                 shared.append(suite(root, True, scale))
                 per_worker.append(suite(root, False, scale))
-            sharing.append(_sharing(shared, per_worker, tests, calls, scale))
+                floor.append(_pytest(root, "-n", "2", "test_empty.py"))
+            sharing.append(_sharing(shared, per_worker, floor, tests, calls, scale))
     b, p = statistics.median(bare), statistics.median(plugin)
     return {"overhead": {"bare_s": round(b, 3), "plugin_s": round(p, 3),
                          "ratio": round(p / b, 2), "clusters": len(bare), "goal": "<= 1.2"},
@@ -146,15 +158,20 @@ def measure(runs: int, clusters: int, tests: int, calls: int,
 
 
 def _sharing(shared: list[tuple[float, int]], per_worker: list[tuple[float, int]],
-             tests: int, calls: int, scale: int) -> dict[str, Any]:
+             floor: list[float], tests: int, calls: int, scale: int) -> dict[str, Any]:
     s, w = statistics.median(t for t, _ in shared), statistics.median(t for t, _ in per_worker)
+    f = statistics.median(floor)
     return {"tests": tests, "calls_per_test": calls, "instances": 2 * scale,
             "shared_s": round(s, 2), "per_worker_s": round(w, 2),
             "ratio": round(s / w, 2), "goal": "<= 0.6, exactly one cluster",
+            # pytest -n 2 running as many empty tests: start-up of the controller and workers.
+            "no_cluster_s": round(f, 2),
+            "ratio_above_no_cluster": round((s - f) / (w - f), 2) if w > f else None,
             "clusters_shared": sorted({n for _, n in shared}),
             "clusters_per_worker": sorted({n for _, n in per_worker}),
             "shared_runs_s": [round(t, 2) for t, _ in shared],
-            "per_worker_runs_s": [round(t, 2) for t, _ in per_worker]}
+            "per_worker_runs_s": [round(t, 2) for t, _ in per_worker],
+            "no_cluster_runs_s": [round(t, 2) for t in floor]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{s['tests']} tests x {s['calls_per_test']} calls, pytest -n 2, session cluster "
               f"of {s['instances']} instances: shared {s['shared_s']:.2f}s "
               f"({s['clusters_shared']} cluster) vs one per worker {s['per_worker_s']:.2f}s "
-              f"({s['clusters_per_worker']} clusters) = {s['ratio']}x (goal {s['goal']})")
+              f"({s['clusters_per_worker']} clusters) = {s['ratio']}x (goal {s['goal']}); "
+              f"no cluster {s['no_cluster_s']:.2f}s, above that {s['ratio_above_no_cluster']}x")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
