@@ -1,0 +1,279 @@
+"""The cluster's timeline: events, their JSON-lines log, and events read off the registry.
+
+An :class:`Event` is one thing that happened to a cluster: an instance started or
+exited (with its code or signal), changed state, was reweighted, enabled or
+disabled; a client ejected an instance or failed a call over; a user asked for a
+kill. The supervisor appends events to ``<state_dir>/events.jsonl`` with an
+:class:`EventLog`; ``Cluster.events()``, the pytest failure report, ``top`` and the
+console read them back with :func:`read_events`.
+
+Changes written straight to the registry (``devcluster weight``, ``enable``; a test
+calling ``cluster.weight``) never pass through the supervisor: :func:`diff_snapshots`
+derives their events from two registry snapshots, as a pure function.
+
+>>> e = Event(1.5, EventKind.STATE, "server2", old="serving", new="killed", who="pid 42")
+>>> Event.from_json(e.to_json()) == e
+True
+>>> e.describe()
+'server2 serving -> killed (asked by pid 42)'
+
+This module is a leaf: it imports nothing of ours at run time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from devcluster.registry import Record, Snapshot
+
+#: The timeline's file in a state dir.
+EVENTS_FILE = "events.jsonl"
+
+
+class EventKind(enum.StrEnum):
+    """What an event says happened."""
+
+    STARTED = "started"
+    """A process of the instance was spawned (``new``: its pid)."""
+    EXITED = "exited"
+    """The instance's process ended (``code`` or ``signal``)."""
+    RESTARTED = "restarted"
+    """The instance was started again (``new``: its restart count)."""
+    STATE = "state"
+    """The instance's state changed from ``old`` to ``new``."""
+    WEIGHT = "weight"
+    """The registry weight changed from ``old`` to ``new``."""
+    ENABLED = "enabled"
+    """The instance was enabled (``new`` True) or disabled (``new`` False)."""
+    METADATA = "metadata"
+    """The instance's registry metadata changed from ``old`` to ``new``."""
+    ADDED = "added"
+    """The instance appeared in the registry (``up``, ``scale``, ``reload``)."""
+    REMOVED = "removed"
+    """The instance left the registry (``scale`` down, ``reload``)."""
+    ASKED = "asked"
+    """Someone (``who``) asked for a verb (``detail``, e.g. ``kill SIGKILL``)."""
+    EJECTED = "ejected"
+    """A balancing channel stopped sending calls to the instance (``detail``: why)."""
+    READMITTED = "readmitted"
+    """A balancing channel sends calls to an ejected instance again."""
+    FAILOVER = "failover"
+    """A call failed on the instance (``code``) and went on to ``new``."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened to a cluster, at ``time`` (seconds since the epoch).
+
+    ``source`` says who saw it: ``supervisor``, ``registry``, ``channel`` or ``test``.
+    ``code`` is an exit code (EXITED) or a gRPC status name (FAILOVER); ``signal``
+    the signal name that ended a process; ``who`` who asked for it, when known.
+    """
+
+    time: float
+    kind: EventKind
+    instance: str | None = None
+    old: Any = None
+    new: Any = None
+    code: int | str | None = None
+    signal: str | None = None
+    who: str | None = None
+    source: str = "supervisor"
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; every key always present (unknown values are null)."""
+        out = asdict(self)
+        out["kind"] = self.kind.value
+        return out
+
+    def to_json(self) -> str:
+        """One line of ``events.jsonl`` (no newline)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Event:
+        """The event a dict describes; unknown keys (a newer writer) are ignored."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        values["kind"] = EventKind(values["kind"])
+        values["time"] = float(values["time"])
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, line: str) -> Event:
+        return cls.from_dict(json.loads(line))
+
+    def describe(self) -> str:
+        """One line for people, without the time: ``server2 exited (signal SIGKILL)``."""
+        what = _DESCRIBE.get(self.kind, "{kind}")
+        if self.kind is EventKind.STATE and self.old is None:
+            what = "is {new}"
+        text = what.format(old=self.old, new=self.new, code=self.code, kind=self.kind.value,
+                           detail=self.detail, exit=self._exit())
+        subject = self.instance or self.source
+        text = f"{subject} {text}".rstrip()
+        if self.detail and "{detail}" not in what:
+            text += f" ({self.detail})"
+        if self.who:
+            text += f" (asked by {self.who})"
+        return text
+
+    def _exit(self) -> str:
+        if self.signal:
+            return f"signal {self.signal}"
+        return f"exit {self.code}" if self.code is not None else "exit unknown"
+
+
+_DESCRIBE: dict[EventKind, str] = {
+    EventKind.STARTED: "started (pid {new})",
+    EventKind.EXITED: "exited ({exit})",
+    EventKind.RESTARTED: "restarted (restart #{new})",
+    EventKind.STATE: "{old} -> {new}",
+    EventKind.WEIGHT: "weight {old} -> {new}",
+    EventKind.ENABLED: "enabled {old} -> {new}",
+    EventKind.METADATA: "metadata {old} -> {new}",
+    EventKind.ADDED: "added",
+    EventKind.REMOVED: "removed",
+    EventKind.ASKED: "{detail}",
+    EventKind.EJECTED: "ejected by a channel",
+    EventKind.READMITTED: "readmitted by a channel",
+    EventKind.FAILOVER: "failed {code}, call went on to {new}",
+}
+
+
+class EventLog:
+    """Appends events to ``<state_dir>/events.jsonl``, one JSON object per line.
+
+    Each event is one ``write(2)`` on a descriptor opened with ``O_APPEND``: lines of
+    one writer never interleave, and a reader sees at worst a torn last line (a
+    writer killed mid-write), which :func:`read_events` skips.
+
+    >>> with EventLog(tmp_path) as log:                              # doctest: +SKIP
+    ...     log.append(Event(time.time(), EventKind.STARTED, "server1", new=1234))
+    """
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(state_dir) / EVENTS_FILE
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def __repr__(self) -> str:
+        return f"EventLog({str(self.path)!r})"
+
+    def append(self, event: Event) -> None:
+        """Write one event; a closed log drops it (a late event at shutdown)."""
+        if self._fd is None:
+            return
+        os.write(self._fd, (event.to_json() + "\n").encode())
+
+    def extend(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.append(event)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_events(state_dir: str | os.PathLike[str], since: float | None = None) -> list[Event]:
+    """Every event logged in ``state_dir`` (at or after ``since``), oldest first.
+
+    No log yet gives ``[]``. A line that does not parse (the torn last line of a
+    writer killed mid-write) is skipped.
+    """
+    try:
+        text = (Path(state_dir) / EVENTS_FILE).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            event = Event.from_json(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if since is None or event.time >= since:
+            out.append(event)
+    out.sort(key=lambda e: e.time)
+    return out
+
+
+# -- events read off the registry ---------------------------------------------------------
+
+def diff_snapshots(old: Snapshot | None, new: Snapshot, now: float | None = None,
+                   source: str = "registry") -> list[Event]:
+    """The events that turn registry snapshot ``old`` into ``new`` (pure).
+
+    ``old=None`` is an empty registry: every record then reads as added (and started,
+    if it has a pid). Times are the records' ``updated_at``, else ``now``. States read
+    off the registry never say *why* (no exit code, no asker): the supervisor's do.
+
+    >>> from devcluster.registry import Record, Snapshot
+    >>> a = Snapshot(1, {"s1": Record("s1", "s", "127.0.0.1:1", state="serving")})
+    >>> b = Snapshot(2, {"s1": Record("s1", "s", "127.0.0.1:1", weight=5, state="serving")})
+    >>> [e.describe() for e in diff_snapshots(a, b, now=0.0)]
+    ['s1 weight 1 -> 5']
+    """
+    now = time.time() if now is None else now
+    before: Mapping[str, Record] = old.records if old is not None else {}
+    events: list[Event] = []
+    for name, rec in new.records.items():
+        events.extend(_record_events(before.get(name), rec, now, source))
+    for name, rec in before.items():
+        if name not in new.records:
+            events.append(Event(now, EventKind.REMOVED, name, old=_state(rec), source=source))
+    events.sort(key=lambda e: e.time)
+    return events
+
+
+def _state(rec: Record) -> str:
+    return str(getattr(rec.state, "value", rec.state))
+
+
+def _record_events(prev: Record | None, rec: Record, now: float, source: str) -> list[Event]:
+    at = rec.updated_at or now
+    out: list[Event] = []
+
+    def add(kind: EventKind, when: float = at, **kw: Any) -> None:
+        out.append(Event(when, kind, rec.name, source=source, **kw))
+
+    if prev is None:
+        add(EventKind.ADDED, detail=rec.address)
+    # Not started_at: it is the process's create time as psutil computes it from the boot
+    # time, which can be off the wall clock by seconds (VMs, containers).
+    if rec.pid and (prev is None or rec.pid != prev.pid):
+        add(EventKind.STARTED, new=rec.pid)
+        if prev is not None and rec.restarts > prev.restarts:
+            add(EventKind.RESTARTED, new=rec.restarts)
+    if prev is None or _state(prev) != _state(rec):
+        add(EventKind.STATE, old=None if prev is None else _state(prev), new=_state(rec))
+    if prev is None:
+        return out
+    if prev.weight != rec.weight:
+        add(EventKind.WEIGHT, old=prev.weight, new=rec.weight)
+    if prev.enabled != rec.enabled:
+        add(EventKind.ENABLED, old=prev.enabled, new=rec.enabled)
+    before_meta, after_meta = getattr(prev, "metadata", None), getattr(rec, "metadata", None)
+    if before_meta != after_meta:
+        add(EventKind.METADATA, old=_plain(before_meta), new=_plain(after_meta))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return dict(value) if isinstance(value, Mapping) else value
