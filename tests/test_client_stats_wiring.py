@@ -10,7 +10,7 @@ import pytest
 
 from devcluster.clientstats import CLIENTS_DIR, read_traffic
 from tests._clients import BOTH, open_client
-from tests._servers import LocalServer, MemoryRegistry, local_servers
+from tests._servers import MemoryRegistry, local_servers
 
 pytestmark = BOTH
 
