@@ -106,9 +106,11 @@ class Cluster:
             raise ClusterRunningError(
                 f"a cluster is already running in {self.state_dir} (supervisor pid {pid}); "
                 "stop it with `devcluster down` or use another --state-dir")
+        from devcluster.statedir import prepare
+
+        prepare(self.state_dir)  # never changes the mode of a directory it did not create
         where = defaults.layout(self.state_dir)
-        where.logs.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
+        where.logs.mkdir(exist_ok=True)
         read_fd, write_fd = os.pipe()
         passed = [write_fd]
         lifeline = None

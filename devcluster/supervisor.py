@@ -293,7 +293,8 @@ class Supervisor:
             inst.force_kill()
         process.sweep(self._ours())
 
-    async def run(self, on_settled: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def run(self, on_settled: Callable[[], Awaitable[None]] | None = None,
+                  duties: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()) -> None:
         """Start every instance, serve until told to stop, stop them all.
 
         Every task (life cycles, probes, shutdown, reload) belongs to one task group. A
@@ -306,7 +307,7 @@ class Supervisor:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg  # before the handlers: a signal always finds its owner
                 with signals(loop, self), lifeline(loop, self, self.settings.lifeline_fd):
-                    await self._serve(on_settled)
+                    await self._serve(on_settled, duties)
         except ExceptionGroup as group:
             first: BaseException = group
             while isinstance(first, BaseExceptionGroup):
@@ -319,9 +320,10 @@ class Supervisor:
             self.force()
             self.done.set()
 
-    async def _serve(self, on_settled: Callable[[], Awaitable[None]] | None) -> None:
+    async def _serve(self, on_settled: Callable[[], Awaitable[None]] | None,
+                     duties: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
         began = time.monotonic()
-        reaper = self._spawn(self._reap_adopted())
+        background = [self._spawn(duty()) for duty in (self._reap_adopted, *duties)]
         self.start_all()
         settled = self._spawn(self._settle(began))
         stop_wait = asyncio.ensure_future(self.stopping.wait())
@@ -336,7 +338,8 @@ class Supervisor:
         await self.stopping.wait()
         if self._shutdown_task is not None:
             await self._shutdown_task
-        reaper.cancel()
+        for task in background:
+            task.cancel()
 
     async def _settle(self, began: float) -> None:
         if await self.wait_settled(self.settings.ready_timeout + 60):

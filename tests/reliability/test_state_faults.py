@@ -8,8 +8,10 @@ within the grace period plus 2 s, with one line saying what happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -174,3 +176,80 @@ def test_a_daemonizing_instance_is_restarted_by_its_policy(
 
     wait_until(lambda: ps_rows(run_cli)["bg"]["restarts"] >= 1, 5.0, "bg to be restarted")
     assert run_cli("down").returncode == 0
+
+
+# -- 2. the state dir deleted under a running cluster -----------------------------------
+
+def test_state_dir_deleted_then_ps_and_down(greeters: Path, run_cli: Cli) -> None:
+    import shutil
+
+    from conftest import wait_until
+
+    pids = [r["pid"] for r in ps_rows(run_cli).values()]
+    shutil.rmtree(greeters)
+    began = time.monotonic()
+    wait_until(lambda: (greeters / "control.sock").exists()
+               and (greeters / "registry.json").exists(), 2.0, "the state dir to come back")
+    assert time.monotonic() - began < 1.5
+    rows = ps_rows(run_cli)
+    assert sorted(r["pid"] for r in rows.values()) == sorted(pids)
+    on_disk = json.loads((greeters / "registry.json").read_text())["instances"]
+    assert {n: r["state"] for n, r in on_disk.items()} == dict.fromkeys(rows, "serving")
+    up = run_cli(*UP)
+    assert up.returncode == 1 and "already running" in one_line(up)
+    down, took = timed(run_cli, "down")
+    assert down.returncode == 0, down.stderr
+    assert took < BOUND
+
+
+def test_an_old_supervisor_never_touches_a_newer_run(greeters: Path, run_cli: Cli) -> None:
+    import shutil
+    import signal
+
+    from conftest import wait_until
+
+    old = supervisor_of(greeters)
+    old_pids = [r["pid"] for r in ps_rows(run_cli).values()]
+    old.suspend()  # it cannot re-create its state dir before the new run takes it
+    try:
+        shutil.rmtree(greeters)
+        up = run_cli(*UP, "-c", "greeter=2")
+        assert up.returncode == 0, up.stderr
+    finally:
+        old.resume()
+    new = supervisor_of(greeters)
+    assert new.pid != old.pid
+    before = (greeters / "registry.json").read_bytes()
+    # The old one finds its state dir taken, stops its own cluster, touches nothing.
+    wait_until(lambda: not old.is_running() or old.status() == psutil.STATUS_ZOMBIE,
+               BOUND, "the old supervisor to stop")
+    assert all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE
+               for p in old_pids)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(old.pid, signal.SIGTERM)  # was: rewrote the new registry, deleted its socket
+    assert (greeters / "registry.json").read_bytes() == before
+    rows = ps_rows(run_cli)
+    assert sorted(rows) == ["greeter.1", "greeter.2"]
+    assert all(r["state"] == "serving" and r["pid"] not in old_pids for r in rows.values())
+
+
+# -- 6. a shared (1777) state dir ------------------------------------------------------
+
+def test_a_shared_state_dir_keeps_its_mode(run_cli: Cli, write_procfile: Callable[..., Path],
+                                           tmp_path: Path) -> None:
+    write_procfile(f"greeter: {GREETER}")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    up = run_cli(*UP, "--state-dir", str(shared))
+    assert up.returncode == 0, up.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert run_cli("down", "--state-dir", str(shared)).returncode == 0
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)  # no sticky bit: anyone could replace our files
+    refused = run_cli(*UP, "--state-dir", str(open_dir))
+    assert refused.returncode == 1
+    assert "writable by other users (mode 0777)" in one_line(refused)
+    assert stat.S_IMODE(open_dir.stat().st_mode) == 0o777
