@@ -245,6 +245,26 @@ def _unknown(message: str) -> UnknownInstanceError:
     return error
 
 
+#: How long a client waits for the socket of a supervisor that holds the lock but is
+#: still starting (it binds the socket after cleaning stale state, ~0.1-0.5 s).
+_STARTING_WAIT = 10.0
+
+
+def _wait_for_socket(path: Path, pid: int, state_dir: Path) -> None:
+    """A supervisor is starting (lock held, no socket yet): wait for its socket, so
+    ``down`` right after ``up -d`` stops it instead of saying "no cluster"."""
+    import time
+
+    from devcluster.statedir import running_pid
+
+    deadline = time.monotonic() + _STARTING_WAIT
+    # Polls: the socket's creation in another process gives us no event to wait on. The
+    # pid changes once: `up -d` locks the dir, then its daemon takes the lock over.
+    while not path.exists() and running_pid(state_dir) is not None \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _who() -> str:
     return f"pid {os.getpid()}"
 
@@ -261,6 +281,9 @@ class ControlClient:
         self.state_dir = state_dir
         self.timeout = timeout
         path = socket_path(state_dir)
+        pid = running_pid(state_dir)
+        if pid is not None and not path.exists():
+            _wait_for_socket(path, pid, state_dir)
         if running_pid(state_dir) is None or not (path.exists() or path.is_symlink()):
             raise NoClusterError(
                 f"no cluster running in {state_dir}; start one with `devcluster up`")

@@ -6,7 +6,7 @@ knows nothing of the control plane; here the control server is given the supervi
 dir's lock. Leaving :func:`serve` always stops the instances, then the control server
 (removing its socket), then releases the lock, whatever failed.
 
-``python -m devcluster.daemon SETTINGS_JSON`` is the background supervisor of ``up -d``
+``python -m devcluster.daemon < SETTINGS_JSON`` is the background supervisor of ``up -d``
 and of the Python API: no console (the merged log goes to ``logs/devcluster.log``),
 and it reports how start-up went on a pipe as data: every instance in the one schema,
 or the error (type, message, instance, last log lines). It skips the CLI's imports
@@ -65,7 +65,7 @@ async def serve(settings: Settings, console: TextIO | None, ready: ReadyPipe | N
             raise UsageError(f"--restart {name}=...: the Procfile has no process type "
                              f"{name!r}; types: {', '.join(t.name for t in types)}")
     where = defaults.layout(settings.state_dir)
-    with hold_lock(settings.state_dir) as claim:
+    with hold_lock(settings.state_dir, settings.lock_fd) as claim:
         sink = LogSink(where.logs, console)
         try:
             await _run(settings, sink, types, env, specs, ready, claim)
@@ -99,7 +99,8 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
         try:
             async def settled() -> None:
                 infos = await sup.infos()
-                ready.send({"instances": {i.name: i.to_dict() for i in infos}, "notes": notes})
+                ready.send({"instances": {i.name: i.to_dict() for i in infos}, "notes": notes,
+                            "stopped_by": sup.stopped_by})
 
             await sup.run(settled, [keeper.run])
         finally:
@@ -145,6 +146,8 @@ class _Keeper:
             await self.check()
 
     async def check(self) -> None:
+        if self.sup.stopping.is_set():
+            return  # shutting down: a deleted state dir is not re-created any more
         where = defaults.layout(self.claim.state_dir)
         if not self.claim.mine():
             if not await asyncio.to_thread(self.claim.retake):
@@ -217,11 +220,17 @@ def _settings(raw: dict[str, Any]) -> Settings:
         grace=float(raw["grace"]), ready_timeout=float(raw["ready_timeout"]),
         restart={k: Policy(v) for k, v in raw.get("restart", {}).items()},
         ready_fd=raw.get("ready_fd"), lifeline_fd=raw.get("lifeline_fd"),
+        lock_fd=raw.get("lock_fd"),
         registry=raw.get("registry"))
 
 
 def main(argv: list[str]) -> int:
-    settings = _settings(json.loads(argv[0]))
+    """Settings: JSON on stdin (or, for hand use, as the one argument)."""
+    text = argv[0] if argv else sys.stdin.read()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # the settings pipe is done with; instances must not inherit it
+    os.close(null)
+    settings = _settings(json.loads(text))
     ready = ReadyPipe(settings.ready_fd)
     try:
         return asyncio.run(serve(settings, None, ready))

@@ -96,9 +96,22 @@ class Claim:
         self._f.close()
 
 
-def _take(state_dir: Path) -> IO[str]:
-    """Open and flock the lock file, write our pid; ClusterRunningError if held."""
-    f = open(layout(state_dir).lock, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
+def take_lock(state_dir: Path) -> IO[str]:
+    """Lock the state dir for a supervisor about to start (``up -d``), who inherits it."""
+    try:
+        return _take(state_dir)
+    except OSError as e:
+        raise DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror}); "
+                              "pass --state-dir DIR with a directory you can write") from None
+
+
+def _take(state_dir: Path, inherited: int | None = None) -> IO[str]:
+    """Open (or adopt ``inherited``) and flock the lock file, write our pid;
+    ClusterRunningError if another holds it."""
+    if inherited is not None:
+        f = open(inherited, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
+    else:
+        f = open(layout(state_dir).lock, "a+", encoding="utf-8")  # noqa: SIM115
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -116,11 +129,13 @@ def _take(state_dir: Path) -> IO[str]:
 
 
 @contextlib.contextmanager
-def hold_lock(state_dir: Path) -> Iterator[Claim]:
-    """Hold ``supervisor.lock`` for the supervisor's life; refuse if another holds it."""
+def hold_lock(state_dir: Path, inherited: int | None = None) -> Iterator[Claim]:
+    """Hold ``supervisor.lock`` for the supervisor's life; refuse if another holds it.
+
+    ``inherited``: the lock file, already locked by the process that started us."""
     prepare(state_dir)
     try:
-        f = _take(state_dir)
+        f = _take(state_dir, inherited)
     except OSError as e:
         raise DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror}); "
                               "pass --state-dir DIR with a directory you can write") from None

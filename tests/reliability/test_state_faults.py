@@ -253,3 +253,29 @@ def test_a_shared_state_dir_keeps_its_mode(run_cli: Cli, write_procfile: Callabl
     assert refused.returncode == 1
     assert "writable by other users (mode 0777)" in one_line(refused)
     assert stat.S_IMODE(open_dir.stat().st_mode) == 0o777
+
+
+# -- 7. down while up -d is starting -------------------------------------------------------
+
+def test_down_during_up_stops_what_is_starting_and_says_so(
+        run_cli: Cli, write_procfile: Callable[..., Path], tmp_path: Path) -> None:
+    from conftest import cli_env, devcluster_argv, wait_until
+
+    from devcluster.statedir import running_pid
+
+    write_procfile(f"greeter: {GREETER}")
+    up = subprocess.Popen(devcluster_argv(*UP, "-c", "greeter=10"), cwd=tmp_path, env=cli_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # As soon as `up -d` holds the state dir (before its supervisor even runs).
+        wait_until(lambda: running_pid(tmp_path / ".devcluster") is not None, 10.0,
+                   "up -d to lock the state dir")
+        down, took = timed(run_cli, "down")
+        _, err = up.communicate(timeout=30)
+    finally:
+        up.kill()
+    assert down.returncode == 0, down.stderr  # was: "no cluster running"
+    assert took < BOUND
+    assert up.returncode == 1
+    assert "the cluster was stopped while it started" in err  # was: "keeps running"
+    assert "keeps running" not in err
