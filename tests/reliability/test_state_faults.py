@@ -279,3 +279,52 @@ def test_down_during_up_stops_what_is_starting_and_says_so(
     assert up.returncode == 1
     assert "the cluster was stopped while it started" in err  # was: "keeps running"
     assert "keeps running" not in err
+
+
+# -- 5. a server listening on two ports --------------------------------------------------
+
+TWO_PORTS = """\
+import socket, time
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+# A plain TCP side listener on a lower port than the gRPC one: the lowest port used
+# to be taken as the address ("TCP connect" ready, every call failed).
+side = socket.socket()
+for port in range(20000, 60000, 7):
+    try:
+        side.bind(("127.0.0.1", port))
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", port + 1))
+        probe.close()
+        break
+    except OSError:
+        side.close()
+        side = socket.socket()
+side.listen()
+server = grpc.server(futures.ThreadPoolExecutor(2))
+servicer = health.HealthServicer()
+health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+server.add_insecure_port(f"127.0.0.1:{port + 1}")
+server.start()
+servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+print("side", port, "grpc", port + 1, flush=True)
+time.sleep(300)
+"""
+
+
+def test_two_listening_ports_register_the_grpc_one(
+        run_cli: Cli, write_procfile: Callable[..., Path], tmp_path: Path) -> None:
+    (tmp_path / "two_ports.py").write_text(TWO_PORTS)
+    write_procfile("two: python two_ports.py")
+    up = run_cli(*UP)
+    try:
+        assert up.returncode == 0, up.stderr
+        log = (tmp_path / ".devcluster" / "logs" / "two.log").read_text()
+        side, grpc_port = (int(w) for w in log.split()[2:5:2])
+        row = ps_rows(run_cli)["two"]
+        assert row["address"] == f"127.0.0.1:{grpc_port}", (row, side)
+        merged = (tmp_path / ".devcluster" / "logs" / "devcluster.log").read_text()
+        assert f"two serving on 127.0.0.1:{grpc_port} (health check" in merged
+    finally:
+        assert run_cli("down").returncode == 0
