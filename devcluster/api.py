@@ -106,11 +106,16 @@ class Cluster:
             raise ClusterRunningError(
                 f"a cluster is already running in {self.state_dir} (supervisor pid {pid}); "
                 "stop it with `devcluster down` or use another --state-dir")
+        from devcluster.statedir import prepare, take_lock
+
+        prepare(self.state_dir)  # never changes the mode of a directory it did not create
+        # Lock the state dir now and hand the lock to the daemon (the same open file):
+        # from this moment `down` sees a cluster starting, and two `up -d` cannot race.
+        lock = take_lock(self.state_dir)
         where = defaults.layout(self.state_dir)
-        where.logs.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
+        where.logs.mkdir(exist_ok=True)
         read_fd, write_fd = os.pipe()
-        passed = [write_fd]
+        passed = [write_fd, lock.fileno()]
         lifeline = None
         if self.attach:
             # The daemon holds the read end; when this process ends (however), the write
@@ -120,12 +125,22 @@ class Cluster:
         out = open(where.daemon_out, "ab")  # noqa: SIM115
         try:
             self._proc = subprocess.Popen(
-                self._argv(write_fd, lifeline), stdin=subprocess.DEVNULL, stdout=out,
-                stderr=out, pass_fds=passed, start_new_session=True, cwd=self.procfile.parent)
+                [sys.executable, "-m", "devcluster.daemon"], stdin=subprocess.PIPE,
+                stdout=out, stderr=out, pass_fds=passed, start_new_session=True,
+                cwd=self.procfile.parent)
         finally:
-            for fd in passed:
+            for fd in passed[:1] + passed[2:]:
                 os.close(fd)
+            lock.close()  # the daemon holds it now
             out.close()
+        # The settings go through a pipe, not argv: no size limit ("Argument list too
+        # long"), and not on display in `ps` to every user.
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(self._settings(write_fd, lifeline, passed[1]).encode())
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died at once; _read_ready reports it
         try:
             payload = self._read_ready(read_fd)
         finally:
@@ -134,21 +149,23 @@ class Cluster:
             raise from_payload(payload["error"])
         states: dict[str, dict[str, Any]] = payload["instances"]
         self.notes = list(payload.get("notes", []))
+        if payload.get("stopped_by"):  # `down` (or a signal) while it started
+            raise DevclusterError(f"the cluster was stopped while it started (asked by "
+                                  f"{payload['stopped_by']}); its instances are stopping")
         bad = {n: s for n, s in states.items() if s["state"] != State.SERVING.value}
         if bad:
             raise NotReadyError(self._not_ready_message(bad), states)
         return states
 
-    def _argv(self, ready_fd: int, lifeline_fd: int | None) -> list[str]:
-        from devcluster.daemon import settings_json
-
-        return [sys.executable, "-m", "devcluster.daemon", settings_json(
-            procfile=self.procfile, state_dir=self.state_dir, env_files=[str(p) for p in
-                                                                          self.env_files],
-            scale=self.scale_counts, base_port=self.port, grace=self.grace,
-            ready_timeout=self.ready_timeout,
-            restart={k: str(v) for k, v in self.restart_policies.items()}, ready_fd=ready_fd,
-            lifeline_fd=lifeline_fd, registry=self.registry_url)]
+    def _settings(self, ready_fd: int, lifeline_fd: int | None, lock_fd: int) -> str:
+        """The daemon's settings (devcluster.supervisor.Settings) as JSON."""
+        return json.dumps({
+            "procfile": str(self.procfile), "state_dir": str(self.state_dir),
+            "env_files": [str(p) for p in self.env_files], "scale": self.scale_counts,
+            "base_port": self.port, "grace": self.grace, "ready_timeout": self.ready_timeout,
+            "restart": {k: str(v) for k, v in self.restart_policies.items()},
+            "ready_fd": ready_fd, "lifeline_fd": lifeline_fd, "lock_fd": lock_fd,
+            "registry": self.registry_url})
 
     def _read_ready(self, fd: int) -> dict[str, Any]:
         # Crash loops settle as `failed` after ~7.5 s of backoff; allow for that.

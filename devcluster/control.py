@@ -30,9 +30,15 @@ T = TypeVar("T")
 
 
 def bind_path(path: Path) -> Path:
-    """Where to bind ``path``'s socket: itself, or a short path in a private tmp dir."""
-    if len(str(path)) <= _MAX_SOCKET_PATH:
-        return path
+    """Where to bind ``path``'s socket: a name of this run beside it (``control-PID.sock``,
+    ``path`` a symlink to it), or a short path in a private tmp dir.
+
+    grpc unlinks its socket's path when the server stops, whoever's file is there by
+    then: a name of our own means an old supervisor never deletes a newer run's socket.
+    """
+    own = path.with_name(f"{path.stem}-{os.getpid()}{path.suffix}")
+    if len(str(own)) <= _MAX_SOCKET_PATH:
+        return own
     base = tempfile.gettempdir()
     if len(base) > 40:  # a $TMPDIR that long leaves no room for the socket's name
         base = "/tmp"
@@ -44,7 +50,7 @@ def bind_path(path: Path) -> Path:
         # Someone else made (or opened up) that name: use a fresh private dir instead.
         short_dir = Path(tempfile.mkdtemp(prefix="devcluster-", dir=base))
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
-    return short_dir / f"{digest}.sock"
+    return short_dir / f"{digest}-{os.getpid()}.sock"
 
 
 class Supervised(Protocol):
@@ -173,8 +179,40 @@ class ControlServer:
     def __init__(self, sup: Supervised, path: Path) -> None:
         self.path = path
         self.bound = bind_path(path)
-        self.server = grpc.aio.server()
-        pb_grpc.add_ControlServicer_to_server(_Servicer(sup), self.server)
+        self._servicer = _Servicer(sup)
+        self.server = self._new_server()
+        self._inode: int | None = None
+
+    def _new_server(self) -> grpc.aio.Server:
+        server = grpc.aio.server()
+        pb_grpc.add_ControlServicer_to_server(self._servicer, server)
+        return server
+
+    def _leads_to_ours(self, path: Path) -> bool:
+        try:
+            return os.stat(path).st_ino == self._inode
+        except OSError:
+            return False
+
+    def missing(self) -> bool:
+        """The socket's path no longer leads to our socket (its directory was deleted)."""
+        return not self._leads_to_ours(self.path)
+
+    async def restore(self) -> None:
+        """Make the socket reachable again: re-link it, or bind a fresh server."""
+        if not self._leads_to_ours(self.bound):
+            # Stop the old server first: its shutdown unlinks the bound path.
+            old, self.server = self.server, self._new_server()
+            await old.stop(0.5)
+            await self.start()
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._link()
+
+    def _link(self) -> None:
+        target = self.bound.name if self.bound.parent == self.path.parent else self.bound
+        self.path.symlink_to(target)
 
     async def start(self) -> None:
         for p in {self.path, self.bound}:
@@ -187,20 +225,44 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.bound, 0o600)
-        if self.bound != self.path:
-            self.path.symlink_to(self.bound)
+        self._inode = os.stat(self.bound).st_ino
+        self._link()
 
-    async def stop(self) -> None:
+    async def stop(self, remove: bool = True) -> None:
+        """Stop serving (grpc unlinks our own bound socket); remove the link to it if it
+        is still ours (``remove``): never another run's."""
+        ours = remove and self._leads_to_ours(self.path)
         await self.server.stop(1.0)
-        for p in {self.path, self.bound}:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        with contextlib.suppress(OSError):
+            if ours:
+                self.path.unlink()
+            self.bound.unlink()
 
 
 def _unknown(message: str) -> UnknownInstanceError:
     error = UnknownInstanceError.__new__(UnknownInstanceError)
     Exception.__init__(error, message)
     return error
+
+
+#: How long a client waits for the socket of a supervisor that holds the lock but is
+#: still starting (it binds the socket after cleaning stale state, ~0.1-0.5 s).
+_STARTING_WAIT = 10.0
+
+
+def _wait_for_socket(path: Path, pid: int, state_dir: Path) -> None:
+    """A supervisor is starting (lock held, no socket yet): wait for its socket, so
+    ``down`` right after ``up -d`` stops it instead of saying "no cluster"."""
+    import time
+
+    from devcluster.statedir import running_pid
+
+    deadline = time.monotonic() + _STARTING_WAIT
+    # Polls: the socket's creation in another process gives us no event to wait on. The
+    # pid changes once: `up -d` locks the dir, then its daemon takes the lock over.
+    while not path.exists() and running_pid(state_dir) is not None \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _who() -> str:
@@ -219,6 +281,9 @@ class ControlClient:
         self.state_dir = state_dir
         self.timeout = timeout
         path = socket_path(state_dir)
+        pid = running_pid(state_dir)
+        if pid is not None and not path.exists():
+            _wait_for_socket(path, pid, state_dir)
         if running_pid(state_dir) is None or not (path.exists() or path.is_symlink()):
             raise NoClusterError(
                 f"no cluster running in {state_dir}; start one with `devcluster up`")

@@ -6,7 +6,7 @@ knows nothing of the control plane; here the control server is given the supervi
 dir's lock. Leaving :func:`serve` always stops the instances, then the control server
 (removing its socket), then releases the lock, whatever failed.
 
-``python -m devcluster.daemon SETTINGS_JSON`` is the background supervisor of ``up -d``
+``python -m devcluster.daemon < SETTINGS_JSON`` is the background supervisor of ``up -d``
 and of the Python API: no console (the merged log goes to ``logs/devcluster.log``),
 and it reports how start-up went on a pipe as data: every instance in the one schema,
 or the error (type, message, instance, last log lines). It skips the CLI's imports
@@ -31,7 +31,7 @@ from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError,
 from devcluster.logs import LogSink
 from devcluster.registry import FileRegistry, Registry, open_registry
 from devcluster.registry.liveness import alive
-from devcluster.statedir import hold_lock
+from devcluster.statedir import Claim, hold_lock
 from devcluster.supervisor import Settings, Supervisor
 from devcluster.watchdog import Watchdog
 
@@ -65,10 +65,10 @@ async def serve(settings: Settings, console: TextIO | None, ready: ReadyPipe | N
             raise UsageError(f"--restart {name}=...: the Procfile has no process type "
                              f"{name!r}; types: {', '.join(t.name for t in types)}")
     where = defaults.layout(settings.state_dir)
-    with hold_lock(settings.state_dir):
+    with hold_lock(settings.state_dir, settings.lock_fd) as claim:
         sink = LogSink(where.logs, console)
         try:
-            await _run(settings, sink, types, env, specs, ready)
+            await _run(settings, sink, types, env, specs, ready, claim)
             sink.system("bye")
         finally:
             sink.close()
@@ -77,7 +77,7 @@ async def serve(settings: Settings, console: TextIO | None, ready: ReadyPipe | N
 
 async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.ProcessType],
                env: dict[str, str], specs: Sequence[procfile.InstanceSpec],
-               ready: ReadyPipe) -> None:
+               ready: ReadyPipe, claim: Claim) -> None:
     registry: Registry
     notes: list[str] = []
     if settings.registry and settings.registry.startswith("etcd://"):
@@ -89,19 +89,22 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
     process.become_subreaper()  # what instances daemonize stays ours to find and stop
     watchdog = Watchdog()
     sup = Supervisor(settings, registry, sink, types, env, specs, watchdog)
+    sup.records.before_write = lambda: _check_claim(claim)
+    keeper = _Keeper(claim, sup, sink, isinstance(registry, FileRegistry))
     try:
         # Awaited: a registry that cannot be written at start is the user's error to see.
         await asyncio.wrap_future(sup.records.reset(i.record() for i in sup.instances.values()))
-        control = ControlServer(sup, defaults.layout(settings.state_dir).socket)
+        control = keeper.control = ControlServer(sup, defaults.layout(settings.state_dir).socket)
         await control.start()
         try:
             async def settled() -> None:
                 infos = await sup.infos()
-                ready.send({"instances": {i.name: i.to_dict() for i in infos}, "notes": notes})
+                ready.send({"instances": {i.name: i.to_dict() for i in infos}, "notes": notes,
+                            "stopped_by": sup.stopped_by})
 
-            await sup.run(settled)
+            await sup.run(settled, [keeper.run])
         finally:
-            await control.stop()
+            await control.stop(remove=not keeper.lost)
     finally:
         sup.force()  # nothing outlives us, whatever failed
         if not await asyncio.to_thread(sup.records.close, _LAST_WRITES_WAIT):
@@ -109,6 +112,57 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
         watchdog.close()
         with contextlib.suppress(Exception):
             registry.close()  # etcd: revoke the lease, so our records go at once
+
+
+class StateDirLostError(DevclusterError):
+    """The state dir this supervisor locked is gone or belongs to another run now."""
+
+
+def _check_claim(claim: Claim) -> None:
+    if not claim.mine():
+        raise StateDirLostError(f"the state dir {claim.state_dir} is not this supervisor's "
+                                "any more (deleted or taken by another run); not writing")
+
+
+class _Keeper:
+    """Keeps the state dir usable while the cluster runs: a deleted dir, lock, socket or
+    registry is re-created within a second, so `ps` and `down` keep working; a dir
+    another supervisor took meanwhile is left alone, and this cluster stops."""
+
+    def __init__(self, claim: Claim, sup: Supervisor, sink: LogSink, file_registry: bool) -> None:
+        self.claim = claim
+        self.sup = sup
+        self.sink = sink
+        self.file_registry = file_registry
+        self.control: ControlServer | None = None
+        self.lost = False
+
+    async def run(self) -> None:
+        # Polls: nothing tells a process that a directory it does not watch was deleted
+        # (watching it would not see its own deletion reliably either). A stat or two
+        # every 0.2 s costs nothing measurable.
+        while not self.lost:
+            await asyncio.sleep(0.2)
+            await self.check()
+
+    async def check(self) -> None:
+        if self.sup.stopping.is_set():
+            return  # shutting down: a deleted state dir is not re-created any more
+        where = defaults.layout(self.claim.state_dir)
+        if not self.claim.mine():
+            if not await asyncio.to_thread(self.claim.retake):
+                self.lost = True
+                self.sink.system("the state dir was re-created by another supervisor; "
+                                 "stopping this cluster without touching that run's files")
+                self.sup.request_shutdown(who="the state dir belongs to another run")
+                return
+            self.sink.reopen()
+            self.sink.system("the state dir was deleted; re-created its lock, control socket, "
+                             "registry and logs")
+        if self.control is not None and self.control.missing():
+            await self.control.restore()
+        if self.file_registry and not where.registry.exists():
+            self.sup.records.rewrite("the registry file was deleted")
 
 
 def clean_stale(registry: FileRegistry, sink: LogSink) -> str | None:
@@ -166,11 +220,17 @@ def _settings(raw: dict[str, Any]) -> Settings:
         grace=float(raw["grace"]), ready_timeout=float(raw["ready_timeout"]),
         restart={k: Policy(v) for k, v in raw.get("restart", {}).items()},
         ready_fd=raw.get("ready_fd"), lifeline_fd=raw.get("lifeline_fd"),
+        lock_fd=raw.get("lock_fd"),
         registry=raw.get("registry"))
 
 
 def main(argv: list[str]) -> int:
-    settings = _settings(json.loads(argv[0]))
+    """Settings: JSON on stdin (or, for hand use, as the one argument)."""
+    text = argv[0] if argv else sys.stdin.read()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)  # the settings pipe is done with; instances must not inherit it
+    os.close(null)
+    settings = _settings(json.loads(text))
     ready = ReadyPipe(settings.ready_fd)
     try:
         return asyncio.run(serve(settings, None, ready))

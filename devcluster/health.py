@@ -41,11 +41,31 @@ async def find_port(pid: int, wanted: int, alive: Callable[[], bool], deadline: 
         if not expect_wanted or rounds % 4 == 3:
             ports = listening_ports(pid)
             if ports:
-                return wanted if wanted in ports else ports[0]
+                return await pick_port(ports, wanted)
         rounds += 1
         await asyncio.sleep(interval)
         interval = min(interval * 1.5, 0.1)
     return None
+
+
+#: Answers that show a port is not a gRPC server (or not yet one).
+_NOT_GRPC = ("UNAVAILABLE", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED")
+
+
+async def pick_port(ports: list[int], wanted: int) -> int:
+    """The address of an instance among the ports its tree listens on: the ``$PORT`` it
+    was given, else the one that speaks gRPC (health answers, even UNIMPLEMENTED),
+    else the lowest. A server with a side listener (metrics, admin) is then still
+    registered on its gRPC port."""
+    if wanted in ports:
+        return wanted
+    if len(ports) == 1:
+        return ports[0]
+    for port in ports:
+        ready, how = await check(f"127.0.0.1:{port}", timeout=0.3)
+        if ready or not how.startswith(_NOT_GRPC):
+            return port
+    return ports[0]
 
 
 async def check(address: str, timeout: float = 1.0) -> tuple[bool, str]:
@@ -79,7 +99,7 @@ async def wait_ready(address: str, alive: Callable[[], bool], deadline: float) -
             return how
         # A server that does not speak gRPC never answers the HTTP/2 handshake: with
         # wait_for_ready that is a DEADLINE_EXCEEDED, else UNAVAILABLE or INTERNAL.
-        if how.startswith(("UNAVAILABLE", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED")):
+        if how.startswith(_NOT_GRPC):
             failures += 1
             if failures >= 3 and await _tcp(address):
                 return VIA_TCP

@@ -51,7 +51,8 @@ class Recorder:
         self.failures: dict[str, str] = {}
         self._truth = truth
         self._on_error = on_error
-        self._before_write = before_write
+        #: Called before every write; raises to refuse it (the state dir is not ours).
+        self.before_write = before_write
         self._ops: deque[_Op] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -89,6 +90,10 @@ class Recorder:
 
     def reset(self, records: Iterable[Record]) -> Future[None]:
         return self._put("reset", list(records))
+
+    def rewrite(self, why: str) -> Future[None]:
+        """Write every record from the supervisor's memory (the registry was lost)."""
+        return self._put("rewrite", why)
 
     def flush(self) -> Future[None]:
         """A future that resolves once every write queued before it was applied (or failed)."""
@@ -130,8 +135,8 @@ class Recorder:
             return
         names = _names(batch)
         try:
-            if self._before_write is not None:
-                self._before_write()
+            if self.before_write is not None:
+                self.before_write()
             try:
                 self._write(batch)
             except CorruptRegistryError as e:  # garbage in the file: ours is the truth
@@ -143,6 +148,8 @@ class Recorder:
             for op in batch:
                 op.future.set_exception(e)
             return
+        if batch[0].kind == "rewrite":
+            self.failures.clear()
         for name in names:
             self.failures.pop(name, None)
         for op in batch:
@@ -165,6 +172,8 @@ class Recorder:
             self.registry.deregister(arg)
         elif kind == "reset":
             self.last = self.registry.reset(arg)
+        elif kind == "rewrite":
+            self._rewrite(arg)
 
     def _rewrite(self, why: str) -> None:
         """Write every record from the supervisor's memory (weights and enabled flags as
@@ -187,7 +196,7 @@ def _names(batch: list[_Op]) -> set[str]:
         return {arg.name}
     if kind == "reset":
         return {r.name for r in arg}
-    return set()
+    return set()  # a rewrite clears nothing: it does not know which writes it replaces
 
 
 def _known(snap: Snapshot, changes: Changes) -> Changes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -21,17 +22,96 @@ def socket_path(state_dir: Path) -> Path:
     return layout(state_dir).socket
 
 
-@contextlib.contextmanager
-def hold_lock(state_dir: Path) -> Iterator[IO[str]]:
-    """Hold ``supervisor.lock`` for the supervisor's life; refuse if another holds it."""
+def prepare(state_dir: Path) -> bool:
+    """Create the state dir (0700) if missing, else check that it is safe; True if created.
+
+    An existing directory's mode is never changed (it may be shared, like /tmp). One
+    whose files other users could replace (writable by them without the sticky bit)
+    is refused: the control socket and the registry would not be ours to trust.
+    """
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(state_dir, 0o700)
-        path = layout(state_dir).lock
-        f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+        state_dir.parent.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700)
+        return True
+    except FileExistsError:
+        pass
     except OSError as e:
         raise DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror}); "
                               "pass --state-dir DIR with a directory you can write") from None
+    try:
+        st = state_dir.stat()
+    except OSError as e:
+        raise DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise DevclusterError(f"cannot use {state_dir} as the state dir (not a directory); "
+                              "pass --state-dir DIR with a directory")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise DevclusterError(
+            f"state dir {state_dir} is writable by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}), who could replace its files; pass --state-dir "
+            "with a directory only you can write (devcluster creates a missing one 0700)")
+    return False
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+class Claim:
+    """A supervisor's hold on its state dir: the lock file it flocks, by identity.
+
+    ``mine()`` is checked before every write into the state dir: a supervisor whose
+    state dir was deleted and taken by a newer run never touches that run's files.
+    """
+
+    def __init__(self, state_dir: Path, f: IO[str]) -> None:
+        self.state_dir = state_dir
+        self._f = f
+        self.identity = _identity(os.fstat(f.fileno()))
+
+    def __repr__(self) -> str:
+        return f"<Claim {self.state_dir} ino={self.identity[1]}>"
+
+    def mine(self) -> bool:
+        """The lock file at the state dir's path is the one we hold."""
+        try:
+            return _identity(os.stat(layout(self.state_dir).lock)) == self.identity
+        except OSError:
+            return False
+
+    def retake(self) -> bool:
+        """After the state dir or its lock vanished: re-create and lock it. False when
+        another supervisor holds it now (then nothing is touched)."""
+        try:
+            prepare(self.state_dir)
+            f = _take(self.state_dir)
+        except (DevclusterError, OSError):
+            return False
+        self._f.close()
+        self._f = f
+        self.identity = _identity(os.fstat(f.fileno()))
+        return True
+
+    def release(self) -> None:
+        self._f.close()
+
+
+def take_lock(state_dir: Path) -> IO[str]:
+    """Lock the state dir for a supervisor about to start (``up -d``), who inherits it."""
+    try:
+        return _take(state_dir)
+    except OSError as e:
+        raise DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror}); "
+                              "pass --state-dir DIR with a directory you can write") from None
+
+
+def _take(state_dir: Path, inherited: int | None = None) -> IO[str]:
+    """Open (or adopt ``inherited``) and flock the lock file, write our pid;
+    ClusterRunningError if another holds it."""
+    if inherited is not None:
+        f = open(inherited, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
+    else:
+        f = open(layout(state_dir).lock, "a+", encoding="utf-8")  # noqa: SIM115
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -45,10 +125,25 @@ def hold_lock(state_dir: Path) -> Iterator[IO[str]]:
     f.truncate()
     f.write(str(os.getpid()))
     f.flush()
+    return f
+
+
+@contextlib.contextmanager
+def hold_lock(state_dir: Path, inherited: int | None = None) -> Iterator[Claim]:
+    """Hold ``supervisor.lock`` for the supervisor's life; refuse if another holds it.
+
+    ``inherited``: the lock file, already locked by the process that started us."""
+    prepare(state_dir)
     try:
-        yield f
+        f = _take(state_dir, inherited)
+    except OSError as e:
+        raise DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror}); "
+                              "pass --state-dir DIR with a directory you can write") from None
+    claim = Claim(state_dir, f)
+    try:
+        yield claim
     finally:
-        f.close()
+        claim.release()
 
 
 def running_pid(state_dir: Path) -> int | None:

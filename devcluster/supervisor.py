@@ -54,6 +54,8 @@ class Settings:
     """A pipe to write one JSON line to once every instance has settled (``up -d``)."""
     registry: str | None = None
     """``etcd://host:port/prefix`` to register into etcd; None: the state dir's file."""
+    lock_fd: int | None = None
+    """The state dir's lock file, already locked by the process that started us."""
     lifeline_fd: int | None = None
     """A pipe whose other end the starting process holds: EOF (it exited, however it
     died) shuts the cluster down gracefully. Unlike PDEATHSIG it is not tied to the
@@ -89,6 +91,9 @@ class Supervisor:
         self.started = time.monotonic()
         self._tg: asyncio.TaskGroup | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
+        self._early_stop: tuple[float | None, str] | None = None
+        #: Who asked for the shutdown (None while none was asked for).
+        self.stopped_by: str | None = None
         # scale and reload add and remove instances across awaits: one at a time.
         self._membership = asyncio.Lock()
 
@@ -265,8 +270,12 @@ class Supervisor:
 
     def request_shutdown(self, grace: float | None = None, who: str = "signal") -> None:
         """Start the graceful shutdown (once; later requests join it)."""
-        if self._shutdown_task is None and self._tg is not None:
+        if self._tg is None:  # asked before the run began: it starts nothing, and stops
+            self._early_stop = self._early_stop or (grace, who)
             self.stopping.set()
+        elif self._shutdown_task is None:
+            self.stopping.set()
+            self.stopped_by = self.stopped_by or who
             with contextlib.suppress(RuntimeError):  # the group is failing: it stops all
                 self._shutdown_task = self._spawn(self.shutdown(grace, who))
 
@@ -293,7 +302,8 @@ class Supervisor:
             inst.force_kill()
         process.sweep(self._ours())
 
-    async def run(self, on_settled: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def run(self, on_settled: Callable[[], Awaitable[None]] | None = None,
+                  duties: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()) -> None:
         """Start every instance, serve until told to stop, stop them all.
 
         Every task (life cycles, probes, shutdown, reload) belongs to one task group. A
@@ -306,7 +316,7 @@ class Supervisor:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg  # before the handlers: a signal always finds its owner
                 with signals(loop, self), lifeline(loop, self, self.settings.lifeline_fd):
-                    await self._serve(on_settled)
+                    await self._serve(on_settled, duties)
         except ExceptionGroup as group:
             first: BaseException = group
             while isinstance(first, BaseExceptionGroup):
@@ -319,10 +329,14 @@ class Supervisor:
             self.force()
             self.done.set()
 
-    async def _serve(self, on_settled: Callable[[], Awaitable[None]] | None) -> None:
+    async def _serve(self, on_settled: Callable[[], Awaitable[None]] | None,
+                     duties: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
         began = time.monotonic()
-        reaper = self._spawn(self._reap_adopted())
-        self.start_all()
+        background = [self._spawn(duty()) for duty in (self._reap_adopted, *duties)]
+        if self._early_stop is not None:
+            self._tg_ready_stop(*self._early_stop)
+        else:
+            self.start_all()
         settled = self._spawn(self._settle(began))
         stop_wait = asyncio.ensure_future(self.stopping.wait())
         try:
@@ -336,7 +350,12 @@ class Supervisor:
         await self.stopping.wait()
         if self._shutdown_task is not None:
             await self._shutdown_task
-        reaper.cancel()
+        for task in background:
+            task.cancel()
+
+    def _tg_ready_stop(self, grace: float | None, who: str) -> None:
+        self.stopped_by = who
+        self._shutdown_task = self._spawn(self.shutdown(grace, who))
 
     async def _settle(self, began: float) -> None:
         if await self.wait_settled(self.settings.ready_timeout + 60):

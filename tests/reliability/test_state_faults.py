@@ -8,8 +8,10 @@ within the grace period plus 2 s, with one line saying what happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -174,3 +176,155 @@ def test_a_daemonizing_instance_is_restarted_by_its_policy(
 
     wait_until(lambda: ps_rows(run_cli)["bg"]["restarts"] >= 1, 5.0, "bg to be restarted")
     assert run_cli("down").returncode == 0
+
+
+# -- 2. the state dir deleted under a running cluster -----------------------------------
+
+def test_state_dir_deleted_then_ps_and_down(greeters: Path, run_cli: Cli) -> None:
+    import shutil
+
+    from conftest import wait_until
+
+    pids = [r["pid"] for r in ps_rows(run_cli).values()]
+    shutil.rmtree(greeters)
+    began = time.monotonic()
+    wait_until(lambda: (greeters / "control.sock").exists()
+               and (greeters / "registry.json").exists(), 2.0, "the state dir to come back")
+    assert time.monotonic() - began < 1.5
+    rows = ps_rows(run_cli)
+    assert sorted(r["pid"] for r in rows.values()) == sorted(pids)
+    on_disk = json.loads((greeters / "registry.json").read_text())["instances"]
+    assert {n: r["state"] for n, r in on_disk.items()} == dict.fromkeys(rows, "serving")
+    up = run_cli(*UP)
+    assert up.returncode == 1 and "already running" in one_line(up)
+    down, took = timed(run_cli, "down")
+    assert down.returncode == 0, down.stderr
+    assert took < BOUND
+
+
+def test_an_old_supervisor_never_touches_a_newer_run(greeters: Path, run_cli: Cli) -> None:
+    import shutil
+    import signal
+
+    from conftest import wait_until
+
+    old = supervisor_of(greeters)
+    old_pids = [r["pid"] for r in ps_rows(run_cli).values()]
+    old.suspend()  # it cannot re-create its state dir before the new run takes it
+    try:
+        shutil.rmtree(greeters)
+        up = run_cli(*UP, "-c", "greeter=2")
+        assert up.returncode == 0, up.stderr
+    finally:
+        old.resume()
+    new = supervisor_of(greeters)
+    assert new.pid != old.pid
+    before = (greeters / "registry.json").read_bytes()
+    # The old one finds its state dir taken, stops its own cluster, touches nothing.
+    wait_until(lambda: not old.is_running() or old.status() == psutil.STATUS_ZOMBIE,
+               BOUND, "the old supervisor to stop")
+    assert all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE
+               for p in old_pids)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(old.pid, signal.SIGTERM)  # was: rewrote the new registry, deleted its socket
+    assert (greeters / "registry.json").read_bytes() == before
+    rows = ps_rows(run_cli)
+    assert sorted(rows) == ["greeter.1", "greeter.2"]
+    assert all(r["state"] == "serving" and r["pid"] not in old_pids for r in rows.values())
+
+
+# -- 6. a shared (1777) state dir ------------------------------------------------------
+
+def test_a_shared_state_dir_keeps_its_mode(run_cli: Cli, write_procfile: Callable[..., Path],
+                                           tmp_path: Path) -> None:
+    write_procfile(f"greeter: {GREETER}")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    up = run_cli(*UP, "--state-dir", str(shared))
+    assert up.returncode == 0, up.stderr
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert run_cli("down", "--state-dir", str(shared)).returncode == 0
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)  # no sticky bit: anyone could replace our files
+    refused = run_cli(*UP, "--state-dir", str(open_dir))
+    assert refused.returncode == 1
+    assert "writable by other users (mode 0777)" in one_line(refused)
+    assert stat.S_IMODE(open_dir.stat().st_mode) == 0o777
+
+
+# -- 7. down while up -d is starting -------------------------------------------------------
+
+def test_down_during_up_stops_what_is_starting_and_says_so(
+        run_cli: Cli, write_procfile: Callable[..., Path], tmp_path: Path) -> None:
+    from conftest import cli_env, devcluster_argv, wait_until
+
+    from devcluster.statedir import running_pid
+
+    write_procfile(f"greeter: {GREETER}")
+    up = subprocess.Popen(devcluster_argv(*UP, "-c", "greeter=10"), cwd=tmp_path, env=cli_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # As soon as `up -d` holds the state dir (before its supervisor even runs).
+        wait_until(lambda: running_pid(tmp_path / ".devcluster") is not None, 10.0,
+                   "up -d to lock the state dir")
+        down, took = timed(run_cli, "down")
+        _, err = up.communicate(timeout=30)
+    finally:
+        up.kill()
+    assert down.returncode == 0, down.stderr  # was: "no cluster running"
+    assert took < BOUND
+    assert up.returncode == 1
+    assert "the cluster was stopped while it started" in err  # was: "keeps running"
+    assert "keeps running" not in err
+
+
+# -- 5. a server listening on two ports --------------------------------------------------
+
+TWO_PORTS = """\
+import socket, time
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+# A plain TCP side listener on a lower port than the gRPC one: the lowest port used
+# to be taken as the address ("TCP connect" ready, every call failed).
+side = socket.socket()
+for port in range(20000, 60000, 7):
+    try:
+        side.bind(("127.0.0.1", port))
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", port + 1))
+        probe.close()
+        break
+    except OSError:
+        side.close()
+        side = socket.socket()
+side.listen()
+server = grpc.server(futures.ThreadPoolExecutor(2))
+servicer = health.HealthServicer()
+health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+server.add_insecure_port(f"127.0.0.1:{port + 1}")
+server.start()
+servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+print("side", port, "grpc", port + 1, flush=True)
+time.sleep(300)
+"""
+
+
+def test_two_listening_ports_register_the_grpc_one(
+        run_cli: Cli, write_procfile: Callable[..., Path], tmp_path: Path) -> None:
+    (tmp_path / "two_ports.py").write_text(TWO_PORTS)
+    write_procfile("two: python two_ports.py")
+    up = run_cli(*UP)
+    try:
+        assert up.returncode == 0, up.stderr
+        log = (tmp_path / ".devcluster" / "logs" / "two.log").read_text()
+        side, grpc_port = (int(w) for w in log.split()[2:5:2])
+        row = ps_rows(run_cli)["two"]
+        assert row["address"] == f"127.0.0.1:{grpc_port}", (row, side)
+        merged = (tmp_path / ".devcluster" / "logs" / "devcluster.log").read_text()
+        assert f"two serving on 127.0.0.1:{grpc_port} (health check" in merged
+    finally:
+        assert run_cli("down").returncode == 0
