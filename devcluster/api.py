@@ -33,6 +33,7 @@ from devcluster.errors import (
 )
 from devcluster.logs import tail
 from devcluster.registry import Registry, Snapshot, State, open_registry
+from devcluster.registry.record import parse_weight
 from devcluster.schema import InstanceInfo
 from devcluster.statedir import running_pid
 
@@ -329,20 +330,6 @@ class Cluster:
 
     def disable(self, name: str) -> None:
         self.registry.update(name, enabled=False)
-
-
-def parse_weight(value: str | int) -> int:
-    """A weight from the user: an integer 0..1000."""
-    bounds = f"{defaults.MIN_WEIGHT}..{defaults.MAX_WEIGHT}"
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        weight = int(value) if isinstance(value, int) else int(str(value).strip(), 10)
-    except ValueError:
-        raise UsageError(f"weight must be an integer {bounds}, got {value!r}") from None
-    if not defaults.MIN_WEIGHT <= weight <= defaults.MAX_WEIGHT:
-        raise UsageError(f"weight must be an integer {bounds}, got {weight}")
-    return weight
 
 
 def set_weight(registry: Registry, name: str, weight: str | int) -> None:

@@ -27,6 +27,11 @@ def main() -> None:
         print(f"devcluster: error: this platform ({sys.platform}) lacks {lacking}, which "
               "devcluster needs; run it on Linux or macOS (on Windows: in WSL)", file=sys.stderr)
         sys.exit(1)
+    from devcluster.fastcli import main as fast
+
+    code = fast(sys.argv[1:])  # the common commands, without typer's and rich's imports
+    if code is not None:
+        sys.exit(code)
     from devcluster.cli import main as cli_main
 
     cli_main()

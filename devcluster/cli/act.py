@@ -3,12 +3,12 @@ enable, disable."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from devcluster import fastcli
 from devcluster import procfile as procfile_mod
 from devcluster.api import control_client, instance_dict, parse_weight
 from devcluster.cli.app import (
@@ -20,11 +20,8 @@ from devcluster.cli.app import (
     _registry,
     _state_dir,
     app,
-    out,
 )
 from devcluster.cli.render import _print_instances
-from devcluster.errors import UsageError
-from devcluster.registry import FileRegistry
 
 NamesArg = Annotated[list[str] | None, typer.Argument(
     metavar="[NAME]...", help="Instances (server1, greeter.2) or process types (greeter).",
@@ -36,22 +33,7 @@ NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="Return without waiti
 
 def _act(verb: str, names: list[str] | None, all_: bool, procfile: Path, state_dir: Path | None,
          as_json: bool, **kw: Any) -> None:
-    if not names and not all_:
-        raise UsageError(f"name an instance or process type to {verb}, or pass --all")
-    with control_client(_state_dir(procfile, state_dir)) as control:
-        reply = control.act(verb, names or [], all_=all_, **kw)
-    rows = [instance_dict(i) for i in reply.instances]
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        extra = f" ({r['last_exit']})" if r.get("last_exit") and r["state"] in {
-            "exited", "failed", "killed", "backoff", "stopped"} else ""
-        where = f" on {r['address']}" if r["state"] == "serving" and r["address"] else ""
-        if r["name"] in reply.unchanged:
-            out.print(f"{r['name']} is already {r['state']}{where}; nothing to do")
-        else:
-            out.print(f"{r['name']}: {r['state']}{where}{extra}")
+    fastcli.act(_state_dir(procfile, state_dir), verb, names or [], all_, as_json, **kw)
 
 
 def _verb(verb: str, doc: str, waits: bool) -> None:
@@ -115,20 +97,6 @@ def scale(
     _print_instances([instance_dict(i) for i in reply.instances], json_)
 
 
-def _registry_names(reg: FileRegistry, name: str) -> list[str]:
-    procfile_mod.check_name(name)
-    snap = reg.snapshot()
-    if name in snap.records:
-        return [name]
-    of_type = [r.name for r in snap.records.values()
-               if r.name.split(".")[0] == name]
-    if of_type:
-        return of_type
-    from devcluster.errors import UnknownInstanceError
-
-    raise UnknownInstanceError(name, list(snap.records))
-
-
 @app.command()
 def weight(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Instance or process type.")],
@@ -148,14 +116,7 @@ def weight(
 def _registry_write(procfile: Path, state_dir: Path | None, registry: str | None, name: str,
                     change: dict[str, Any], said: str, as_json: bool) -> None:
     """Apply ``change`` to an instance (or every instance of a type) and say what it is now."""
-    reg = _registry(procfile, state_dir, registry)
-    names = _registry_names(reg, name)
-    records = reg.update_many({n: change for n in names}).records
-    if as_json:
-        print(json.dumps([records[n].to_dict() for n in names if n in records], indent=2))
-        return
-    for n in names:
-        out.print(f"{n}: {said}", markup=False)
+    fastcli.registry_write(_registry(procfile, state_dir, registry), name, change, said, as_json)
 
 
 def _enable(name: str, procfile: Path, state_dir: Path | None, enabled: bool,

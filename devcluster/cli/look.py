@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from devcluster.api import control_client, instance_dict
+from devcluster import fastcli
 from devcluster.cli.app import (
     DEFAULT_PROCFILE,
     JsonOpt,
@@ -19,7 +17,6 @@ from devcluster.cli.app import (
     _registry,
     _state_dir,
     app,
-    out,
 )
 from devcluster.cli.render import _print_instances
 from devcluster.errors import UsageError
@@ -38,10 +35,9 @@ def ps(procfile: ProcfileOpt = DEFAULT_PROCFILE, state_dir: StateDirOpt = None,
 
         snap = _registry(procfile, state_dir, registry).snapshot()
         rows = [InstanceInfo.from_record(r).to_dict() for r in snap.records.values()]
-    else:
-        with control_client(_state_dir(procfile, state_dir)) as control:
-            rows = [instance_dict(i) for i in control.ps().instances]
-    _print_instances(rows, json_)
+        _print_instances(rows, json_)
+        return
+    fastcli.ps(_state_dir(procfile, state_dir), json_)
 
 
 @app.command()
@@ -73,20 +69,6 @@ def registry(procfile: ProcfileOpt = DEFAULT_PROCFILE, state_dir: StateDirOpt = 
 
     Example: devcluster registry --json"""
     reg = _registry(procfile, state_dir, registry_url)
-    snap = reg.snapshot()
-    if json_:
-        print(json.dumps({"revision": snap.revision,
-                          "instances": {n: r.to_dict() for n, r in snap.records.items()}},
-                         indent=2))
-        return
-    table = Table(box=None, header_style="bold", pad_edge=False,
-                  title=f"{getattr(reg, 'path', None) or registry_url} "
-                        f"(revision {snap.revision})", title_justify="left")
-    for col in ("NAME", "SERVICE", "ADDRESS", "WEIGHT", "ENABLED", "STATE", "PID"):
-        table.add_column(col)
-    for r in snap.records.values():
-        table.add_row(r.name, r.service, r.address or "-", str(r.weight),
-                      "yes" if r.enabled else "no", r.state.value, str(r.pid or "-"))
-    out.print(table)
+    fastcli.registry(reg, json_, str(getattr(reg, "path", None) or registry_url))
 
 

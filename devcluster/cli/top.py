@@ -20,9 +20,11 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Footer, Header, Label, Static
 
-from devcluster.cli.render import _STATE_STYLE, _mib, _uptime
 from devcluster.console.model import FULL_REFRESH, ClusterView
 from devcluster.errors import DevclusterError
+from devcluster.views import STATE_STYLE as _STATE_STYLE
+from devcluster.views import mib as _mib
+from devcluster.views import uptime as _uptime
 
 #: Seconds between two samples (the issue: at least twice a second).
 TICK = 0.5

@@ -25,8 +25,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-import watchfiles
-
 from devcluster import defaults
 from devcluster.errors import CorruptRegistryError, RegistryError, UnknownInstanceError, UsageError
 from devcluster.registry import codec
@@ -316,6 +314,8 @@ class FileRegistry(Registry):
         yield follow.first()
         while not stop.is_set():
             follow.arm()
+            import watchfiles  # only watchers pay for it, not every command
+
             batches = watchfiles.watch(self._dir, stop_event=stop, **self._watch_options())
             with contextlib.closing(batches), contextlib.suppress(FileNotFoundError):
                 for _batch in batches:
@@ -334,6 +334,8 @@ class FileRegistry(Registry):
         yield follow.first()
         while True:
             follow.arm()
+            import watchfiles
+
             batches = watchfiles.awatch(self._dir, **self._watch_options())
             with contextlib.suppress(FileNotFoundError):  # dir deleted again meanwhile
                 async with contextlib.aclosing(batches):
@@ -344,7 +346,7 @@ class FileRegistry(Registry):
                             break
 
     def _watch_options(self) -> dict[str, Any]:
-        def is_registry(_change: watchfiles.Change, path: str) -> bool:
+        def is_registry(_change: object, path: str) -> bool:
             return os.path.basename(path) == REGISTRY_FILE
 
         return {

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from devcluster import defaults
 from devcluster.defaults import DEFAULT_WEIGHT
+from devcluster.errors import UsageError
 
 
 class State(enum.StrEnum):
@@ -112,3 +114,17 @@ class Snapshot:
             r for r in self.records.values()
             if r.usable and (service is None or r.service == service)
         ]
+
+
+def parse_weight(value: str | int) -> int:
+    """A weight from the user: an integer 0..1000."""
+    bounds = f"{defaults.MIN_WEIGHT}..{defaults.MAX_WEIGHT}"
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        weight = int(value) if isinstance(value, int) else int(str(value).strip(), 10)
+    except ValueError:
+        raise UsageError(f"weight must be an integer {bounds}, got {value!r}") from None
+    if not defaults.MIN_WEIGHT <= weight <= defaults.MAX_WEIGHT:
+        raise UsageError(f"weight must be an integer {bounds}, got {weight}")
+    return weight
