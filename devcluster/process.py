@@ -122,13 +122,14 @@ async def _returncode(proc: asyncio.subprocess.Process) -> int:
 def adopted(ours: Collection[int], instance: str | None = None) -> list[psutil.Process]:
     """Our children that we did not start (orphans of instances, see become_subreaper);
     only those of ``instance`` (by the ``DEVCLUSTER_INSTANCE`` they inherited) if given."""
-    try:
-        children = psutil.Process().children()
-    except psutil.Error:
+    strangers = _child_pids() - set(ours)
+    if not strangers:  # the common case, answered without scanning every process
         return []
     found = []
-    for child in children:
-        if child.pid in ours:
+    for pid in strangers:
+        try:
+            child = psutil.Process(pid)
+        except psutil.Error:
             continue
         try:
             if instance is not None and child.environ().get(ENV_INSTANCE) != instance:
@@ -137,6 +138,27 @@ def adopted(ours: Collection[int], instance: str | None = None) -> list[psutil.P
             continue
         found.append(child)
     return found
+
+
+def _child_pids() -> set[int]:
+    """Pids of our children: /proc/self/task/*/children (a few small reads), or psutil's
+    scan of every process where that file does not exist."""
+    pids: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+        for task in tasks:
+            try:
+                with open(f"/proc/self/task/{task}/children", encoding="ascii") as f:
+                    pids.update(int(p) for p in f.read().split())
+            except FileNotFoundError:  # that thread ended meanwhile; or no such file at all
+                if task == tasks[0]:
+                    raise
+        return pids
+    except OSError:
+        try:
+            return {p.pid for p in psutil.Process().children()}
+        except psutil.Error:
+            return set()
 
 
 def sweep(ours: Collection[int], instance: str | None = None) -> list[int]:
