@@ -7,7 +7,11 @@ Groups, in the order they run (each is also a command of its own):
 * ``supervisor`` (scenarios 1, 2, 8): ``bench.supervisor`` vs honcho;
 * ``client`` (3, 4): ``bench.client_throughput`` vs grpc's round_robin;
 * ``failover`` (5): ``bench.failover`` vs grpc's round_robin;
-* ``weights`` (6, 7): ``bench.weights`` (anchor for 7: round_robin over repeated addresses).
+* ``weights`` (6, 7): ``bench.weights`` (anchor for 7: round_robin over repeated addresses);
+* ``commands`` (9): ``bench.commands``: ps, registry, weight, kill vs ``honcho --version``.
+
+A full run (every group, full sizes) also rewrites README.md's Performance table from
+its results, so the README always quotes the latest full run of the commit it names.
 
 Writes ``results.json`` (every raw figure) and ``results.md`` (the table, the machine,
 the command, notes) into ``--out`` (default: ``bench/`` for the full run, a new
@@ -32,7 +36,7 @@ from typing import Any
 from bench import report
 
 HERE = Path(__file__).resolve().parent
-GROUPS = ("supervisor", "client", "failover", "weights")
+GROUPS = ("supervisor", "client", "failover", "weights", "commands")
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,13 @@ class Sizes:
     back_timeout_s: float = 6.0
     changes: int = 50  # weight changes (scenario 6)
     calls: int = 10_000  # calls per weight config (scenario 7)
+    command_runs: int = 10  # runs of each command (scenario 9)
 
 
 FULL = Sizes()
 QUICK = Sizes(sizes=(3,), runs=1, idle_s=1.0, client_s=0.4, client_rounds=1, view_writes=20,
               failover_runs=1, hold_s=2.5, observe_s=0.5, back_timeout_s=3.0, changes=10,
-              calls=500)
+              calls=500, command_runs=2)
 
 
 def _log(message: str) -> None:
@@ -82,6 +87,10 @@ def run_group(group: str, sz: Sizes) -> Any:
         from bench import weights
 
         return weights.measure(sz.changes, sz.calls)
+    if group == "commands":
+        from bench import commands
+
+        return commands.measure(sz.command_runs)
     raise ValueError(f"unknown group {group!r}; choose from {', '.join(GROUPS)}")
 
 
@@ -132,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(tempfile.mkdtemp(prefix="devcluster-bench-results-")) if partial else HERE
     results = run(groups, QUICK if args.quick else FULL, command, args.quick)
     js, md = report.write(results, out)
+    if out == HERE and not results["errors"]:
+        report.update_readme(results, HERE.parent / "README.md")
     print(md.read_text())
     _log(f"wrote {js} and {md} in {results['meta']['duration_s']:.0f} s")
     return 1 if results["errors"] else 0

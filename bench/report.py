@@ -33,6 +33,7 @@ SCENARIOS: dict[str, str] = {
     "6": "Weight propagation",
     "7": "Weight accuracy",
     "8": "Supervisor overhead",
+    "9": "Command speed",
 }
 
 
@@ -335,13 +336,34 @@ def weights_rows(raw: Mapping[str, Any]) -> list[Row]:
     return out
 
 
+def command_rows(raw: Mapping[str, Any]) -> list[Row]:
+    """Scenario 9: each command's median CPU (wall) time beside ``honcho --version``."""
+    anchors = raw.get("anchors", {})
+    honcho = anchors.get("honcho --version")
+    python = anchors.get("python -c pass")
+    rows = []
+    for name, fig in raw.get("commands", {}).items():
+        ours = f"{fig['cpu_s'] * 1000:.0f} ms CPU ({fig['wall_s'] * 1000:.0f} ms wall)"
+        anchor = "-" if honcho is None else (
+            f"{honcho['cpu_s'] * 1000:.0f} ms CPU ({honcho['wall_s'] * 1000:.0f} ms wall)")
+        ratio = _ratio(fig["cpu_s"], honcho["cpu_s"] if honcho else None)
+        goal = "<= 2.0x" if name in ("ps", "registry", "weight", "kill") else "-"
+        met = "-" if goal == "-" or honcho is None else _verdict(
+            fig["cpu_s"] <= 2 * honcho["cpu_s"], f"{fig['cpu_s'] / honcho['cpu_s']:.2f}x")
+        rows.append(Row("9", f"`devcluster {name}` as a command vs `honcho --version` "
+                             f"(`python -c pass`: {python['cpu_s'] * 1000:.0f} ms CPU)"
+                        if python else f"`devcluster {name}` vs `honcho --version`",
+                        ours, anchor, ratio, goal, met))
+    return rows
+
+
 def table(results: Mapping[str, Any]) -> list[Row]:
     """Every row, scenario by scenario, from the raw figures present."""
     raw = results.get("raw", {})
     rows: list[Row] = []
     builders: list[tuple[str, Callable[[Any], list[Row]]]] = [
         ("supervisor", supervisor_rows), ("client", client_rows),
-        ("failover", failover_rows), ("weights", weights_rows)]
+        ("failover", failover_rows), ("weights", weights_rows), ("commands", command_rows)]
     for key, build in builders:
         if raw.get(key) is not None:
             rows.extend(build(raw[key]))
@@ -441,6 +463,37 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+README_START = "<!-- bench:start (written by python -m bench; do not edit by hand) -->"
+README_END = "<!-- bench:end -->"
+
+
+def readme_block(results: Mapping[str, Any]) -> str:
+    """README's Performance table: the results table and the machine line of this run."""
+    m = results["meta"]["machine"]
+    lines = ["| scenario | devcluster | anchor | ratio | goal | met? |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in table(results):
+        lines.append(f"| {r.scenario}. {SCENARIOS[r.scenario]}: {r.what} | {r.devcluster} | "
+                     f"{r.anchor} | {r.ratio} | {r.goal} | {r.met} |")
+    lines += ["", f"Machine: {m['nproc']} CPUs: {m['cpu_model']}; {m['ram_gib']} GiB RAM; "
+                  f"Python {m['python']}, grpcio {m['grpcio']}, honcho {m['honcho']}; "
+                  f"devcluster {m['devcluster_commit']}; load average at start "
+                  f"{', '.join(str(x) for x in m['loadavg_at_start']) or '-'}; "
+                  f"measured {m['date']}. Every row and note: `bench/results.md`."]
+    return "\n".join(lines)
+
+
+def update_readme(results: Mapping[str, Any], readme: Path) -> bool:
+    """Replace the block between the bench markers of ``readme``; False if it has none."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    readme.write_text(text[:start + len(README_START)] + "\n" + readme_block(results) + "\n"
+                      + text[end:])
+    return True
 
 
 def write(results: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:

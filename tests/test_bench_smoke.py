@@ -66,7 +66,7 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     data = json.loads((out / "results.json").read_text())
     assert data["errors"] == {}
     assert data["meta"]["quick"] is True
-    assert set(data["raw"]) == {"supervisor", "client", "failover", "weights"}
+    assert set(data["raw"]) == {"supervisor", "client", "failover", "weights", "commands"}
     for number in SCENARIOS:
         assert data["scenarios"][number]["rows"], f"scenario {number} has no figures"
     md = (out / "results.md").read_text()
@@ -103,3 +103,23 @@ def test_analyse_counts_failures_and_steady_state() -> None:
     assert row["retried_attempts"] == 1
     assert row["steady_s"] == pytest.approx(1.3 - 0.9)
     assert row["calls"] == 4
+
+
+def test_a_full_run_rewrites_only_the_readme_block(tmp_path: Path) -> None:
+    """README's Performance table is written by the bench, between its markers, and
+    nothing else of the README changes."""
+    from bench.report import README_END, README_START, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{README_START}\nold table\n{README_END}\nafter\n")
+    results = {"meta": {"machine": {"nproc": 2, "cpu_model": "cpu", "ram_gib": 1, "python": "3",
+                                    "grpcio": "1", "honcho": "2", "devcluster_commit": "abc1234",
+                                    "loadavg_at_start": [0.1], "date": "today"}},
+               "raw": {"commands": {"anchors": {"honcho --version": {"cpu_s": 0.07, "wall_s": 0.1},
+                                                "python -c pass": {"cpu_s": 0.02, "wall_s": 0.03}},
+                                    "commands": {"ps": {"cpu_s": 0.12, "wall_s": 0.15}}}}}
+    assert update_readme(results, readme)
+    text = readme.read_text()
+    assert "old table" not in text and "`devcluster ps` as a command" in text
+    assert "abc1234" in text
+    assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")

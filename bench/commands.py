@@ -1,0 +1,90 @@
+"""Scenario 9: the common commands as a shell runs them, beside ``honcho --version`` and
+``python -c pass`` in the same run.
+
+Each command runs ``runs`` times against one 3-greeter cluster; the figures are the
+median wall time and the median CPU time (user + system, from ``wait4``: the machine's
+other load moves wall time much more than CPU time).
+
+``python -m bench.commands [--runs N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROCFILE = "greeter: python -m devcluster.greeter --port $PORT\n"
+
+#: name -> argv after ``devcluster`` (run in the cluster's directory).
+COMMANDS: dict[str, list[str]] = {
+    "ps": ["ps"],
+    "ps --json": ["ps", "--json"],
+    "registry": ["registry"],
+    "weight": ["weight", "greeter.1", "2"],
+    "kill": ["kill", "greeter.3"],
+    "--version": ["--version"],
+}
+
+
+def _time(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall s, CPU s) of one run of ``argv``."""
+    began = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - began
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def _median(argv: list[str], cwd: Path, env: dict[str, str], runs: int) -> dict[str, float]:
+    samples = [_time(argv, cwd, env) for _ in range(runs)]
+    return {"wall_s": statistics.median(w for w, _ in samples),
+            "cpu_s": statistics.median(c for _, c in samples)}
+
+
+def measure(runs: int = 10) -> dict[str, Any]:
+    """Median wall and CPU time of each command and of the two anchors."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("DEVCLUSTER_HOME", None)
+    bin_dir = Path(sys.executable).parent
+    devcluster = [str(bin_dir / "devcluster")] if (bin_dir / "devcluster").exists() \
+        else [sys.executable, "-m", "devcluster"]
+    honcho = shutil.which("honcho", path=str(bin_dir)) or shutil.which("honcho")
+    work = Path(tempfile.mkdtemp(prefix="devcluster-bench-commands-"))
+    (work / "Procfile").write_text(PROCFILE)
+    out: dict[str, Any] = {"runs": runs, "anchors": {}, "commands": {}}
+    try:
+        subprocess.run([*devcluster, "up", "-d", "-p", "0", "-c", "greeter=3"], cwd=work,
+                       env=env, check=True, capture_output=True, timeout=120)
+        out["anchors"]["python -c pass"] = _median([sys.executable, "-c", "pass"], work, env, runs)
+        if honcho:
+            out["anchors"]["honcho --version"] = _median([honcho, "--version"], work, env, runs)
+        for name, args in COMMANDS.items():
+            out["commands"][name] = _median([*devcluster, *args], work, env, runs)
+    finally:
+        subprocess.run([*devcluster, "down", "--grace", "1"], cwd=work, env=env,
+                       capture_output=True, timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    print(json.dumps(measure(parser.parse_args().runs), indent=2))
+
+
+if __name__ == "__main__":
+    main()
