@@ -43,7 +43,7 @@ GROUPS = ("supervisor", "client", "failover", "weights", "commands")
 class Sizes:
     """How much each group measures."""
 
-    sizes: tuple[int, ...] = (3, 10, 30)  # supervisor: instances per run
+    sizes: tuple[int, ...] = (3, 10, 30, 100)  # supervisor: instances per run
     runs: int = 2  # supervisor: plain runs per size and tool (plus one with the idle window)
     idle_s: float = 10.0  # supervisor: idle CPU window
     client_s: float = 5.0  # client: measuring seconds per side and mode
