@@ -8,7 +8,8 @@ Groups, in the order they run (each is also a command of its own):
 * ``client`` (3, 4): ``bench.client_throughput`` vs grpc's round_robin;
 * ``failover`` (5): ``bench.failover`` vs grpc's round_robin;
 * ``weights`` (6, 7): ``bench.weights`` (anchor for 7: round_robin over repeated addresses);
-* ``commands`` (9): ``bench.commands``: ps, registry, weight, kill vs ``honcho --version``.
+* ``commands`` (9): ``bench.commands``: ps, registry, weight, kill vs ``honcho --version``;
+* ``pause`` (10): ``bench.pause``: a 10 s freeze, sequential and 8 in flight, vs round_robin.
 
 A full run (every group, full sizes) also rewrites README.md's Performance table from
 its results, so the README always quotes the latest full run of the commit it names.
@@ -36,7 +37,7 @@ from typing import Any
 from bench import report
 
 HERE = Path(__file__).resolve().parent
-GROUPS = ("supervisor", "client", "failover", "weights", "commands")
+GROUPS = ("supervisor", "client", "failover", "weights", "commands", "pause")
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,15 @@ class Sizes:
     changes: int = 50  # weight changes (scenario 6)
     calls: int = 10_000  # calls per weight config (scenario 7)
     command_runs: int = 10  # runs of each command (scenario 9)
+    pause_runs: int = 2  # scenario 10
+    pause_hold_s: float = 10.0
 
 
 FULL = Sizes()
 QUICK = Sizes(sizes=(3,), runs=1, idle_s=1.0, client_s=0.4, client_rounds=1, view_writes=20,
               failover_runs=1, hold_s=2.5, observe_s=0.5, back_timeout_s=3.0, changes=10,
-              calls=500, command_runs=2)
+              calls=500, command_runs=2,
+              pause_runs=1, pause_hold_s=2.0)
 
 
 def _log(message: str) -> None:
@@ -91,6 +95,10 @@ def run_group(group: str, sz: Sizes) -> Any:
         from bench import commands
 
         return commands.measure(sz.command_runs)
+    if group == "pause":
+        from bench import pause
+
+        return pause.measure(sz.pause_runs, sz.pause_hold_s)
     raise ValueError(f"unknown group {group!r}; choose from {', '.join(GROUPS)}")
 
 

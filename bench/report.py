@@ -34,6 +34,7 @@ SCENARIOS: dict[str, str] = {
     "7": "Weight accuracy",
     "8": "Supervisor overhead",
     "9": "Command speed",
+    "10": "A long freeze",
 }
 
 
@@ -356,17 +357,37 @@ def command_rows(raw: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
+def pause_rows(raw: Mapping[str, Any]) -> list[Row]:
+    """Scenario 10: failed calls per run while one instance is frozen for ``hold_s``."""
+    failed = raw.get("failed", {})
+    rows = []
+    for key, per_run in failed.items():
+        label, _, width = key.partition(", ")
+        if label == "native rr":
+            continue
+        native = failed.get(f"native rr, {width}", [])
+        hedged = label.endswith("+hedge")
+        rows.append(Row("10", f"{raw['hold_s']:g} s pause, {width}, `{label}`: failed calls per "
+                              "run", " / ".join(map(str, per_run)),
+                        " / ".join(map(str, native)) + " (native round_robin)", "-",
+                        "0" if hedged else "-",
+                        _verdict(max(per_run) == 0 if hedged and per_run else None,
+                                 f"max {max(per_run)}" if per_run else "")))
+    return rows
+
+
 def table(results: Mapping[str, Any]) -> list[Row]:
     """Every row, scenario by scenario, from the raw figures present."""
     raw = results.get("raw", {})
     rows: list[Row] = []
     builders: list[tuple[str, Callable[[Any], list[Row]]]] = [
         ("supervisor", supervisor_rows), ("client", client_rows),
-        ("failover", failover_rows), ("weights", weights_rows), ("commands", command_rows)]
+        ("failover", failover_rows), ("weights", weights_rows), ("commands", command_rows),
+        ("pause", pause_rows)]
     for key, build in builders:
         if raw.get(key) is not None:
             rows.extend(build(raw[key]))
-    return sorted(rows, key=lambda row: row.scenario)
+    return sorted(rows, key=lambda row: int(row.scenario))
 
 
 def notes(results: Mapping[str, Any], rows: Sequence[Row]) -> list[str]:
