@@ -126,7 +126,10 @@ class Cluster:
         out = open(where.daemon_out, "ab")  # noqa: SIM115
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "devcluster.daemon"], stdin=subprocess.PIPE,
+                # --state-dir only labels the process (`ps`, the pytest plugin's leak guard
+                # and sweeps find a cluster's supervisor by it); settings come on stdin.
+                [sys.executable, "-m", "devcluster.daemon", "--state-dir", str(self.state_dir)],
+                stdin=subprocess.PIPE,
                 stdout=out, stderr=out, pass_fds=passed, start_new_session=True,
                 cwd=self.procfile.parent)
         finally:

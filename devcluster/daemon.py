@@ -225,7 +225,11 @@ def _settings(raw: dict[str, Any]) -> Settings:
 
 
 def main(argv: list[str]) -> int:
-    """Settings: JSON on stdin (or, for hand use, as the one argument)."""
+    """Settings: JSON on stdin (or, for hand use, as the one argument).
+
+    A leading ``--state-dir DIR`` is a label for whoever looks at the process list."""
+    if argv[:1] == ["--state-dir"]:
+        argv = argv[2:]
     text = argv[0] if argv else sys.stdin.read()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # the settings pipe is done with; instances must not inherit it

@@ -72,6 +72,8 @@ def _short(argv: list[str]) -> str:
 
 
 def _daemon_state_dir(argv: list[str]) -> str:
+    if "--state-dir" in argv[:-1]:
+        return argv[argv.index("--state-dir") + 1]
     with contextlib.suppress(ValueError, IndexError, TypeError, KeyError):
         return str(json.loads(argv[-1])["state_dir"])
     return "?"

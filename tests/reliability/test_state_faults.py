@@ -180,13 +180,20 @@ def test_a_daemonizing_instance_is_restarted_by_its_policy(
 
 # -- 2. the state dir deleted under a running cluster -----------------------------------
 
-def test_state_dir_deleted_then_ps_and_down(greeters: Path, run_cli: Cli) -> None:
+def _remove(state_dir: Path) -> None:
+    """``rm -rf`` of a state dir whose supervisor may write into it meanwhile (rm -rf,
+    like this, goes on past a file created behind its back)."""
     import shutil
+
+    shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def test_state_dir_deleted_then_ps_and_down(greeters: Path, run_cli: Cli) -> None:
 
     from conftest import wait_until
 
     pids = [r["pid"] for r in ps_rows(run_cli).values()]
-    shutil.rmtree(greeters)
+    _remove(greeters)
     began = time.monotonic()
     wait_until(lambda: (greeters / "control.sock").exists()
                and (greeters / "registry.json").exists(), 2.0, "the state dir to come back")
@@ -203,7 +210,6 @@ def test_state_dir_deleted_then_ps_and_down(greeters: Path, run_cli: Cli) -> Non
 
 
 def test_an_old_supervisor_never_touches_a_newer_run(greeters: Path, run_cli: Cli) -> None:
-    import shutil
     import signal
 
     from conftest import wait_until
@@ -212,7 +218,7 @@ def test_an_old_supervisor_never_touches_a_newer_run(greeters: Path, run_cli: Cl
     old_pids = [r["pid"] for r in ps_rows(run_cli).values()]
     old.suspend()  # it cannot re-create its state dir before the new run takes it
     try:
-        shutil.rmtree(greeters)
+        _remove(greeters)
         up = run_cli(*UP, "-c", "greeter=2")
         assert up.returncode == 0, up.stderr
     finally:
@@ -263,7 +269,8 @@ def test_down_during_up_stops_what_is_starting_and_says_so(
 
     from devcluster.statedir import running_pid
 
-    write_procfile(f"greeter: {GREETER}")
+    # `slow` never listens, so `up -d` is certainly still waiting when `down` comes.
+    write_procfile(f"greeter: {GREETER}", "slow: python -c 'import time; time.sleep(60)'")
     up = subprocess.Popen(devcluster_argv(*UP, "-c", "greeter=10"), cwd=tmp_path, env=cli_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
