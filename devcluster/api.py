@@ -51,6 +51,19 @@ class NotReadyError(DevclusterError):
         self.states = states
 
 
+class ReloadError(DevclusterError):
+    """A reload stopped: a replacement did not serve (the old instance keeps serving) or
+    the files are bad (then nothing changed). ``result`` is what the reload did."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+        self.instance = result.get("failed")
+        self.log = tuple(result.get("log", ()))
+        if result.get("usage_error"):
+            self.exit_code = 2
+
+
 class Cluster:
     """A devcluster cluster: start it, play with its instances, stop it."""
 
@@ -320,6 +333,25 @@ class Cluster:
         wanted = {**(counts or {}), **kw}
         with self.control() as control:
             return [instance_dict(i) for i in control.scale(wanted, wait=wait).instances]
+
+    def reload(self, names: str | Sequence[str] = (), all: bool = False,
+               on_progress: Callable[[str, str, str], None] | None = None) -> dict[str, Any]:
+        """Rolling reload: re-read the Procfile, .env and devcluster.toml, apply the diff
+        (changed types reload, new ones start, removed ones stop), and replace ``names``
+        (instances or types; ``all``: every one) too, one at a time, losing no call.
+
+        Returns what it did (``reloaded`` steps with old/new pid and timings, ``started``,
+        ``stopped``, ``instances``); raises ReloadError when a replacement does not
+        serve (its instance keeps serving) or a file is bad.
+
+        >>> cluster.reload("greeter")["reloaded"][0]["new_pid"]   # doctest: +SKIP
+        """
+        names = [names] if isinstance(names, str) else list(names)
+        with self.control() as control:
+            result: dict[str, Any] = control.reload(names, all, on_progress)
+        if not result["ok"]:
+            raise ReloadError(result["error"] or "the reload failed", result)
+        return result
 
     def weight(self, name: str, weight: int) -> None:
         set_weight(self.registry, name, weight)
