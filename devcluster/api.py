@@ -80,6 +80,7 @@ class Cluster:
         ready_timeout: float = defaults.READY_TIMEOUT,
         attach: bool = True,
         registry: str | None = None,
+        watch: Sequence[str | Path] | None = None,
     ) -> None:
         self.procfile = Path(procfile).absolute()
         self.state_dir = default_state_dir(self.procfile, state_dir)
@@ -92,6 +93,8 @@ class Cluster:
         self.attach = attach
         #: ``etcd://...`` (or ``$DEVCLUSTER_REGISTRY``); None: the state dir's file.
         self.registry_url = defaults.registry_url(registry)
+        #: Reload when these paths change (``up --watch``); empty: the Procfile's dir.
+        self.watch = None if watch is None else tuple(Path(p).absolute() for p in watch)
         self._proc: subprocess.Popen[bytes] | None = None
         self._lifeline: int | None = None
         #: What the supervisor reported while starting (e.g. stale state it cleaned).
@@ -178,7 +181,8 @@ class Cluster:
             "base_port": self.port, "grace": self.grace, "ready_timeout": self.ready_timeout,
             "restart": {k: str(v) for k, v in self.restart_policies.items()},
             "ready_fd": ready_fd, "lifeline_fd": lifeline_fd, "lock_fd": lock_fd,
-            "registry": self.registry_url})
+            "registry": self.registry_url,
+            "watch": None if self.watch is None else [str(p) for p in self.watch]})
 
     def _read_ready(self, fd: int) -> dict[str, Any]:
         # Crash loops settle as `failed` after ~7.5 s of backoff; allow for that.

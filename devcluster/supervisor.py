@@ -62,6 +62,8 @@ class Settings:
     """A pipe whose other end the starting process holds: EOF (it exited, however it
     died) shuts the cluster down gracefully. Unlike PDEATHSIG it is not tied to the
     thread that started us."""
+    watch: tuple[Path, ...] | None = None
+    """``up --watch``: reload when these change (empty: the Procfile's directory)."""
 
 
 class Supervisor:
@@ -393,6 +395,8 @@ class Supervisor:
         The work is a task of the cluster's own: a control client that goes away does
         not leave a reload half done.
         """
+        if self.stopping.is_set():
+            raise DevclusterError("the cluster is shutting down; nothing to reload")
         targets = {i.name for i in self.select(names, all_)} if names or all_ else set()
         what = "--all" if all_ else " ".join(names) or "changes only"
         self.sink.system(f"reload {what} (asked by {who or 'a control client'})")
