@@ -291,7 +291,8 @@ class Instance:
         self._spawned_once = True
         env = child_environment(self.spec, str(Path(sys.executable).parent))
         env[defaults.ENV_GRACE] = f"{self.rt.grace:g}"  # servers may finish calls within it
-        env[defaults.ENV_REUSEPORT] = "1"  # a reload may start our replacement on our port
+        if defaults.ENV_REUSEPORT not in self.spec.env:  # .env may say 0: a spare port
+            env[defaults.ENV_REUSEPORT] = "1"  # a reload may start our replacement on our port
         if self.port and self.port != self.spec.port:
             env["PORT"] = str(self.port)  # port 0 at first: keep the one it found
         argv = command_argv(self.spec.command, env)
