@@ -50,7 +50,7 @@ serves; a server that allows it sets SO_REUSEPORT on its listening socket."""
 
 #: ``up --watch``: how long a burst of saves is gathered into one reload (ms without a
 #: further change), and the longest a burst may be gathered for.
-WATCH_STEP_MS, WATCH_DEBOUNCE_MS = 30, 1600
+WATCH_STEP_MS, WATCH_DEBOUNCE_MS = 50, 1600
 
 STATE_DIR_NAME = ".devcluster"
 REGISTRY_FILE = "registry.json"
