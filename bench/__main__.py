@@ -7,7 +7,8 @@ Groups, in the order they run (each is also a command of its own):
 * ``supervisor`` (scenarios 1, 2, 8): ``bench.supervisor`` vs honcho;
 * ``client`` (3, 4): ``bench.client_throughput`` vs grpc's round_robin;
 * ``failover`` (5): ``bench.failover`` vs grpc's round_robin;
-* ``weights`` (6, 7): ``bench.weights`` (anchor for 7: round_robin over repeated addresses).
+* ``weights`` (6, 7): ``bench.weights`` (anchor for 7: round_robin over repeated addresses);
+* ``reload`` (9): ``bench.reload`` vs ``restart`` and honcho's way (stop all, start again).
 
 Writes ``results.json`` (every raw figure) and ``results.md`` (the table, the machine,
 the command, notes) into ``--out`` (default: ``bench/`` for the full run, a new
@@ -32,7 +33,7 @@ from typing import Any
 from bench import report
 
 HERE = Path(__file__).resolve().parent
-GROUPS = ("supervisor", "client", "failover", "weights")
+GROUPS = ("supervisor", "client", "failover", "weights", "reload")
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,13 @@ class Sizes:
     back_timeout_s: float = 6.0
     changes: int = 50  # weight changes (scenario 6)
     calls: int = 10_000  # calls per weight config (scenario 7)
+    reload_runs: int = 10  # scenario 9: runs of reload vs restart vs down+up
 
 
 FULL = Sizes()
 QUICK = Sizes(sizes=(3,), runs=1, idle_s=1.0, client_s=0.4, client_rounds=1, view_writes=20,
               failover_runs=1, hold_s=2.5, observe_s=0.5, back_timeout_s=3.0, changes=10,
-              calls=500)
+              calls=500, reload_runs=1)
 
 
 def _log(message: str) -> None:
@@ -82,6 +84,10 @@ def run_group(group: str, sz: Sizes) -> Any:
         from bench import weights
 
         return weights.measure(sz.changes, sz.calls)
+    if group == "reload":
+        from bench import reload
+
+        return reload.measure(sz.reload_runs, progress=_log)
     raise ValueError(f"unknown group {group!r}; choose from {', '.join(GROUPS)}")
 
 
