@@ -13,6 +13,7 @@ Groups, in the order they run (each is also a command of its own):
 
 A full run (every group, full sizes) also rewrites README.md's Performance table from
 its results, so the README always quotes the latest full run of the commit it names.
+* ``reload`` (11): ``bench.reload`` vs ``restart`` and honcho's way (stop all, start again).
 
 Writes ``results.json`` (every raw figure) and ``results.md`` (the table, the machine,
 the command, notes) into ``--out`` (default: ``bench/`` for the full run, a new
@@ -37,7 +38,7 @@ from typing import Any
 from bench import report
 
 HERE = Path(__file__).resolve().parent
-GROUPS = ("supervisor", "client", "failover", "weights", "commands", "pause")
+GROUPS = ("supervisor", "client", "failover", "weights", "commands", "pause", "reload")
 
 
 @dataclass(frozen=True)
@@ -59,13 +60,14 @@ class Sizes:
     command_runs: int = 10  # runs of each command (scenario 9)
     pause_runs: int = 2  # scenario 10
     pause_hold_s: float = 10.0
+    reload_runs: int = 10  # scenario 11: runs of reload vs restart vs down+up
 
 
 FULL = Sizes()
 QUICK = Sizes(sizes=(3,), runs=1, idle_s=1.0, client_s=0.4, client_rounds=1, view_writes=20,
               failover_runs=1, hold_s=2.5, observe_s=0.5, back_timeout_s=3.0, changes=10,
               calls=500, command_runs=2,
-              pause_runs=1, pause_hold_s=2.0)
+              pause_runs=1, pause_hold_s=2.0, reload_runs=1)
 
 
 def _log(message: str) -> None:
@@ -99,6 +101,10 @@ def run_group(group: str, sz: Sizes) -> Any:
         from bench import pause
 
         return pause.measure(sz.pause_runs, sz.pause_hold_s)
+    if group == "reload":
+        from bench import reload
+
+        return reload.measure(sz.reload_runs, progress=_log)
     raise ValueError(f"unknown group {group!r}; choose from {', '.join(GROUPS)}")
 
 

@@ -35,6 +35,7 @@ SCENARIOS: dict[str, str] = {
     "8": "Supervisor overhead",
     "9": "Command speed",
     "10": "A long freeze",
+    "11": "Rolling reload",
 }
 
 
@@ -376,6 +377,39 @@ def pause_rows(raw: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
+def reload_rows(raw: Mapping[str, Any]) -> list[Row]:
+    """Scenario 11 from ``bench.reload.measure``."""
+    s = raw["summary"]
+    runs = s["runs"]
+
+    def failed(xs: Sequence[int]) -> str:
+        return f"{sum(xs)} ({sum(1 for x in xs if x)}/{len(xs)} runs, max {max(xs, default=0)})"
+
+    f, stall = s["failed"], s["stall_ms_max"]
+    rows = [
+        Row("11", "reload --all of 3, 8 in flight: failed calls (longest stall)",
+            f"{failed(f['reload'])} ({_num(stall['reload'])} ms)",
+            f"restart: {failed(f['restart'])} ({_num(stall['restart'])} ms); down+up (honcho): "
+            f"{failed(f['honcho'])} ({_num(stall['honcho'])} ms)", "-",
+            f"0 over {runs} runs", _verdict(sum(f["reload"]) == 0, f"{sum(f['reload'])} failed")),
+    ]
+    for n, xs in s["fixed_failed"].items():
+        codes = ", ".join(s["fixed_codes"])
+        rows.append(Row("11", f"plain grpc client on one port (SO_REUSEPORT), {n} in flight: "
+                             "failed calls", failed(xs) + (f"; {codes}" if codes and sum(xs) else ""),
+                        "-", "-", f"0 over {runs} runs", _verdict(sum(xs) == 0, f"{sum(xs)} failed")))
+    over = s["over_ms_median"]
+    rows.append(Row("11", "reload time per instance: total - readiness, median (max)",
+                    f"{_num(over)} ({_num(s['over_ms_max'])}) ms (readiness {_num(s['ready_ms_median'])} ms)",
+                    "-", "-", "<= 200 ms", _verdict(over is not None and over <= 200,
+                                                    f"{_num(over)} ms")))
+    w = s["watch_ms_median"]
+    rows.append(Row("11", "file save -> first reload step under --watch, median (max)",
+                    f"{_num(w)} ({_num(s['watch_ms_max'])}) ms", "-", "-", "<= 150 ms",
+                    _verdict(w is not None and w <= 150, f"{_num(w)} ms")))
+    return rows
+
+
 def table(results: Mapping[str, Any]) -> list[Row]:
     """Every row, scenario by scenario, from the raw figures present."""
     raw = results.get("raw", {})
@@ -383,7 +417,7 @@ def table(results: Mapping[str, Any]) -> list[Row]:
     builders: list[tuple[str, Callable[[Any], list[Row]]]] = [
         ("supervisor", supervisor_rows), ("client", client_rows),
         ("failover", failover_rows), ("weights", weights_rows), ("commands", command_rows),
-        ("pause", pause_rows)]
+        ("pause", pause_rows), ("reload", reload_rows)]
     for key, build in builders:
         if raw.get(key) is not None:
             rows.extend(build(raw[key]))

@@ -52,6 +52,19 @@ class NotReadyError(DevclusterError):
         self.states = states
 
 
+class ReloadError(DevclusterError):
+    """A reload stopped: a replacement did not serve (the old instance keeps serving) or
+    the files are bad (then nothing changed). ``result`` is what the reload did."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+        self.instance = result.get("failed")
+        self.log = tuple(result.get("log", ()))
+        if result.get("usage_error"):
+            self.exit_code = 2
+
+
 class Cluster:
     """A devcluster cluster: start it, play with its instances, stop it."""
 
@@ -68,6 +81,7 @@ class Cluster:
         ready_timeout: float = defaults.READY_TIMEOUT,
         attach: bool = True,
         registry: str | None = None,
+        watch: Sequence[str | Path] | None = None,
     ) -> None:
         self.procfile = Path(procfile).absolute()
         self.state_dir = default_state_dir(self.procfile, state_dir)
@@ -80,6 +94,8 @@ class Cluster:
         self.attach = attach
         #: ``etcd://...`` (or ``$DEVCLUSTER_REGISTRY``); None: the state dir's file.
         self.registry_url = defaults.registry_url(registry)
+        #: Reload when these paths change (``up --watch``); empty: the Procfile's dir.
+        self.watch = None if watch is None else tuple(Path(p).absolute() for p in watch)
         self._proc: subprocess.Popen[bytes] | None = None
         self._lifeline: int | None = None
         #: What the supervisor reported while starting (e.g. stale state it cleaned).
@@ -169,7 +185,8 @@ class Cluster:
             "base_port": self.port, "grace": self.grace, "ready_timeout": self.ready_timeout,
             "restart": {k: str(v) for k, v in self.restart_policies.items()},
             "ready_fd": ready_fd, "lifeline_fd": lifeline_fd, "lock_fd": lock_fd,
-            "registry": self.registry_url})
+            "registry": self.registry_url,
+            "watch": None if self.watch is None else [str(p) for p in self.watch]})
 
     def _read_ready(self, fd: int) -> dict[str, Any]:
         # Crash loops settle as `failed` after ~7.5 s of backoff; allow for that.
@@ -324,6 +341,25 @@ class Cluster:
         wanted = {**(counts or {}), **kw}
         with self.control() as control:
             return [instance_dict(i) for i in control.scale(wanted, wait=wait).instances]
+
+    def reload(self, names: str | Sequence[str] = (), all: bool = False,
+               on_progress: Callable[[str, str, str], None] | None = None) -> dict[str, Any]:
+        """Rolling reload: re-read the Procfile, .env and devcluster.toml, apply the diff
+        (changed types reload, new ones start, removed ones stop), and replace ``names``
+        (instances or types; ``all``: every one) too, one at a time, losing no call.
+
+        Returns what it did (``reloaded`` steps with old/new pid and timings, ``started``,
+        ``stopped``, ``instances``); raises ReloadError when a replacement does not
+        serve (its instance keeps serving) or a file is bad.
+
+        >>> cluster.reload("greeter")["reloaded"][0]["new_pid"]   # doctest: +SKIP
+        """
+        names = [names] if isinstance(names, str) else list(names)
+        with self.control() as control:
+            result: dict[str, Any] = control.reload(names, all, on_progress)
+        if not result["ok"]:
+            raise ReloadError(result["error"] or "the reload failed", result)
+        return result
 
     def weight(self, name: str, weight: int) -> None:
         set_weight(self.registry, name, weight)

@@ -7,11 +7,12 @@ wires them). :class:`ControlClient` is what the CLI, the Python API and scripts 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -53,6 +54,20 @@ def bind_path(path: Path) -> Path:
     return short_dir / f"{digest}-{os.getpid()}.sock"
 
 
+class ReloadProgress(Protocol):
+    """One line of a reload's progress (devcluster.reload.Progress)."""
+
+    kind: str
+    instance: str
+    text: str
+
+
+class ReloadOutcome(Protocol):
+    """What a reload did (devcluster.reload.ReloadResult)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 class Supervised(Protocol):
     """What the control plane needs of a supervisor (:class:`devcluster.supervisor.Supervisor`
     satisfies it; :mod:`devcluster.daemon` hands one over). Verbs raise
@@ -77,6 +92,9 @@ class Supervised(Protocol):
     async def wait_settled(self, timeout: float) -> bool: ...
 
     async def down(self, grace: float | None = None, who: str = "") -> list[InstanceInfo]: ...
+
+    async def reload(self, names: Sequence[str] = (), all_: bool = False, *, who: str = "",
+                     progress: Callable[[Any], None] | None = None) -> ReloadOutcome: ...
 
 
 def to_pb(info: InstanceInfo) -> pb.Instance:
@@ -171,6 +189,53 @@ class _Servicer(pb_grpc.ControlServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"unknown process type {e.name!r}; types: {', '.join(e.known)}")
         return pb.ActionReply(instances=[to_pb(i) for i in infos])
+
+
+    async def Reload(self, request: pb.ReloadRequest,
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReloadEvent]:
+        events: asyncio.Queue[ReloadProgress] = asyncio.Queue()
+        # Its own task: the reload goes on (shielded in the supervisor) if we are cancelled.
+        task = asyncio.ensure_future(self.sup.reload(
+            list(request.names), request.all, who=request.who or "control client",
+            progress=events.put_nowait))
+        while not task.done() or not events.empty():
+            getter = asyncio.ensure_future(events.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            event = getter.result()
+            yield pb.ReloadEvent(kind=event.kind, instance=event.instance, text=event.text)
+        outcome = await self._aborting(context, task)
+        result = reload_result_to_pb(outcome.to_dict(), await self.sup.infos())
+        yield pb.ReloadEvent(kind="result", text="", result=result)
+
+
+def reload_result_to_pb(data: dict[str, Any], infos: Sequence[InstanceInfo]) -> pb.ReloadResult:
+    """A reload's result dict on the wire (with every instance as it is after it)."""
+    steps = [pb.ReloadStep(**{k: v for k, v in step.items() if v is not None})
+             for step in data["reloaded"]]
+    return pb.ReloadResult(
+        reloaded=steps, started=data["started"], stopped=data["stopped"],
+        unchanged=data["unchanged"], failed=data["failed"], error=data["error"],
+        usage_error=data["usage_error"], log=data["log"], instances=[to_pb(i) for i in infos])
+
+
+def reload_result_dict(result: pb.ReloadResult) -> dict[str, Any]:
+    """The JSON shape of a reload (``reload --json``, ``Cluster.reload``)."""
+    def step(s: pb.ReloadStep) -> dict[str, Any]:
+        return {"name": s.name, "old_pid": s.old_pid if s.HasField("old_pid") else None,
+                "new_pid": s.new_pid if s.HasField("new_pid") else None,
+                "old_address": s.old_address, "new_address": s.new_address,
+                "same_port": s.same_port, "ready_ms": s.ready_ms, "total_ms": s.total_ms}
+
+    failed = result.failed if result.HasField("failed") else None
+    error = result.error if result.HasField("error") else None
+    return {"ok": failed is None and error is None, "reloaded": [step(s) for s in result.reloaded],
+            "started": list(result.started), "stopped": list(result.stopped),
+            "unchanged": list(result.unchanged), "failed": failed, "error": error,
+            "usage_error": result.usage_error, "log": list(result.log),
+            "instances": [as_dict(i) for i in result.instances]}
 
 
 class ControlServer:
@@ -313,18 +378,7 @@ class ControlClient:
         try:
             return getattr(self.stub, method)(request, timeout=timeout or self.timeout)
         except grpc.RpcError as e:
-            code = e.code() if isinstance(e, grpc.Call) else None
-            details = e.details() if isinstance(e, grpc.Call) else str(e)
-            if code == grpc.StatusCode.NOT_FOUND:  # a well-formed name the cluster lacks
-                raise _unknown(details) from None
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise UsageError(details) from None
-            if code == grpc.StatusCode.FAILED_PRECONDITION:  # the supervisor's own message
-                raise DevclusterError(details) from None
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise NoClusterError(f"no cluster answers in {self.state_dir} ({details}); "
-                                     "start one with `devcluster up`") from None
-            raise DevclusterError(f"control call {method} failed: {details}") from None
+            raise _mapped(e, method, self.state_dir) from None
 
     def ps(self) -> pb.PsReply:
         return self._call("Ps", pb.PsRequest())
@@ -344,10 +398,47 @@ class ControlClient:
                                    timeout=timeout, who=_who())
         return self._call(verb.capitalize(), request, timeout + 30)
 
+    def reload(self, names: Sequence[str] = (), all_: bool = False,
+               on_progress: Callable[[str, str, str], None] | None = None) -> dict[str, Any]:
+        """Rolling reload; ``on_progress(kind, instance, text)`` for each step as it goes.
+        Returns :func:`reload_result_dict` (check ``ok``)."""
+        request = pb.ReloadRequest(names=list(names), all=all_, who=_who())
+        for event in self._stream("Reload", request):
+            if event.HasField("result"):
+                return reload_result_dict(event.result)
+            if on_progress is not None:
+                on_progress(event.kind, event.instance, event.text)
+        raise DevclusterError("the supervisor ended the reload without a result; see "
+                              "`devcluster logs`")
+
+    def _stream(self, method: str, request: Any) -> Iterator[Any]:
+        """A server stream (no deadline: a rolling reload takes as long as it takes),
+        its errors mapped as :meth:`_call` maps them."""
+        try:
+            yield from getattr(self.stub, method)(request)
+        except grpc.RpcError as e:
+            raise _mapped(e, method, self.state_dir) from None
+
     def scale(self, counts: dict[str, int], wait: bool = True,
               timeout: float = defaults.CONTROL_WAIT) -> pb.ActionReply:
         request = pb.ScaleRequest(counts=counts, wait=wait, timeout=timeout, who=_who())
         return self._call("Scale", request, timeout + 30)
+
+
+def _mapped(e: grpc.RpcError, method: str, state_dir: Path) -> DevclusterError:
+    """A control call's gRPC error as the DevclusterError it stands for."""
+    code = e.code() if isinstance(e, grpc.Call) else None
+    details = e.details() if isinstance(e, grpc.Call) else str(e)
+    if code == grpc.StatusCode.NOT_FOUND:  # a well-formed name the cluster lacks
+        return _unknown(details)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return UsageError(details)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:  # the supervisor's own message
+        return DevclusterError(details)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return NoClusterError(f"no cluster answers in {state_dir} ({details}); "
+                              "start one with `devcluster up`")
+    return DevclusterError(f"control call {method} failed: {details}")
 
 
 def as_dict(inst: pb.Instance) -> dict[str, Any]:

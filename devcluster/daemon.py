@@ -21,7 +21,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -102,7 +102,7 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
                 ready.send({"instances": {i.name: i.to_dict() for i in infos}, "notes": notes,
                             "stopped_by": sup.stopped_by})
 
-            await sup.run(settled, [keeper.run])
+            await sup.run(settled, [keeper.run, *_watcher(sup)])
         finally:
             await control.stop(remove=not keeper.lost)
     finally:
@@ -112,6 +112,15 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
         watchdog.close()
         with contextlib.suppress(Exception):
             registry.close()  # etcd: revoke the lease, so our records go at once
+
+
+def _watcher(sup: Supervisor) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+    """``up --watch``: the file watcher, a duty of the cluster (none without --watch)."""
+    if sup.settings.watch is None:
+        return []
+    from devcluster.watch import Watcher
+
+    return [Watcher(sup, sup.settings.watch).run]
 
 
 class StateDirLostError(DevclusterError):
@@ -221,7 +230,8 @@ def _settings(raw: dict[str, Any]) -> Settings:
         restart={k: Policy(v) for k, v in raw.get("restart", {}).items()},
         ready_fd=raw.get("ready_fd"), lifeline_fd=raw.get("lifeline_fd"),
         lock_fd=raw.get("lock_fd"),
-        registry=raw.get("registry"))
+        registry=raw.get("registry"),
+        watch=None if raw.get("watch") is None else tuple(Path(p) for p in raw["watch"]))
 
 
 def main(argv: list[str]) -> int:

@@ -44,6 +44,13 @@ ENV_REGISTRY = "DEVCLUSTER_REGISTRY"
 #: Environment variables devcluster sets for every instance.
 ENV_INSTANCE = "DEVCLUSTER_INSTANCE"
 ENV_GRACE = "DEVCLUSTER_GRACE"
+ENV_REUSEPORT = "DEVCLUSTER_REUSEPORT"
+"""``1``: a reload may start this instance's replacement on the same port while it still
+serves; a server that allows it sets SO_REUSEPORT on its listening socket."""
+
+#: ``up --watch``: how long a burst of saves is gathered into one reload (ms without a
+#: further change), and the longest a burst may be gathered for.
+WATCH_STEP_MS, WATCH_DEBOUNCE_MS = 50, 1600
 
 STATE_DIR_NAME = ".devcluster"
 REGISTRY_FILE = "registry.json"

@@ -8,6 +8,7 @@ serving, as a real hung server would) and wakes whoever waits on the instance.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import signal
 import sys
@@ -36,6 +37,9 @@ MAX_FAILURES = 5
 #: Seconds between ``draining`` in the registry and SIGINT for a single-instance stop:
 #: registry watchers see a change within ~10 ms (p99); a margin for loaded machines.
 DRAIN_DELAY = 0.1
+#: Lines of its own output an instance keeps, to say why it failed (a replacement
+#: shares its log file with the instance it replaces).
+RECENT_LINES = 20
 #: States in which ``up -d`` and ``start --wait`` stop waiting.
 SETTLED = frozenset({State.SERVING, State.FAILED, State.EXITED, State.KILLED, State.STOPPED})
 
@@ -88,6 +92,14 @@ class Instance:
         self._changed = asyncio.Event()
         self._spawned_once = False
         self._run_group: asyncio.TaskGroup | None = None  # owns this run's pump and probe
+        #: False while the registry record of this name is another process's: a
+        #: replacement before it serves, an old instance once replaced (see reload).
+        self.registered = True
+        #: Another process of ours listens on this port too (SO_REUSEPORT): readiness
+        #: then asks the kernel which ports this process holds, not the port.
+        self.shared_port = False
+        #: The last lines of this process's own output.
+        self.recent: collections.deque[str] = collections.deque(maxlen=RECENT_LINES)
 
     def __repr__(self) -> str:
         return f"<Instance {self.name} {self.state.value} pid={self.pid} {self.address or '-'}>"
@@ -115,7 +127,7 @@ class Instance:
         """Change state, queue the registry write (returned), wake whoever waits."""
         self.state = state
         written = None
-        if state is not State.PAUSED:
+        if state is not State.PAUSED and self.registered:
             written = self.rt.records.update(
                 self.name, state=state.value, pid=self.pid, address=self.address,
                 restarts=self.restarts, started_at=self.started_at)
@@ -138,6 +150,11 @@ class Instance:
     def settled(self) -> bool:
         """Serving, or down for good, or not ready within the ready timeout."""
         return self.state in SETTLED or (self.state is State.STARTING and self.ready_timed_out)
+
+    def publish(self) -> Future[None] | None:
+        """Take over the registry record of this name (a replacement that serves)."""
+        self.registered = True
+        return self._set(self.state)
 
     # -- verbs -------------------------------------------------------------------------
 
@@ -274,6 +291,8 @@ class Instance:
         self._spawned_once = True
         env = child_environment(self.spec, str(Path(sys.executable).parent))
         env[defaults.ENV_GRACE] = f"{self.rt.grace:g}"  # servers may finish calls within it
+        if defaults.ENV_REUSEPORT not in self.spec.env:  # .env may say 0: a spare port
+            env[defaults.ENV_REUSEPORT] = "1"  # a reload may start our replacement on our port
         if self.port and self.port != self.spec.port:
             env["PORT"] = str(self.port)  # port 0 at first: keep the one it found
         argv = command_argv(self.spec.command, env)
@@ -340,7 +359,9 @@ class Instance:
                 line = await proc.stdout.read(1 << 16)
             if not line:
                 return
-            self.rt.sink.line(self.name, line.decode("utf-8", "replace"))
+            text = line.decode("utf-8", "replace")
+            self.recent.append(text.rstrip("\r\n"))
+            self.rt.sink.line(self.name, text)
 
     async def _become_ready(self, proc: asyncio.subprocess.Process) -> None:
         deadline = time.monotonic() + self.rt.ready_timeout
@@ -350,7 +371,8 @@ class Instance:
             return proc.returncode is None
 
         port = await health.find_port(proc.pid, self.port, alive, deadline,
-                                      expect_wanted="PORT" in self.spec.command)
+                                      expect_wanted="PORT" in self.spec.command
+                                      and not self.shared_port)
         if port is not None:
             self.port, self.address = port, f"127.0.0.1:{port}"
             how = await health.wait_ready(self.address, alive, deadline)

@@ -17,11 +17,12 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 
 from devcluster import defaults, process, procfile
+from devcluster import reload as rolling
 from devcluster.errors import DevclusterError, UnknownInstanceError
 from devcluster.instance import DRAIN_DELAY, Instance, Policy, Runtime, _landed
 from devcluster.logs import LogSink
@@ -34,6 +35,7 @@ from devcluster.watchdog import Watchdog
 
 _DONE = {"kill": "killed", "stop": "stopped", "start": "started", "restart": "restarted",
          "pause": "paused", "resume": "resumed"}
+T = TypeVar("T")
 #: Longest a whole-cluster shutdown waits for its `draining` write before SIGINT.
 _DRAIN_WRITE_WAIT = 0.5
 
@@ -60,6 +62,8 @@ class Settings:
     """A pipe whose other end the starting process holds: EOF (it exited, however it
     died) shuts the cluster down gracefully. Unlike PDEATHSIG it is not tied to the
     thread that started us."""
+    watch: tuple[Path, ...] | None = None
+    """``up --watch``: reload when these change (empty: the Procfile's directory)."""
 
 
 class Supervisor:
@@ -83,6 +87,13 @@ class Supervisor:
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
                           settings.ready_timeout, watchdog, self._spawn, self._ours)
         self.instances: dict[str, Instance] = {}
+        #: Instances of ours not in the name table: a replacement starting, an old
+        #: instance stopping (see devcluster.reload). They die with the cluster too.
+        self.outside: set[Instance] = set()
+        #: devcluster.toml's per-type tables as last applied (a reload diffs against them).
+        self.tables: Any = {}
+        with contextlib.suppress(DevclusterError):
+            self.tables = rolling.project_tables(settings.procfile)
         for spec in specs:
             self._add(spec)
         self.stopping = asyncio.Event()
@@ -108,7 +119,7 @@ class Supervisor:
     def state_dir(self) -> Path:
         return self.settings.state_dir
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A task owned by :meth:`run`'s task group (no task of ours is left unowned)."""
         if self._tg is None:
             coro.close()
@@ -117,7 +128,7 @@ class Supervisor:
 
     def _ours(self) -> set[int]:
         """Pids we started (instance leaders, the watchdog): never adopted orphans."""
-        pids = {i.pid for i in list(self.instances.values()) if i.running and i.pid}
+        pids = {i.pid for i in [*self.instances.values(), *self.outside] if i.running and i.pid}
         if self.watchdog is not None:
             pids.add(self.watchdog.pid)
         return pids
@@ -135,11 +146,14 @@ class Supervisor:
                         zombies.append(proc.pid)
             process.reap(zombies)
 
-    def _add(self, spec: procfile.InstanceSpec) -> Instance:
+    def make_instance(self, spec: procfile.InstanceSpec) -> Instance:
+        """A new instance of ``spec`` with its type's settings, in no table yet."""
         policy = self.settings.restart.get(spec.process_type, Policy.ON_FAILURE)
-        inst = Instance(spec, policy, self.rt)
-        self.instances[spec.name] = inst
         self.sink.widen(spec.name)
+        return Instance(spec, policy, self.rt)
+
+    def _add(self, spec: procfile.InstanceSpec) -> Instance:
+        inst = self.instances[spec.name] = self.make_instance(spec)
         return inst
 
     # -- lookup ------------------------------------------------------------------------
@@ -288,7 +302,8 @@ class Supervisor:
                                             for i in running})
         await _landed(drained, _DRAIN_WRITE_WAIT)  # never wait on the registry for long
         began = time.monotonic()
-        await asyncio.gather(*(i.stop(grace, announce=False) for i in self.instances.values()))
+        await asyncio.gather(*(i.stop(grace, announce=False)
+                               for i in [*self.instances.values(), *self.outside]))
         left = await asyncio.to_thread(process.sweep, self._ours())
         if left:
             self.sink.system(f"stopped {len(left)} process(es) the instances had daemonized "
@@ -298,7 +313,7 @@ class Supervisor:
 
     def force(self) -> None:
         """Second Ctrl-C (and the exit path): SIGKILL every process group now."""
-        for inst in self.instances.values():
+        for inst in [*self.instances.values(), *self.outside]:
             inst.force_kill()
         process.sweep(self._ours())
 
@@ -372,47 +387,57 @@ class Supervisor:
 
     # -- membership: reload and scale ----------------------------------------------------
 
-    async def reload(self) -> None:
-        async with self._membership:
-            await self._reload()
+    async def reload(self, names: Sequence[str] = (), all_: bool = False, *, who: str = "",
+                     progress: rolling.Emit | None = None) -> rolling.ReloadResult:
+        """Rolling reload (devcluster.reload): apply the files' diff, and replace the
+        instances named (or every one) too. Unknown names raise before anything changes.
 
-    async def _reload(self) -> None:
-        """SIGHUP: re-read the Procfile; start added types, stop removed ones, restart
-        instances whose command or environment changed. A bad Procfile changes nothing."""
-        st = self.settings
-        try:
-            types, env, specs = procfile.load(st.procfile, st.env_files, st.scale, st.base_port)
-        except DevclusterError as e:
-            self.sink.system(f"reload refused: {e}; the cluster keeps running as it was")
-            return
-        wanted = {s.name: s for s in specs}
-        self.types, self.type_order, self.env = {t.name: t for t in types}, \
-            [t.name for t in types], env
-        removed = [i for n, i in self.instances.items() if n not in wanted]
-        changed = [i for n, i in self.instances.items()
-                   if n in wanted and (wanted[n].command, dict(wanted[n].env))
-                   != (i.spec.command, dict(i.spec.env))]
-        added = [s for n, s in wanted.items() if n not in self.instances]
-        self.sink.system(f"reload: {len(added)} added, {len(removed)} removed, "
-                         f"{len(changed)} changed")
-        await asyncio.gather(*(i.stop(drain=DRAIN_DELAY) for i in removed + changed))
-        for inst in removed:
-            self.instances.pop(inst.name)
-            self.records.deregister(inst.name)
-        for inst in changed:
-            fresh = self._add(wanted[inst.name])
-            fresh.restarts = inst.restarts + 1
-            fresh.start()
-        for spec in added:
-            inst = self._add(spec)
-            self.records.register(inst.record())
-            inst.start()
+        The work is a task of the cluster's own: a control client that goes away does
+        not leave a reload half done.
+        """
+        if self.stopping.is_set():
+            raise DevclusterError("the cluster is shutting down; nothing to reload")
+        targets = {i.name for i in self.select(names, all_)} if names or all_ else set()
+        what = "--all" if all_ else " ".join(names) or "changes only"
+        self.sink.system(f"reload {what} (asked by {who or 'a control client'})")
+
+        def emit(event: rolling.Progress) -> None:
+            self.sink.system(event.text)
+            if progress is not None:
+                progress(event)
+
+        async def work() -> rolling.ReloadResult:
+            async with self._membership:
+                result = await rolling.run(self, targets, emit)
+            await self._written()
+            return result
+
+        return await asyncio.shield(self._spawn(work()))
+
+    def add_instance(self, spec: procfile.InstanceSpec) -> Instance:
+        """A new instance in the table and the registry (not started)."""
+        inst = self._add(spec)
+        self.records.register(inst.record())
+        return inst
+
+    async def remove_instance(self, name: str) -> None:
+        """Stop an instance gracefully and forget it."""
+        inst = self.instances[name]
+        await inst.stop(drain=DRAIN_DELAY)
+        self.instances.pop(name, None)
+        self.records.deregister(name)
+
+    def adopt_config(self, types: Sequence[procfile.ProcessType], env: dict[str, str],
+                     tables: Any) -> None:
+        """What the files say now (new instances and scaling follow it)."""
+        self.types, self.type_order = {t.name: t for t in types}, [t.name for t in types]
+        self.env, self.tables = env, tables
 
     def on_signal(self, sig: signal.Signals) -> None:
         """Signal handler: only schedules work (first: graceful, second: forced)."""
         if sig is signal.SIGHUP:
             if not self.stopping.is_set() and self._tg is not None:
-                self._spawn(self.reload())
+                self._spawn(self._hangup())
             return
         self._interrupts += 1
         if self._interrupts == 1:
@@ -420,6 +445,10 @@ class Supervisor:
         else:
             self.sink.system("forced shutdown: SIGKILL to every instance")
             self.force()
+
+    async def _hangup(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reload(who="SIGHUP")
 
     async def _scale(self, counts: dict[str, int]) -> list[Instance]:
         """Set the number of instances of process types; returns those added or removed.

@@ -118,3 +118,67 @@ class WaitReadyRequest(_message.Message):
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     timeout: float
     def __init__(self, timeout: _Optional[float] = ...) -> None: ...
+
+class ReloadRequest(_message.Message):
+    __slots__ = ("names", "all", "who")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    who: str
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., who: _Optional[str] = ...) -> None: ...
+
+class ReloadStep(_message.Message):
+    __slots__ = ("name", "old_pid", "new_pid", "old_address", "new_address", "same_port", "ready_ms", "total_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OLD_PID_FIELD_NUMBER: _ClassVar[int]
+    NEW_PID_FIELD_NUMBER: _ClassVar[int]
+    OLD_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NEW_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SAME_PORT_FIELD_NUMBER: _ClassVar[int]
+    READY_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    old_pid: int
+    new_pid: int
+    old_address: str
+    new_address: str
+    same_port: bool
+    ready_ms: float
+    total_ms: float
+    def __init__(self, name: _Optional[str] = ..., old_pid: _Optional[int] = ..., new_pid: _Optional[int] = ..., old_address: _Optional[str] = ..., new_address: _Optional[str] = ..., same_port: _Optional[bool] = ..., ready_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class ReloadResult(_message.Message):
+    __slots__ = ("reloaded", "started", "stopped", "unchanged", "failed", "error", "usage_error", "log", "instances")
+    RELOADED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    USAGE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    reloaded: _containers.RepeatedCompositeFieldContainer[ReloadStep]
+    started: _containers.RepeatedScalarFieldContainer[str]
+    stopped: _containers.RepeatedScalarFieldContainer[str]
+    unchanged: _containers.RepeatedScalarFieldContainer[str]
+    failed: str
+    error: str
+    usage_error: bool
+    log: _containers.RepeatedScalarFieldContainer[str]
+    instances: _containers.RepeatedCompositeFieldContainer[Instance]
+    def __init__(self, reloaded: _Optional[_Iterable[_Union[ReloadStep, _Mapping]]] = ..., started: _Optional[_Iterable[str]] = ..., stopped: _Optional[_Iterable[str]] = ..., unchanged: _Optional[_Iterable[str]] = ..., failed: _Optional[str] = ..., error: _Optional[str] = ..., usage_error: _Optional[bool] = ..., log: _Optional[_Iterable[str]] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
+
+class ReloadEvent(_message.Message):
+    __slots__ = ("kind", "instance", "text", "result")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    instance: str
+    text: str
+    result: ReloadResult
+    def __init__(self, kind: _Optional[str] = ..., instance: _Optional[str] = ..., text: _Optional[str] = ..., result: _Optional[_Union[ReloadResult, _Mapping]] = ...) -> None: ...

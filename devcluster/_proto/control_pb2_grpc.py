@@ -84,6 +84,11 @@ class ControlStub:
                 request_serializer=devcluster_dot_control__pb2.WaitReadyRequest.SerializeToString,
                 response_deserializer=devcluster_dot_control__pb2.PsReply.FromString,
                 _registered_method=True)
+        self.Reload = channel.unary_stream(
+                '/devcluster.Control/Reload',
+                request_serializer=devcluster_dot_control__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=devcluster_dot_control__pb2.ReloadEvent.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -153,6 +158,15 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reload(self, request, context):
+        """Rolling reload: re-read the Procfile, .env and devcluster.toml, apply the diff, and
+        replace the instances named one at a time. Streams progress; the last event has
+        the result. The reload goes on if the client goes away.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +219,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.WaitReady,
                     request_deserializer=devcluster_dot_control__pb2.WaitReadyRequest.FromString,
                     response_serializer=devcluster_dot_control__pb2.PsReply.SerializeToString,
+            ),
+            'Reload': grpc.unary_stream_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=devcluster_dot_control__pb2.ReloadRequest.FromString,
+                    response_serializer=devcluster_dot_control__pb2.ReloadEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -477,6 +496,33 @@ class Control:
             '/devcluster.Control/WaitReady',
             devcluster_dot_control__pb2.WaitReadyRequest.SerializeToString,
             devcluster_dot_control__pb2.PsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/devcluster.Control/Reload',
+            devcluster_dot_control__pb2.ReloadRequest.SerializeToString,
+            devcluster_dot_control__pb2.ReloadEvent.FromString,
             options,
             channel_credentials,
             insecure,

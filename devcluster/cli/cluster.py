@@ -85,13 +85,19 @@ def up(
                           "cluster runs; its URL is printed first.")] = False,
     console_port: Annotated[int, typer.Option(
         metavar="PORT", help="Port of --console on 127.0.0.1 (default: a free one).")] = 0,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Rolling reload when files change (default: the Procfile's "
+                        "directory; or the PATHs); see `devcluster reload`.")] = False,
+    watch_paths: Annotated[list[Path] | None, typer.Argument(
+        metavar="[PATH]...", help="With --watch: what to watch.", show_default=False)] = None,
 ) -> None:
     """Start every instance of the Procfile and supervise them (Ctrl-C stops them all).
 
-    Example: devcluster up -d -c greeter=3 -p 0"""
+    Example: devcluster up -d -c greeter=3 -p 0   (or: devcluster up --watch src)"""
     if json_ and not detach:
         raise UsageError("--json needs -d: in the foreground, up prints the instances' logs, "
                          "not a result (use `devcluster up -d --json`)")
+    watched = _watched(watch, watch_paths or [])
     scale_counts = procfile_mod.parse_scale(scale)
     policies = _policies(restart)
     directory = _state_dir(procfile, state_dir)
@@ -103,7 +109,8 @@ def up(
     if detach:
         cluster = Cluster(procfile, scale=scale_counts, state_dir=directory, port=port,
                           grace=grace, env_files=env, restart=policies,
-                          ready_timeout=ready_timeout, attach=False, registry=registry)
+                          ready_timeout=ready_timeout, attach=False, registry=registry,
+                          watch=watched)
         began = time.monotonic()
         try:
             states = cluster.up()
@@ -126,10 +133,21 @@ def up(
     settings = Settings(procfile=procfile.absolute(), state_dir=directory, env_files=tuple(env),
                         scale=scale_counts, base_port=port, grace=grace,
                         ready_timeout=ready_timeout, restart=policies,
-                        registry=defaults.registry_url(registry))
+                        registry=defaults.registry_url(registry), watch=watched)
     with _console(console, directory, settings.registry, console_port):
         code = asyncio.run(serve(settings, sys.stdout))
     raise typer.Exit(code)
+
+
+def _watched(watch: bool, paths: list[Path]) -> tuple[Path, ...] | None:
+    """What ``--watch`` watches (empty: the Procfile's directory), None without it."""
+    if paths and not watch:
+        raise UsageError(f"unexpected argument {str(paths[0])!r}; paths are for --watch: "
+                         "`devcluster up --watch PATH...`")
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"--watch {path}: no such file or directory; check the path")
+    return tuple(p.absolute() for p in paths) if watch else None
 
 
 @contextlib.contextmanager

@@ -2,7 +2,9 @@
 
 ``python -m devcluster.greeter --port 50051 --name server1`` (defaults: ``$PORT`` and
 ``$DEVCLUSTER_INSTANCE``). On SIGINT/SIGTERM it reports NOT_SERVING, stops accepting
-calls, lets in-flight calls finish within ``--grace`` seconds, and exits 0.
+calls, lets in-flight calls finish within ``--grace`` seconds, and exits 0. With
+``DEVCLUSTER_REUSEPORT=1`` (devcluster sets it) it shares its port with its replacement
+during ``devcluster reload`` (SO_REUSEPORT).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from devcluster import defaults
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
 from devcluster.server import AioInstanceHeaderInterceptor, instance_name
 
@@ -46,6 +49,18 @@ class Greeter(helloworld_pb2_grpc.GreeterServicer):
         return helloworld_pb2.HelloReply(message=f"Hello {request.name} from {self.instance}")
 
 
+def reuse_port(environ: Mapping[str, str] | None = None) -> bool:
+    """Allow SO_REUSEPORT only when devcluster asks (``DEVCLUSTER_REUSEPORT=1``).
+
+    grpc sets it by default on Linux: two greeters could then share one port silently,
+    and a port in use must be an error, as with any other server. devcluster asks so
+    that ``devcluster reload`` can start this greeter's replacement on the same port
+    while it still serves: clients dialling the port directly lose no call.
+    """
+    env = os.environ if environ is None else environ
+    return env.get(defaults.ENV_REUSEPORT) == "1"
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     env_port = os.environ.get("PORT")
     parser = argparse.ArgumentParser(prog="python -m devcluster.greeter", description=__doc__)
@@ -70,10 +85,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM, then stop gracefully."""
-    # SO_REUSEPORT is grpc's default on Linux: two greeters could then share one port
-    # silently. A port in use must be an error, as with any other server.
     server = grpc.aio.server(interceptors=[AioInstanceHeaderInterceptor(args.name)],
-                             options=[("grpc.so_reuseport", 0)])
+                             options=[("grpc.so_reuseport", int(reuse_port()))])
     helloworld_pb2_grpc.add_GreeterServicer_to_server(Greeter(args.name, args.delay), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
