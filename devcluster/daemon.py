@@ -28,6 +28,7 @@ from typing import Any, TextIO
 from devcluster import defaults, process, procfile
 from devcluster.control import ControlServer
 from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError, to_payload
+from devcluster.events import EventLog, fresh_log
 from devcluster.logs import LogSink
 from devcluster.registry import FileRegistry, Registry, open_registry
 from devcluster.registry.liveness import alive
@@ -67,17 +68,19 @@ async def serve(settings: Settings, console: TextIO | None, ready: ReadyPipe | N
     where = defaults.layout(settings.state_dir)
     with hold_lock(settings.state_dir, settings.lock_fd) as claim:
         sink = LogSink(where.logs, console)
+        events = fresh_log(settings.state_dir)  # one timeline per `up`; the last one kept
         try:
-            await _run(settings, sink, types, env, specs, ready, claim)
+            await _run(settings, sink, types, env, specs, ready, claim, events)
             sink.system("bye")
         finally:
+            events.close()
             sink.close()
     return 0
 
 
 async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.ProcessType],
                env: dict[str, str], specs: Sequence[procfile.InstanceSpec],
-               ready: ReadyPipe, claim: Claim) -> None:
+               ready: ReadyPipe, claim: Claim, events: EventLog | None = None) -> None:
     registry: Registry
     notes: list[str] = []
     if settings.registry and settings.registry.startswith("etcd://"):
@@ -88,7 +91,7 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
     _check_ports(specs)
     process.become_subreaper()  # what instances daemonize stays ours to find and stop
     watchdog = Watchdog()
-    sup = Supervisor(settings, registry, sink, types, env, specs, watchdog)
+    sup = Supervisor(settings, registry, sink, types, env, specs, watchdog, events)
     sup.records.before_write = lambda: _check_claim(claim)
     keeper = _Keeper(claim, sup, sink, isinstance(registry, FileRegistry))
     try:

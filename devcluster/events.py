@@ -17,7 +17,7 @@ True
 >>> e.describe()
 'server2 serving -> killed (asked by pid 42)'
 
-This module is a leaf: it imports nothing of ours at run time.
+This module is a leaf: it imports nothing of ours at run time but the defaults.
 """
 
 from __future__ import annotations
@@ -32,11 +32,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from devcluster.registry import Record, Snapshot
+from devcluster.defaults import EVENTS_FILE, EVENTS_PREVIOUS_FILE
 
-#: The timeline's file in a state dir.
-EVENTS_FILE = "events.jsonl"
+if TYPE_CHECKING:
+    import threading
+
+    from devcluster.registry import Record, Registry, Snapshot
+
+__all__ = ["EVENTS_FILE", "Event", "EventKind", "EventLog", "diff_snapshots", "follow_registry",
+           "fresh_log", "read_events"]
 
 
 class EventKind(enum.StrEnum):
@@ -192,6 +196,15 @@ class EventLog:
         self.close()
 
 
+def fresh_log(state_dir: str | os.PathLike[str]) -> EventLog:
+    """The timeline of a new run: the previous run's log is kept as ``events.1.jsonl``
+    (one generation: a state dir must not grow without end)."""
+    path = Path(state_dir) / EVENTS_FILE
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, path.with_name(EVENTS_PREVIOUS_FILE))
+    return EventLog(state_dir)
+
+
 def read_events(state_dir: str | os.PathLike[str], since: float | None = None) -> list[Event]:
     """Every event logged in ``state_dir`` (at or after ``since``), oldest first.
 
@@ -277,3 +290,22 @@ def _record_events(prev: Record | None, rec: Record, now: float, source: str) ->
 
 def _plain(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
+
+
+#: Kinds only the registry can tell: anyone may write them, not only the supervisor.
+REGISTRY_KINDS = frozenset({EventKind.WEIGHT, EventKind.ENABLED, EventKind.METADATA})
+
+
+def follow_registry(registry: Registry, log: EventLog, stop: threading.Event) -> None:
+    """Append the weight, enable and metadata changes of ``registry`` to ``log`` until
+    ``stop`` (blocking: run it in a thread). Starts from the registry as it is now."""
+    seen: Snapshot | None = None
+    try:
+        for snap in registry.watch(stop):
+            if seen is not None:
+                log.extend(e for e in diff_snapshots(seen, snap, source="registry")
+                           if e.kind in REGISTRY_KINDS)
+            seen = snap
+    except OSError:  # the log was closed under us at shutdown: nothing more to record
+        if not stop.is_set():
+            raise
