@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 from devcluster import defaults
 from devcluster import procfile as procfile_mod
@@ -35,6 +35,9 @@ from devcluster.logs import tail
 from devcluster.registry import Registry, Snapshot, State, open_registry
 from devcluster.schema import InstanceInfo
 from devcluster.statedir import running_pid
+
+if TYPE_CHECKING:
+    from devcluster.events import Event
 
 STATE_DIR_NAME = defaults.STATE_DIR_NAME
 
@@ -87,6 +90,29 @@ class Cluster:
 
     def __repr__(self) -> str:
         return f"<Cluster {self.procfile} state_dir={self.state_dir}>"
+
+    @classmethod
+    def attach(cls, where: str | Path = "Procfile", **options: Any) -> Self:
+        """The Cluster of a supervisor that already runs (``devcluster up -d``, another
+        process): ``where`` is its state dir or its Procfile. Do not call ``up()`` on it;
+        ``down()`` stops it through its control plane. NoClusterError when none runs.
+
+        (On an instance, ``cluster.attach`` is the constructor's flag: whether the
+        cluster dies with this process. The class attribute is this constructor.)
+
+        >>> cluster = Cluster.attach(".devcluster")                  # doctest: +SKIP
+        >>> cluster.kill("server2"); cluster.events()[-1].describe()  # doctest: +SKIP
+        """
+        path = Path(where)
+        if path.is_dir():
+            options["state_dir"] = path
+            with control_client(path.absolute()) as control:
+                path = Path(control.ps().procfile)
+        cluster = cls(path, attach=False, **options)
+        if running_pid(cluster.state_dir) is None:
+            raise NoClusterError(f"no cluster running in {cluster.state_dir}; start one with "
+                                 "`devcluster up -d`")
+        return cluster
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -282,12 +308,36 @@ class Cluster:
         raise TimeoutError(f"condition not met within {timeout:g}s (last revision "
                            f"{last.revision if last else '?'})")
 
-    def channel(self, service: str | None = None, **options: Any) -> Any:
-        """A BalancedChannel over this cluster's registry (stubs work on it unchanged)."""
+    def channel(self, service: str | None = None, *, aio: bool = False, **options: Any) -> Any:
+        """A balancing channel over this cluster's registry (stubs work on it unchanged).
+
+        ``options`` are the client's (``policy``, ``retry_on``, ``hedge_after``,
+        ``eject_after``, ``on_call``...). ``aio=True`` gives the ``grpc.aio`` twin, with
+        the same options; make it inside the running event loop.
+
+        >>> async with cluster.channel("greeter", aio=True, policy="least_loaded") as ch:
+        ...     await GreeterStub(ch).SayHello(HelloRequest(name="x"))  # doctest: +SKIP
+        """
+        options.setdefault("state_dir", self.state_dir)  # where its statistics go (etcd too)
+        if aio:
+            from devcluster.client.aio import AioBalancedChannel
+
+            return AioBalancedChannel(service, self.registry, **options)
         from devcluster.client import BalancedChannel
 
-        options.setdefault("state_dir", self.state_dir)  # where its statistics go (etcd too)
         return BalancedChannel(service, self.registry, **options)
+
+    def events(self, since: float | None = None) -> list[Event]:
+        """The supervisor's timeline of this run, oldest first (at or after ``since``,
+        seconds since the epoch): starts, exits with code or signal, restarts, state,
+        weight, enable and metadata changes, and who asked for each verb.
+
+        >>> [e.describe() for e in cluster.events() if e.kind == "exited"]  # doctest: +SKIP
+        ['server2 exited (signal SIGKILL) (asked by pid 4242)']
+        """
+        from devcluster.events import read_events
+
+        return read_events(self.state_dir, since)
 
     # -- acting ------------------------------------------------------------------------
 
