@@ -27,7 +27,7 @@ import enum
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
     from devcluster.registry import Record, Registry, Snapshot
 
-__all__ = ["EVENTS_FILE", "Event", "EventKind", "EventLog", "diff_snapshots", "follow_registry",
-           "fresh_log", "read_events"]
+__all__ = ["EVENTS_FILE", "Event", "EventKind", "EventLog", "diff_snapshots", "follow_events",
+           "follow_registry", "fresh_log", "read_events"]
 
 
 class EventKind(enum.StrEnum):
@@ -225,6 +225,42 @@ def read_events(state_dir: str | os.PathLike[str], since: float | None = None) -
             out.append(event)
     out.sort(key=lambda e: e.time)
     return out
+
+
+def follow_events(state_dir: str | os.PathLike[str], stop: threading.Event,
+                  since: float | None = None) -> Iterator[Event]:
+    """Every event logged (at or after ``since``), then each new one as it is written,
+    until ``stop``. A new ``up`` starts a fresh log: it is followed from its first line.
+    Waits on file events (watchfiles), not a timer."""
+    import watchfiles
+
+    path = Path(state_dir) / EVENTS_FILE
+    seen: tuple[int, int] | None = None  # (inode, offset) of what we have read
+    pending = ""
+    while True:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                if seen is not None and seen[0] == inode:
+                    f.seek(seen[1])
+                else:
+                    pending = ""
+                *lines, pending = (pending + f.read()).split("\n")
+                seen = (inode, f.tell())
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                event = Event.from_json(line)
+                if since is None or event.time >= since:
+                    yield event
+        if stop.is_set():
+            return
+        for _ in watchfiles.watch(Path(state_dir), stop_event=stop, debounce=20, step=20,
+                                  watch_filter=lambda _c, p: Path(p).name == EVENTS_FILE,
+                                  raise_interrupt=False, rust_timeout=1000,
+                                  yield_on_timeout=True):
+            break  # read what changed (a timeout re-reads: a dir re-created under us)
 
 
 # -- events read off the registry ---------------------------------------------------------
