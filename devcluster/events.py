@@ -258,7 +258,7 @@ def follow_events(state_dir: str | os.PathLike[str], stop: threading.Event,
             return
         for _ in watchfiles.watch(Path(state_dir), stop_event=stop, debounce=20, step=20,
                                   watch_filter=lambda _c, p: Path(p).name == EVENTS_FILE,
-                                  raise_interrupt=False, rust_timeout=1000,
+                                  rust_timeout=1000,
                                   yield_on_timeout=True):
             break  # read what changed (a timeout re-reads: a dir re-created under us)
 
