@@ -70,6 +70,8 @@ class Cluster:
         ready_timeout: float = defaults.READY_TIMEOUT,
         attach: bool = True,
         registry: str | None = None,
+        console: bool = False,
+        console_port: int = 0,
     ) -> None:
         self.procfile = Path(procfile).absolute()
         self.state_dir = default_state_dir(self.procfile, state_dir)
@@ -82,6 +84,9 @@ class Cluster:
         self.attach = attach
         #: ``etcd://...`` (or ``$DEVCLUSTER_REGISTRY``); None: the state dir's file.
         self.registry_url = defaults.registry_url(registry)
+        #: Serve the web console inside the supervisor (its URL: :attr:`console_url`).
+        self.console = console
+        self.console_port = console_port
         self._proc: subprocess.Popen[bytes] | None = None
         self._lifeline: int | None = None
         #: What the supervisor reported while starting (e.g. stale state it cleaned).
@@ -191,7 +196,8 @@ class Cluster:
             "base_port": self.port, "grace": self.grace, "ready_timeout": self.ready_timeout,
             "restart": {k: str(v) for k, v in self.restart_policies.items()},
             "ready_fd": ready_fd, "lifeline_fd": lifeline_fd, "lock_fd": lock_fd,
-            "registry": self.registry_url})
+            "registry": self.registry_url, "console": self.console,
+            "console_port": self.console_port})
 
     def _read_ready(self, fd: int) -> dict[str, Any]:
         # Crash loops settle as `failed` after ~7.5 s of backoff; allow for that.
@@ -262,6 +268,14 @@ class Cluster:
         if self._registry is None:
             self._registry = open_registry(self.registry_url or self.state_dir)
         return self._registry
+
+    @property
+    def console_url(self) -> str | None:
+        """The web console's URL, token included (``console=True``); None when it has none."""
+        try:
+            return defaults.layout(self.state_dir).console_url.read_text().strip() or None
+        except FileNotFoundError:
+            return None
 
     def control(self) -> Any:
         return control_client(self.state_dir)

@@ -7,10 +7,12 @@ dir's lock. Leaving :func:`serve` always stops the instances, then the control s
 (removing its socket), then releases the lock, whatever failed.
 
 ``python -m devcluster.daemon < SETTINGS_JSON`` is the background supervisor of ``up -d``
-and of the Python API: no console (the merged log goes to ``logs/devcluster.log``),
-and it reports how start-up went on a pipe as data: every instance in the one schema,
-or the error (type, message, instance, last log lines). It skips the CLI's imports
-(typer, rich): its start-up is on the path of every ``up -d``.
+and of the Python API: no terminal (the merged log goes to ``logs/devcluster.log``),
+with the web console in a thread if asked (its URL, token included, in the state
+dir's ``console.url``, 0600, and in the ready report's notes). It reports how start-up
+went on a pipe as data: every instance in the one schema, or the error (type, message,
+instance, last log lines). It skips the CLI's imports (typer, rich): its start-up is on
+the path of every ``up -d``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -105,7 +107,8 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
                 ready.send({"instances": {i.name: i.to_dict() for i in infos}, "notes": notes,
                             "stopped_by": sup.stopped_by})
 
-            await sup.run(settled, [keeper.run])
+            async with _web_console(settings, notes):
+                await sup.run(settled, [keeper.run])
         finally:
             await control.stop(remove=not keeper.lost)
     finally:
@@ -115,6 +118,31 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
         watchdog.close()
         with contextlib.suppress(Exception):
             registry.close()  # etcd: revoke the lease, so our records go at once
+
+
+@contextlib.asynccontextmanager
+async def _web_console(settings: Settings, notes: list[str]) -> AsyncIterator[None]:
+    """The web console (``up -d --console``) in a thread of this process, for as long as
+    the cluster runs; started after the control plane, whose verbs it calls."""
+    if not settings.console:
+        yield
+        return
+    from devcluster.console import Console
+
+    console = Console(settings.state_dir, settings.registry, port=settings.console_port)
+    path = defaults.layout(settings.state_dir).console_url
+    try:
+        url = await asyncio.to_thread(console.start)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the token is a key
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(url + "\n")
+        notes.append(f"console: {url}")
+        yield
+    finally:
+        await asyncio.to_thread(console.stop)
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 class StateDirLostError(DevclusterError):
@@ -224,7 +252,8 @@ def _settings(raw: dict[str, Any]) -> Settings:
         restart={k: Policy(v) for k, v in raw.get("restart", {}).items()},
         ready_fd=raw.get("ready_fd"), lifeline_fd=raw.get("lifeline_fd"),
         lock_fd=raw.get("lock_fd"),
-        registry=raw.get("registry"))
+        registry=raw.get("registry"), console=bool(raw.get("console", False)),
+        console_port=int(raw.get("console_port", 0)))
 
 
 def main(argv: list[str]) -> int:

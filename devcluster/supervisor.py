@@ -62,6 +62,10 @@ class Settings:
     """A pipe whose other end the starting process holds: EOF (it exited, however it
     died) shuts the cluster down gracefully. Unlike PDEATHSIG it is not tied to the
     thread that started us."""
+    console: bool = False
+    """Serve the web console for as long as the cluster runs (``up -d --console``)."""
+    console_port: int = 0
+    """The console's port on 127.0.0.1; 0: a free one."""
 
 
 class Supervisor:
