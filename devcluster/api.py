@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from devcluster.events import Event
 
 STATE_DIR_NAME = defaults.STATE_DIR_NAME
+#: Longest ``weight``/``enable``/``disable`` wait for the change to reach the timeline.
+_TIMELINE_WAIT = 2.0
 
 def default_state_dir(procfile: Path, state_dir: str | Path | None = None) -> Path:
     """``--state-dir`` > ``$DEVCLUSTER_HOME`` > ``.devcluster`` beside the Procfile."""
@@ -355,10 +357,15 @@ class Cluster:
 
     # -- acting ------------------------------------------------------------------------
 
+    def asker(self) -> str | None:
+        """Who the cluster's timeline says asked for this object's verbs (None: this
+        process, ``pid N``). The pytest fixture names the running test."""
+        return None
+
     def _act(self, verb: str, names: Sequence[str] | str, **kw: Any) -> list[dict[str, Any]]:
         names = [names] if isinstance(names, str) else list(names)
         with self.control() as control:
-            reply = control.act(verb, names, **kw)
+            reply = control.act(verb, names, who=self.asker(), **kw)
         return [instance_dict(i) for i in reply.instances]
 
     def kill(self, name: str | Sequence[str], signal: str = "SIGKILL") -> list[dict[str, Any]]:
@@ -383,16 +390,36 @@ class Cluster:
               **kw: int) -> list[dict[str, Any]]:
         wanted = {**(counts or {}), **kw}
         with self.control() as control:
-            return [instance_dict(i) for i in control.scale(wanted, wait=wait).instances]
+            reply = control.scale(wanted, wait=wait, who=self.asker())
+        return [instance_dict(i) for i in reply.instances]
 
     def weight(self, name: str, weight: int) -> None:
-        set_weight(self.registry, name, weight)
+        """Set ``name``'s weight in the registry; returns once the timeline has it too."""
+        self._registry_change(name, "weight", parse_weight(weight))
 
     def enable(self, name: str) -> None:
-        self.registry.update(name, enabled=True)
+        self._registry_change(name, "enabled", True)
 
     def disable(self, name: str) -> None:
-        self.registry.update(name, enabled=False)
+        self._registry_change(name, "enabled", False)
+
+    def _registry_change(self, name: str, key: str, value: Any) -> None:
+        """Write one registry field; when it changed and a supervisor runs, wait (bounded)
+        until its timeline has it, so ``events()`` right after shows the change."""
+        before = getattr(self.registry.get(name), key)
+        began = time.time()
+        self.registry.update(name, **{key: value})
+        if before == value or running_pid(self.state_dir) is None:
+            return
+        from devcluster.events import read_events
+
+        deadline = time.monotonic() + _TIMELINE_WAIT
+        # Polls: the supervisor appends to a file of its own; a few reads of its tail.
+        while time.monotonic() < deadline:
+            if any(e.kind == key and e.instance == name and e.new == value
+                   for e in read_events(self.state_dir, began - 1)):
+                return
+            time.sleep(0.01)
 
 
 def parse_weight(value: str | int) -> int:
