@@ -188,6 +188,8 @@ class _Keeper:
                 self.sup.request_shutdown(who="the state dir belongs to another run")
                 return
             self.sink.reopen()
+            if self.sup.rt.events is not None:
+                self.sup.rt.events.reopen()
             self.sink.system("the state dir was deleted; re-created its lock, control socket, "
                              "registry and logs")
         if self.control is not None and self.control.missing():

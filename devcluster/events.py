@@ -174,10 +174,20 @@ class EventLog:
         return f"EventLog({str(self.path)!r})"
 
     def append(self, event: Event) -> None:
-        """Write one event; a closed log drops it (a late event at shutdown)."""
+        """Write one event; a closed log drops it (a late event at shutdown), and so does
+        a failed write (a full disk): the timeline is an aid, never a reason to fail."""
         if self._fd is None:
             return
-        os.write(self._fd, (event.to_json() + "\n").encode())
+        with contextlib.suppress(OSError):
+            os.write(self._fd, (event.to_json() + "\n").encode())
+
+    def reopen(self) -> None:
+        """Open the path again (the state dir was deleted and re-created under us)."""
+        if self._fd is not None:
+            old, self._fd = self._fd, os.open(self.path, os.O_WRONLY | os.O_APPEND
+                                              | os.O_CREAT, 0o600)
+            with contextlib.suppress(OSError):
+                os.close(old)
 
     def extend(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -336,12 +346,8 @@ def follow_registry(registry: Registry, log: EventLog, stop: threading.Event) ->
     """Append the weight, enable and metadata changes of ``registry`` to ``log`` until
     ``stop`` (blocking: run it in a thread). Starts from the registry as it is now."""
     seen: Snapshot | None = None
-    try:
-        for snap in registry.watch(stop):
-            if seen is not None:
-                log.extend(e for e in diff_snapshots(seen, snap, source="registry")
-                           if e.kind in REGISTRY_KINDS)
-            seen = snap
-    except OSError:  # the log was closed under us at shutdown: nothing more to record
-        if not stop.is_set():
-            raise
+    for snap in registry.watch(stop):
+        if seen is not None:
+            log.extend(e for e in diff_snapshots(seen, snap, source="registry")
+                       if e.kind in REGISTRY_KINDS)
+        seen = snap

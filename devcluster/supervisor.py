@@ -151,6 +151,8 @@ class Supervisor:
         stop = threading.Event()
         try:
             await asyncio.to_thread(follow_registry, self.registry, self.rt.events, stop)
+        except Exception as e:  # an aid: the cluster runs on without it
+            self.sink.system(f"timeline: no longer following the registry ({e})")
         finally:
             stop.set()  # the thread returns within one watch step
 
