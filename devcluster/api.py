@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 from devcluster import defaults
 from devcluster import procfile as procfile_mod
@@ -37,7 +37,12 @@ from devcluster.registry.record import parse_weight
 from devcluster.schema import InstanceInfo
 from devcluster.statedir import running_pid
 
+if TYPE_CHECKING:
+    from devcluster.events import Event
+
 STATE_DIR_NAME = defaults.STATE_DIR_NAME
+#: Longest ``weight``/``enable``/``disable`` wait for the change to reach the timeline.
+_TIMELINE_WAIT = 2.0
 
 def default_state_dir(procfile: Path, state_dir: str | Path | None = None) -> Path:
     """``--state-dir`` > ``$DEVCLUSTER_HOME`` > ``.devcluster`` beside the Procfile."""
@@ -82,6 +87,8 @@ class Cluster:
         attach: bool = True,
         registry: str | None = None,
         watch: Sequence[str | Path] | None = None,
+        console: bool = False,
+        console_port: int = 0,
     ) -> None:
         self.procfile = Path(procfile).absolute()
         self.state_dir = default_state_dir(self.procfile, state_dir)
@@ -96,6 +103,9 @@ class Cluster:
         self.registry_url = defaults.registry_url(registry)
         #: Reload when these paths change (``up --watch``); empty: the Procfile's dir.
         self.watch = None if watch is None else tuple(Path(p).absolute() for p in watch)
+        #: Serve the web console inside the supervisor (its URL: :attr:`console_url`).
+        self.console = console
+        self.console_port = console_port
         self._proc: subprocess.Popen[bytes] | None = None
         self._lifeline: int | None = None
         #: What the supervisor reported while starting (e.g. stale state it cleaned).
@@ -104,6 +114,29 @@ class Cluster:
 
     def __repr__(self) -> str:
         return f"<Cluster {self.procfile} state_dir={self.state_dir}>"
+
+    @classmethod
+    def attach(cls, where: str | Path = "Procfile", **options: Any) -> Self:
+        """The Cluster of a supervisor that already runs (``devcluster up -d``, another
+        process): ``where`` is its state dir or its Procfile. Do not call ``up()`` on it;
+        ``down()`` stops it through its control plane. NoClusterError when none runs.
+
+        (On an instance, ``cluster.attach`` is the constructor's flag: whether the
+        cluster dies with this process. The class attribute is this constructor.)
+
+        >>> cluster = Cluster.attach(".devcluster")                  # doctest: +SKIP
+        >>> cluster.kill("server2"); cluster.events()[-1].describe()  # doctest: +SKIP
+        """
+        path = Path(where)
+        if path.is_dir():
+            options["state_dir"] = path
+            with control_client(path.absolute()) as control:
+                path = Path(control.ps().procfile)
+        cluster = cls(path, attach=False, **options)
+        if running_pid(cluster.state_dir) is None:
+            raise NoClusterError(f"no cluster running in {cluster.state_dir}; start one with "
+                                 "`devcluster up -d`")
+        return cluster
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -186,7 +219,8 @@ class Cluster:
             "restart": {k: str(v) for k, v in self.restart_policies.items()},
             "ready_fd": ready_fd, "lifeline_fd": lifeline_fd, "lock_fd": lock_fd,
             "registry": self.registry_url,
-            "watch": None if self.watch is None else [str(p) for p in self.watch]})
+            "watch": None if self.watch is None else [str(p) for p in self.watch],
+            "console": self.console, "console_port": self.console_port})
 
     def _read_ready(self, fd: int) -> dict[str, Any]:
         # Crash loops settle as `failed` after ~7.5 s of backoff; allow for that.
@@ -258,6 +292,14 @@ class Cluster:
             self._registry = open_registry(self.registry_url or self.state_dir)
         return self._registry
 
+    @property
+    def console_url(self) -> str | None:
+        """The web console's URL, token included (``console=True``); None when it has none."""
+        try:
+            return defaults.layout(self.state_dir).console_url.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     def control(self) -> Any:
         return control_client(self.state_dir)
 
@@ -303,19 +345,48 @@ class Cluster:
         raise TimeoutError(f"condition not met within {timeout:g}s (last revision "
                            f"{last.revision if last else '?'})")
 
-    def channel(self, service: str | None = None, **options: Any) -> Any:
-        """A BalancedChannel over this cluster's registry (stubs work on it unchanged)."""
+    def channel(self, service: str | None = None, *, aio: bool = False, **options: Any) -> Any:
+        """A balancing channel over this cluster's registry (stubs work on it unchanged).
+
+        ``options`` are the client's (``policy``, ``retry_on``, ``hedge_after``,
+        ``eject_after``, ``on_call``...). ``aio=True`` gives the ``grpc.aio`` twin, with
+        the same options; make it inside the running event loop.
+
+        >>> async with cluster.channel("greeter", aio=True, policy="least_loaded") as ch:
+        ...     await GreeterStub(ch).SayHello(HelloRequest(name="x"))  # doctest: +SKIP
+        """
+        options.setdefault("state_dir", self.state_dir)  # where its statistics go (etcd too)
+        if aio:
+            from devcluster.client.aio import AioBalancedChannel
+
+            return AioBalancedChannel(service, self.registry, **options)
         from devcluster.client import BalancedChannel
 
-        options.setdefault("state_dir", self.state_dir)  # where its statistics go (etcd too)
         return BalancedChannel(service, self.registry, **options)
 
+    def events(self, since: float | None = None) -> list[Event]:
+        """The supervisor's timeline of this run, oldest first (at or after ``since``,
+        seconds since the epoch): starts, exits with code or signal, restarts, state,
+        weight, enable and metadata changes, and who asked for each verb.
+
+        >>> [e.describe() for e in cluster.events() if e.kind == "exited"]  # doctest: +SKIP
+        ['server2 exited (signal SIGKILL) (asked by pid 4242)']
+        """
+        from devcluster.events import read_events
+
+        return read_events(self.state_dir, since)
+
     # -- acting ------------------------------------------------------------------------
+
+    def asker(self) -> str | None:
+        """Who the cluster's timeline says asked for this object's verbs (None: this
+        process, ``pid N``). The pytest fixture names the running test."""
+        return None
 
     def _act(self, verb: str, names: Sequence[str] | str, **kw: Any) -> list[dict[str, Any]]:
         names = [names] if isinstance(names, str) else list(names)
         with self.control() as control:
-            reply = control.act(verb, names, **kw)
+            reply = control.act(verb, names, who=self.asker(), **kw)
         return [instance_dict(i) for i in reply.instances]
 
     def kill(self, name: str | Sequence[str], signal: str = "SIGKILL") -> list[dict[str, Any]]:
@@ -340,7 +411,8 @@ class Cluster:
               **kw: int) -> list[dict[str, Any]]:
         wanted = {**(counts or {}), **kw}
         with self.control() as control:
-            return [instance_dict(i) for i in control.scale(wanted, wait=wait).instances]
+            reply = control.scale(wanted, wait=wait, who=self.asker())
+        return [instance_dict(i) for i in reply.instances]
 
     def reload(self, names: str | Sequence[str] = (), all: bool = False,
                on_progress: Callable[[str, str, str], None] | None = None) -> dict[str, Any]:
@@ -362,13 +434,32 @@ class Cluster:
         return result
 
     def weight(self, name: str, weight: int) -> None:
-        set_weight(self.registry, name, weight)
+        """Set ``name``'s weight in the registry; returns once the timeline has it too."""
+        self._registry_change(name, "weight", parse_weight(weight))
 
     def enable(self, name: str) -> None:
-        self.registry.update(name, enabled=True)
+        self._registry_change(name, "enabled", True)
 
     def disable(self, name: str) -> None:
-        self.registry.update(name, enabled=False)
+        self._registry_change(name, "enabled", False)
+
+    def _registry_change(self, name: str, key: str, value: Any) -> None:
+        """Write one registry field; when it changed and a supervisor runs, wait (bounded)
+        until its timeline has it, so ``events()`` right after shows the change."""
+        before = getattr(self.registry.get(name), key)
+        began = time.time()
+        self.registry.update(name, **{key: value})
+        if before == value or running_pid(self.state_dir) is None:
+            return
+        from devcluster.events import read_events
+
+        deadline = time.monotonic() + _TIMELINE_WAIT
+        # Polls: the supervisor appends to a file of its own; a few reads of its tail.
+        while time.monotonic() < deadline:
+            if any(e.kind == key and e.instance == name and e.new == value
+                   for e in read_events(self.state_dir, began - 1)):
+                return
+            time.sleep(0.01)
 
 
 def set_weight(registry: Registry, name: str, weight: str | int) -> None:

@@ -392,10 +392,12 @@ class ControlClient:
         return self._call("Down", request, wait)
 
     def act(self, verb: str, names: list[str], all_: bool = False, signal: str = "",
-            wait: bool = True, timeout: float = defaults.CONTROL_WAIT) -> pb.ActionReply:
-        """``verb`` is one of kill, stop, start, restart, pause, resume."""
+            wait: bool = True, timeout: float = defaults.CONTROL_WAIT,
+            who: str | None = None) -> pb.ActionReply:
+        """``verb`` is one of kill, stop, start, restart, pause, resume; ``who`` names the
+        asker in the cluster's timeline (default: this process)."""
         request = pb.ActionRequest(names=names, all=all_, signal=signal, wait=wait,
-                                   timeout=timeout, who=_who())
+                                   timeout=timeout, who=who or _who())
         return self._call(verb.capitalize(), request, timeout + 30)
 
     def reload(self, names: Sequence[str] = (), all_: bool = False,
@@ -420,8 +422,8 @@ class ControlClient:
             raise _mapped(e, method, self.state_dir) from None
 
     def scale(self, counts: dict[str, int], wait: bool = True,
-              timeout: float = defaults.CONTROL_WAIT) -> pb.ActionReply:
-        request = pb.ScaleRequest(counts=counts, wait=wait, timeout=timeout, who=_who())
+              timeout: float = defaults.CONTROL_WAIT, who: str | None = None) -> pb.ActionReply:
+        request = pb.ScaleRequest(counts=counts, wait=wait, timeout=timeout, who=who or _who())
         return self._call("Scale", request, timeout + 30)
 
 

@@ -7,10 +7,12 @@ dir's lock. Leaving :func:`serve` always stops the instances, then the control s
 (removing its socket), then releases the lock, whatever failed.
 
 ``python -m devcluster.daemon < SETTINGS_JSON`` is the background supervisor of ``up -d``
-and of the Python API: no console (the merged log goes to ``logs/devcluster.log``),
-and it reports how start-up went on a pipe as data: every instance in the one schema,
-or the error (type, message, instance, last log lines). It skips the CLI's imports
-(typer, rich): its start-up is on the path of every ``up -d``.
+and of the Python API: no terminal (the merged log goes to ``logs/devcluster.log``),
+with the web console in a thread if asked (its URL, token included, in the state
+dir's ``console.url``, 0600, and in the ready report's notes). It reports how start-up
+went on a pipe as data: every instance in the one schema, or the error (type, message,
+instance, last log lines). It skips the CLI's imports (typer, rich): its start-up is on
+the path of every ``up -d``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from devcluster import defaults, process, procfile
 from devcluster.control import ControlServer
 from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError, to_payload
+from devcluster.events import EventLog, fresh_log
 from devcluster.logs import LogSink
 from devcluster.registry import FileRegistry, Registry, open_registry
 from devcluster.registry.liveness import alive
@@ -67,17 +70,19 @@ async def serve(settings: Settings, console: TextIO | None, ready: ReadyPipe | N
     where = defaults.layout(settings.state_dir)
     with hold_lock(settings.state_dir, settings.lock_fd) as claim:
         sink = LogSink(where.logs, console)
+        events = fresh_log(settings.state_dir)  # one timeline per `up`; the last one kept
         try:
-            await _run(settings, sink, types, env, specs, ready, claim)
+            await _run(settings, sink, types, env, specs, ready, claim, events)
             sink.system("bye")
         finally:
+            events.close()
             sink.close()
     return 0
 
 
 async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.ProcessType],
                env: dict[str, str], specs: Sequence[procfile.InstanceSpec],
-               ready: ReadyPipe, claim: Claim) -> None:
+               ready: ReadyPipe, claim: Claim, events: EventLog | None = None) -> None:
     registry: Registry
     notes: list[str] = []
     if settings.registry and settings.registry.startswith("etcd://"):
@@ -88,7 +93,7 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
     _check_ports(specs)
     process.become_subreaper()  # what instances daemonize stays ours to find and stop
     watchdog = Watchdog()
-    sup = Supervisor(settings, registry, sink, types, env, specs, watchdog)
+    sup = Supervisor(settings, registry, sink, types, env, specs, watchdog, events)
     sup.records.before_write = lambda: _check_claim(claim)
     keeper = _Keeper(claim, sup, sink, isinstance(registry, FileRegistry))
     try:
@@ -102,7 +107,8 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
                 ready.send({"instances": {i.name: i.to_dict() for i in infos}, "notes": notes,
                             "stopped_by": sup.stopped_by})
 
-            await sup.run(settled, [keeper.run, *_watcher(sup)])
+            async with _web_console(settings, notes):
+                await sup.run(settled, [keeper.run, *_watcher(sup)])
         finally:
             await control.stop(remove=not keeper.lost)
     finally:
@@ -121,6 +127,31 @@ def _watcher(sup: Supervisor) -> list[Callable[[], Coroutine[Any, Any, None]]]:
     from devcluster.watch import Watcher
 
     return [Watcher(sup, sup.settings.watch).run]
+
+
+@contextlib.asynccontextmanager
+async def _web_console(settings: Settings, notes: list[str]) -> AsyncIterator[None]:
+    """The web console (``up -d --console``) in a thread of this process, for as long as
+    the cluster runs; started after the control plane, whose verbs it calls."""
+    if not settings.console:
+        yield
+        return
+    from devcluster.console import Console
+
+    console = Console(settings.state_dir, settings.registry, port=settings.console_port)
+    path = defaults.layout(settings.state_dir).console_url
+    try:
+        url = await asyncio.to_thread(console.start)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the token is a key
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(url + "\n")
+        notes.append(f"console: {url}")
+        yield
+    finally:
+        await asyncio.to_thread(console.stop)
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 class StateDirLostError(DevclusterError):
@@ -166,6 +197,8 @@ class _Keeper:
                 self.sup.request_shutdown(who="the state dir belongs to another run")
                 return
             self.sink.reopen()
+            if self.sup.rt.events is not None:
+                self.sup.rt.events.reopen()
             self.sink.system("the state dir was deleted; re-created its lock, control socket, "
                              "registry and logs")
         if self.control is not None and self.control.missing():
@@ -231,7 +264,8 @@ def _settings(raw: dict[str, Any]) -> Settings:
         ready_fd=raw.get("ready_fd"), lifeline_fd=raw.get("lifeline_fd"),
         lock_fd=raw.get("lock_fd"),
         registry=raw.get("registry"),
-        watch=None if raw.get("watch") is None else tuple(Path(p) for p in raw["watch"]))
+        watch=None if raw.get("watch") is None else tuple(Path(p) for p in raw["watch"]),
+        console=bool(raw.get("console", False)), console_port=int(raw.get("console_port", 0)))
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,8 @@ Procfile) holds::
     control.sock                   the control plane's unix socket (0600)
     logs/<name>.log                one log per instance; logs/devcluster.log merged
     logs/supervisor.out            stdout/stderr of a background supervisor
+    events.jsonl, events.1.jsonl   the timeline of this run and of the one before
+    console.url                    the web console's URL with its token (``up -d --console``; 0600)
 
 >>> layout(state_dir(Path("/srv/app/Procfile"), None, environ={})).socket
 PosixPath('/srv/app/.devcluster/control.sock')
@@ -57,6 +59,9 @@ REGISTRY_FILE = "registry.json"
 REGISTRY_LOCK_FILE = "registry.lock"
 SUPERVISOR_LOCK_FILE = "supervisor.lock"
 SOCKET_FILE = "control.sock"
+EVENTS_FILE = "events.jsonl"
+EVENTS_PREVIOUS_FILE = "events.1.jsonl"
+CONSOLE_URL_FILE = "console.url"
 LOG_DIR = "logs"
 #: The name of the merged log (also the supervisor's name in the log stream).
 SYSTEM_LOG = "devcluster"
@@ -106,6 +111,16 @@ class Layout:
     @property
     def socket(self) -> Path:
         return self.root / SOCKET_FILE
+
+    @property
+    def events(self) -> Path:
+        """The timeline of the running (or last) cluster; the run before: ``events.1.jsonl``."""
+        return self.root / EVENTS_FILE
+
+    @property
+    def console_url(self) -> Path:
+        """The URL (token included, so 0600) of a background cluster's web console."""
+        return self.root / CONSOLE_URL_FILE
 
     @property
     def logs(self) -> Path:

@@ -17,7 +17,7 @@ True
 >>> e.describe()
 'server2 serving -> killed (asked by pid 42)'
 
-This module is a leaf: it imports nothing of ours at run time.
+This module is a leaf: it imports nothing of ours at run time but the defaults.
 """
 
 from __future__ import annotations
@@ -27,16 +27,20 @@ import enum
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from devcluster.registry import Record, Snapshot
+from devcluster.defaults import EVENTS_FILE, EVENTS_PREVIOUS_FILE
 
-#: The timeline's file in a state dir.
-EVENTS_FILE = "events.jsonl"
+if TYPE_CHECKING:
+    import threading
+
+    from devcluster.registry import Record, Registry, Snapshot
+
+__all__ = ["EVENTS_FILE", "Event", "EventKind", "EventLog", "diff_snapshots", "follow_events",
+           "follow_registry", "fresh_log", "read_events"]
 
 
 class EventKind(enum.StrEnum):
@@ -170,10 +174,20 @@ class EventLog:
         return f"EventLog({str(self.path)!r})"
 
     def append(self, event: Event) -> None:
-        """Write one event; a closed log drops it (a late event at shutdown)."""
+        """Write one event; a closed log drops it (a late event at shutdown), and so does
+        a failed write (a full disk): the timeline is an aid, never a reason to fail."""
         if self._fd is None:
             return
-        os.write(self._fd, (event.to_json() + "\n").encode())
+        with contextlib.suppress(OSError):
+            os.write(self._fd, (event.to_json() + "\n").encode())
+
+    def reopen(self) -> None:
+        """Open the path again (the state dir was deleted and re-created under us)."""
+        if self._fd is not None:
+            old, self._fd = self._fd, os.open(self.path, os.O_WRONLY | os.O_APPEND
+                                              | os.O_CREAT, 0o600)
+            with contextlib.suppress(OSError):
+                os.close(old)
 
     def extend(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -190,6 +204,15 @@ class EventLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def fresh_log(state_dir: str | os.PathLike[str]) -> EventLog:
+    """The timeline of a new run: the previous run's log is kept as ``events.1.jsonl``
+    (one generation: a state dir must not grow without end)."""
+    path = Path(state_dir) / EVENTS_FILE
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, path.with_name(EVENTS_PREVIOUS_FILE))
+    return EventLog(state_dir)
 
 
 def read_events(state_dir: str | os.PathLike[str], since: float | None = None) -> list[Event]:
@@ -212,6 +235,42 @@ def read_events(state_dir: str | os.PathLike[str], since: float | None = None) -
             out.append(event)
     out.sort(key=lambda e: e.time)
     return out
+
+
+def follow_events(state_dir: str | os.PathLike[str], stop: threading.Event,
+                  since: float | None = None) -> Iterator[Event]:
+    """Every event logged (at or after ``since``), then each new one as it is written,
+    until ``stop``. A new ``up`` starts a fresh log: it is followed from its first line.
+    Waits on file events (watchfiles), not a timer."""
+    import watchfiles
+
+    path = Path(state_dir) / EVENTS_FILE
+    seen: tuple[int, int] | None = None  # (inode, offset) of what we have read
+    pending = ""
+    while True:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                inode = os.fstat(f.fileno()).st_ino
+                if seen is not None and seen[0] == inode:
+                    f.seek(seen[1])
+                else:
+                    pending = ""
+                *lines, pending = (pending + f.read()).split("\n")
+                seen = (inode, f.tell())
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                event = Event.from_json(line)
+                if since is None or event.time >= since:
+                    yield event
+        if stop.is_set():
+            return
+        for _ in watchfiles.watch(Path(state_dir), stop_event=stop, debounce=20, step=20,
+                                  watch_filter=lambda _c, p: Path(p).name == EVENTS_FILE,
+                                  rust_timeout=1000,
+                                  yield_on_timeout=True):
+            break  # read what changed (a timeout re-reads: a dir re-created under us)
 
 
 # -- events read off the registry ---------------------------------------------------------
@@ -277,3 +336,18 @@ def _record_events(prev: Record | None, rec: Record, now: float, source: str) ->
 
 def _plain(value: Any) -> Any:
     return dict(value) if isinstance(value, Mapping) else value
+
+
+#: Kinds only the registry can tell: anyone may write them, not only the supervisor.
+REGISTRY_KINDS = frozenset({EventKind.WEIGHT, EventKind.ENABLED, EventKind.METADATA})
+
+
+def follow_registry(registry: Registry, log: EventLog, stop: threading.Event) -> None:
+    """Append the weight, enable and metadata changes of ``registry`` to ``log`` until
+    ``stop`` (blocking: run it in a thread). Starts from the registry as it is now."""
+    seen: Snapshot | None = None
+    for snap in registry.watch(stop):
+        if seen is not None:
+            log.extend(e for e in diff_snapshots(seen, snap, source="registry")
+                       if e.kind in REGISTRY_KINDS)
+        seen = snap

@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from devcluster import defaults, health, process
+from devcluster.events import Event, EventKind, EventLog
 from devcluster.logs import LogSink
 from devcluster.policy import Policy
 from devcluster.procfile import InstanceSpec, child_environment, command_argv
@@ -64,6 +65,13 @@ class Runtime:
     """Creates a task owned by the supervisor's task group: no instance task is unowned."""
     ours: Callable[[], set[int]] = set
     """Pids of the processes the supervisor started itself (not orphans it adopted)."""
+    events: EventLog | None = None
+    """The cluster's timeline (``events.jsonl``); None records nothing."""
+
+    def event(self, kind: EventKind, name: str | None, **fields: Any) -> None:
+        """Append one event to the timeline (a one-line write: cheap on the loop)."""
+        if self.events is not None:
+            self.events.append(Event(time.time(), kind, name, **fields))
 
 
 class Instance:
@@ -100,6 +108,9 @@ class Instance:
         self.shared_port = False
         #: The last lines of this process's own output.
         self.recent: collections.deque[str] = collections.deque(maxlen=RECENT_LINES)
+        #: Who asked for the verb in progress (the timeline names them); None: nobody.
+        self.asker: str | None = None
+        self._told: State | None = None  # the last state the timeline recorded
 
     def __repr__(self) -> str:
         return f"<Instance {self.name} {self.state.value} pid={self.pid} {self.address or '-'}>"
@@ -126,6 +137,10 @@ class Instance:
     def _set(self, state: State) -> Future[None] | None:
         """Change state, queue the registry write (returned), wake whoever waits."""
         self.state = state
+        if state is not self._told:  # paused too: the timeline is not the registry
+            old, self._told = self._told, state
+            self.rt.event(EventKind.STATE, self.name, old=old and old.value, new=state.value,
+                          who=self.asker)
         written = None
         if state is not State.PAUSED and self.registered:
             written = self.rt.records.update(
@@ -286,7 +301,8 @@ class Instance:
         """Spawn, pump output, probe readiness, wait for exit. None when it never ran."""
         self._intent = None
         self.ready_timed_out = False
-        if self._spawned_once:
+        again = self._spawned_once
+        if again:
             self.restarts += 1
         self._spawned_once = True
         env = child_environment(self.spec, str(Path(sys.executable).parent))
@@ -305,6 +321,10 @@ class Instance:
             self._set(State.FAILED)
             return None
         self._proc, self.pid = proc, proc.pid
+        self.rt.event(EventKind.STARTED, self.name, new=proc.pid, who=self.asker)
+        if again:
+            self.rt.event(EventKind.RESTARTED, self.name, new=self.restarts,
+                          who=self.asker or "restart policy")
         if self.rt.watchdog is not None:
             self.rt.watchdog.track(proc.pid)
         try:
@@ -321,6 +341,10 @@ class Instance:
             pump = run.create_task(self._pump(proc))
             self._ready_task = run.create_task(self._become_ready(proc))
             returncode = await self._wait_exit(proc)
+            self.rt.event(EventKind.EXITED, self.name, who=self.asker,
+                          code=returncode if returncode >= 0 else None,
+                          signal=process.describe_exit(returncode).removeprefix("signal ")
+                          if returncode < 0 else None)
             self._ready_task.cancel()
             # The leader is gone; sweep whatever it left in its group and what it
             # daemonized out of it (adopted: we are a subreaper), then drain the pipe.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import psutil
 from devcluster import defaults, process, procfile
 from devcluster import reload as rolling
 from devcluster.errors import DevclusterError, UnknownInstanceError
+from devcluster.events import EventKind, EventLog, follow_registry
 from devcluster.instance import DRAIN_DELAY, Instance, Policy, Runtime, _landed
 from devcluster.logs import LogSink
 from devcluster.process import parse_signal
@@ -64,6 +66,10 @@ class Settings:
     thread that started us."""
     watch: tuple[Path, ...] | None = None
     """``up --watch``: reload when these change (empty: the Procfile's directory)."""
+    console: bool = False
+    """Serve the web console for as long as the cluster runs (``up -d --console``)."""
+    console_port: int = 0
+    """The console's port on 127.0.0.1; 0: a free one."""
 
 
 class Supervisor:
@@ -71,7 +77,8 @@ class Supervisor:
 
     def __init__(self, settings: Settings, registry: Registry, sink: LogSink,
                  types: Sequence[procfile.ProcessType], env: dict[str, str],
-                 specs: Sequence[procfile.InstanceSpec], watchdog: Watchdog | None = None) -> None:
+                 specs: Sequence[procfile.InstanceSpec], watchdog: Watchdog | None = None,
+                 events: EventLog | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.sink = sink
@@ -85,7 +92,7 @@ class Supervisor:
             truth=lambda: [i.record() for i in list(self.instances.values())])
         self.watchdog = watchdog
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
-                          settings.ready_timeout, watchdog, self._spawn, self._ours)
+                          settings.ready_timeout, watchdog, self._spawn, self._ours, events)
         self.instances: dict[str, Instance] = {}
         #: Instances of ours not in the name table: a replacement starting, an old
         #: instance stopping (see devcluster.reload). They die with the cluster too.
@@ -146,6 +153,20 @@ class Supervisor:
                         zombies.append(proc.pid)
             process.reap(zombies)
 
+    async def _record_registry(self) -> None:
+        """Weight, enable and metadata changes reach the registry from anyone (`devcluster
+        weight`, a script): follow it into the timeline, in a thread (registry I/O never
+        runs on the loop). Cancelled with the other duties at shutdown."""
+        if self.rt.events is None:
+            return
+        stop = threading.Event()
+        try:
+            await asyncio.to_thread(follow_registry, self.registry, self.rt.events, stop)
+        except Exception as e:  # an aid: the cluster runs on without it
+            self.sink.system(f"timeline: no longer following the registry ({e})")
+        finally:
+            stop.set()  # the thread returns within one watch step
+
     def make_instance(self, spec: procfile.InstanceSpec) -> Instance:
         """A new instance of ``spec`` with its type's settings, in no table yet."""
         policy = self.settings.restart.get(spec.process_type, Policy.ON_FAILURE)
@@ -201,17 +222,24 @@ class Supervisor:
         do, wanted = self._verb(verb, signal_name)
         chosen = self.select(names, all_)
         targets = "--all" if all_ else " ".join(names)
-        label = f"kill ({parse_signal(signal_name or 'SIGKILL').name})" if verb == "kill" else verb
-        self.sink.system(f"{label} {targets} (asked by {who or 'a control client'})")
+        sig = parse_signal(signal_name or "SIGKILL").name if verb == "kill" else ""
+        label = f"kill ({sig})" if sig else verb
+        who = who or "a control client"
+        self.sink.system(f"{label} {targets} (asked by {who})")
         unchanged: list[str] = []
 
         async def one(inst: Instance) -> None:
-            result = do(inst)
-            changed = await result if asyncio.iscoroutine(result) else result
-            if not changed:
-                unchanged.append(inst.name)
-            elif wanted is not None and wait:
-                await inst.wait_until(wanted, timeout)
+            self.rt.event(EventKind.ASKED, inst.name, who=who, detail=f"{verb} {sig}".rstrip())
+            inst.asker = who  # the state changes and exits it causes name the asker
+            try:
+                result = do(inst)
+                changed = await result if asyncio.iscoroutine(result) else result
+                if not changed:
+                    unchanged.append(inst.name)
+                elif wanted is not None and wait:
+                    await inst.wait_until(wanted, timeout)
+            finally:
+                inst.asker = None
 
         await asyncio.gather(*(one(i) for i in chosen))
         await self._written()
@@ -251,7 +279,10 @@ class Supervisor:
     async def scale(self, counts: dict[str, int], *, wait: bool = False,
                     timeout: float = defaults.CONTROL_WAIT, who: str = "") -> list[InstanceInfo]:
         """Set instance counts of process types; the infos of every instance of them."""
-        self.sink.system(f"scale {counts} (asked by {who or 'a control client'})")
+        who = who or "a control client"
+        self.sink.system(f"scale {counts} (asked by {who})")
+        for ptype, n in counts.items():
+            self.rt.event(EventKind.ASKED, None, who=who, detail=f"scale {ptype}={n}")
         async with self._membership:
             changed = await self._scale(counts)
         if wait:
@@ -290,6 +321,7 @@ class Supervisor:
         elif self._shutdown_task is None:
             self.stopping.set()
             self.stopped_by = self.stopped_by or who
+            self.rt.event(EventKind.ASKED, None, who=who, detail="down")
             with contextlib.suppress(RuntimeError):  # the group is failing: it stops all
                 self._shutdown_task = self._spawn(self.shutdown(grace, who))
 
@@ -347,10 +379,13 @@ class Supervisor:
     async def _serve(self, on_settled: Callable[[], Awaitable[None]] | None,
                      duties: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
         began = time.monotonic()
-        background = [self._spawn(duty()) for duty in (self._reap_adopted, *duties)]
+        background = [self._spawn(duty()) for duty in
+                      (self._reap_adopted, self._record_registry, *duties)]
         if self._early_stop is not None:
             self._tg_ready_stop(*self._early_stop)
         else:
+            for inst in self.instances.values():
+                self.rt.event(EventKind.ADDED, inst.name, detail=inst.address)
             self.start_all()
         settled = self._spawn(self._settle(began))
         stop_wait = asyncio.ensure_future(self.stopping.wait())
@@ -370,6 +405,7 @@ class Supervisor:
 
     def _tg_ready_stop(self, grace: float | None, who: str) -> None:
         self.stopped_by = who
+        self.rt.event(EventKind.ASKED, None, who=who, detail="down")
         self._shutdown_task = self._spawn(self.shutdown(grace, who))
 
     async def _settle(self, began: float) -> None:
@@ -418,6 +454,7 @@ class Supervisor:
         """A new instance in the table and the registry (not started)."""
         inst = self._add(spec)
         self.records.register(inst.record())
+        self.rt.event(EventKind.ADDED, inst.name, detail=inst.address)
         return inst
 
     async def remove_instance(self, name: str) -> None:
@@ -426,6 +463,7 @@ class Supervisor:
         await inst.stop(drain=DRAIN_DELAY)
         self.instances.pop(name, None)
         self.records.deregister(name)
+        self.rt.event(EventKind.REMOVED, name)
 
     def adopt_config(self, types: Sequence[procfile.ProcessType], env: dict[str, str],
                      tables: Any) -> None:
@@ -466,10 +504,12 @@ class Supervisor:
             for inst in extra:
                 self.instances.pop(inst.name)
                 self.records.deregister(inst.name)
+                self.rt.event(EventKind.REMOVED, inst.name)
                 changed.append(inst)
             for spec in specs:
                 inst = self._add(spec)
                 self.records.register(inst.record())
+                self.rt.event(EventKind.ADDED, inst.name, detail=inst.address)
                 inst.start()
                 changed.append(inst)
         return changed

@@ -15,7 +15,7 @@ from devcluster.errors import DevclusterError
 __all__ = ["app", "main"]
 
 # Commands appear in --help in this order.
-for _group in ("cluster", "look", "act", "reload", "live", "tools", "call"):
+for _group in ("cluster", "look", "events", "act", "reload", "live", "tools", "call"):
     importlib.import_module(f"devcluster.cli.{_group}")
 
 

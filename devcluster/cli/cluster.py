@@ -82,7 +82,8 @@ def up(
     registry: RegistryOpt = None,
     console: Annotated[bool, typer.Option(
         "--console", help="Also serve the web console (see `devcluster console`) while the "
-                          "cluster runs; its URL is printed first.")] = False,
+                          "cluster runs; its URL is printed first (with -d: when up returns, "
+                          "and kept in the state dir's console.url).")] = False,
     console_port: Annotated[int, typer.Option(
         metavar="PORT", help="Port of --console on 127.0.0.1 (default: a free one).")] = 0,
     watch: Annotated[bool, typer.Option(
@@ -103,14 +104,13 @@ def up(
     directory = _state_dir(procfile, state_dir)
     if grace < 0 or ready_timeout <= 0:
         raise UsageError("--grace must be >= 0 and --ready-timeout > 0")
-    if detach and console:
-        raise UsageError("--console runs beside a foreground `up`; with -d, start it on its "
-                         "own: `devcluster console`")
+    if console and not 0 <= console_port <= 65535:
+        raise UsageError(f"--console-port must be 0..65535, got {console_port}")
     if detach:
         cluster = Cluster(procfile, scale=scale_counts, state_dir=directory, port=port,
                           grace=grace, env_files=env, restart=policies,
                           ready_timeout=ready_timeout, attach=False, registry=registry,
-                          watch=watched)
+                          watch=watched, console=console, console_port=console_port)
         began = time.monotonic()
         try:
             states = cluster.up()
@@ -156,8 +156,6 @@ def _console(wanted: bool, directory: Path, registry: str | None, port: int) -> 
     if not wanted:
         yield
         return
-    if not 0 <= port <= 65535:
-        raise UsageError(f"--console-port must be 0..65535, got {port}")
     from devcluster.console import Console
 
     server = Console(directory, registry, port=port)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from devcluster.defaults import SUPERVISOR_LOCK_FILE
+
 #: Seconds a process gets to finish exiting by itself (a PDEATHSIG or a graceful stop
 #: on its way) before it counts as leaked.
 GRACE = 3.0
@@ -64,14 +66,21 @@ def _command(proc: psutil.Process) -> list[str]:
     return []
 
 
-def _short(argv: list[str]) -> str:
+def _short(argv: list[str], proc: psutil.Process | None = None) -> str:
     if DAEMON_MODULE in argv:
-        return f"devcluster supervisor, state dir {_daemon_state_dir(argv)}"
+        return f"devcluster supervisor, state dir {_daemon_state_dir(argv, proc)}"
     text = " ".join(argv) or "?"
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def _daemon_state_dir(argv: list[str]) -> str:
+def _daemon_state_dir(argv: list[str], proc: psutil.Process | None = None) -> str:
+    """The state dir of a supervisor: its settings come through a pipe, but it holds
+    ``<state dir>/supervisor.lock`` open (an old one had its settings as its argument)."""
+    if proc is not None:
+        with contextlib.suppress(psutil.Error):
+            for f in proc.open_files():
+                if os.path.basename(f.path) == SUPERVISOR_LOCK_FILE:
+                    return os.path.dirname(f.path)
     if "--state-dir" in argv[:-1]:
         return argv[argv.index("--state-dir") + 1]
     with contextlib.suppress(ValueError, IndexError, TypeError, KeyError):
@@ -109,7 +118,7 @@ def find_leaks(tracked: Mapping[int, tuple[float | None, str]],
     if not found:
         return []
     alive = wait_gone([p for p, _ in found.values()], grace)
-    return [Leak(p.pid, _short(_command(p)), found[p.pid][1]) for p in alive]
+    return [Leak(p.pid, _short(_command(p), p), found[p.pid][1]) for p in alive]
 
 
 def wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:

@@ -31,6 +31,7 @@ class Pool:
         self._shared: list[PluginCluster] = []
         #: pid -> (create time, origin) of every process started for this session.
         self.tracked: dict[int, tuple[float | None, str]] = {}
+        self._started: list[Path] = []  # state dirs of the clusters this process started
 
     def __repr__(self) -> str:
         return f"<Pool {len(self._cache)} kept clusters, {len(self.tracked)} pids, run={self.run}>"
@@ -46,9 +47,8 @@ class Pool:
               on_created: Callable[[PluginCluster], None]) -> PluginCluster:
         """Start a cluster of this process; ``on_created`` (its teardown) is registered
         before ``up()``: a half-started cluster is still stopped."""
-        where = str(state_dir)
-        cluster = self.make(opts, state_dir=state_dir,
-                            on_pid=lambda pid, t, name: self._track(pid, t, name, where))
+        cluster = self.make(opts, state_dir=state_dir)
+        self._started.append(state_dir)
         on_created(cluster)
         try:
             cluster.up()
@@ -56,8 +56,23 @@ class Pool:
             self._track_supervisor(cluster)
         return cluster
 
-    def _track(self, pid: int, created: float | None, name: str, where: str) -> None:
-        self.tracked.setdefault(pid, (created, f"instance {name} of the cluster in {where}"))
+    def _track_instances(self) -> None:
+        """Every instance process the supervisors of our clusters started: the pids of
+        their timelines' STARTED events, with the create time the registry recorded
+        (psutil's, what the leak guard compares; the event's time where it has none)."""
+        from devcluster.events import EventKind, read_events
+        from devcluster.registry import FileRegistry
+
+        for state_dir in self._started:
+            created: dict[int, float | None] = {}
+            with contextlib.suppress(Exception):  # no file registry (etcd), or unreadable
+                snap = FileRegistry(state_dir, check_liveness=False).snapshot()
+                created = {r.pid: r.started_at for r in snap.records.values() if r.pid}
+            for e in read_events(state_dir):
+                if e.kind is EventKind.STARTED and isinstance(e.new, int):
+                    self.tracked.setdefault(e.new, (created.get(e.new) or e.time,
+                                                    f"instance {e.instance} of the cluster "
+                                                    f"in {state_dir}"))
 
     def _track_supervisor(self, cluster: PluginCluster) -> None:
         from devcluster.pytest_plugin.leaks import same_process
@@ -113,7 +128,6 @@ class Pool:
             if running_pid(state_dir) is None:
                 cluster.up()  # not tied to this worker's life: the last worker stops it
             else:
-                cluster.follow()
                 _wait_serving(cluster)
         return cluster
 
@@ -129,6 +143,7 @@ class Pool:
         """Processes started for this session still alive (a shared cluster's are the
         controller's to judge: it may still serve other workers)."""
         exclude = [str(self.run.root)] if self.run is not None else []
+        self._track_instances()
         return find_leaks(self.tracked, spawned_supervisors(), exclude)
 
 

@@ -2,12 +2,11 @@
 
 :class:`PluginCluster` adds, on top of :class:`devcluster.api.Cluster`:
 
-* ``events(since=None)``: the timeline (see :mod:`devcluster.events`). The
-  supervisor's own ``events.jsonl`` when it writes one; until then, events read
-  off the registry by a watch thread (starts, state, weight, enable, metadata
-  changes; exits with the code or signal ``ps`` gives), plus what this object saw:
-  the verbs the test asked for (``kill``, ``weight``...) and the ejections and
-  failovers seen by the channels it made.
+* ``events(since=None)``: the timeline (see :mod:`devcluster.events`): the
+  supervisor's ``events.jsonl`` (starts, exits with code or signal, restarts,
+  state, weight, enable, metadata changes, and the verbs the test asked for, by
+  the test's name), plus what only this process saw: the registry writes the test
+  asked for (``weight``...) and the ejections and failovers seen by its channels.
 * ``channel(service, *, aio=False, **options)``: a balancing channel with the
   client's options, whose calls are counted per instance (``calls()``).
 """
@@ -21,12 +20,12 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from devcluster.api import Cluster, NotReadyError
-from devcluster.events import Event, EventKind, diff_snapshots, read_events
-from devcluster.registry import DOWN_STATES, Snapshot
+from devcluster.events import Event, EventKind
+from devcluster.registry import DOWN_STATES
 
 log = logging.getLogger(__name__)
 
@@ -113,30 +112,26 @@ class CallRecorder:
 class PluginCluster(Cluster):
     """A Cluster that records its timeline; what the ``cluster`` fixture gives a test.
 
-    ``who()`` names the asker of the verbs called on it (the running test).
+    ``who()`` names the asker of the verbs called on it (the running test): the
+    supervisor's timeline says so for the control verbs (``kill``, ``scale``...), and
+    this object records the registry writes (``weight``, ``enable``, ``disable``).
     """
 
     def __init__(self, procfile: Any = "Procfile", *, who: Callable[[], str] | None = None,
-                 on_pid: Callable[[int, float | None, str], None] | None = None,
                  **options: Any) -> None:
         super().__init__(procfile, **options)
         self.timeline = Timeline()
         self.shared = False
         self._who = who or (lambda: "test")
-        self._on_pid = on_pid
         self._recorders: list[CallRecorder] = []
         self._channels: list[tuple[Any, asyncio.AbstractEventLoop | None]] = []
-        self._stop_watch = threading.Event()
-        self._watcher: threading.Thread | None = None
-        self._seen: Snapshot | None = None
-        self._seen_lock = threading.Lock()
+
+    def asker(self) -> str | None:
+        return self._who()
 
     # -- life cycle --------------------------------------------------------------------
 
     def up(self) -> dict[str, dict[str, Any]]:
-        # Follow the registry from before its first write: starts are in the timeline.
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.follow()
         try:
             return super().up()
         except NotReadyError:
@@ -149,79 +144,23 @@ class PluginCluster(Cluster):
         self.detach()
         super().down(grace)
 
-    def follow(self) -> None:
-        """Start recording the registry's changes (idempotent)."""
-        if self._watcher is not None:
-            return
-        self._watcher = threading.Thread(target=self._follow, daemon=True,
-                                         name=f"devcluster-timeline-{self.state_dir.name}")
-        self._watcher.start()
-
     def detach(self) -> None:
-        """Stop recording and close this object's channels; the cluster keeps running."""
-        self._stop_watch.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
+        """Close this object's channels; the cluster keeps running."""
         channels, self._channels = self._channels, []
         for channel, loop in channels:
             _close_channel(channel, loop)
 
-    def _follow(self) -> None:
-        try:
-            for snap in self.registry.watch(self._stop_watch):
-                self._catch_up(snap)
-        except Exception:  # the timeline is a report aid: never fail a test for it
-            log.debug("timeline watch of %s ended", self.state_dir, exc_info=True)
-
-    def _catch_up(self, snap: Snapshot | None = None) -> None:
-        """Record what changed since the last snapshot seen (by the watcher or a reader:
-        ``events()`` right after a change must already show it)."""
-        with self._seen_lock:
-            if snap is None:
-                snap = self.registry.snapshot()
-            seen = self._seen
-            if seen is not None and snap.revision <= seen.revision:
-                return
-            self._seen = snap
-            self._note(diff_snapshots(seen, snap))
-
-    def _note(self, events: list[Event]) -> None:
-        exits: list[Event] = []
-        for e in events:
-            if e.kind is EventKind.STARTED and self._on_pid is not None and e.instance:
-                self._on_pid(int(e.new), e.time, e.instance)
-            if e.kind is EventKind.STATE and e.new in _DOWN and e.old not in _DOWN | {None}:
-                exits.append(self._exit_event(e))
-        self.timeline.add(*events, *exits)
-
-    def _exit_event(self, state: Event) -> Event:
-        """The exit behind a state change to a down state, with ``ps``'s code or signal."""
-        how = ""
-        with contextlib.suppress(Exception):  # the supervisor may be gone already
-            how = next((d.get("last_exit") or "" for d in self.ps()
-                        if d["name"] == state.instance), "")
-        kind, _, value = how.partition(" ")
-        return Event(state.time, EventKind.EXITED, state.instance, source="registry",
-                     code=int(value) if kind == "exit" and value.lstrip("-").isdigit() else None,
-                     signal=value if kind == "signal" else None)
-
     # -- the timeline ------------------------------------------------------------------
 
     def events(self, since: float | None = None) -> list[Event]:
-        """The cluster's timeline (at or after ``since``, seconds since the epoch).
+        """The cluster's timeline (at or after ``since``, seconds since the epoch): the
+        supervisor's, with what only this process saw (channels, registry writes).
 
         >>> [e.describe() for e in cluster.events() if e.kind == "exited"]  # doctest: +SKIP
-        ['server2 exited (signal SIGKILL)']
+        ['server2 exited (signal SIGKILL) (asked by test_x.py::test_kill)']
         """
-        if self._watcher is not None and not self._stop_watch.is_set():
-            with contextlib.suppress(Exception):
-                self._catch_up()
-        logged = read_events(self.state_dir, since)
-        mine = self.timeline.events(since)
-        if logged:  # the supervisor tells its own story: keep what only we could see
-            kinds = {e.kind for e in logged}
-            mine = [e for e in mine if e.source not in _DERIVED or e.kind not in kinds]
-        return sorted([*logged, *mine], key=lambda e: e.time)
+        return sorted([*super().events(since), *self.timeline.events(since)],
+                      key=lambda e: e.time)
 
     def calls(self) -> dict[str, dict[str, int]]:
         """Calls made through this cluster's channels, per instance: ``{"ok": n, "failed": n}``."""
@@ -233,62 +172,24 @@ class PluginCluster(Cluster):
         return dict(sorted(out.items()))
 
     def channel(self, service: str | None = None, *, aio: bool = False, **options: Any) -> Any:
-        """A balancing channel over this cluster (``aio=True``: a ``grpc.aio`` one).
-
-        ``options`` are the client's (``policy``, ``retry_on``, ``hedge_after``,
-        ``eject_after``, ``on_call``...). Its calls, ejections and failovers go into
-        this cluster's timeline; it is closed when the fixture ends. Make an ``aio``
-        channel inside the running event loop of the test.
+        """:meth:`Cluster.channel`, whose calls, ejections and failovers go into this
+        cluster's timeline; it is closed when the fixture ends. Make an ``aio`` channel
+        inside the running event loop of the test.
         """
-        if aio:
-            from devcluster.client.aio import AioBalancedChannel as kind
-        else:
-            from devcluster.client import BalancedChannel as kind  # type: ignore[assignment]
+        kind = _channel_class(aio)
         eject_after = options.get(
             "eject_after", inspect.signature(kind).parameters["eject_after"].default)
         recorder = CallRecorder(self.timeline, eject_after, options.pop("on_call", None))
-        channel = kind(service, self.registry, on_call=recorder, **options)
+        channel = super().channel(service, aio=aio, on_call=recorder, **options)
         self._recorders.append(recorder)
         self._channels.append((channel, asyncio.get_running_loop() if aio else None))
         return channel
 
-    # -- verbs, recorded with who asked ------------------------------------------------
+    # -- registry writes, recorded with who asked -----------------------------------------
 
-    def _asked(self, names: str | Sequence[str], what: str) -> None:
-        now, who = time.time(), self._who()
-        for name in [names] if isinstance(names, str) else names:
-            self.timeline.add(Event(now, EventKind.ASKED, name, who=who, source="test",
-                                    detail=what))
-
-    def kill(self, name: str | Sequence[str], signal: str = "SIGKILL") -> list[dict[str, Any]]:
-        self._asked(name, f"kill {signal}")
-        return super().kill(name, signal)
-
-    def stop(self, name: str | Sequence[str]) -> list[dict[str, Any]]:
-        self._asked(name, "stop")
-        return super().stop(name)
-
-    def start(self, name: str | Sequence[str], wait: bool = True) -> list[dict[str, Any]]:
-        self._asked(name, "start")
-        return super().start(name, wait)
-
-    def restart(self, name: str | Sequence[str], wait: bool = True) -> list[dict[str, Any]]:
-        self._asked(name, "restart")
-        return super().restart(name, wait)
-
-    def pause(self, name: str | Sequence[str]) -> list[dict[str, Any]]:
-        self._asked(name, "pause")
-        return super().pause(name)
-
-    def resume(self, name: str | Sequence[str]) -> list[dict[str, Any]]:
-        self._asked(name, "resume")
-        return super().resume(name)
-
-    def scale(self, counts: Mapping[str, int] | None = None, /, wait: bool = True,
-              **kw: int) -> list[dict[str, Any]]:
-        wanted = {**(counts or {}), **kw}
-        self._asked(list(wanted), "scale " + " ".join(f"{k}={v}" for k, v in wanted.items()))
-        return super().scale(wanted, wait=wait)
+    def _asked(self, name: str, what: str) -> None:
+        self.timeline.add(Event(time.time(), EventKind.ASKED, name, who=self._who(),
+                                source="test", detail=what))
 
     def weight(self, name: str, weight: int) -> None:
         self._asked(name, f"weight {weight}")
@@ -301,6 +202,16 @@ class PluginCluster(Cluster):
     def disable(self, name: str) -> None:
         self._asked(name, "disable")
         super().disable(name)
+
+
+def _channel_class(aio: bool) -> Any:
+    if aio:
+        from devcluster.client.aio import AioBalancedChannel
+
+        return AioBalancedChannel
+    from devcluster.client import BalancedChannel
+
+    return BalancedChannel
 
 
 def _close_channel(channel: Any, loop: asyncio.AbstractEventLoop | None) -> None:

@@ -137,9 +137,11 @@ def test_events_can_be_asserted_on(cluster):
     cluster.kill("server2", signal="SIGTERM")
     cluster.wait_for(lambda s: s.records["server2"].state == "killed")
     said = [e.describe() for e in cluster.events()]
+    me = "(asked by test_user.py::test_events_can_be_asserted_on)"
     assert "server1 weight 1 -> 3" in said
-    assert "server2 serving -> killed" in said
-    assert "server2 exited (exit 0)" in said  # the greeter stops gracefully on SIGTERM
+    assert f"server2 kill SIGTERM {me}" in said  # the supervisor knows the test's name
+    assert f"server2 serving -> killed {me}" in said
+    assert f"server2 exited (exit 0) {me}" in said  # the greeter stops gracefully on SIGTERM
 
 
 @pytest.mark.devcluster(scope="module")
@@ -190,8 +192,8 @@ def test_failure_report_tells_the_timeline_of_the_cluster(
         "timeline (seconds from the start of the test):",
         "*+*server1 starting -> serving",
         "*+*server2 kill SIGKILL (asked by test_user.py::test_kill_breaks_it)",
-        "*+*server2 serving -> killed",
-        "*+*server2 exited (signal SIGKILL)",
+        "*+*server2 exited (signal SIGKILL) (asked by test_user.py::test_kill_breaks_it)",
+        "*+*server2 serving -> killed (asked by test_user.py::test_kill_breaks_it)",
         "calls per instance (through cluster.channel()):",
         "*server1 * ok * 0 failed",
         "last log lines:",
