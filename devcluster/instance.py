@@ -417,7 +417,8 @@ class Instance:
             enabled=record.enabled if record else None, restarts=self.restarts,
             uptime_s=uptime(self.state.value, self.started_at, now) if running else None,
             cpu_percent=cpu, rss_bytes=rss, uss_bytes=uss, last_exit=self.last_exit or None,
-            started_at=self.started_at)
+            started_at=self.started_at,
+            metadata=dict(record.metadata) if record else None)
 
 
 async def _landed(written: Future[None], timeout: float) -> bool:
