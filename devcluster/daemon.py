@@ -29,6 +29,7 @@ from devcluster import defaults, process, procfile
 from devcluster.control import ControlServer
 from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError, to_payload
 from devcluster.logs import LogSink
+from devcluster.projectplan import types_from_json
 from devcluster.registry import FileRegistry, Registry, open_registry
 from devcluster.registry.liveness import alive
 from devcluster.statedir import Claim, hold_lock
@@ -221,7 +222,10 @@ def _settings(raw: dict[str, Any]) -> Settings:
         restart={k: Policy(v) for k, v in raw.get("restart", {}).items()},
         ready_fd=raw.get("ready_fd"), lifeline_fd=raw.get("lifeline_fd"),
         lock_fd=raw.get("lock_fd"),
-        registry=raw.get("registry"))
+        registry=raw.get("registry"),
+        config=Path(raw["config"]) if raw.get("config") else None,
+        types=types_from_json(raw.get("types", {})),
+        waves=tuple(tuple(w) for w in raw.get("waves", ())))
 
 
 def main(argv: list[str]) -> int:
