@@ -33,7 +33,7 @@ from devcluster.errors import (
 )
 from devcluster.logs import tail
 from devcluster.project import Resolved
-from devcluster.registry import Registry, Snapshot, State, open_registry
+from devcluster.registry import Record, Registry, Snapshot, State, open_registry
 from devcluster.schema import InstanceInfo
 from devcluster.statedir import running_pid
 
@@ -370,6 +370,14 @@ class Cluster:
     def disable(self, name: str) -> None:
         self.registry.update(name, enabled=False)
 
+    def meta(self, name: str, **changes: str | None) -> dict[str, str]:
+        """Set metadata keys of an instance (``None`` removes one); its metadata now.
+
+        >>> cluster.meta("echo.1", zone="b", canary=None)       # doctest: +SKIP
+        {'zone': 'b'}
+        """
+        return dict(set_metadata(self.registry, name, changes).metadata)
+
 
 def parse_weight(value: str | int) -> int:
     """A weight from the user: an integer 0..1000."""
@@ -387,6 +395,26 @@ def parse_weight(value: str | int) -> int:
 
 def set_weight(registry: Registry, name: str, weight: str | int) -> None:
     registry.update(name, weight=parse_weight(weight))
+
+
+def set_metadata(registry: Registry, name: str,
+                 changes: Mapping[str, str | None]) -> Record:
+    """Set (``"zone": "a"``) or remove (``"zone": None``) keys of ``name``'s metadata in
+    one atomic read-modify-write (no concurrent change is lost); the record as stored."""
+    def decide(snap: Snapshot) -> dict[str, dict[str, Any]]:
+        if name not in snap.records:
+            from devcluster.errors import UnknownInstanceError
+
+            raise UnknownInstanceError(name, list(snap.records))
+        metadata = dict(snap.records[name].metadata)
+        for key, value in changes.items():
+            if value is None:
+                metadata.pop(key, None)
+            else:
+                metadata[key] = value
+        return {name: {"metadata": metadata}}
+
+    return registry.modify(decide).records[name]
 
 
 
