@@ -32,7 +32,8 @@ from devcluster.errors import (
     from_payload,
 )
 from devcluster.logs import tail
-from devcluster.registry import Registry, Snapshot, State, open_registry
+from devcluster.project import Resolved
+from devcluster.registry import Record, Registry, Snapshot, State, open_registry
 from devcluster.registry.record import parse_weight
 from devcluster.schema import InstanceInfo
 from devcluster.statedir import running_pid
@@ -79,33 +80,42 @@ class Cluster:
         *,
         scale: Mapping[str, int] | None = None,
         state_dir: str | Path | None = None,
-        port: int = defaults.BASE_PORT,
-        grace: float = defaults.GRACE,
+        port: int | None = None,
+        grace: float | None = None,
         env_files: Sequence[str | Path] = (),
         restart: Mapping[str, str] | None = None,
-        ready_timeout: float = defaults.READY_TIMEOUT,
+        ready_timeout: float | None = None,
         attach: bool = True,
         registry: str | None = None,
         watch: Sequence[str | Path] | None = None,
         console: bool = False,
         console_port: int = 0,
+        config: str | Path | None = None,
     ) -> None:
+        """``port``, ``grace``, ``ready_timeout``, ``scale``, ``restart`` and ``registry``
+        override ``devcluster.toml`` (``config``, else the one beside the Procfile if
+        any); None (not given) keeps the file's value, else devcluster's default."""
         self.procfile = Path(procfile).absolute()
         self.state_dir = default_state_dir(self.procfile, state_dir)
         self.scale_counts = dict(scale or {})
         self.port = port
-        self.grace = grace
+        self.grace = defaults.GRACE if grace is None else grace
+        self._flags = (port, grace, ready_timeout, registry)
         self.env_files = tuple(Path(p) for p in env_files)
         self.restart_policies = dict(restart or {})
-        self.ready_timeout = ready_timeout
+        self.ready_timeout = defaults.READY_TIMEOUT if ready_timeout is None else ready_timeout
         self.attach = attach
-        #: ``etcd://...`` (or ``$DEVCLUSTER_REGISTRY``); None: the state dir's file.
+        self.config = None if config is None else Path(config).absolute()
+        #: ``etcd://...`` (or ``$DEVCLUSTER_REGISTRY``); None: the state dir's file
+        #: (or the project file's ``[cluster] registry``, known once :meth:`up` read it).
         self.registry_url = defaults.registry_url(registry)
         #: Reload when these paths change (``up --watch``); empty: the Procfile's dir.
         self.watch = None if watch is None else tuple(Path(p).absolute() for p in watch)
         #: Serve the web console inside the supervisor (its URL: :attr:`console_url`).
         self.console = console
         self.console_port = console_port
+        #: What :meth:`up` runs: flags over the project file (None before it).
+        self.resolved: Resolved | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lifeline: int | None = None
         #: What the supervisor reported while starting (e.g. stale state it cleaned).
@@ -145,8 +155,9 @@ class Cluster:
 
         Raises NotReadyError (cluster left running) when some instance does not serve.
         """
-        types, _, _ = procfile_mod.load(self.procfile, self.env_files, self.scale_counts,
-                                        self.port)
+        resolved = self._resolve()
+        types, _, _ = procfile_mod.load(self.procfile, self.env_files, resolved.scale,
+                                        resolved.port)
         for name in self.restart_policies:
             if name not in {t.name for t in types}:
                 raise UsageError(f"--restart {name}=...: the Procfile has no process type "
@@ -210,21 +221,50 @@ class Cluster:
             raise NotReadyError(self._not_ready_message(bad), states)
         return states
 
+    def _resolve(self) -> Resolved:
+        """Flags over ``devcluster.toml`` (a bad file raises here: nothing has started)."""
+        from devcluster.policy import Policy
+        from devcluster.project import Flags
+        from devcluster.projectplan import plan
+
+        port, grace, ready_timeout, registry = self._flags
+        try:
+            restart = {k: Policy(str(v)) for k, v in self.restart_policies.items()}
+        except ValueError as e:
+            raise UsageError(f"bad restart policy: {e}; use no, on-failure or always") from None
+        flags = Flags(port=port, grace=grace, ready_timeout=ready_timeout, registry=registry,
+                      scale=self.scale_counts, restart=restart)
+        resolved = self.resolved = plan(self.procfile, flags, self.config)
+        # down() waits this long (+10 s): the longest any instance may take to stop.
+        self.grace = max([resolved.grace, *(t.grace for t in resolved.types.values())])
+        self.ready_timeout = resolved.ready_timeout
+        self.registry_url = resolved.registry
+        return resolved
+
     def _settings(self, ready_fd: int, lifeline_fd: int | None, lock_fd: int) -> str:
         """The daemon's settings (devcluster.supervisor.Settings) as JSON."""
+        from devcluster.projectplan import types_to_json
+
+        r = self.resolved
+        assert r is not None
         return json.dumps({
             "procfile": str(self.procfile), "state_dir": str(self.state_dir),
-            "env_files": [str(p) for p in self.env_files], "scale": self.scale_counts,
-            "base_port": self.port, "grace": self.grace, "ready_timeout": self.ready_timeout,
-            "restart": {k: str(v) for k, v in self.restart_policies.items()},
+            "env_files": [str(p) for p in self.env_files], "scale": dict(r.scale),
+            "base_port": r.port, "grace": r.grace, "ready_timeout": r.ready_timeout,
+            "restart": {k: v.value for k, v in r.restart.items()},
             "ready_fd": ready_fd, "lifeline_fd": lifeline_fd, "lock_fd": lock_fd,
-            "registry": self.registry_url,
+            "registry": r.registry, "config": str(self.config) if self.config else None,
+            "types": types_to_json(r.types), "waves": [list(w) for w in r.waves],
             "watch": None if self.watch is None else [str(p) for p in self.watch],
             "console": self.console, "console_port": self.console_port})
 
     def _read_ready(self, fd: int) -> dict[str, Any]:
+        from devcluster.projectplan import settle_budget
+
+        r = self.resolved
+        budget = settle_budget(r.types, r.waves, r.ready_timeout) if r else self.ready_timeout
         # Crash loops settle as `failed` after ~7.5 s of backoff; allow for that.
-        deadline = time.monotonic() + self.ready_timeout + 60
+        deadline = time.monotonic() + budget + 60
         data = b""
         while not data.endswith(b"\n"):
             remaining = deadline - time.monotonic()
@@ -461,9 +501,37 @@ class Cluster:
                 return
             time.sleep(0.01)
 
+    def meta(self, name: str, **changes: str | None) -> dict[str, str]:
+        """Set metadata keys of an instance (``None`` removes one); its metadata now.
+
+        >>> cluster.meta("echo.1", zone="b", canary=None)       # doctest: +SKIP
+        {'zone': 'b'}
+        """
+        return dict(set_metadata(self.registry, name, changes).metadata)
+
 
 def set_weight(registry: Registry, name: str, weight: str | int) -> None:
     registry.update(name, weight=parse_weight(weight))
+
+
+def set_metadata(registry: Registry, name: str,
+                 changes: Mapping[str, str | None]) -> Record:
+    """Set (``"zone": "a"``) or remove (``"zone": None``) keys of ``name``'s metadata in
+    one atomic read-modify-write (no concurrent change is lost); the record as stored."""
+    def decide(snap: Snapshot) -> dict[str, dict[str, Any]]:
+        if name not in snap.records:
+            from devcluster.errors import UnknownInstanceError
+
+            raise UnknownInstanceError(name, list(snap.records))
+        metadata = dict(snap.records[name].metadata)
+        for key, value in changes.items():
+            if value is None:
+                metadata.pop(key, None)
+            else:
+                metadata[key] = value
+        return {name: {"metadata": metadata}}
+
+    return registry.modify(decide).records[name]
 
 
 

@@ -114,7 +114,9 @@ def from_pb(inst: pb.Instance, now: float | None = None) -> InstanceInfo:
         weight=opt("weight"), enabled=opt("enabled"), restarts=inst.restarts,
         uptime_s=uptime(inst.state, opt("started_at"), now), cpu_percent=opt("cpu_percent"),
         rss_bytes=opt("rss_bytes"), uss_bytes=opt("uss_bytes"), last_exit=opt("last_exit"),
-        started_at=opt("started_at"))
+        started_at=opt("started_at"),
+        # A map has no presence: the metadata is known when the registry was read.
+        metadata=dict(inst.metadata) if inst.HasField("weight") else None)
 
 
 class _Servicer(pb_grpc.ControlServicer):

@@ -32,6 +32,7 @@ from devcluster.control import ControlServer
 from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError, to_payload
 from devcluster.events import EventLog, fresh_log
 from devcluster.logs import LogSink
+from devcluster.projectplan import types_from_json
 from devcluster.registry import FileRegistry, Registry, open_registry
 from devcluster.registry.liveness import alive
 from devcluster.statedir import Claim, hold_lock
@@ -265,7 +266,10 @@ def _settings(raw: dict[str, Any]) -> Settings:
         lock_fd=raw.get("lock_fd"),
         registry=raw.get("registry"),
         watch=None if raw.get("watch") is None else tuple(Path(p) for p in raw["watch"]),
-        console=bool(raw.get("console", False)), console_port=int(raw.get("console_port", 0)))
+        console=bool(raw.get("console", False)), console_port=int(raw.get("console_port", 0)),
+        config=Path(raw["config"]) if raw.get("config") else None,
+        types=types_from_json(raw.get("types", {})),
+        waves=tuple(tuple(w) for w in raw.get("waves", ())))
 
 
 def main(argv: list[str]) -> int:

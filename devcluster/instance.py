@@ -21,11 +21,12 @@ from typing import Any
 
 import psutil
 
-from devcluster import defaults, health, process
+from devcluster import defaults, health, probes, process
 from devcluster.events import Event, EventKind, EventLog
 from devcluster.logs import LogSink
 from devcluster.policy import Policy
 from devcluster.procfile import InstanceSpec, child_environment, command_argv
+from devcluster.project import Ready, TypeSettings
 from devcluster.recorder import Recorder
 from devcluster.registry import Record, State
 from devcluster.schema import InstanceInfo, uptime
@@ -77,10 +78,17 @@ class Runtime:
 class Instance:
     """A supervised instance. Build it with a spec; drive it with start/stop/kill/pause."""
 
-    def __init__(self, spec: InstanceSpec, policy: Policy, rt: Runtime) -> None:
+    def __init__(self, spec: InstanceSpec, policy: Policy, rt: Runtime,
+                 conf: TypeSettings | None = None) -> None:
         self.spec = spec
         self.policy = policy
         self.rt = rt
+        #: Its type's settings from devcluster.toml and the flags; None: the cluster's.
+        self.conf = conf
+        self._log_probe: probes.LogProbe | None = None  # fed every output line
+        self._env: dict[str, str] = {}
+        #: Waiting for its dependencies to serve (depends_on): not started, not settled.
+        self.held = False
         self.state = State.STOPPED
         self.pid: int | None = None
         self.port = spec.port
@@ -120,14 +128,25 @@ class Instance:
         return self.spec.name
 
     @property
+    def grace(self) -> float:
+        """Seconds between SIGINT and SIGKILL when this instance stops."""
+        return self.rt.grace if self.conf is None else self.conf.grace
+
+    @property
+    def ready_timeout(self) -> float:
+        return self.rt.ready_timeout if self.conf is None else self.conf.ready_timeout
+
+    @property
     def running(self) -> bool:
         """A process of this instance exists (it may be starting, serving, paused...)."""
         return self._proc is not None and self._proc.returncode is None
 
     def record(self) -> Record:
         """This instance as a registry record (weight/enabled are the registry's own)."""
+        conf = self.conf or TypeSettings()
         return Record(self.name, self.spec.service, self.address, state=self._advertised(),
-                      pid=self.pid, restarts=self.restarts, started_at=self.started_at)
+                      pid=self.pid, restarts=self.restarts, started_at=self.started_at,
+                      weight=conf.weight, metadata=dict(conf.metadata))
 
     def _advertised(self) -> State:
         return self._before_pause if self.state is State.PAUSED else self.state
@@ -164,6 +183,8 @@ class Instance:
     @property
     def settled(self) -> bool:
         """Serving, or down for good, or not ready within the ready timeout."""
+        if self.held:
+            return False
         return self.state in SETTLED or (self.state is State.STARTING and self.ready_timed_out)
 
     def publish(self) -> Future[None] | None:
@@ -180,12 +201,20 @@ class Instance:
             return False
         if self._task is not None and not self._task.done():
             self._task.cancel()  # a pending backoff: the user's start wins
+        self.held = False
         if by_command:
             self.failures = 0
         # Not settled from here on, even before the task first runs.
         self.state, self.ready_timed_out = State.STARTING, False
         self._task = self.rt.spawn(self._lifecycle())
         return True
+
+    def not_started(self, why: str) -> None:
+        """Give up starting it (a dependency did not serve); ``why`` is shown as its exit."""
+        self.held = False
+        self.last_exit = f"not started: {why}"
+        self.rt.sink.system(f"{self.name} {self.last_exit}")
+        self._set(State.STOPPED)
 
     async def stop(self, grace: float | None = None, intent: State = State.STOPPED,
                    drain: float = 0.0, announce: bool = True) -> bool:
@@ -197,7 +226,7 @@ class Instance:
         """
         if not self.running:
             return self._cancel_backoff(intent)
-        grace = self.rt.grace if grace is None else grace
+        grace = self.grace if grace is None else grace
         self._intent = intent
         paused = self.state is State.PAUSED
         if announce:
@@ -306,12 +335,18 @@ class Instance:
             self.restarts += 1
         self._spawned_once = True
         env = child_environment(self.spec, str(Path(sys.executable).parent))
-        env[defaults.ENV_GRACE] = f"{self.rt.grace:g}"  # servers may finish calls within it
-        if defaults.ENV_REUSEPORT not in self.spec.env:  # .env may say 0: a spare port
+        if self.conf is not None:  # the file's env: over the env files, under PORT & co
+            env.update(self.conf.env)
+        env[defaults.ENV_GRACE] = f"{self.grace:g}"  # servers may finish calls within it
+        if defaults.ENV_REUSEPORT not in env:  # .env or the file may say 0: a spare port
             env[defaults.ENV_REUSEPORT] = "1"  # a reload may start our replacement on our port
         if self.port and self.port != self.spec.port:
             env["PORT"] = str(self.port)  # port 0 at first: keep the one it found
         argv = command_argv(self.spec.command, env)
+        self._env = env  # what an exec probe runs with
+        ready = self.conf.ready if self.conf is not None else None
+        # Before the spawn: the log probe must see the very first line.
+        self._log_probe = probes.LogProbe(ready.arg) if ready and ready.kind == "log" else None
         try:
             proc = await process.spawn(argv, env, str(self.rt.cwd))
         except OSError as e:
@@ -367,7 +402,7 @@ class Instance:
         except asyncio.CancelledError:
             process.signal_group(proc.pid, signal.SIGINT)
             try:
-                await asyncio.wait_for(process.wait_exit(proc), self.rt.grace)
+                await asyncio.wait_for(process.wait_exit(proc), self.grace)
             except (TimeoutError, asyncio.CancelledError):
                 pass
             finally:
@@ -386,32 +421,55 @@ class Instance:
             text = line.decode("utf-8", "replace")
             self.recent.append(text.rstrip("\r\n"))
             self.rt.sink.line(self.name, text)
+            if self._log_probe is not None:
+                self._log_probe.feed(text)
 
     async def _become_ready(self, proc: asyncio.subprocess.Process) -> None:
-        deadline = time.monotonic() + self.rt.ready_timeout
+        timeout = self.ready_timeout
+        deadline = time.monotonic() + timeout
         began = time.monotonic()
 
         def alive() -> bool:
             return proc.returncode is None
 
-        port = await health.find_port(proc.pid, self.port, alive, deadline,
-                                      expect_wanted="PORT" in self.spec.command
-                                      and not self.shared_port)
+        ready = self.conf.ready if self.conf is not None else None
+        if ready is not None and ready.kind in ("log", "exec"):
+            # Neither needs a port: probe first, then register whatever port it has.
+            result = await probes.wait_ready(self._probe(ready), timeout, alive)
+            ports = process.listening_ports(proc.pid) if result.ok and alive() else []
+            port: int | None = await health.pick_port(ports, self.port) if ports else None
+        else:
+            port = await health.find_port(proc.pid, self.port, alive, deadline,
+                                          expect_wanted="PORT" in self.spec.command
+                                          and not self.shared_port)
+            where = f"on 127.0.0.1:{port}" if port else "on any port"
+            result = probes.ProbeResult(False, f"nothing listening {where}")
         if port is not None:
             self.port, self.address = port, f"127.0.0.1:{port}"
-            how = await health.wait_ready(self.address, alive, deadline)
-            if how is not None and alive() and self.state is State.STARTING:
-                self.serving_since = time.monotonic()
-                self._set(State.SERVING)
-                self.rt.sink.system(f"{self.name} serving on {self.address} "
-                                    f"({how}, {1000 * (time.monotonic() - began):.0f} ms)")
-                return
+            if ready is None:  # the default: gRPC health, TCP for servers without it
+                how = await health.wait_ready(self.address, alive, deadline)
+                result = probes.ProbeResult(how is not None, how or "nothing answering "
+                                            f"on {self.address}")
+            elif ready.kind not in ("log", "exec"):
+                result = await probes.wait_ready(
+                    self._probe(ready), max(0.01, deadline - time.monotonic()), alive)
+        if result.ok and alive() and self.state is State.STARTING:
+            self.serving_since = time.monotonic()
+            self._set(State.SERVING)
+            self.rt.sink.system(f"{self.name} serving on {self.address or 'no port'} "
+                                f"({result.reason}, {1000 * (time.monotonic() - began):.0f} ms)")
+            return
         if alive() and self.state is State.STARTING:
             self.ready_timed_out = True
-            where = f"on {self.address}" if port else "on any port"
-            self.rt.sink.system(f"{self.name} not ready after {self.rt.ready_timeout:g}s "
-                                f"(nothing answering {where})")
+            why = result.reason.partition(": ")[2] if result.reason.startswith("not ready after") \
+                else result.reason
+            self.rt.sink.system(f"{self.name} not ready after {timeout:g}s ({why})")
             self._changed.set()
+
+    def _probe(self, ready: Ready) -> probes.Probe:
+        if ready.kind == "log" and self._log_probe is not None:
+            return self._log_probe
+        return probes.probe_for(ready, self.address or "127.0.0.1:0", self._env, self.rt.cwd)
 
     def _after_exit(self, returncode: int) -> float | None:
         """Set the state after an exit; return the restart delay, or None to stay down."""
@@ -463,7 +521,8 @@ class Instance:
             enabled=record.enabled if record else None, restarts=self.restarts,
             uptime_s=uptime(self.state.value, self.started_at, now) if running else None,
             cpu_percent=cpu, rss_bytes=rss, uss_bytes=uss, last_exit=self.last_exit or None,
-            started_at=self.started_at)
+            started_at=self.started_at,
+            metadata=dict(record.metadata) if record else None)
 
 
 async def _landed(written: Future[None], timeout: float) -> bool:

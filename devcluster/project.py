@@ -37,6 +37,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from devcluster import defaults
 from devcluster import projectcheck as check
 from devcluster.errors import UsageError
 from devcluster.policy import Policy
@@ -227,7 +228,8 @@ def _process(ctx: _Ctx, name: str, value: Any) -> ProcessSettings:
         ready_timeout=check.number(ctx, table, (*here, "ready_timeout"), minimum=0.0,
                                    strict=True),
         grace=check.number(ctx, table, (*here, "grace"), minimum=0.0),
-        weight=check.integer(ctx, table, (*here, "weight"), 0, 1_000_000),
+        weight=check.integer(ctx, table, (*here, "weight"), defaults.MIN_WEIGHT,
+                             defaults.MAX_WEIGHT),
         env=check.env(ctx, table, (*here, "env")),
         metadata=check.metadata(ctx, table, (*here, "metadata")),
         depends_on=check.names(ctx, table, (*here, "depends_on"), check.TYPE_NAME,
@@ -297,10 +299,10 @@ def start_order(project: Project | None, types: Iterable[str]) -> list[list[str]
 
 # -- flags over the file ---------------------------------------------------------------
 
-#: Today's defaults, used when neither a flag nor the file sets a value.
-DEFAULT_GRACE = 5.0
-DEFAULT_READY_TIMEOUT = 30.0
-DEFAULT_WEIGHT = 1
+#: Today's defaults, used when neither a flag nor the file sets a value (defaults.py's).
+DEFAULT_GRACE = defaults.GRACE
+DEFAULT_READY_TIMEOUT = defaults.READY_TIMEOUT
+DEFAULT_WEIGHT = defaults.DEFAULT_WEIGHT
 DEFAULT_RESTART = Policy.ON_FAILURE
 
 
@@ -359,8 +361,6 @@ def resolve(project: Project | None, flags: Flags, types: Iterable[str],
     >>> resolve(None, Flags(port=0), ["web"]).port, resolve(None, Flags(), ["web"]).grace
     (0, 5.0)
     """
-    from devcluster.procfile import DEFAULT_BASE_PORT
-
     names = list(types)
     if project is None:
         project = Project("(none)")
@@ -383,7 +383,7 @@ def resolve(project: Project | None, flags: Flags, types: Iterable[str],
     environ = os.environ if environ is None else environ
     env_registry = environ.get("DEVCLUSTER_REGISTRY") or None
     return Resolved(
-        port=_first(flags.port, cluster.port, DEFAULT_BASE_PORT), grace=grace,
+        port=_first(flags.port, cluster.port, defaults.BASE_PORT), grace=grace,
         ready_timeout=_first(flags.ready_timeout, DEFAULT_READY_TIMEOUT),
         registry=flags.registry or env_registry or cluster.registry,
         scale=MappingProxyType(scale), restart=MappingProxyType(restart),
@@ -394,4 +394,5 @@ def resolve(project: Project | None, flags: Flags, types: Iterable[str],
 def _first(*values: Any) -> Any:
     """The first value that is not None (the last is the default)."""
     return next(v for v in values if v is not None)
+
 

@@ -194,3 +194,19 @@ def parse_meta_items(items: Iterable[str]) -> dict[str, str | None]:
                              "KEY of letters, digits and '_.:/-'")
         out[key] = value or None
     return out
+
+
+def parse_where(items: Iterable[str]) -> dict[str, str]:
+    """``--where zone=a --where tier=gold`` -> ``{"zone": "a", "tier": "gold"}`` (all must match).
+
+    >>> parse_where(["zone=a"])
+    {'zone': 'a'}
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        ((key, value),) = parse_meta_items([item]).items()
+        if value is None:
+            raise UsageError(f"bad --where {item!r}; expected KEY=VALUE with a value, e.g. "
+                             "--where zone=a")
+        out[key] = value
+    return out

@@ -30,6 +30,7 @@ class _RecordLike(Protocol):
     pid: int | None
     restarts: int
     started_at: float | None
+    metadata: Mapping[str, str]
 
     @property
     def state(self) -> Any: ...
@@ -84,6 +85,9 @@ class InstanceInfo:
     """How the last process ended (``exit 1``, ``signal SIGKILL``); None if none ended."""
     started_at: float | None = None
     """Unix time the current (or last) process started; None if never started."""
+    metadata: dict[str, str] | None = None
+    """Registry labels (``zone=a``) clients select by; None when the registry could not
+    be read."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, keys in the documented order."""
@@ -106,5 +110,6 @@ class InstanceInfo:
             pid=record.pid,
             address=record.address or None, port=int(port) if port.isdigit() else None,
             weight=record.weight, enabled=record.enabled, restarts=record.restarts,
-            uptime_s=uptime(state, record.started_at, now), started_at=record.started_at)
+            uptime_s=uptime(state, record.started_at, now), started_at=record.started_at,
+            metadata=dict(record.metadata))
 

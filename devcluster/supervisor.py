@@ -15,7 +15,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +29,8 @@ from devcluster.events import EventKind, EventLog, follow_registry
 from devcluster.instance import DRAIN_DELAY, Instance, Policy, Runtime, _landed
 from devcluster.logs import LogSink
 from devcluster.process import parse_signal
+from devcluster.project import TypeSettings
+from devcluster.projectplan import settle_budget
 from devcluster.recorder import Recorder
 from devcluster.registry import Record, Registry, State
 from devcluster.schema import InstanceInfo
@@ -70,6 +72,13 @@ class Settings:
     """Serve the web console for as long as the cluster runs (``up -d --console``)."""
     console_port: int = 0
     """The console's port on 127.0.0.1; 0: a free one."""
+    config: Path | None = None
+    """The ``devcluster.toml`` these settings were read from (None: no file)."""
+    types: Mapping[str, TypeSettings] = field(default_factory=dict)
+    """Per process type, flags over the file (:func:`devcluster.project.resolve`). A type
+    not here runs with the settings above and the default readiness probe."""
+    waves: tuple[tuple[str, ...], ...] = ()
+    """Start order from ``depends_on``: () starts every type at once."""
 
 
 class Supervisor:
@@ -171,7 +180,7 @@ class Supervisor:
         """A new instance of ``spec`` with its type's settings, in no table yet."""
         policy = self.settings.restart.get(spec.process_type, Policy.ON_FAILURE)
         self.sink.widen(spec.name)
-        return Instance(spec, policy, self.rt)
+        return Instance(spec, policy, self.rt, self.settings.types.get(spec.process_type))
 
     def _add(self, spec: procfile.InstanceSpec) -> Instance:
         inst = self.instances[spec.name] = self.make_instance(spec)
@@ -302,7 +311,56 @@ class Supervisor:
     # -- whole cluster -----------------------------------------------------------------
 
     def start_all(self) -> None:
+        """Start every instance; a type with ``depends_on`` waits (in a task of ours)
+        until every instance of its dependencies serves."""
+        waiting: dict[str, tuple[str, ...]] = {}
         for inst in self.instances.values():
+            deps = self._depends_on(inst.spec.process_type)
+            if deps:
+                inst.held = True
+                waiting[inst.spec.process_type] = deps
+            else:
+                inst.start()
+        for ptype, deps in waiting.items():
+            self._spawn(self._start_after(ptype, deps))
+
+    def _depends_on(self, ptype: str) -> tuple[str, ...]:
+        conf = self.settings.types.get(ptype)
+        return conf.depends_on if conf is not None else ()
+
+    def _of_types(self, types: Iterable[str]) -> list[Instance]:
+        wanted = set(types)
+        return [i for i in self.instances.values() if i.spec.process_type in wanted]
+
+    async def _start_after(self, ptype: str, deps: tuple[str, ...]) -> None:
+        """Start ``ptype`` once every instance of ``deps`` serves; if one gave up instead
+        (failed, exited, not ready in time), do not start it and say why."""
+        needed = self._of_types(deps)
+
+        async def settled() -> None:
+            for dep in needed:  # a dependency waiting on its own dependencies is unsettled
+                while not await dep.wait_until(lambda i: i.settled, defaults.CONTROL_WAIT):
+                    pass
+
+        done, stop = asyncio.ensure_future(settled()), asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({done, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            stop.cancel()
+        mine = [i for i in self._of_types([ptype]) if i.held]
+        bad = [d for d in needed if d.state is not State.SERVING]
+        if self.stopping.is_set():
+            for inst in mine:
+                inst.held = False
+            return
+        if bad:
+            why = f"dependency {bad[0].name} did not serve ({bad[0].state.value})"
+            for inst in mine:
+                inst.not_started(why)
+            return
+        self.sink.system(f"{ptype}: {', '.join(deps)} serving; starting {len(mine)} instance(s)")
+        for inst in mine:
             inst.start()
 
     async def wait_settled(self, timeout: float) -> bool:
@@ -329,19 +387,32 @@ class Supervisor:
         """Drain every instance in one registry write, then stop them all gracefully."""
         self.stopping.set()
         self.sink.system(f"shutting down ({who}): draining {len(self.instances)} instances")
-        running = [i for i in self.instances.values() if i.running]
-        drained = self.records.update_many({i.name: {"state": State.DRAINING.value}
-                                            for i in running})
-        await _landed(drained, _DRAIN_WRITE_WAIT)  # never wait on the registry for long
         began = time.monotonic()
-        await asyncio.gather(*(i.stop(grace, announce=False)
-                               for i in [*self.instances.values(), *self.outside]))
+        for group in self._stop_order():  # dependants before what they depend on
+            running = [i for i in group if i.running]
+            drained = self.records.update_many({i.name: {"state": State.DRAINING.value}
+                                                for i in running})
+            await _landed(drained, _DRAIN_WRITE_WAIT)  # never wait on the registry for long
+            await asyncio.gather(*(i.stop(grace, announce=False) for i in group))
+        # Replacements and replaced instances of a reload in progress go too.
+        await asyncio.gather(*(i.stop(grace, announce=False) for i in self.outside))
         left = await asyncio.to_thread(process.sweep, self._ours())
         if left:
             self.sink.system(f"stopped {len(left)} process(es) the instances had daemonized "
                              f"(pids {', '.join(map(str, left))})")
         self.sink.system(f"all instances stopped in {1000 * (time.monotonic() - began):.0f} ms")
         self.done.set()
+
+    def _stop_order(self) -> list[list[Instance]]:
+        """Instances in groups to stop one after the other: the start waves reversed
+        (without ``depends_on``, one group: all at once). Types in no wave go first."""
+        waves = self.settings.waves
+        if len(waves) <= 1:
+            return [list(self.instances.values())]
+        placed = {t for wave in waves for t in wave}
+        groups = [[i for i in self.instances.values() if i.spec.process_type not in placed]]
+        groups += [self._of_types(wave) for wave in reversed(waves)]
+        return [g for g in groups if g]
 
     def force(self) -> None:
         """Second Ctrl-C (and the exit path): SIGKILL every process group now."""
@@ -409,7 +480,8 @@ class Supervisor:
         self._shutdown_task = self._spawn(self.shutdown(grace, who))
 
     async def _settle(self, began: float) -> None:
-        if await self.wait_settled(self.settings.ready_timeout + 60):
+        st = self.settings
+        if await self.wait_settled(settle_budget(st.types, st.waves, st.ready_timeout) + 60):
             seconds = time.monotonic() - began
             await self._written()  # "ready" means the registry says so too
             self._report_ready(seconds)

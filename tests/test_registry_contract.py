@@ -243,6 +243,9 @@ def test_weight_bounds_accepted(reg: Registry, weight: int) -> None:
         ({"restarts": -1}, UsageError),
         ({"name": "other"}, TypeError),
         ({"colour": "red"}, TypeError),
+        ({"metadata": {"zone": 1}}, UsageError),
+        ({"metadata": {"a=b": "c"}}, UsageError),
+        ({"metadata": ["zone"]}, UsageError),
     ],
 )
 def test_bad_fields_rejected_nothing_written(
@@ -257,10 +260,25 @@ def test_bad_fields_rejected_nothing_written(
 
 def test_records_round_trip_every_field(reg: Registry) -> None:
     full = rec("server1", weight=9, enabled=False, state=State.DRAINING, pid=4242,
-               restarts=3, started_at=1700000000.25)
+               restarts=3, started_at=1700000000.25, metadata={"zone": "a", "tier": ""})
     stored = reg.register(full)
     assert stored == full.with_(updated_at=stored.updated_at)
     assert reg.get("server1") == stored
+
+
+def test_metadata_defaults_to_empty_and_is_set_replaced_and_seen_by_others(
+        backend: Backend, reg: Registry) -> None:
+    assert reg.register(rec("server1")).metadata == {}
+    reg.update("server1", metadata={"zone": "a"})
+    other = backend.open()
+    assert other.get("server1").metadata == {"zone": "a"}
+    # A read-modify-write keeps what another writer set meanwhile.
+    other.modify(lambda s: {"server1": {"metadata": {**s.records["server1"].metadata,
+                                                     "tier": "gold"}}})
+    reg.update("server1", weight=3)  # other fields leave metadata alone
+    assert reg.get("server1").metadata == {"zone": "a", "tier": "gold"}
+    reg.update("server1", metadata={})
+    assert reg.get("server1").metadata == {}
 
 
 def test_a_second_registry_sees_the_same_records(backend: Backend) -> None:

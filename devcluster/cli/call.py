@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from devcluster.cli.app import (
     DEFAULT_PROCFILE,
+    JsonOpt,
     ProcfileOpt,
     RegistryOpt,
     StateDirOpt,
@@ -25,6 +26,7 @@ from devcluster.cli.app import (
     err,
     out,
 )
+from devcluster.cli.tools import WhereOpt
 from devcluster.errors import DevclusterError, NoClusterError, UsageError
 
 if TYPE_CHECKING:  # grpc loads when a call is made, not with every command
@@ -58,6 +60,7 @@ def call(
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per call, as "
                                                         "`client --json`, plus `reply`.")] = False,
     registry: RegistryOpt = None,
+    where: WhereOpt = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """Call any unary method through the balancing client; print who answered each call.
 
@@ -66,8 +69,10 @@ def call(
 
     Example: devcluster call helloworld.Greeter/SayHello -d '{"name": "x"}' -n 6"""
     from devcluster import dynamic
+    from devcluster.projectcheck import parse_where
 
     ref = dynamic.parse_method(method)
+    matching = parse_where(where)
     if count < 1 or interval < 0 or timeout <= 0:
         raise UsageError("--count must be >= 1, --interval >= 0 and --timeout > 0")
     if import_path and proto is None:
@@ -78,13 +83,14 @@ def call(
         target = dynamic.method_from_pool(pool, ref,
                                           dynamic.proto_services(pool, proto, import_path))
         target.request(data)
-    where = _where(procfile, state_dir, registry)
+    reg = _where(procfile, state_dir, registry)
     if target is None:
-        target, service = _reflect(where, service, ref)
+        target, service = _reflect(reg, service, ref, matching)
     sink: list[Callable[[Any], None]] = []
     from devcluster.client import BalancedChannel
 
-    with BalancedChannel(service, where, on_call=lambda info: [f(info) for f in sink]) as ch:
+    with BalancedChannel(service, reg, on_call=lambda info: [f(info) for f in sink],
+                         where=matching) as ch:
         failures = _calls(ch, target, target.request(data), count, interval, timeout, json_,
                           sink)
     if failures:
@@ -102,7 +108,8 @@ def _where(procfile: Path, state_dir: Path | None, registry: str | None) -> Any:
     return directory
 
 
-def _reflect(where: Any, service: str | None, ref: Any) -> tuple[Any, str | None]:
+def _reflect(where: Any, service: str | None, ref: Any,
+             matching: dict[str, str] | None = None) -> tuple[Any, str | None]:
     """The method's types from the servers' reflection, and the service to call.
 
     Asks one serving instance of each registry service (of ``service`` only, if
@@ -115,11 +122,13 @@ def _reflect(where: Any, service: str | None, ref: Any) -> tuple[Any, str | None
     reg = where if isinstance(where, Registry) else open_registry(where)
     addresses: dict[str, str] = {}
     for record in reg.snapshot().usable(service):
-        addresses.setdefault(record.service, record.address)
+        if all(record.metadata.get(k) == v for k, v in (matching or {}).items()):
+            addresses.setdefault(record.service, record.address)
     if not addresses:
+        which = " where " + " ".join(f"{k}={v}" for k, v in matching.items()) if matching else ""
         raise DevclusterError(f"no serving instance{f' of service {service!r}' if service else ''}"
-                              "; start it (`devcluster up`, `devcluster start NAME`) or check "
-                              "--service")
+                              f"{which}; start it (`devcluster up`, `devcluster start NAME`) "
+                              "or check --service and --where")
     method, knowing = dynamic.find_by_reflection(addresses, ref)
     return method, service or (knowing[0] if len(knowing) == 1 else None)
 
@@ -169,7 +178,7 @@ def _print_call(info: Any, target: Any, as_json: bool) -> None:
                   f"{info.latency_ms:.1f} ms  {escape(info.message)}[/red]", highlight=False)
 
 
-@app.command(hidden=True)
+@app.command()
 def meta(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Instance name, e.g. echo.1.")],
     items: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...",
@@ -177,22 +186,22 @@ def meta(
     procfile: ProcfileOpt = DEFAULT_PROCFILE,
     state_dir: StateDirOpt = None,
     registry: RegistryOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
-    """Set an instance's metadata (KEY=VALUE), or remove a key (KEY=).
+    """Set an instance's registry metadata (KEY=VALUE), or remove a key (KEY=).
+
+    Clients pick instances by it: devcluster client --where zone=b.
 
     Example: devcluster meta echo.1 zone=b canary="""
+    from devcluster.api import set_metadata
+    from devcluster.cli.render import _print_instances
     from devcluster.projectcheck import parse_meta_items
+    from devcluster.schema import InstanceInfo
 
     changes = parse_meta_items(items)
-    set_metadata(_registry(procfile, state_dir, registry), name, changes)
-
-
-def set_metadata(registry: Any, name: str, changes: dict[str, str | None]) -> None:
-    """Apply ``changes`` (None removes a key) to ``name``'s registry record.
-
-    TODO(phase 2): records carry no ``metadata`` yet; the registry package (owned by
-    the registry restructuring) must add the field to Record, both backends and the
-    contract suite, and an update operation this calls. Until then: a clear error.
-    """
-    raise DevclusterError(f"cannot set metadata of {name!r} yet: registry records have no "
-                          "metadata in this version (coming with devcluster.toml support)")
+    record = set_metadata(_registry(procfile, state_dir, registry), name, changes)
+    if json_:
+        _print_instances([InstanceInfo.from_record(record).to_dict()], True)
+        return
+    pairs = " ".join(f"{k}={v}" for k, v in sorted(record.metadata.items()))
+    out.print(f"{record.name} metadata: {pairs or '(none)'}", markup=False)

@@ -23,7 +23,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -74,6 +74,8 @@ class ClientOptions:
     retry_on: tuple[grpc.StatusCode, ...] = (grpc.StatusCode.UNAVAILABLE,)
     target: str | None = None
     hedge: float | None = None
+    where: Mapping[str, str] = field(default_factory=dict)
+    """Only instances whose registry metadata has every pair (``--where``)."""
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -227,7 +229,8 @@ def open_channel(opts: ClientOptions, on_call: Callable[[CallInfo], None] | None
     policy = resolve_policy(target, opts.policy)
     if target is None:
         return BalancedChannel(opts.service, opts.registry or opts.state_dir, policy=policy,
-                               retry_on=opts.retry_on, on_call=on_call, hedge_after=opts.hedge)
+                               retry_on=opts.retry_on, on_call=on_call, hedge_after=opts.hedge,
+                               where=opts.where)
     if target.kind == "static":
         return static_channel(target.addresses, policy=policy, retry_on=opts.retry_on,
                               on_call=on_call, hedge_after=opts.hedge)

@@ -62,21 +62,23 @@ def up(
     scale: Annotated[list[str], typer.Option("--scale", "-c", metavar="TYPE=N",
                                              help="TYPE=N (repeatable).")]
     = [],  # noqa: B006
-    port: Annotated[int, typer.Option("--port", "-p", metavar="PORT",
-                                      help="Base port ($PORT of the first instance); "
-                                           "0 lets servers pick.")]
-    = defaults.BASE_PORT,
-    grace: Annotated[float, typer.Option(metavar="SECONDS",
-                                         help="Seconds instances get to stop on SIGINT.")]
-    = defaults.GRACE,
+    port: Annotated[int | None, typer.Option(
+        "--port", "-p", metavar="PORT", show_default=False,
+        help=f"Base port ($PORT of the first instance); 0 lets servers pick. Default: "
+             f"[cluster] port of devcluster.toml, else {defaults.BASE_PORT}.")] = None,
+    grace: Annotated[float | None, typer.Option(
+        metavar="SECONDS", show_default=False,
+        help=f"Seconds instances get to stop on SIGINT. Default: the file's grace, "
+             f"else {defaults.GRACE:g}.")] = None,
     restart: Annotated[list[str], typer.Option(
         "--restart", metavar="TYPE=POLICY",
         help="TYPE=POLICY: no, on-failure (default), always.")] = [],  # noqa: B006
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background; "
                                          "return once every instance serves.")] = False,
-    ready_timeout: Annotated[float, typer.Option(metavar="SECONDS",
-                                                 help="Seconds an instance gets to serve.")]
-    = defaults.READY_TIMEOUT,
+    ready_timeout: Annotated[float | None, typer.Option(
+        metavar="SECONDS", show_default=False,
+        help=f"Seconds an instance gets to serve. Default: the file's ready_timeout, "
+             f"else {defaults.READY_TIMEOUT:g}.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="With -d: the instances as JSON, "
                                                         "as `ps --json`.")] = False,
     registry: RegistryOpt = None,
@@ -89,10 +91,17 @@ def up(
     watch: Annotated[bool, typer.Option(
         "--watch", help="Rolling reload when files change (default: the Procfile's "
                         "directory; or the PATHs); see `devcluster reload`.")] = False,
+    config: Annotated[Path | None, typer.Option(
+        "--config", metavar="FILE", show_default=False,
+        help="Project file (default: devcluster.toml beside the Procfile, if there is "
+             "one). Flags override it.")] = None,
     watch_paths: Annotated[list[Path] | None, typer.Argument(
         metavar="[PATH]...", help="With --watch: what to watch.", show_default=False)] = None,
 ) -> None:
     """Start every instance of the Procfile and supervise them (Ctrl-C stops them all).
+
+    Settings per process type (scale, restart, readiness probe, depends_on, env,
+    metadata...) come from devcluster.toml beside the Procfile when there is one.
 
     Example: devcluster up -d -c greeter=3 -p 0   (or: devcluster up --watch src)"""
     if json_ and not detach:
@@ -102,7 +111,7 @@ def up(
     scale_counts = procfile_mod.parse_scale(scale)
     policies = _policies(restart)
     directory = _state_dir(procfile, state_dir)
-    if grace < 0 or ready_timeout <= 0:
+    if (grace is not None and grace < 0) or (ready_timeout is not None and ready_timeout <= 0):
         raise UsageError("--grace must be >= 0 and --ready-timeout > 0")
     if console and not 0 <= console_port <= 65535:
         raise UsageError(f"--console-port must be 0..65535, got {console_port}")
@@ -110,7 +119,8 @@ def up(
         cluster = Cluster(procfile, scale=scale_counts, state_dir=directory, port=port,
                           grace=grace, env_files=env, restart=policies,
                           ready_timeout=ready_timeout, attach=False, registry=registry,
-                          watch=watched, console=console, console_port=console_port)
+                          watch=watched, console=console, console_port=console_port,
+                          config=config)
         began = time.monotonic()
         try:
             states = cluster.up()
@@ -128,12 +138,17 @@ def up(
                       f"`devcluster down{where}`")
         return
     from devcluster.daemon import serve
+    from devcluster.project import Flags
+    from devcluster.projectplan import plan
     from devcluster.supervisor import Settings
 
+    r = plan(procfile, Flags(port=port, grace=grace, ready_timeout=ready_timeout,
+                             registry=registry, scale=scale_counts, restart=policies), config)
     settings = Settings(procfile=procfile.absolute(), state_dir=directory, env_files=tuple(env),
-                        scale=scale_counts, base_port=port, grace=grace,
-                        ready_timeout=ready_timeout, restart=policies,
-                        registry=defaults.registry_url(registry), watch=watched)
+                        scale=dict(r.scale), base_port=r.port, grace=r.grace,
+                        ready_timeout=r.ready_timeout, restart=dict(r.restart),
+                        registry=r.registry, config=config.absolute() if config else None,
+                        types=r.types, waves=r.waves, watch=watched)
     with _console(console, directory, settings.registry, console_port):
         code = asyncio.run(serve(settings, sys.stdout))
     raise typer.Exit(code)

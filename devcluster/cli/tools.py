@@ -46,6 +46,12 @@ def stop_on_signals() -> Iterator[None]:
         for sig, handler in old.items():
             signal.signal(sig, handler)
 
+#: ``--where KEY=VALUE`` of ``call`` and ``client``.
+WhereOpt = Annotated[list[str], typer.Option(
+    "--where", metavar="KEY=VALUE", show_default=False,
+    help="Only instances whose registry metadata has KEY=VALUE (repeatable: all must "
+         "match; see `devcluster meta`).")]
+
 
 @app.command()
 def client(
@@ -77,6 +83,7 @@ def client(
     json_: Annotated[bool, typer.Option("--json", help="One JSON object per call, then a "
                                                         "summary object.")] = False,
     registry: RegistryOpt = None,
+    where: WhereOpt = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """Call SayHello in a loop through the balancing client; print who served each call.
 
@@ -85,6 +92,9 @@ def client(
     Example: devcluster client --service server -n 20 --interval 0.1 --hedge 0.1"""
     from devcluster.cli.client_runner import ClientOptions, run_client
     from devcluster.cli.targets import parse_target, resolve_policy
+    from devcluster.projectcheck import parse_where
+
+    matching = parse_where(where)
 
     # A bad target or policy is a usage error before anything starts.
     parsed = parse_target(target) if target is not None else None
@@ -98,8 +108,8 @@ def client(
                          "static:///HOST:PORT,... instead of a grpc target")
     directory = None
     if parsed is not None:
-        if service is not None or state_dir is not None:
-            raise UsageError("--service and --state-dir pick instances from a registry; "
+        if service is not None or state_dir is not None or matching:
+            raise UsageError("--service, --where and --state-dir pick instances from a registry; "
                              "--target names the servers itself: pass one or the other")
         if parsed.comma_list:
             err.print(f"devcluster: note: grpc reads {target!r} as one host name and cannot "
@@ -115,7 +125,7 @@ def client(
                                  "`devcluster up` (or pass --state-dir, or --target)")
     opts = ClientOptions(service=service, name=name, count=count, interval=interval,
                          concurrency=concurrency, timeout=timeout, json=json_, policy=policy,
-                         state_dir=directory, target=target, hedge=hedge,
+                         state_dir=directory, target=target, hedge=hedge, where=matching,
                          registry=shared if _is_etcd(registry) and parsed is None else None)
     with stop_on_signals():
         summary = run_client(opts, out)

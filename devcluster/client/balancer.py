@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -104,8 +104,11 @@ class Balancer:
         retry_on: Collection[grpc.StatusCode] = (),
         order: OrderKey | None = None,
         lock: AbstractContextManager[Any] | None = None,
+        where: Mapping[str, str] | None = None,
     ) -> None:
         self.service = service
+        #: Only instances whose registry metadata has every one of these pairs take calls.
+        self.where: Mapping[str, str] = dict(where or {})
         #: Sorts instance names for failover and for the candidates (None: by name);
         #: the picker gets the same key.
         self._order = order
@@ -167,7 +170,7 @@ class Balancer:
 
     def _rebuild(self) -> None:
         usable = [self._instances[name] for name in self._sorted(self._instances)
-                  if self._instances[name].record.usable]
+                  if self._instances[name].record.usable and self.matches(self._instances[name])]
         healthy = [inst for inst in usable if inst.ejected is None]
         # When the registry takes away every instance we trust, an ejected one is
         # still better than none: calls go to it rather than wait for its probe.
@@ -175,6 +178,12 @@ class Balancer:
         self._candidates = tuple((inst.name, inst.record.weight) for inst in healthy or usable)
         self.generation += 1
         self._effects.changed()
+
+    def matches(self, inst: Instance) -> bool:
+        """True when ``inst``'s metadata has every ``where`` pair (metadata can change
+        at runtime: each registry change re-selects)."""
+        metadata = inst.record.metadata
+        return all(metadata.get(k) == v for k, v in self.where.items())
 
     # -- picking ------------------------------------------------------------
 
@@ -281,9 +290,12 @@ class Balancer:
     def why_unusable(self, failures: dict[str, str] | None = None) -> str:
         """One line naming every known instance and why it takes no calls now."""
         failures = failures or {}
-        parts = [f"{inst.name} {_reason(inst, failures.get(inst.name))}"
+        parts = [f"{inst.name} {_reason(inst, failures.get(inst.name))}" if self.matches(inst)
+                 else f"{inst.name} has metadata {_pairs(inst.record.metadata) or '{}'}"
                  for inst in self.instances()]
         what = "any service" if self.service is None else f"service {self.service!r}"
+        if self.where:
+            what += f" where {_pairs(self.where)}"
         if not parts:
             return f"no usable instance of {what}: the registry lists none"
         return f"no usable instance of {what}: {', '.join(parts)}"
@@ -319,3 +331,7 @@ def _reason(inst: Instance, failure: str | None) -> str:
     if inst.ejected:
         return inst.ejected
     return failure or "serving but failed this call"
+
+
+def _pairs(metadata: Mapping[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(metadata.items()))

@@ -143,6 +143,8 @@ class ChannelDriver(abc.ABC):
     follows ``$DEVCLUSTER_CLIENT_STATS`` (on unless ``0``). ``state_dir`` says where
     (default: the file registry's own dir; an etcd registry publishes nothing
     without it).
+    ``where`` (``{"zone": "a"}``): only instances whose registry metadata has every
+    one of these pairs take calls; a change of metadata at runtime re-selects.
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class ChannelDriver(abc.ABC):
         hedge_after: float | None = None,
         stats: bool | None = None,
         state_dir: str | os.PathLike[str] | None = None,
+        where: Mapping[str, str] | None = None,
     ) -> None:
         if hedge_after is not None and hedge_after <= 0:
             raise UsageError(f"hedge_after must be > 0 seconds (or None: off), got {hedge_after}")
@@ -178,7 +181,8 @@ class ChannelDriver(abc.ABC):
         self.balancer = Balancer(
             service, picker,
             Effects(self._open_channel, self._retire_channel, self._start_probe, self._changed),
-            eject_after=eject_after, retry_on=retry_on, order=order, lock=self._lock)
+            eject_after=eject_after, retry_on=retry_on, order=order, lock=self._lock,
+            where=where)
         # The first view is synchronous: a call right after construction has targets.
         self.balancer.apply(self._registry.snapshot())
         self._watcher = threading.Thread(

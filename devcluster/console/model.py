@@ -64,7 +64,7 @@ def row_from_record(rec: Record, now: float | None = None) -> dict[str, Any]:
         "uptime_s": round(now - rec.started_at, 3) if rec.started_at and rec.state.running
         else 0.0,
         "cpu_percent": None, "rss_bytes": None, "uss_bytes": None, "last_exit": None,
-        "started_at": rec.started_at,
+        "started_at": rec.started_at, "metadata": dict(rec.metadata),
     }
 
 

@@ -34,6 +34,8 @@ from devcluster.registry.record import RECORD_FIELDS, Record, Snapshot, State
 FORMAT_VERSION = 1
 
 _TOP_KEYS = ("version", "revision", "instances")
+#: Record fields a stored record may lack (they have a default).
+_OPTIONAL = frozenset({"metadata"})
 _STATE_VALUES = ", ".join(s.value for s in State)
 
 
@@ -75,7 +77,8 @@ def record_from_json(key: str, obj: Any) -> Record:
     where = f"instances.{key}"
     if not isinstance(obj, dict):
         raise InvalidRecordError(f"{where} must be an object, got {_kind(obj)}")
-    missing = [f for f in RECORD_FIELDS if f not in obj]
+    # metadata came later: a record written before it simply has none.
+    missing = [f for f in RECORD_FIELDS if f not in obj and f not in _OPTIONAL]
     extra = sorted(set(obj) - set(RECORD_FIELDS))
     if missing:
         raise InvalidRecordError(f"{where} lacks field(s) {', '.join(missing)}")
@@ -117,7 +120,18 @@ def record_from_json(key: str, obj: Any) -> Record:
         restarts=obj["restarts"],
         started_at=started_at,
         updated_at=_number(obj["updated_at"], f"{where}.updated_at", nullable=False),
+        metadata=_metadata(obj.get("metadata", {}), f"{where}.metadata"),
     )
+
+
+def _metadata(value: Any, where: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise InvalidRecordError(f"{where} must be an object of strings, got {_kind(value)}")
+    for key, item in value.items():
+        if not key or "=" in key or not isinstance(item, str):
+            raise InvalidRecordError(f"{where}.{key} must be a string under a key without "
+                                     f"'=', got {item!r}")
+    return dict(value)
 
 
 def check_record(record: Record) -> Record:

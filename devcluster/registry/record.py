@@ -61,6 +61,7 @@ RECORD_FIELDS = (
     "restarts",
     "started_at",
     "updated_at",
+    "metadata",
 )
 
 
@@ -82,6 +83,9 @@ class Record:
     restarts: int = 0
     started_at: float | None = None
     updated_at: float = 0.0
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """Free-form labels (string to string): ``devcluster.toml``'s ``metadata``, ``devcluster
+    meta``; clients select instances with them (``--where zone=a``)."""
 
     @property
     def usable(self) -> bool:
@@ -92,12 +96,15 @@ class Record:
         """A copy with ``changes`` applied (``state`` may be given as a string)."""
         if "state" in changes:
             changes["state"] = State(changes["state"])
+        if "metadata" in changes:  # a copy: the caller's dict may change later
+            changes["metadata"] = dict(changes["metadata"])
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the stable field order."""
         out = {name: getattr(self, name) for name in RECORD_FIELDS}
         out["state"] = self.state.value
+        out["metadata"] = dict(self.metadata)
         return out
 
 
