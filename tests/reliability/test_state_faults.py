@@ -308,13 +308,15 @@ for port in range(20000, 60000, 7):
     except OSError:
         side.close()
         side = socket.socket()
-side.listen()
 server = grpc.server(futures.ThreadPoolExecutor(2))
 servicer = health.HealthServicer()
 health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
 server.add_insecure_port(f"127.0.0.1:{port + 1}")
 server.start()
 servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+# Both listen by the time devcluster looks: it must choose between them. (A side port
+# that listens alone first is another case: nothing tells it is not the server's.)
+side.listen()
 print("side", port, "grpc", port + 1, flush=True)
 time.sleep(300)
 """
