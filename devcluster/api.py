@@ -104,7 +104,8 @@ class Cluster:
         self.env_files = tuple(Path(p) for p in env_files)
         self.restart_policies = dict(restart or {})
         self.ready_timeout = defaults.READY_TIMEOUT if ready_timeout is None else ready_timeout
-        self.attach = attach
+        #: Whether the cluster dies with this process (the constructor's ``attach``).
+        self.tied = attach
         self.config = None if config is None else Path(config).absolute()
         #: ``etcd://...`` (or ``$DEVCLUSTER_REGISTRY``); None: the state dir's file
         #: (or the project file's ``[cluster] registry``, known once :meth:`up` read it).
@@ -130,9 +131,6 @@ class Cluster:
         """The Cluster of a supervisor that already runs (``devcluster up -d``, another
         process): ``where`` is its state dir or its Procfile. Do not call ``up()`` on it;
         ``down()`` stops it through its control plane. NoClusterError when none runs.
-
-        (On an instance, ``cluster.attach`` is the constructor's flag: whether the
-        cluster dies with this process. The class attribute is this constructor.)
 
         >>> cluster = Cluster.attach(".devcluster")                  # doctest: +SKIP
         >>> cluster.kill("server2"); cluster.events()[-1].describe()  # doctest: +SKIP
@@ -178,7 +176,7 @@ class Cluster:
         read_fd, write_fd = os.pipe()
         passed = [write_fd, lock.fileno()]
         lifeline = None
-        if self.attach:
+        if self.tied:
             # The daemon holds the read end; when this process ends (however), the write
             # end closes and the cluster shuts down gracefully.
             lifeline, self._lifeline = os.pipe()

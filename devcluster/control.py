@@ -116,7 +116,8 @@ def from_pb(inst: pb.Instance, now: float | None = None) -> InstanceInfo:
         rss_bytes=opt("rss_bytes"), uss_bytes=opt("uss_bytes"), last_exit=opt("last_exit"),
         started_at=opt("started_at"),
         # A map has no presence: the metadata is known when the registry was read.
-        metadata=dict(inst.metadata) if inst.HasField("weight") else None)
+        metadata=dict(inst.metadata) if inst.HasField("weight") else None,
+        ready=opt("ready"))
 
 
 class _Servicer(pb_grpc.ControlServicer):

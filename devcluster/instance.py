@@ -106,6 +106,8 @@ class Instance:
         self._task: asyncio.Task[None] | None = None
         self._ready_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        #: How the current process was found ready ("health check", "TCP connect"...).
+        self.ready_how: str | None = None
         self._spawned_once = False
         self._run_group: asyncio.TaskGroup | None = None  # owns this run's pump and probe
         #: False while the registry record of this name is another process's: a
@@ -330,6 +332,7 @@ class Instance:
         """Spawn, pump output, probe readiness, wait for exit. None when it never ran."""
         self._intent = None
         self.ready_timed_out = False
+        self.ready_how = None
         again = self._spawned_once
         if again:
             self.restarts += 1
@@ -455,6 +458,7 @@ class Instance:
                     self._probe(ready), max(0.01, deadline - time.monotonic()), alive)
         if result.ok and alive() and self.state is State.STARTING:
             self.serving_since = time.monotonic()
+            self.ready_how = result.reason
             self._set(State.SERVING)
             self.rt.sink.system(f"{self.name} serving on {self.address or 'no port'} "
                                 f"({result.reason}, {1000 * (time.monotonic() - began):.0f} ms)")
@@ -522,7 +526,8 @@ class Instance:
             uptime_s=uptime(self.state.value, self.started_at, now) if running else None,
             cpu_percent=cpu, rss_bytes=rss, uss_bytes=uss, last_exit=self.last_exit or None,
             started_at=self.started_at,
-            metadata=dict(record.metadata) if record else None)
+            metadata=dict(record.metadata) if record else None,
+            ready=self.ready_how if running and self.state is not State.STARTING else None)
 
 
 async def _landed(written: Future[None], timeout: float) -> bool:

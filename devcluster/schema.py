@@ -88,6 +88,10 @@ class InstanceInfo:
     metadata: dict[str, str] | None = None
     """Registry labels (``zone=a``) clients select by; None when the registry could not
     be read."""
+    ready: str | None = None
+    """How the current process was found ready: ``health check``, ``TCP connect`` (a
+    server without the health service), or the probe of devcluster.toml (``health of
+    'echo.Echo': SERVING``, ``GET /healthz: 200``...); None when not known or not yet."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, keys in the documented order."""

@@ -97,3 +97,19 @@ def test_a_platform_without_posix_gets_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("devcluster: error: ") and "fcntl" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ps_says_how_readiness_was_decided(tmp_path: Path, run_cli: Cli) -> None:
+    """A greeter answers gRPC health; a plain TCP server is only connected to."""
+    tcp = ("python -c \"import os, socket, time; s = socket.socket(); "
+           "s.bind(('127.0.0.1', int(os.environ['PORT']))); s.listen(); time.sleep(60)\"")
+    (tmp_path / "Procfile").write_text(f"greeter: {GREETER}\ntcp: {tcp}\n")
+    _ok(run_cli("up", "-d", "-p", "0"))
+    try:
+        rows = {r["name"]: r for r in json.loads(_ok(run_cli("ps", "--json")))}
+        assert rows["greeter"]["ready"] == "health check"
+        assert rows["tcp"]["ready"] == "TCP connect"
+        _ok(run_cli("stop", "tcp"))
+        assert json.loads(_ok(run_cli("ps", "--json")))[1]["ready"] is None  # not running
+    finally:
+        _ok(run_cli("down", "--grace", "1"))
