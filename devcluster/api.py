@@ -8,15 +8,13 @@
 The supervisor runs as a separate process (``devcluster up`` in the background), so a
 cluster outlives nothing it should not: with ``attach=True`` (the default for the API)
 it dies with the Python process that started it, and its instances die with it.
+Starting it: :mod:`devcluster.launch`; reaching a cluster without one: :mod:`devcluster.access`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +22,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 from devcluster import defaults
 from devcluster import procfile as procfile_mod
+from devcluster.access import (  # noqa: F401  public here since the beginning
+    control_client,
+    instance_dict,
+    set_metadata,
+    set_weight,
+)
 from devcluster.errors import (
     ClusterRunningError,
     DevclusterError,
@@ -31,9 +35,10 @@ from devcluster.errors import (
     UsageError,
     from_payload,
 )
+from devcluster.launch import Launch
 from devcluster.logs import tail
 from devcluster.project import Resolved
-from devcluster.registry import Record, Registry, Snapshot, State, open_registry
+from devcluster.registry import Registry, Snapshot, State, open_registry
 from devcluster.registry.record import parse_weight
 from devcluster.schema import InstanceInfo
 from devcluster.statedir import running_pid
@@ -71,7 +76,7 @@ class ReloadError(DevclusterError):
             self.exit_code = 2
 
 
-class Cluster:
+class Cluster(Launch):
     """A devcluster cluster: start it, play with its instances, stop it."""
 
     def __init__(
@@ -165,48 +170,7 @@ class Cluster:
             raise ClusterRunningError(
                 f"a cluster is already running in {self.state_dir} (supervisor pid {pid}); "
                 "stop it with `devcluster down` or use another --state-dir")
-        from devcluster.statedir import prepare, take_lock
-
-        prepare(self.state_dir)  # never changes the mode of a directory it did not create
-        # Lock the state dir now and hand the lock to the daemon (the same open file):
-        # from this moment `down` sees a cluster starting, and two `up -d` cannot race.
-        lock = take_lock(self.state_dir)
-        where = defaults.layout(self.state_dir)
-        where.logs.mkdir(exist_ok=True)
-        read_fd, write_fd = os.pipe()
-        passed = [write_fd, lock.fileno()]
-        lifeline = None
-        if self.tied:
-            # The daemon holds the read end; when this process ends (however), the write
-            # end closes and the cluster shuts down gracefully.
-            lifeline, self._lifeline = os.pipe()
-            passed.append(lifeline)
-        out = open(where.daemon_out, "ab")  # noqa: SIM115
-        try:
-            self._proc = subprocess.Popen(
-                # --state-dir only labels the process (`ps`, the pytest plugin's leak guard
-                # and sweeps find a cluster's supervisor by it); settings come on stdin.
-                [sys.executable, "-m", "devcluster.daemon", "--state-dir", str(self.state_dir)],
-                stdin=subprocess.PIPE,
-                stdout=out, stderr=out, pass_fds=passed, start_new_session=True,
-                cwd=self.procfile.parent)
-        finally:
-            for fd in passed[:1] + passed[2:]:
-                os.close(fd)
-            lock.close()  # the daemon holds it now
-            out.close()
-        # The settings go through a pipe, not argv: no size limit ("Argument list too
-        # long"), and not on display in `ps` to every user.
-        assert self._proc.stdin is not None
-        try:
-            self._proc.stdin.write(self._settings(write_fd, lifeline, passed[1]).encode())
-            self._proc.stdin.close()
-        except BrokenPipeError:
-            pass  # it died at once; _read_ready reports it
-        try:
-            payload = self._read_ready(read_fd)
-        finally:
-            os.close(read_fd)
+        payload = self._start_daemon()
         if "error" in payload:  # the daemon could not start: its error, as data
             raise from_payload(payload["error"])
         states: dict[str, dict[str, Any]] = payload["instances"]
@@ -218,78 +182,6 @@ class Cluster:
         if bad:
             raise NotReadyError(self._not_ready_message(bad), states)
         return states
-
-    def _resolve(self) -> Resolved:
-        """Flags over ``devcluster.toml`` (a bad file raises here: nothing has started)."""
-        from devcluster.policy import Policy
-        from devcluster.project import Flags
-        from devcluster.projectplan import plan
-
-        port, grace, ready_timeout, registry = self._flags
-        try:
-            restart = {k: Policy(str(v)) for k, v in self.restart_policies.items()}
-        except ValueError as e:
-            raise UsageError(f"bad restart policy: {e}; use no, on-failure or always") from None
-        flags = Flags(port=port, grace=grace, ready_timeout=ready_timeout, registry=registry,
-                      scale=self.scale_counts, restart=restart)
-        resolved = self.resolved = plan(self.procfile, flags, self.config)
-        # down() waits this long (+10 s): the longest any instance may take to stop.
-        self.grace = max([resolved.grace, *(t.grace for t in resolved.types.values())])
-        self.ready_timeout = resolved.ready_timeout
-        self.registry_url = resolved.registry
-        return resolved
-
-    def _settings(self, ready_fd: int, lifeline_fd: int | None, lock_fd: int) -> str:
-        """The daemon's settings (devcluster.supervisor.Settings) as JSON."""
-        from devcluster.projectplan import types_to_json
-
-        r = self.resolved
-        assert r is not None
-        return json.dumps({
-            "procfile": str(self.procfile), "state_dir": str(self.state_dir),
-            "env_files": [str(p) for p in self.env_files], "scale": dict(r.scale),
-            "base_port": r.port, "grace": r.grace, "ready_timeout": r.ready_timeout,
-            "restart": {k: v.value for k, v in r.restart.items()},
-            "ready_fd": ready_fd, "lifeline_fd": lifeline_fd, "lock_fd": lock_fd,
-            "registry": r.registry, "config": str(self.config) if self.config else None,
-            "types": types_to_json(r.types), "waves": [list(w) for w in r.waves],
-            "watch": None if self.watch is None else [str(p) for p in self.watch],
-            "console": self.console, "console_port": self.console_port})
-
-    def _read_ready(self, fd: int) -> dict[str, Any]:
-        from devcluster.projectplan import settle_budget
-
-        r = self.resolved
-        budget = settle_budget(r.types, r.waves, r.ready_timeout) if r else self.ready_timeout
-        # Crash loops settle as `failed` after ~7.5 s of backoff; allow for that.
-        deadline = time.monotonic() + budget + 60
-        data = b""
-        while not data.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            ready, _, _ = select.select([fd], [], [], max(0.0, remaining))
-            if not ready:
-                raise DevclusterError(f"the cluster did not settle in time; see "
-                                      f"`devcluster logs` (state dir {self.state_dir})")
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            data += chunk
-        if not data.strip():  # it died before it could say anything (killed, no memory...)
-            assert self._proc is not None
-            code = self._proc.wait(timeout=30)
-            lines = tail(defaults.layout(self.state_dir).daemon_out, 5)
-            why = next((ln for ln in reversed(lines) if ln.strip()), "no output")
-            raise DevclusterError(f"the supervisor exited ({code}) before it was ready: {why}")
-        return json.loads(data)
-
-    def _not_ready_message(self, bad: Mapping[str, Mapping[str, Any]]) -> str:
-        parts = []
-        for name, s in bad.items():
-            why = s.get("last_exit") or ("not answering" if s["state"] == "starting" else "")
-            log = tail(defaults.layout(self.state_dir).log(name), 3)
-            last = f"; last log: {' / '.join(log)}" if log else ""
-            parts.append(f"{name} {s['state']}{f' ({why})' if why else ''}{last}")
-        return "not serving: " + "; ".join(parts)
 
     def down(self, grace: float | None = None) -> None:
         """Stop every instance gracefully and the supervisor; no-op when none runs."""
@@ -506,42 +398,3 @@ class Cluster:
         {'zone': 'b'}
         """
         return dict(set_metadata(self.registry, name, changes).metadata)
-
-
-def set_weight(registry: Registry, name: str, weight: str | int) -> None:
-    registry.update(name, weight=parse_weight(weight))
-
-
-def set_metadata(registry: Registry, name: str,
-                 changes: Mapping[str, str | None]) -> Record:
-    """Set (``"zone": "a"``) or remove (``"zone": None``) keys of ``name``'s metadata in
-    one atomic read-modify-write (no concurrent change is lost); the record as stored."""
-    def decide(snap: Snapshot) -> dict[str, dict[str, Any]]:
-        if name not in snap.records:
-            from devcluster.errors import UnknownInstanceError
-
-            raise UnknownInstanceError(name, list(snap.records))
-        metadata = dict(snap.records[name].metadata)
-        for key, value in changes.items():
-            if value is None:
-                metadata.pop(key, None)
-            else:
-                metadata[key] = value
-        return {name: {"metadata": metadata}}
-
-    return registry.modify(decide).records[name]
-
-
-
-def control_client(state_dir: Path) -> Any:
-    """A ControlClient for ``state_dir`` (grpc is imported here, not by this module)."""
-    from devcluster.control import ControlClient
-
-    return ControlClient(state_dir)
-
-
-def instance_dict(inst: Any) -> dict[str, Any]:
-    """A control-plane Instance as the ``ps --json`` dict (:class:`InstanceInfo`'s keys)."""
-    from devcluster.control import as_dict
-
-    return as_dict(inst)

@@ -3,6 +3,10 @@
 Exactly one object changes an instance's state: its :class:`Instance`. Every change
 is written to the registry (except ``paused``: a frozen server stays advertised as
 serving, as a real hung server would) and wakes whoever waits on the instance.
+
+This module holds its state and verbs (start, stop, kill, pause...); running its
+process is :mod:`devcluster.lifecycle` and deciding that it serves is
+:mod:`devcluster.readiness`, both parts of the one class.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import asyncio
 import collections
 import contextlib
 import signal
-import sys
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
@@ -21,21 +24,25 @@ from typing import Any
 
 import psutil
 
-from devcluster import defaults, health, probes, process
+from devcluster import defaults, probes, process
 from devcluster.events import Event, EventKind, EventLog
+from devcluster.lifecycle import (  # noqa: F401  the restart constants, where they were
+    BACKOFF_CAP,
+    BACKOFF_FIRST,
+    BACKOFF_RESET_AFTER,
+    MAX_FAILURES,
+    Lifecycle,
+)
 from devcluster.logs import LogSink
 from devcluster.policy import Policy
-from devcluster.procfile import InstanceSpec, child_environment, command_argv
-from devcluster.project import Ready, TypeSettings
+from devcluster.procfile import InstanceSpec
+from devcluster.project import TypeSettings
+from devcluster.readiness import Readiness
 from devcluster.recorder import Recorder
 from devcluster.registry import Record, State
 from devcluster.schema import InstanceInfo, uptime
 from devcluster.watchdog import Watchdog
 
-#: Restart backoff: 0.5 s doubling, capped; reset once an instance served this long.
-BACKOFF_FIRST, BACKOFF_CAP, BACKOFF_RESET_AFTER = 0.5, 30.0, 10.0
-#: Consecutive failed runs after which the restart policy gives up (state ``failed``).
-MAX_FAILURES = 5
 #: Seconds between ``draining`` in the registry and SIGINT for a single-instance stop:
 #: registry watchers see a change within ~10 ms (p99); a margin for loaded machines.
 DRAIN_DELAY = 0.1
@@ -75,7 +82,7 @@ class Runtime:
             self.events.append(Event(time.time(), kind, name, **fields))
 
 
-class Instance:
+class Instance(Lifecycle, Readiness):
     """A supervised instance. Build it with a spec; drive it with start/stop/kill/pause."""
 
     def __init__(self, spec: InstanceSpec, policy: Policy, rt: Runtime,
@@ -312,194 +319,6 @@ class Instance:
         except TimeoutError:
             return False
         return True
-
-    # -- life cycle --------------------------------------------------------------------
-
-    async def _lifecycle(self) -> None:
-        """Run the process; after an exit by itself, apply the restart policy."""
-        while True:
-            returncode = await self._run_once()
-            if returncode is None:
-                return
-            delay = self._after_exit(returncode)
-            if delay is None:
-                return
-            self.rt.sink.system(f"{self.name} restarting in {delay:g}s "
-                                f"(failure {self.failures} of {MAX_FAILURES})")
-            await asyncio.sleep(delay)
-
-    async def _run_once(self) -> int | None:
-        """Spawn, pump output, probe readiness, wait for exit. None when it never ran."""
-        self._intent = None
-        self.ready_timed_out = False
-        self.ready_how = None
-        again = self._spawned_once
-        if again:
-            self.restarts += 1
-        self._spawned_once = True
-        env = child_environment(self.spec, str(Path(sys.executable).parent))
-        if self.conf is not None:  # the file's env: over the env files, under PORT & co
-            env.update(self.conf.env)
-        env[defaults.ENV_GRACE] = f"{self.grace:g}"  # servers may finish calls within it
-        if defaults.ENV_REUSEPORT not in env:  # .env or the file may say 0: a spare port
-            env[defaults.ENV_REUSEPORT] = "1"  # a reload may start our replacement on our port
-        if self.port and self.port != self.spec.port:
-            env["PORT"] = str(self.port)  # port 0 at first: keep the one it found
-        argv = command_argv(self.spec.command, env)
-        self._env = env  # what an exec probe runs with
-        ready = self.conf.ready if self.conf is not None else None
-        # Before the spawn: the log probe must see the very first line.
-        self._log_probe = probes.LogProbe(ready.arg) if ready and ready.kind == "log" else None
-        try:
-            proc = await process.spawn(argv, env, str(self.rt.cwd))
-        except OSError as e:
-            self.last_exit = f"cannot run {argv[0]!r}: {e.strerror or e}"
-            self.rt.sink.system(f"{self.name} failed: {self.last_exit}; fix the Procfile line")
-            self.pid = None
-            self._set(State.FAILED)
-            return None
-        self._proc, self.pid = proc, proc.pid
-        self.rt.event(EventKind.STARTED, self.name, new=proc.pid, who=self.asker)
-        if again:
-            self.rt.event(EventKind.RESTARTED, self.name, new=self.restarts,
-                          who=self.asker or "restart policy")
-        if self.rt.watchdog is not None:
-            self.rt.watchdog.track(proc.pid)
-        try:
-            self._ps = psutil.Process(proc.pid)
-            self.started_at = self._ps.create_time()
-            self._ps.cpu_percent(None)
-        except psutil.Error:
-            self._ps, self.started_at = None, time.time()
-        self.serving_since = None
-        self._set(State.STARTING)
-        self.rt.sink.system(f"{self.name} started (pid {proc.pid}): {self.spec.command}")
-        async with asyncio.TaskGroup() as run:
-            self._run_group = run
-            pump = run.create_task(self._pump(proc))
-            self._ready_task = run.create_task(self._become_ready(proc))
-            returncode = await self._wait_exit(proc)
-            self.rt.event(EventKind.EXITED, self.name, who=self.asker,
-                          code=returncode if returncode >= 0 else None,
-                          signal=process.describe_exit(returncode).removeprefix("signal ")
-                          if returncode < 0 else None)
-            self._ready_task.cancel()
-            # The leader is gone; sweep whatever it left in its group and what it
-            # daemonized out of it (adopted: we are a subreaper), then drain the pipe.
-            process.signal_group(proc.pid, signal.SIGKILL)
-            await asyncio.to_thread(process.sweep, self.rt.ours(), self.name)
-            if self.rt.watchdog is not None:
-                self.rt.watchdog.forget(proc.pid)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(pump), 2.0)
-            pump.cancel()
-        self._run_group = None
-        self.last_exit = process.describe_exit(returncode)
-        return returncode
-
-    async def _wait_exit(self, proc: asyncio.subprocess.Process) -> int:
-        """Wait for the process to exit; if cancelled (the supervisor's task group is
-        failing), stop it first (SIGINT, grace, SIGKILL), as trio's run_process does."""
-        try:
-            return await process.wait_exit(proc)
-        except asyncio.CancelledError:
-            process.signal_group(proc.pid, signal.SIGINT)
-            try:
-                await asyncio.wait_for(process.wait_exit(proc), self.grace)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
-            finally:
-                process.signal_group(proc.pid, signal.SIGKILL)
-            raise
-
-    async def _pump(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while True:
-            try:
-                line = await proc.stdout.readline()
-            except ValueError:  # a line over the limit: take what there is
-                line = await proc.stdout.read(1 << 16)
-            if not line:
-                return
-            text = line.decode("utf-8", "replace")
-            self.recent.append(text.rstrip("\r\n"))
-            self.rt.sink.line(self.name, text)
-            if self._log_probe is not None:
-                self._log_probe.feed(text)
-
-    async def _become_ready(self, proc: asyncio.subprocess.Process) -> None:
-        timeout = self.ready_timeout
-        deadline = time.monotonic() + timeout
-        began = time.monotonic()
-
-        def alive() -> bool:
-            return proc.returncode is None
-
-        ready = self.conf.ready if self.conf is not None else None
-        if ready is not None and ready.kind in ("log", "exec"):
-            # Neither needs a port: probe first, then register whatever port it has.
-            result = await probes.wait_ready(self._probe(ready), timeout, alive)
-            ports = process.listening_ports(proc.pid) if result.ok and alive() else []
-            port: int | None = await health.pick_port(ports, self.port) if ports else None
-        else:
-            port = await health.find_port(proc.pid, self.port, alive, deadline,
-                                          expect_wanted="PORT" in self.spec.command
-                                          and not self.shared_port)
-            where = f"on 127.0.0.1:{port}" if port else "on any port"
-            result = probes.ProbeResult(False, f"nothing listening {where}")
-        if port is not None:
-            self.port, self.address = port, f"127.0.0.1:{port}"
-            if ready is None:  # the default: gRPC health, TCP for servers without it
-                how = await health.wait_ready(self.address, alive, deadline)
-                result = probes.ProbeResult(how is not None, how or "nothing answering "
-                                            f"on {self.address}")
-            elif ready.kind not in ("log", "exec"):
-                result = await probes.wait_ready(
-                    self._probe(ready), max(0.01, deadline - time.monotonic()), alive)
-        if result.ok and alive() and self.state is State.STARTING:
-            self.serving_since = time.monotonic()
-            self.ready_how = result.reason
-            self._set(State.SERVING)
-            self.rt.sink.system(f"{self.name} serving on {self.address or 'no port'} "
-                                f"({result.reason}, {1000 * (time.monotonic() - began):.0f} ms)")
-            return
-        if alive() and self.state is State.STARTING:
-            self.ready_timed_out = True
-            why = result.reason.partition(": ")[2] if result.reason.startswith("not ready after") \
-                else result.reason
-            self.rt.sink.system(f"{self.name} not ready after {timeout:g}s ({why})")
-            self._changed.set()
-
-    def _probe(self, ready: Ready) -> probes.Probe:
-        if ready.kind == "log" and self._log_probe is not None:
-            return self._log_probe
-        return probes.probe_for(ready, self.address or "127.0.0.1:0", self._env, self.rt.cwd)
-
-    def _after_exit(self, returncode: int) -> float | None:
-        """Set the state after an exit; return the restart delay, or None to stay down."""
-        self._proc = None
-        intent, self._intent = self._intent, None
-        if intent is not None:
-            self.rt.sink.system(f"{self.name} {intent.value} ({self.last_exit})")
-            self._set(intent)
-            return None
-        served = self.serving_since is not None and \
-            time.monotonic() - self.serving_since >= BACKOFF_RESET_AFTER
-        if served:
-            self.failures = 0
-        failed = returncode != 0
-        self.rt.sink.system(f"{self.name} exited by itself ({self.last_exit})")
-        if self.policy is Policy.NO or (self.policy is Policy.ON_FAILURE and not failed):
-            self._set(State.EXITED)
-            return None
-        self.failures += 1
-        if self.failures >= MAX_FAILURES:
-            self.rt.sink.system(f"{self.name} failed {self.failures} times in a row; giving up "
-                                f"(fix it, then `devcluster start {self.name}`)")
-            self._set(State.FAILED)
-            return None
-        self._set(State.BACKOFF)
-        return min(BACKOFF_FIRST * 2 ** (self.failures - 1), BACKOFF_CAP)
 
     def stats(self) -> tuple[float | None, int | None, int | None]:
         """(CPU % since the last call, RSS, USS) of the leader; None when not measured."""

@@ -4,8 +4,12 @@ It owns the instances (each changes its own state), their registry records (writ
 by one :class:`~devcluster.recorder.Recorder` thread, never on the event loop) and the
 signal handlers. Every task it runs belongs to the task group of :meth:`Supervisor.run`,
 whose exit path always stops every instance. It knows nothing of the control plane:
-:mod:`devcluster.control` calls the verbs below through a small protocol, and
+:mod:`devcluster.control` calls its verbs through a small protocol, and
 :mod:`devcluster.daemon` wires the two together.
+
+This module holds the cluster's life (start in waves, settle, shut down, signals); the
+control verbs are :mod:`devcluster.verbs` and membership (scale, reload, adding and
+removing instances) is :mod:`devcluster.membership`, both parts of the one class.
 """
 
 from __future__ import annotations
@@ -24,21 +28,19 @@ import psutil
 
 from devcluster import defaults, process, procfile
 from devcluster import reload as rolling
-from devcluster.errors import DevclusterError, UnknownInstanceError
+from devcluster.errors import DevclusterError
 from devcluster.events import EventKind, EventLog, follow_registry
-from devcluster.instance import DRAIN_DELAY, Instance, Policy, Runtime, _landed
+from devcluster.instance import Instance, Policy, Runtime, _landed
 from devcluster.logs import LogSink
-from devcluster.process import parse_signal
+from devcluster.membership import Membership
 from devcluster.project import TypeSettings
 from devcluster.projectplan import settle_budget
 from devcluster.recorder import Recorder
-from devcluster.registry import Record, Registry, State
-from devcluster.schema import InstanceInfo
+from devcluster.registry import Registry, State
 from devcluster.triggers import lifeline, signals
+from devcluster.verbs import Verbs
 from devcluster.watchdog import Watchdog
 
-_DONE = {"kill": "killed", "stop": "stopped", "start": "started", "restart": "restarted",
-         "pause": "paused", "resume": "resumed"}
 T = TypeVar("T")
 #: Longest a whole-cluster shutdown waits for its `draining` write before SIGINT.
 _DRAIN_WRITE_WAIT = 0.5
@@ -81,7 +83,7 @@ class Settings:
     """Start order from ``depends_on``: () starts every type at once."""
 
 
-class Supervisor:
+class Supervisor(Verbs, Membership):
     """The running cluster: build it inside a running loop, then :meth:`run` it."""
 
     def __init__(self, settings: Settings, registry: Registry, sink: LogSink,
@@ -175,138 +177,6 @@ class Supervisor:
             self.sink.system(f"timeline: no longer following the registry ({e})")
         finally:
             stop.set()  # the thread returns within one watch step
-
-    def make_instance(self, spec: procfile.InstanceSpec) -> Instance:
-        """A new instance of ``spec`` with its type's settings, in no table yet."""
-        policy = self.settings.restart.get(spec.process_type, Policy.ON_FAILURE)
-        self.sink.widen(spec.name)
-        return Instance(spec, policy, self.rt, self.settings.types.get(spec.process_type))
-
-    def _add(self, spec: procfile.InstanceSpec) -> Instance:
-        inst = self.instances[spec.name] = self.make_instance(spec)
-        return inst
-
-    # -- lookup ------------------------------------------------------------------------
-
-    def select(self, names: Iterable[str], all_: bool = False) -> list[Instance]:
-        """Instances named, or all of a process type, or every one; unknown -> error."""
-        if all_:
-            return list(self.instances.values())
-        chosen: dict[str, Instance] = {}
-        for name in names:
-            procfile.check_name(name)
-            if name in self.instances:
-                chosen[name] = self.instances[name]
-                continue
-            of_type = [i for i in self.instances.values() if i.spec.process_type == name]
-            if not of_type:
-                raise UnknownInstanceError(name, list(self.instances))
-            chosen.update((i.name, i) for i in of_type)
-        return list(chosen.values())
-
-    async def infos(self, chosen: Iterable[Instance] | None = None) -> list[InstanceInfo]:
-        """Instances in the one schema (every one by default); the registry is read in a
-        thread, once, for weight and enabled (None if it cannot be read)."""
-        chosen = list(self.instances.values() if chosen is None else chosen)
-        # Unreadable (corrupt, deleted): answer from memory, with what we last wrote.
-        last = self.records.last
-        records: dict[str, Record] = dict(last.records) if last is not None else {}
-        with contextlib.suppress(DevclusterError, OSError):
-            records = dict((await asyncio.to_thread(self.registry.snapshot)).records)
-        now = time.time()
-        return [i.info(records.get(i.name), now) for i in chosen]
-
-    async def _written(self) -> None:
-        """Wait (bounded) until every registry write queued so far landed, so a control
-        client reading the registry right after a reply sees what the reply says."""
-        await _landed(self.records.flush(), self.settings.grace)
-
-    # -- verbs (the control plane calls these) ------------------------------------------
-
-    async def act(self, verb: str, names: Sequence[str], all_: bool = False, *,
-                  signal_name: str = "", wait: bool = False,
-                  timeout: float = defaults.CONTROL_WAIT,
-                  who: str = "") -> tuple[list[InstanceInfo], list[str]]:
-        """kill/stop/start/restart/pause/resume instances; (their infos, unchanged names)."""
-        do, wanted = self._verb(verb, signal_name)
-        chosen = self.select(names, all_)
-        targets = "--all" if all_ else " ".join(names)
-        sig = parse_signal(signal_name or "SIGKILL").name if verb == "kill" else ""
-        label = f"kill ({sig})" if sig else verb
-        who = who or "a control client"
-        self.sink.system(f"{label} {targets} (asked by {who})")
-        unchanged: list[str] = []
-
-        async def one(inst: Instance) -> None:
-            self.rt.event(EventKind.ASKED, inst.name, who=who, detail=f"{verb} {sig}".rstrip())
-            inst.asker = who  # the state changes and exits it causes name the asker
-            try:
-                result = do(inst)
-                changed = await result if asyncio.iscoroutine(result) else result
-                if not changed:
-                    unchanged.append(inst.name)
-                elif wanted is not None and wait:
-                    await inst.wait_until(wanted, timeout)
-            finally:
-                inst.asker = None
-
-        await asyncio.gather(*(one(i) for i in chosen))
-        await self._written()
-        failed = {i.name: self.records.failures[i.name] for i in chosen
-                  if i.name in self.records.failures}
-        if failed:  # the action happened; the registry does not say so
-            name, why = next(iter(failed.items()))
-            others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-            raise DevclusterError(f"{_DONE.get(verb, verb)} {name}{others}, but could not "
-                                  f"record it in the registry: {why}")
-        return await self.infos(chosen), unchanged
-
-    def _verb(self, verb: str, signal_name: str) -> tuple[
-            Callable[[Instance], Awaitable[bool] | bool], Callable[[Instance], bool] | None]:
-        """(what ``verb`` does to one instance, what to wait for with ``wait``)."""
-        settled: Callable[[Instance], bool] = lambda i: i.settled  # noqa: E731
-
-        async def restart(inst: Instance) -> bool:
-            await inst.stop(drain=DRAIN_DELAY)
-            return inst.start(by_command=True)
-
-        if verb == "kill":
-            sig = parse_signal(signal_name or "SIGKILL")
-            return (lambda i: i.kill(sig)), None
-        verbs: dict[str, tuple[Callable[[Instance], Awaitable[bool] | bool],
-                               Callable[[Instance], bool] | None]] = {
-            "stop": (lambda i: i.stop(drain=DRAIN_DELAY), None),
-            "start": (lambda i: i.start(by_command=True), settled),
-            "restart": (restart, settled),
-            "pause": (lambda i: i.pause(), None),
-            "resume": (lambda i: i.resume(), None),
-        }
-        if verb not in verbs:
-            raise DevclusterError(f"unknown action {verb!r}")
-        return verbs[verb]
-
-    async def scale(self, counts: dict[str, int], *, wait: bool = False,
-                    timeout: float = defaults.CONTROL_WAIT, who: str = "") -> list[InstanceInfo]:
-        """Set instance counts of process types; the infos of every instance of them."""
-        who = who or "a control client"
-        self.sink.system(f"scale {counts} (asked by {who})")
-        for ptype, n in counts.items():
-            self.rt.event(EventKind.ASKED, None, who=who, detail=f"scale {ptype}={n}")
-        async with self._membership:
-            changed = await self._scale(counts)
-        if wait:
-            for inst in changed:
-                if inst.name in self.instances:
-                    await inst.wait_until(lambda i: i.settled, timeout)
-        await self._written()
-        return await self.infos(i for i in self.instances.values()
-                                if i.spec.process_type in counts)
-
-    async def down(self, grace: float | None = None, who: str = "") -> list[InstanceInfo]:
-        """Stop the whole cluster; returns once every instance is stopped."""
-        self.request_shutdown(grace, who or "control client")
-        await self.done.wait()
-        return await self.infos()
 
     # -- whole cluster -----------------------------------------------------------------
 
@@ -493,56 +363,6 @@ class Supervisor:
         line = f"ready: {len(serving)}/{len(self.instances)} serving in {seconds:.2f} s"
         self.sink.system(line + (f" (not serving: {', '.join(others)})" if others else ""))
 
-    # -- membership: reload and scale ----------------------------------------------------
-
-    async def reload(self, names: Sequence[str] = (), all_: bool = False, *, who: str = "",
-                     progress: rolling.Emit | None = None) -> rolling.ReloadResult:
-        """Rolling reload (devcluster.reload): apply the files' diff, and replace the
-        instances named (or every one) too. Unknown names raise before anything changes.
-
-        The work is a task of the cluster's own: a control client that goes away does
-        not leave a reload half done.
-        """
-        if self.stopping.is_set():
-            raise DevclusterError("the cluster is shutting down; nothing to reload")
-        targets = {i.name for i in self.select(names, all_)} if names or all_ else set()
-        what = "--all" if all_ else " ".join(names) or "changes only"
-        self.sink.system(f"reload {what} (asked by {who or 'a control client'})")
-
-        def emit(event: rolling.Progress) -> None:
-            self.sink.system(event.text)
-            if progress is not None:
-                progress(event)
-
-        async def work() -> rolling.ReloadResult:
-            async with self._membership:
-                result = await rolling.run(self, targets, emit)
-            await self._written()
-            return result
-
-        return await asyncio.shield(self._spawn(work()))
-
-    def add_instance(self, spec: procfile.InstanceSpec) -> Instance:
-        """A new instance in the table and the registry (not started)."""
-        inst = self._add(spec)
-        self.records.register(inst.record())
-        self.rt.event(EventKind.ADDED, inst.name, detail=inst.address)
-        return inst
-
-    async def remove_instance(self, name: str) -> None:
-        """Stop an instance gracefully and forget it."""
-        inst = self.instances[name]
-        await inst.stop(drain=DRAIN_DELAY)
-        self.instances.pop(name, None)
-        self.records.deregister(name)
-        self.rt.event(EventKind.REMOVED, name)
-
-    def adopt_config(self, types: Sequence[procfile.ProcessType], env: dict[str, str],
-                     tables: Any) -> None:
-        """What the files say now (new instances and scaling follow it)."""
-        self.types, self.type_order = {t.name: t for t in types}, [t.name for t in types]
-        self.env, self.tables = env, tables
-
     def on_signal(self, sig: signal.Signals) -> None:
         """Signal handler: only schedules work (first: graceful, second: forced)."""
         if sig is signal.SIGHUP:
@@ -556,48 +376,3 @@ class Supervisor:
             self.sink.system("forced shutdown: SIGKILL to every instance")
             self.force()
 
-    async def _hangup(self) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.reload(who="SIGHUP")
-
-    async def _scale(self, counts: dict[str, int]) -> list[Instance]:
-        """Set the number of instances of process types; returns those added or removed.
-
-        Shrinking stops the highest-numbered instances gracefully and forgets them;
-        growing adds instances with the next names (``greeter.4``) and ports.
-        """
-        for ptype in counts:
-            if ptype not in self.types:
-                raise UnknownInstanceError(ptype, self.type_order)
-        plan = [self._scale_plan(ptype, wanted) for ptype, wanted in counts.items()]
-        changed: list[Instance] = []
-        for extra, specs in plan:  # every spec is valid (ports...) before anything changes
-            await asyncio.gather(*(i.stop(drain=DRAIN_DELAY) for i in extra))
-            for inst in extra:
-                self.instances.pop(inst.name)
-                self.records.deregister(inst.name)
-                self.rt.event(EventKind.REMOVED, inst.name)
-                changed.append(inst)
-            for spec in specs:
-                inst = self._add(spec)
-                self.records.register(inst.record())
-                self.rt.event(EventKind.ADDED, inst.name, detail=inst.address)
-                inst.start()
-                changed.append(inst)
-        return changed
-
-    def _scale_plan(self, ptype: str, wanted: int) -> tuple[list[Instance], list[procfile.InstanceSpec]]:
-        """(instances to remove, specs to add) to have ``wanted`` instances of ``ptype``."""
-        mine = sorted((i for i in self.instances.values() if i.spec.process_type == ptype),
-                      key=lambda i: _number(i.name))
-        index = self.type_order.index(ptype)
-        first = max((_number(i.name) for i in mine[:wanted]), default=0) + 1
-        specs = [procfile.instance_spec(self.types[ptype], f"{ptype}.{n}", index, n,
-                                        self.settings.base_port, self.env)
-                 for n in range(first, first + wanted - len(mine))]
-        return mine[wanted:], specs
-
-
-def _number(name: str) -> int:
-    _, _, n = name.rpartition(".")
-    return int(n) if n.isdigit() else 1
