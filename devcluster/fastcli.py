@@ -148,7 +148,7 @@ def _run(command: str, positional: list[str], opts: dict[str, Any]) -> None:
     if command == "ps":
         return ps(state_dir, opts["json"])
     if command == "kill":
-        from devcluster.process import parse_signal
+        from devcluster.signames import parse_signal
 
         signal_name = opts["signal"] or "SIGKILL"
         parse_signal(signal_name)

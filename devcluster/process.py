@@ -26,6 +26,7 @@ from collections.abc import Collection, Mapping, Sequence
 import psutil
 
 from devcluster.defaults import ENV_INSTANCE
+from devcluster.signames import parse_signal  # noqa: F401 - its home was here
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -201,19 +202,6 @@ def signal_group(pgid: int, sig: int) -> bool:
     except PermissionError:
         return False
     return True
-
-
-def parse_signal(value: str | int) -> signal.Signals:
-    """``"KILL"``, ``"SIGKILL"``, ``"9"`` or ``9`` -> ``Signals.SIGKILL``."""
-    text = str(value).strip().upper()
-    try:
-        if text.isdigit():
-            return signal.Signals(int(text))
-        return signal.Signals[text if text.startswith("SIG") else f"SIG{text}"]
-    except (KeyError, ValueError):
-        from devcluster.errors import UsageError
-
-        raise UsageError(f"unknown signal {value!r}; use a name like SIGTERM or a number") from None
 
 
 def listening_ports(pid: int) -> list[int]:

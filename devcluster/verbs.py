@@ -17,9 +17,9 @@ from devcluster import defaults, procfile
 from devcluster.errors import DevclusterError, UnknownInstanceError
 from devcluster.events import EventKind
 from devcluster.instance import DRAIN_DELAY, Instance, _landed
-from devcluster.process import parse_signal
 from devcluster.registry import Record
 from devcluster.schema import InstanceInfo
+from devcluster.signames import parse_signal
 
 if TYPE_CHECKING:
     from devcluster.supervisor import Supervisor

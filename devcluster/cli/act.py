@@ -67,7 +67,7 @@ def kill(
     """Simulate a crash: SIGKILL (or --signal) to the instance's process group.
 
     Example: devcluster kill server2 --signal SIGTERM"""
-    from devcluster.process import parse_signal
+    from devcluster.signames import parse_signal
 
     parse_signal(signal)
     _act("kill", names, all_, procfile, state_dir, json_, signal=signal)
