@@ -15,7 +15,8 @@ the cluster is restarted three ways, on each of ``--runs`` runs:
 ``failed`` counts calls that ended in an error from the action until 0.3 s after it.
 
 *Fixed port*: one greeter, a plain ``grpc.insecure_channel`` to its port (pick_first)
-with 1 and with 8 calls in flight, through ``reload greeter`` (same port, SO_REUSEPORT).
+with 1 and with 8 calls in flight, through ``reload greeter`` (same port, SO_REUSEPORT;
+the greeter hands the port over with ``devcluster.handoff``).
 
 *Reload time per instance*: the reload's own step figures: spawn of the replacement to
 the old process gone (``total_ms``) beside spawn to readiness (``ready_ms``); goal:

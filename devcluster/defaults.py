@@ -49,6 +49,10 @@ ENV_GRACE = "DEVCLUSTER_GRACE"
 ENV_REUSEPORT = "DEVCLUSTER_REUSEPORT"
 """``1``: a reload may start this instance's replacement on the same port while it still
 serves; a server that allows it sets SO_REUSEPORT on its listening socket."""
+#: A server sharing its port (``DEVCLUSTER_REUSEPORT=1``) ends each connection after
+#: this age with a GOAWAY that cancels nothing, so a plain client moves to the
+#: replacement within it during a reload (see devcluster.handoff).
+HANDOFF_CONNECTION_AGE_MS = 500
 
 #: ``up --watch``: how long a burst of saves is gathered into one reload (ms without a
 #: further change), and the longest a burst may be gathered for.

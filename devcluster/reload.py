@@ -7,7 +7,8 @@ instance goes only when the previous one is done, so capacity never drops.
 
 *Ports.* If the old process's socket allows SO_REUSEPORT (:func:`port_shareable`
 asks the kernel), the replacement binds the same port: a client dialling the port
-directly gets GOAWAY from the old server and reconnects to the new one. Otherwise a
+directly moves to it on the old server's GOAWAY (with no failed call when the server
+hands over as :mod:`devcluster.handoff` does). Otherwise a
 ``$PORT`` command gets a spare port (``PORT=0``; ``ps`` shows the new one).
 
 *A broken replacement* (it exits, or does not answer within the ready timeout) is

@@ -3,8 +3,8 @@
 ``python -m devcluster.greeter --port 50051 --name server1`` (defaults: ``$PORT`` and
 ``$DEVCLUSTER_INSTANCE``). On SIGINT/SIGTERM it reports NOT_SERVING, stops accepting
 calls, lets in-flight calls finish within ``--grace`` seconds, and exits 0. With
-``DEVCLUSTER_REUSEPORT=1`` (devcluster sets it) it shares its port with its replacement
-during ``devcluster reload`` (SO_REUSEPORT).
+``DEVCLUSTER_REUSEPORT=1`` (devcluster sets it) it hands its port over to its
+replacement during ``devcluster reload`` without failing a call (devcluster.handoff).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from devcluster import defaults
+from devcluster import handoff
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
 from devcluster.server import AioInstanceHeaderInterceptor, instance_name
 
@@ -49,18 +49,6 @@ class Greeter(helloworld_pb2_grpc.GreeterServicer):
         return helloworld_pb2.HelloReply(message=f"Hello {request.name} from {self.instance}")
 
 
-def reuse_port(environ: Mapping[str, str] | None = None) -> bool:
-    """Allow SO_REUSEPORT only when devcluster asks (``DEVCLUSTER_REUSEPORT=1``).
-
-    grpc sets it by default on Linux: two greeters could then share one port silently,
-    and a port in use must be an error, as with any other server. devcluster asks so
-    that ``devcluster reload`` can start this greeter's replacement on the same port
-    while it still serves: clients dialling the port directly lose no call.
-    """
-    env = os.environ if environ is None else environ
-    return env.get(defaults.ENV_REUSEPORT) == "1"
-
-
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     env_port = os.environ.get("PORT")
     parser = argparse.ArgumentParser(prog="python -m devcluster.greeter", description=__doc__)
@@ -86,7 +74,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM, then stop gracefully."""
     server = grpc.aio.server(interceptors=[AioInstanceHeaderInterceptor(args.name)],
-                             options=[("grpc.so_reuseport", int(reuse_port()))])
+                             options=handoff.server_options())
     helloworld_pb2_grpc.add_GreeterServicer_to_server(Greeter(args.name, args.delay), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -108,13 +96,14 @@ async def serve(args: argparse.Namespace) -> int:
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("helloworld.Greeter", health_pb2.HealthCheckResponse.SERVING)
+    handoff.take_over(bound)  # a replacement during `devcluster reload`: new clients are ours
     print(f"{args.name} listening on {args.host}:{bound}", flush=True)
     try:
         await stop.wait()
     finally:
         print(f"{args.name} stopping (grace {args.grace:g}s)", flush=True)
         await health_servicer.enter_graceful_shutdown()
-        await server.stop(args.grace)
+        await handoff.hand_over(server.stop, bound, args.grace)
         print(f"{args.name} stopped", flush=True)
     return 0
 

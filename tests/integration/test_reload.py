@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
@@ -86,30 +87,27 @@ def test_reload_all_under_full_load_fails_no_call(make_cluster: Callable[..., Cl
         assert after[name].restarts == old.restarts + 1
 
 
-def test_a_client_dialling_one_port_is_served_by_the_replacement(
-        make_cluster: Callable[..., Cluster]) -> None:
-    """The replacement binds the same port (SO_REUSEPORT), so a plain grpc client of
-    that one address goes on to the new process without re-dialling anything.
-
-    Not asserted: zero failed calls. Now and then grpc-core cancels a call queued in the
-    old server as it stops, or reconnects to its closing socket and fails for about a
-    second (issue 19's fixed-port goal, missed; bench/reload.py counts it per run)."""
+def test_a_client_dialling_one_port_loses_no_call(make_cluster: Callable[..., Cluster]) -> None:
+    """The replacement binds the same port (SO_REUSEPORT) and takes every new
+    connection; the old server waits for its clients to move (connection age) before
+    it stops: a plain grpc channel of that one address, 8 calls in flight, fails none."""
     cluster = make_cluster()
     old = cluster.instance("greeter")
     assert old.address
-    with plain_load(old.address, 1) as counts:
+    with plain_load(old.address) as counts:
         time.sleep(0.3)
         result = cluster.reload("greeter")
         new = cluster.instance("greeter")
         ok_at_switch = counts["ok"]
         deadline = time.monotonic() + 10  # served again, by the replacement
-        while counts["ok"] < ok_at_switch + 20 and time.monotonic() < deadline:
+        while counts["ok"] < ok_at_switch + 50 and time.monotonic() < deadline:
             time.sleep(0.05)  # polls a counter the callers bump: no event to wait on
-    assert counts["ok"] >= ok_at_switch + 20, counts["failed"][:3]
+    assert not counts["failed"], f"{len(counts['failed'])} failed: {counts['failed'][:3]}"
+    assert counts["ok"] >= ok_at_switch + 50
     assert new.pid != old.pid and new.address == old.address
     assert result["reloaded"][0]["same_port"] is True
-    assert all("CANCELLED" in f or "UNAVAILABLE" in f for f in counts["failed"]), \
-        counts["failed"][:3]
+    assert new.state == "serving" and not psutil.pid_exists(old.pid or 0), \
+        "the calls after the reload can only have been served by the replacement"
 
 
 def test_without_reuseport_the_replacement_gets_a_spare_port(

@@ -349,9 +349,10 @@ def test_down_returns_promptly_when_up_is_not_yet_reaped(
     fg.wait_for("ready:")
     try:
         # Like a script: reap `up` only after `down` returned.
-        assert run_cli("down", timeout=2.5).returncode == 0
+        # 10 s: far under the bug's 30 s, and safe on a loaded 2-core machine.
+        assert run_cli("down", timeout=10).returncode == 0
     except subprocess.TimeoutExpired:
-        pytest.fail("`down` did not return within 2.5 s of a clean shutdown")
+        pytest.fail("`down` did not return within 10 s of a clean shutdown")
     finally:
         assert fg.proc.wait(timeout=5) == 0
 

@@ -1,0 +1,186 @@
+"""Hand a port over from a server to its replacement without failing a call (issue 19).
+
+During ``devcluster reload`` the replacement binds the same port as the running server
+(SO_REUSEPORT), so a client that dials the port directly (grpcurl, a plain grpc
+channel) keeps working. Sharing the port is not enough for zero failed calls with a
+stock gRPC server; measured here with a plain pick_first client and 8 calls in flight,
+a graceful ``server.stop(grace)`` of the old server still cancels about 6 calls:
+
+* grpc-core's shutdown *cancels* every call that has arrived but is not yet handed to
+  the application (a grpc.aio server asks for one call at a time, so under load a few
+  wait there), and every call that reaches the server before the client has read the
+  GOAWAY. Only calls the application already holds get the grace period;
+* the kernel spreads new connections over both listeners, so a client reconnecting
+  after GOAWAY may land on the old server again.
+
+What works (0 failed calls, the bench's fixed-port rows), in three parts:
+
+1. :func:`take_over`: the replacement, once it listens, steers every *new* connection
+   on the port to itself: a classic BPF program on the SO_REUSEPORT group
+   (``SO_ATTACH_REUSEPORT_CBPF``) that returns its own index. When the old server's
+   socket closes the index no longer exists and the kernel falls back to its hash.
+2. :func:`server_options`: ``grpc.max_connection_age_ms``. A server past the age
+   sends GOAWAY *without shutting down*: in-flight and queued calls are served, the
+   client moves to a new connection (which now reaches the replacement).
+3. :func:`hand_over`: on SIGINT/SIGTERM, while another socket listens on the port, the
+   old server waits (at most about one connection age) until no connection has sent
+   it anything for :data:`QUIET_MS` (the kernel's TCP_INFO says): the clients have
+   moved, and a balanced client's retired sub-channel is idle. Then it stops
+   gracefully with no call left to cancel. With nobody to hand over to it
+   stops at once, as before.
+
+Every function is a no-op where the kernel lacks the feature (not Linux, no
+SO_REUSEPORT): the server then stops as any gRPC server does.
+
+A Python gRPC server of your own gets the same with three lines::
+
+    server = grpc.aio.server(options=handoff.server_options())
+    ...; await server.start(); handoff.take_over(port)
+    ...; await handoff.hand_over(server.stop, port, grace)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import inspect
+import os
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from devcluster import defaults
+
+#: SO_ATTACH_REUSEPORT_CBPF from <asm-generic/socket.h> (Linux 4.5+).
+SO_ATTACH_REUSEPORT_CBPF = 51
+_BPF_RET_K = 0x06  # BPF_RET | BPF_K: return the constant k
+_LISTEN, _ESTABLISHED = "0A", "01"
+_POLL_S = 0.01
+_TCP_INFO_LEN, _LAST_DATA_RECV = 104, 52  # struct tcp_info (linux/tcp.h): its u32 at 52
+#: A connection that received nothing for this long has no client calling on it.
+QUIET_MS = 30
+
+
+def enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Did devcluster ask this server to share its port (``DEVCLUSTER_REUSEPORT=1``)?"""
+    env = os.environ if environ is None else environ
+    return env.get(defaults.ENV_REUSEPORT) == "1" and hasattr(socket, "SO_REUSEPORT")
+
+
+def server_options(environ: Mapping[str, str] | None = None) -> list[tuple[str, int]]:
+    """gRPC server options: SO_REUSEPORT and a connection age only when devcluster asks.
+
+    gRPC sets SO_REUSEPORT by default on Linux; without devcluster asking it is turned
+    off, so a port in use is an error, as for any other server.
+    """
+    if not enabled(environ):
+        return [("grpc.so_reuseport", 0)]
+    return [("grpc.so_reuseport", 1),
+            ("grpc.max_connection_age_ms", defaults.HANDOFF_CONNECTION_AGE_MS)]
+
+
+def _sockets(port: int, state: str) -> dict[str, str]:
+    """Inode -> local address of the TCP sockets on local ``port`` in ``state``."""
+    found: dict[str, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local = fields[1]
+            if fields[3] == state and int(local.rpartition(":")[2], 16) == port:
+                found[fields[9]] = local
+    return found
+
+
+def _own_fds(inodes: Mapping[str, str]) -> list[int]:
+    """This process's descriptors of the sockets with these inodes."""
+    fds = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/self/fd/{name}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    fds.append(int(name))
+    return fds
+
+
+def _others_listening(port: int) -> bool:
+    """Does a socket that is not ours listen on ``port``?"""
+    listeners = _sockets(port, _LISTEN)
+    return len(listeners) > len(_own_fds(listeners))
+
+
+def _bpf_return(value: int) -> tuple[bytes, Any]:
+    """A ``struct sock_fprog`` of one instruction, ``return value``, and its buffer
+    (keep it alive until the setsockopt returns: the kernel reads through the pointer)."""
+    program = ctypes.create_string_buffer(struct.pack("=HBBI", _BPF_RET_K, 0, 0, value))
+    return struct.pack("@HP", 1, ctypes.addressof(program)), program
+
+
+def take_over(port: int) -> bool:
+    """Steer every new connection on ``port`` to this process's listening socket.
+
+    Call it once the server listens. It does something only when devcluster asked for
+    port sharing and another socket already listens on the port (we are a replacement);
+    it returns whether it did. Our socket joined the group last, so its index is the
+    number of listeners less one.
+    """
+    if not enabled():
+        return False
+    listeners = _sockets(port, _LISTEN)
+    ours = _own_fds(listeners)
+    if len(ours) != 1 or len(listeners) < 2:
+        return False
+    fprog, program = _bpf_return(len(listeners) - 1)
+    with socket.socket(fileno=os.dup(ours[0])) as sock:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+        except OSError:
+            return False
+    del program
+    return True
+
+
+def _quiet_ms(fd: int) -> int:
+    """Milliseconds since the connection on ``fd`` last received data (TCP_INFO's
+    ``tcpi_last_data_recv``); 0 when the kernel does not say."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except OSError:
+        return 0
+    if len(info) < _LAST_DATA_RECV + 4:
+        return 0
+    return int(struct.unpack_from("=I", info, _LAST_DATA_RECV)[0])
+
+
+def busy_connections(port: int, quiet_ms: int = QUIET_MS) -> int:
+    """How many of this process's connections on ``port`` got data in the last
+    ``quiet_ms``: a client still calling. A client that moved away (or a balanced
+    client's retired sub-channel) sends nothing more."""
+    return sum(1 for fd in _own_fds(_sockets(port, _ESTABLISHED)) if _quiet_ms(fd) < quiet_ms)
+
+
+async def hand_over(stop: Callable[[float | None], Awaitable[Any] | Any], port: int,
+                    grace: float | None) -> None:
+    """Stop a server gracefully, after its clients moved to a replacement on ``port``.
+
+    ``stop`` is ``server.stop`` (grpc.aio's or the sync server's). While another socket
+    listens on the port, wait until no connection is calling any more (a busy one
+    leaves within one connection age of :func:`server_options`), at most that age plus
+    a little. Then nothing arrives that a shutdown would cancel.
+    """
+    if enabled() and _others_listening(port):
+        deadline = time.monotonic() + 1.2 * defaults.HANDOFF_CONNECTION_AGE_MS / 1000 + 0.3
+        while busy_connections(port) and time.monotonic() < deadline:
+            await asyncio.sleep(_POLL_S)
+    result = stop(grace)
+    if inspect.isawaitable(result):
+        await result

@@ -1,0 +1,80 @@
+"""devcluster.handoff with real sockets and real greeter processes (issue 19)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from devcluster import handoff
+from tests.conftest import say_hello, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+SHARING = {**os.environ, "DEVCLUSTER_REUSEPORT": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@contextmanager
+def greeter(name: str, port: int = 0, env: dict[str, str] = SHARING) -> Iterator[int]:
+    """A greeter process on ``port`` (0: any); yields the port it listens on."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devcluster.greeter", "--port", str(port), "--name", name],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the greeter says where it listens once it serves
+            if " listening on " in line:
+                yield int(line.rpartition(":")[2])
+                break
+        else:
+            pytest.fail(f"greeter {name} exited with {proc.wait()} before listening")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def served_by(port: int, calls: int = 20) -> collections.Counter[str]:
+    """Which greeter answers each of ``calls`` fresh connections to ``port``."""
+    return collections.Counter(say_hello(f"127.0.0.1:{port}")[1] or "" for _ in range(calls))
+
+
+def test_the_replacement_takes_every_new_connection() -> None:
+    with greeter("old") as port, greeter("new", port) as same:
+        assert same == port
+        assert served_by(port) == {"new": 20}  # without take_over: about half each
+
+
+def test_without_devcluster_asking_a_port_in_use_is_an_error() -> None:
+    plain = {k: v for k, v in SHARING.items() if k != "DEVCLUSTER_REUSEPORT"}
+    with greeter("first", env=plain) as port:
+        proc = subprocess.run(
+            [sys.executable, "-m", "devcluster.greeter", "--port", str(port)],
+            env=plain, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 1 and "is the port in use?" in proc.stderr
+        assert not handoff.take_over(port)
+
+
+def test_options_share_the_port_and_age_connections_only_when_asked() -> None:
+    options = dict(handoff.server_options({"DEVCLUSTER_REUSEPORT": "1"}))
+    assert options["grpc.so_reuseport"] == 1 and options["grpc.max_connection_age_ms"] > 0
+    assert handoff.server_options({}) == [("grpc.so_reuseport", 0)]
+
+
+def test_a_connection_is_busy_while_data_arrives_and_quiet_after() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                client.sendall(b"call")
+                assert handoff.busy_connections(port) == 1  # the accepted side is ours
+                wait_until(lambda: handoff.busy_connections(port) == 0, 5,
+                           "the connection to be quiet for QUIET_MS")
+                client.sendall(b"again")
+                wait_until(lambda: handoff.busy_connections(port) == 1, 5, "busy again")
