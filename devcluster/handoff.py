@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import inspect
 import os
 import socket
 import struct
@@ -120,6 +118,8 @@ def _others_listening(port: int) -> bool:
 def _bpf_return(value: int) -> tuple[bytes, Any]:
     """A ``struct sock_fprog`` of one instruction, ``return value``, and its buffer
     (keep it alive until the setsockopt returns: the kernel reads through the pointer)."""
+    import ctypes  # only a replacement needs it: not on every greeter's start
+
     program = ctypes.create_string_buffer(struct.pack("=HBBI", _BPF_RET_K, 0, 0, value))
     return struct.pack("@HP", 1, ctypes.addressof(program)), program
 
@@ -182,5 +182,5 @@ async def hand_over(stop: Callable[[float | None], Awaitable[Any] | Any], port: 
         while busy_connections(port) and time.monotonic() < deadline:
             await asyncio.sleep(_POLL_S)
     result = stop(grace)
-    if inspect.isawaitable(result):
+    if isinstance(result, Awaitable):
         await result
