@@ -193,6 +193,12 @@ def supervisor_rows(raw: Sequence[Mapping[str, Any]]) -> list[Row]:
             out.append(Row("8", f"`ps` (control RPC / CLI command), `weight` (registry write), N={n}",
                            f"{_num(ours['ps_rpc_ms'], 1)} / {_num(ours['ps_cli_ms'], 0)} / "
                            f"{_num(ours['weight_write_ms'], 2)} ms", "-", "-", "-", "-"))
+    small, big = by.get(("devcluster", 3)), by.get(("devcluster", 100))
+    if small and big and "ps_cli_ms" in small and "ps_cli_ms" in big:
+        a, b = big["ps_cli_ms"], small["ps_cli_ms"]
+        out.append(Row("8", "`ps` as a CLI command at N=100 vs at N=3", _num(a, 0, " ms"),
+                       _num(b, 0, " ms"), _ratio(a, b), "< 3x",
+                       _verdict(a < 3 * b, f"{a / b:.2f}x")))
     return out
 
 

@@ -244,6 +244,10 @@ def up_detached(n: int) -> float:
         return took
 
 
+#: Sizes that also get the idle window (idle CPU, memory, `ps` and `weight` timings).
+IDLE_SIZES = (3, 30, 100)
+
+
 def measure(sizes: list[int], runs: int, idle: float,
             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Rows of figures per tool and size; each row is also given to ``log`` as JSON."""
@@ -251,7 +255,7 @@ def measure(sizes: list[int], runs: int, idle: float,
     for n in sizes:
         for tool in ("devcluster", "honcho"):
             results = [run_one(tool, n) for _ in range(runs)]
-            results.append(run_one(tool, n, idle=idle if n in (3, 30) else 0.0))
+            results.append(run_one(tool, n, idle=idle if n in IDLE_SIZES else 0.0))
             row: dict[str, Any] = {"tool": tool, "n": n}
             for key in ("ready_s", "shutdown_s"):
                 row[key] = statistics.median(r[key] for r in results)
