@@ -59,8 +59,9 @@ AFTER_S = 0.3
 
 
 @contextmanager
-def _load(call: Callable[[], Any], concurrency: int) -> Iterator[dict[str, Any]]:
-    """``concurrency`` threads calling ``call`` in a loop; failures with their time."""
+def load(call: Callable[[], Any], concurrency: int) -> Iterator[dict[str, Any]]:
+    """``concurrency`` threads calling ``call`` in a loop: ``ok`` calls, ``failed``
+    (time, code name) and ``done`` times (also the reload tests' load)."""
     counts: dict[str, Any] = {"ok": 0, "failed": [], "done": []}
     stop, lock = threading.Event(), threading.Lock()
 
@@ -112,7 +113,7 @@ def one_run(directory: Path) -> dict[str, Any]:
     try:
         with BalancedChannel("greeter", cluster.state_dir) as channel:
             stub = helloworld_pb2_grpc.GreeterStub(channel)
-            with _load(lambda: stub.SayHello(request, timeout=5), IN_FLIGHT) as counts:
+            with load(lambda: stub.SayHello(request, timeout=5), IN_FLIGHT) as counts:
                 time.sleep(0.3)
                 for mode in ("reload", "restart", "honcho"):
                     t0 = time.monotonic()
@@ -146,7 +147,7 @@ def fixed_port_run(directory: Path) -> dict[str, Any]:
         for concurrency in (1, IN_FLIGHT):
             with grpc.insecure_channel(address) as channel:
                 stub = helloworld_pb2_grpc.GreeterStub(channel)
-                with _load(lambda s=stub: s.SayHello(request, timeout=5), concurrency) as counts:
+                with load(lambda s=stub: s.SayHello(request, timeout=5), concurrency) as counts:
                     time.sleep(0.3)
                     t0 = time.monotonic()
                     step = cluster.reload("greeter")["reloaded"][0]

@@ -6,7 +6,6 @@ balancing client with 8 calls in flight, or a plain grpc channel dialling one po
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ import grpc
 import psutil
 import pytest
 
+from bench.reload import load
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
 from devcluster.api import Cluster, ReloadError
 from tests._clients import SyncClient
@@ -35,31 +35,11 @@ def pids(cluster: Cluster) -> dict[str, int | None]:
 @contextmanager
 def plain_load(address: str, concurrency: int = IN_FLIGHT) -> Iterator[dict[str, Any]]:
     """``concurrency`` threads calling ``address`` on one plain grpc channel."""
-    counts: dict[str, Any] = {"ok": 0, "failed": []}
-    stop = threading.Event()
-    lock = threading.Lock()
+    request = helloworld_pb2.HelloRequest(name="x")
     with grpc.insecure_channel(address) as channel:
         stub = helloworld_pb2_grpc.GreeterStub(channel)
-
-        def caller() -> None:
-            while not stop.is_set():
-                try:
-                    stub.SayHello(helloworld_pb2.HelloRequest(name="x"), timeout=5)
-                    with lock:
-                        counts["ok"] += 1
-                except grpc.RpcError as e:
-                    with lock:
-                        counts["failed"].append(f"{e.code()}: {e.details()}")
-
-        threads = [threading.Thread(target=caller, daemon=True) for _ in range(concurrency)]
-        for t in threads:
-            t.start()
-        try:
+        with load(lambda: stub.SayHello(request, timeout=5), concurrency) as counts:
             yield counts
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(10)
 
 
 def test_reload_all_under_full_load_fails_no_call(make_cluster: Callable[..., Cluster]) -> None:
