@@ -5,6 +5,7 @@
 Groups, in the order they run (each is also a command of its own):
 
 * ``supervisor`` (scenarios 1, 2, 8): ``bench.supervisor`` vs honcho;
+* ``waterfall`` (issue 21): ``bench.waterfall``: where the time of ``up -d`` goes;
 * ``client`` (3, 4): ``bench.client_throughput`` vs grpc's round_robin;
 * ``failover`` (5): ``bench.failover`` vs grpc's round_robin;
 * ``weights`` (6, 7): ``bench.weights`` (anchor for 7: round_robin over repeated addresses);
@@ -38,7 +39,8 @@ from typing import Any
 from bench import report
 
 HERE = Path(__file__).resolve().parent
-GROUPS = ("supervisor", "client", "failover", "weights", "commands", "pause", "reload")
+GROUPS = ("supervisor", "waterfall", "client", "failover", "weights", "commands", "pause",
+          "reload")
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,16 @@ class Sizes:
     pause_runs: int = 2  # scenario 10
     pause_hold_s: float = 10.0
     reload_runs: int = 10  # scenario 11: runs of reload vs restart vs down+up
+    waterfall_sizes: tuple[int, ...] = (3, 30)  # traced `up -d` runs, per size
+    waterfall_runs: int = 3
 
 
 FULL = Sizes()
 QUICK = Sizes(sizes=(3,), runs=1, idle_s=1.0, client_s=0.4, client_rounds=1, view_writes=20,
               failover_runs=1, hold_s=2.5, observe_s=0.5, back_timeout_s=3.0, changes=10,
               calls=500, command_runs=2,
-              pause_runs=1, pause_hold_s=2.0, reload_runs=1)
+              pause_runs=1, pause_hold_s=2.0, reload_runs=1, waterfall_sizes=(3,),
+              waterfall_runs=1)
 
 
 def _log(message: str) -> None:
@@ -80,6 +85,10 @@ def run_group(group: str, sz: Sizes) -> Any:
         from bench import supervisor
 
         return supervisor.measure(list(sz.sizes), sz.runs, sz.idle_s, log=_log)
+    if group == "waterfall":
+        from bench import waterfall
+
+        return waterfall.measure(list(sz.waterfall_sizes), sz.waterfall_runs)
     if group == "client":
         from bench import client_throughput
 

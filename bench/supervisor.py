@@ -5,6 +5,9 @@
 * Time to ready: ``devcluster up`` (foreground) and ``honcho start``, each until every
   greeter answers a SayHello (the same criterion for both; devcluster also health-checks),
   plus ``devcluster up -d`` until it returns (serving, health-checked).
+* The floor: the same greeters started by a plain ``Popen`` loop (no shell, no
+  supervisor), polled until all answer: what nothing that execs an interpreter per
+  instance can beat by much (issue 21).
 * Shutdown: SIGINT until every process of the tree is gone.
 * Overhead: idle CPU% of the supervisor over ``--idle`` seconds, RSS and USS of the
   supervisor (honcho: the honcho process and its helpers), and the latency of the
@@ -244,6 +247,33 @@ def up_detached(n: int) -> float:
         return took
 
 
+def bare_spawn(n: int) -> float:
+    """The floor: the same greeters started by a plain loop of Popen (no supervisor, no
+    shell, no health check), polled until every one answers a SayHello, as honcho is."""
+    base = _free_base(n)
+    ports = list(range(base, base + n))
+    env = _env()
+    procs: list[subprocess.Popen[bytes]] = []
+    began = time.monotonic()
+    try:
+        for port in ports:
+            procs.append(subprocess.Popen([PY, "-m", "devcluster.greeter", "--port", str(port)],
+                                          env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, start_new_session=True))
+        ok = _answering(ports, began + 60)
+        return time.monotonic() - began if ok else float("nan")
+    finally:
+        for p in procs:
+            with contextlib.suppress(OSError):
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
 #: Sizes that also get the idle window (idle CPU, memory, `ps` and `weight` timings).
 IDLE_SIZES = (3, 30, 100)
 
@@ -267,6 +297,10 @@ def measure(sizes: list[int], runs: int, idle: float,
                 row["up_detached_s"] = statistics.median(up_detached(n) for _ in range(runs))
             rows.append(row)
             log(json.dumps(row))
+        floor = {"tool": "floor", "n": n,
+                 "ready_s": statistics.median(bare_spawn(n) for _ in range(runs + 1))}
+        rows.append(floor)
+        log(json.dumps(floor))
     return rows
 
 
