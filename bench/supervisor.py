@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -44,8 +45,12 @@ BIN = Path(PY).parent
 
 
 def _free_base(n: int) -> int:
-    """A base port with ``n`` free ports after it (checked by binding each)."""
-    for base in range(20000, 60000, 1000):
+    """A base port with ``n`` free ports after it (checked by binding each).
+
+    The search starts at a random place: two benches on one machine would otherwise
+    find the same free range at the same moment."""
+    start = random.randrange(20000, 50000, 1000)
+    for base in [*range(start, 60000, 1000), *range(20000, start, 1000)]:
         socks = []
         try:
             for p in range(base, base + n):

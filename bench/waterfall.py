@@ -115,7 +115,7 @@ def phases(t0: float, marks: Events) -> dict[str, Any]:
     g_health = sorted(_first(marks, "greeter.health_answer", p) or 0 for p in roles["greeter"])
     serving = sorted(m["t"] for m in marks if m["what"] == "daemon.state"
                      and m.get("state") == "serving")
-    spawns = sorted(m["t"] for m in marks if m["what"] == "daemon.spawn")
+    spawns = sorted(m["t"] for m in marks if m["what"] == "daemon.spawn.begin")
     writes = [m for m in marks if m["what"] == "daemon.registry_write"]
     first_spawn = spawns[0] if spawns else None
     # The delay between a greeter listening and the supervisor calling it serving.
@@ -158,15 +158,19 @@ def phases(t0: float, marks: Events) -> dict[str, Any]:
 
 
 def _span_sum(marks: Events, pid: int, what: str) -> float:
-    """Sum of the gaps before each ``what`` mark of ``pid`` (each follows its begin closely:
-    for functions marked on return only, the gap to the previous mark of that process)."""
-    total, prev = 0.0, None
+    """Seconds spent inside ``what`` (its outermost begin/end pairs) in ``pid``."""
+    total, depth, began = 0.0, 0, 0.0
     for m in marks:
         if m["pid"] != pid:
             continue
-        if m["what"] == what and prev is not None:
-            total += m["t"] - prev
-        prev = m["t"]
+        if m["what"] == what + ".begin":
+            if depth == 0:
+                began = m["t"]
+            depth += 1
+        elif m["what"] == what + ".end" and depth:
+            depth -= 1
+            if depth == 0:
+                total += m["t"] - began
     return total
 
 

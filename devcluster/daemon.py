@@ -25,10 +25,9 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from devcluster import defaults, process, procfile
-from devcluster.control import ControlServer
 from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError, to_payload
 from devcluster.events import EventLog, fresh_log
 from devcluster.logs import LogSink
@@ -38,6 +37,9 @@ from devcluster.registry.liveness import alive
 from devcluster.statedir import Claim, hold_lock
 from devcluster.supervisor import Settings, Supervisor
 from devcluster.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from devcluster.control import ControlServer
 
 #: Longest the exit path waits for queued registry writes before giving up on them.
 _LAST_WRITES_WAIT = 2.0
@@ -98,20 +100,31 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
     sup.records.before_write = lambda: _check_claim(claim)
     keeper = _Keeper(claim, sup, sink, isinstance(registry, FileRegistry))
     try:
-        # Awaited: a registry that cannot be written at start is the user's error to see.
-        await asyncio.wrap_future(sup.records.reset(i.record() for i in sup.instances.values()))
-        control = keeper.control = ControlServer(sup, defaults.layout(settings.state_dir).socket)
-        await control.start()
-        try:
-            async def settled() -> None:
-                infos = await sup.infos()
-                ready.send({"instances": {i.name: i.to_dict() for i in infos}, "notes": notes,
-                            "stopped_by": sup.stopped_by})
+        # Queued before any spawn (the writer keeps order: it lands before their states);
+        # awaited once they are spawned: a registry that cannot be written at start is
+        # the user's error to see.
+        reset = sup.records.reset(i.record() for i in sup.instances.values())
 
+        async def started() -> None:
+            # The instances are spawned: their interpreters boot while we import grpc
+            # for the control plane and wait for the registry's first write.
+            await asyncio.wrap_future(reset)
+            from devcluster.control import ControlServer
+
+            keeper.control = ControlServer(sup, defaults.layout(settings.state_dir).socket)
+            await keeper.control.start()
+
+        async def settled() -> None:
+            infos = await sup.infos()
+            ready.send({"instances": {i.name: i.to_dict() for i in infos}, "notes": notes,
+                        "stopped_by": sup.stopped_by})
+
+        try:
             async with _web_console(settings, notes):
-                await sup.run(settled, [keeper.run, *_watcher(sup)])
+                await sup.run(settled, [keeper.run, *_watcher(sup)], on_started=started)
         finally:
-            await control.stop(remove=not keeper.lost)
+            if keeper.control is not None:
+                await keeper.control.stop(remove=not keeper.lost)
     finally:
         sup.force()  # nothing outlives us, whatever failed
         if not await asyncio.to_thread(sup.records.close, _LAST_WRITES_WAIT):
@@ -237,8 +250,9 @@ def clean_stale(registry: FileRegistry, sink: LogSink) -> str | None:
 
 def _check_ports(specs: Sequence[procfile.InstanceSpec]) -> None:
     # Only commands that use $PORT bind it; the demo's `--port 50051` lines do not.
-    taken = [(s, owner) for s in specs if s.port and "PORT" in s.command
-             and (owner := process.port_owner(s.port))]
+    wanted = [s for s in specs if s.port and "PORT" in s.command]
+    owners = process.ports_taken({s.port for s in wanted}) if wanted else {}
+    taken = [(s, owners[s.port]) for s in wanted if s.port in owners]
     if taken:
         spec, owner = taken[0]
         error = DevclusterError(

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-
-import grpc
-import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from collections.abc import Awaitable, Callable
 
 from devcluster.process import listening_ports
 
@@ -22,28 +18,37 @@ VIA_HEALTH = "health check"
 VIA_TCP = "TCP connect"
 
 
+#: Waits up to the given seconds, or less when there is news (the instance printed a
+#: line: servers often say when they listen). The default only sleeps.
+Nap = Callable[[float], Awaitable[None]]
+
+
 async def find_port(pid: int, wanted: int, alive: Callable[[], bool], deadline: float,
-                    expect_wanted: bool = False) -> int | None:
+                    expect_wanted: bool = False, nap: Nap = asyncio.sleep) -> int | None:
     """The port ``pid``'s tree listens on (``wanted`` if among them), None on deadline/exit.
 
     Polls: the kernel has no event for "a process started listening". The interval
-    starts at 10 ms (greeters bind within ~100-300 ms of start) and grows to 100 ms.
-    When the command uses ``$PORT`` (``expect_wanted``), a TCP connect to it is the
-    cheap probe and the /proc scan (which walks every process to find the tree)
-    runs only every fourth round, for servers that listen elsewhere after all: at
-    N=30 the scans alone slowed the greeters' start-up on two cores.
+    starts at 10 ms (greeters bind within ~100-300 ms of start) and grows to 100 ms;
+    ``nap`` cuts a wait short when the instance prints a line, as most servers do once
+    they listen. When the command uses ``$PORT`` (``expect_wanted``), a TCP connect to
+    it is the cheap probe, and the /proc scan (which walks every process to find the
+    tree) runs only after a second, then once a second, for servers that listen
+    elsewhere after all: at N=30 frequent scans slowed the greeters' start-up on two
+    cores.
     """
     interval = 0.01
-    rounds = 0
+    began = time.monotonic()
+    scan_at = began + 1.0 if expect_wanted else began
     while alive() and time.monotonic() < deadline:
         if expect_wanted and wanted and await _tcp(f"127.0.0.1:{wanted}", 0.05) and alive():
             return wanted  # the port was free before we spawned (checked): it is ours
-        if not expect_wanted or rounds % 4 == 3:
+        if time.monotonic() >= scan_at:
             ports = listening_ports(pid)
             if ports:
                 return await pick_port(ports, wanted)
-        rounds += 1
-        await asyncio.sleep(interval)
+            if expect_wanted:
+                scan_at = time.monotonic() + 1.0
+        await nap(interval)
         interval = min(interval * 1.5, 0.1)
     return None
 
@@ -70,6 +75,12 @@ async def pick_port(ports: list[int], wanted: int) -> int:
 
 async def check(address: str, timeout: float = 1.0) -> tuple[bool, str]:
     """One readiness probe of ``address``: (ready, how we know or why not)."""
+    # grpc is imported at the first probe, not with the supervisor: by then every
+    # instance has been spawned (its import is on no one's path to the spawn).
+    import grpc
+    import grpc.aio
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
@@ -84,7 +95,8 @@ async def check(address: str, timeout: float = 1.0) -> tuple[bool, str]:
         return False, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-async def wait_ready(address: str, alive: Callable[[], bool], deadline: float) -> str | None:
+async def wait_ready(address: str, alive: Callable[[], bool], deadline: float,
+                     nap: Nap = asyncio.sleep) -> str | None:
     """Probe until ready; returns how it became ready, or None (deadline, or it died).
 
     Polls the health Check: a server that is not yet SERVING says so at once, and the
@@ -103,7 +115,7 @@ async def wait_ready(address: str, alive: Callable[[], bool], deadline: float) -
             failures += 1
             if failures >= 3 and await _tcp(address):
                 return VIA_TCP
-        await asyncio.sleep(interval)
+        await nap(interval)
         interval = min(interval * 2, 0.2)
     return None
 

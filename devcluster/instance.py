@@ -93,6 +93,8 @@ class Instance(Lifecycle, Readiness):
         #: Its type's settings from devcluster.toml and the flags; None: the cluster's.
         self.conf = conf
         self._log_probe: probes.LogProbe | None = None  # fed every output line
+        #: Set by each output line: wakes a readiness probe between polls.
+        self._news = asyncio.Event()
         self._env: dict[str, str] = {}
         #: Waiting for its dependencies to serve (depends_on): not started, not settled.
         self.held = False

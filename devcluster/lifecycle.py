@@ -146,6 +146,7 @@ class Lifecycle:
             text = line.decode("utf-8", "replace")
             self.recent.append(text.rstrip("\r\n"))
             self.rt.sink.line(self.name, text)
+            self._news.set()  # a readiness probe napping between polls looks now
             if self._log_probe is not None:
                 self._log_probe.feed(text)
 

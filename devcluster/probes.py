@@ -30,10 +30,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-import grpc
-import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from devcluster import health
 from devcluster.project import Ready
 
@@ -74,6 +70,9 @@ class GrpcProbe:
         return f"<GrpcProbe {self.address} service={self.service!r}>"
 
     async def check(self, timeout: float) -> ProbeResult:
+        import grpc.aio  # at the first probe: see devcluster.health.check
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
         what = f"health of {self.service!r}" if self.service else "server health"
         async with grpc.aio.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)

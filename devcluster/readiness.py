@@ -11,6 +11,7 @@ ready timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -42,13 +43,13 @@ class Readiness:
         else:
             port = await health.find_port(proc.pid, self.port, alive, deadline,
                                           expect_wanted="PORT" in self.spec.command
-                                          and not self.shared_port)
+                                          and not self.shared_port, nap=self._nap)
             where = f"on 127.0.0.1:{port}" if port else "on any port"
             result = probes.ProbeResult(False, f"nothing listening {where}")
         if port is not None:
             self.port, self.address = port, f"127.0.0.1:{port}"
             if ready is None:  # the default: gRPC health, TCP for servers without it
-                how = await health.wait_ready(self.address, alive, deadline)
+                how = await health.wait_ready(self.address, alive, deadline, nap=self._nap)
                 result = probes.ProbeResult(how is not None, how or "nothing answering "
                                             f"on {self.address}")
             elif ready.kind not in ("log", "exec"):
@@ -67,6 +68,17 @@ class Readiness:
                 else result.reason
             self.rt.sink.system(f"{self.name} not ready after {timeout:g}s ({why})")
             self._changed.set()
+
+    async def _nap(self: Instance, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the process prints a line meanwhile (servers
+        often say when they listen: probing then saves up to a poll interval)."""
+        news = self._news
+        if not news.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(news.wait(), seconds)
+        if news.is_set():  # a chatty server: at most one look per burst of lines
+            news.clear()
+            await asyncio.sleep(0.002)
 
     def _probe(self: Instance, ready: Ready) -> probes.Probe:
         if ready.kind == "log" and self._log_probe is not None:

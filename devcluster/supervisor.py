@@ -291,20 +291,23 @@ class Supervisor(Verbs, Membership):
         process.sweep(self._ours())
 
     async def run(self, on_settled: Callable[[], Awaitable[None]] | None = None,
-                  duties: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()) -> None:
+                  duties: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+                  on_started: Callable[[], Awaitable[None]] | None = None) -> None:
         """Start every instance, serve until told to stop, stop them all.
 
         Every task (life cycles, probes, shutdown, reload) belongs to one task group. A
         task that fails cancels the others; each instance then stops its process on the
         way out, and what is left is SIGKILLed here: nothing outlives this call.
-        ``on_settled`` runs once every instance settled (or shutdown began).
+        ``on_settled`` runs once every instance settled (or shutdown began);
+        ``on_started`` once every instance without dependencies has been spawned (what
+        it raises stops them all).
         """
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg  # before the handlers: a signal always finds its owner
                 with signals(loop, self), lifeline(loop, self, self.settings.lifeline_fd):
-                    await self._serve(on_settled, duties)
+                    await self._serve(on_settled, duties, on_started)
         except ExceptionGroup as group:
             first: BaseException = group
             while isinstance(first, BaseExceptionGroup):
@@ -318,16 +321,22 @@ class Supervisor(Verbs, Membership):
             self.done.set()
 
     async def _serve(self, on_settled: Callable[[], Awaitable[None]] | None,
-                     duties: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+                     duties: Sequence[Callable[[], Coroutine[Any, Any, None]]],
+                     on_started: Callable[[], Awaitable[None]] | None = None) -> None:
         began = time.monotonic()
-        background = [self._spawn(duty()) for duty in
-                      (self._reap_adopted, self._record_registry, *duties)]
         if self._early_stop is not None:
             self._tg_ready_stop(*self._early_stop)
         else:
             for inst in self.instances.values():
                 self.rt.event(EventKind.ADDED, inst.name, detail=inst.address)
             self.start_all()
+            # Let every life cycle reach its spawn before anything else runs: time to
+            # ready is the instances' own start-up, so it starts first (issue 21).
+            await asyncio.sleep(0)
+        if on_started is not None:
+            await on_started()
+        background = [self._spawn(duty()) for duty in
+                      (self._reap_adopted, self._record_registry, *duties)]
         settled = self._spawn(self._settle(began))
         stop_wait = asyncio.ensure_future(self.stopping.wait())
         try:
