@@ -275,7 +275,9 @@ def render(raw: Mapping[str, Any]) -> str:
                   f"- registry writes: {m['registry_writes_before_ready']:.0f} before the ready "
                   f"report ({m['registry_writes']:.0f} in all, `down` included)",
                   "- CPU seconds: " + ", ".join(f"{k} {v:.2f}" + (" (all)" if k == "greeter" else "")
-                                                for k, v in cpu.items()), ""]
+                                                for k, v in cpu.items() if v)
+                  + " (a watchdog started with `python -I -S` loads no sitecustomize: untraced)",
+                  ""]
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
 """The commands people type most (``ps``, ``registry``, ``weight``, ``enable``,
-``disable``, ``kill``), done once for both ways in.
+``disable``, ``kill``; ``up -d`` in :mod:`devcluster.fastup`), done once for both ways in.
 
 The typer commands call these functions; so does :func:`main`, a fast path that
 :mod:`devcluster.entry` tries first. It reads the plain forms of those commands
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,12 +177,25 @@ def main(argv: Sequence[str]) -> int | None:
     line and return its exit status; None when the typer CLI should handle it."""
     if os.environ.get(defaults.ENV_REGISTRY):
         return None  # an etcd registry: the full CLI knows it
+    if "up" in argv[:3]:
+        from devcluster import fastup
+
+        try:
+            up_opts = fastup.parse(argv)
+        except fastup.NotMine:
+            return None
+        return _guarded(lambda: fastup.run(up_opts))
     try:
         command, positional, opts = _parse(argv)
     except _NotMine:
         return None
+    return _guarded(lambda: _run(command, positional, opts))
+
+
+def _guarded(command: Callable[[], int | None]) -> int:
+    """Run ``command``; a mistake is one line on stderr and its exit status."""
     try:
-        _run(command, positional, opts)
+        code = command()
     except DevclusterError as e:
         # The same one line the typer CLI prints (its red, where stderr is a terminal).
         label = views.paint("devcluster: error:", "red", views.use_colour(sys.stderr))
@@ -192,4 +205,4 @@ def main(argv: Sequence[str]) -> int | None:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    return code or 0

@@ -1,0 +1,124 @@
+"""``devcluster up -d`` without typer and rich: the fast path of the command that
+starts a cluster, whose every millisecond is time to ready (issue 21).
+
+:func:`main` reads the plain forms of ``up -d`` (``[-f FILE] up -d [-p PORT] [-c TYPE=N]...
+[--state-dir DIR] [--procfile FILE] [-e FILE]... [--grace S] [--ready-timeout S]
+[--config FILE] [--json]``) and runs them through the same :class:`~devcluster.api.Cluster`
+call and the same output as the typer command (``devcluster.cli.cluster.up``). Any
+other command line (a foreground ``up``, ``--watch``, ``--console``, ``--restart``, help,
+a typo, a value typer would refuse) it leaves to the typer CLI, which explains mistakes.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from devcluster import views
+
+#: Options that take a value, by every spelling the typer command accepts.
+_VALUED = {"-p": "port", "--port": "port", "-c": "scale", "--scale": "scale",
+           "--state-dir": "state_dir", "--procfile": "procfile", "--file": "procfile",
+           "-e": "env", "--env": "env", "--grace": "grace", "--ready-timeout": "ready_timeout",
+           "--config": "config"}
+_REPEATED = {"scale", "env"}
+_NUMBER = re.compile(r"\d+(\.\d*)?|\.\d+")
+
+
+class NotMine(Exception):
+    """A command line the fast path leaves to the typer CLI."""
+
+
+def parse(argv: Sequence[str]) -> dict[str, Any]:
+    """The options of a plain ``[-f FILE] up -d ...`` line, or NotMine."""
+    args = list(argv)
+    opts: dict[str, Any] = {"scale": [], "env": [], "detach": False, "json": False}
+    i = 0
+    while i < len(args) and args[i].split("=", 1)[0] in ("-f", "--file", "--procfile"):
+        opts["procfile"], i = _value(args, i)
+    if args[i:i + 1] != ["up"]:
+        raise NotMine
+    i += 1
+    while i < len(args):
+        arg, key = args[i], args[i].split("=", 1)[0]
+        if arg in ("-d", "--detach"):
+            opts["detach"], i = True, i + 1
+        elif arg == "--json":
+            opts["json"], i = True, i + 1
+        elif key in _VALUED and (arg == key or arg.startswith("--")):
+            value, i = _value(args, i)
+            name = _VALUED[key]
+            if name in _REPEATED:
+                opts[name].append(value)
+            else:
+                opts[name] = value
+        else:
+            raise NotMine  # a flag of the foreground up, help, a typo, a path: typer's
+    if not opts["detach"]:
+        raise NotMine
+    # A value typer would refuse, typer refuses (with its words and exit status 2).
+    if "port" in opts and not opts["port"].isdigit():
+        raise NotMine
+    if any(n in opts and not _NUMBER.fullmatch(opts[n]) for n in ("grace", "ready_timeout")):
+        raise NotMine
+    return opts
+
+
+def _value(args: list[str], i: int) -> tuple[str, int]:
+    arg = args[i]
+    if "=" in arg and arg.startswith("--"):
+        return arg.split("=", 1)[1], i + 1
+    if i + 1 >= len(args) or args[i + 1].startswith("-"):
+        raise NotMine
+    return args[i + 1], i + 2
+
+
+def run(opts: dict[str, Any]) -> int:
+    """``up -d`` as ``devcluster.cli.cluster.up`` does it; the exit status."""
+    from devcluster import procfile as procfile_mod
+    from devcluster.api import Cluster, NotReadyError, default_state_dir
+    from devcluster.errors import UsageError
+
+    procfile = Path(opts.get("procfile") or "Procfile")
+    scale = procfile_mod.parse_scale(opts["scale"])
+    directory = default_state_dir(procfile, opts.get("state_dir"))
+    grace = float(opts["grace"]) if "grace" in opts else None
+    ready_timeout = float(opts["ready_timeout"]) if "ready_timeout" in opts else None
+    if ready_timeout is not None and ready_timeout <= 0:
+        raise UsageError("--grace must be >= 0 and --ready-timeout > 0")
+    config = Path(opts["config"]) if "config" in opts else None
+    cluster = Cluster(procfile, scale=scale, state_dir=directory,
+                      port=int(opts["port"]) if "port" in opts else None, grace=grace,
+                      env_files=[Path(e) for e in opts["env"]], restart={},
+                      ready_timeout=ready_timeout, attach=False, registry=None, watch=None,
+                      console=False, console_port=0, config=config)
+    began = time.monotonic()
+    try:
+        states = cluster.up()
+    except NotReadyError as e:
+        _notes(cluster.notes)
+        views.print_instances(list(e.states.values()), opts["json"])
+        sys.stdout.flush()
+        error_line(f"{e}; the cluster keeps running: fix it, then `devcluster start NAME`")
+        return 1
+    _notes(cluster.notes)
+    views.print_instances(list(states.values()), opts["json"])
+    if not opts["json"]:
+        where = "" if directory == default_state_dir(procfile) else f" --state-dir {directory}"
+        print(f"ready in {time.monotonic() - began:.2f} s; stop with `devcluster down{where}`")
+    return 0
+
+
+def _notes(notes: list[str]) -> None:
+    for note in notes:
+        print(f"devcluster: {note}", file=sys.stderr)
+
+
+def error_line(message: str) -> None:
+    """The one line the typer CLI prints for a mistake (red where stderr is a terminal)."""
+    label = views.paint("devcluster: error:", "red", views.use_colour(sys.stderr))
+    print(f"{label} {message}", file=sys.stderr)
