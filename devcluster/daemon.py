@@ -64,6 +64,7 @@ class ReadyPipe:
 async def serve(settings: Settings, console: TextIO | None, ready: ReadyPipe | None = None) -> int:
     """``devcluster up``: returns the exit status; user mistakes raise DevclusterError."""
     ready = ready or ReadyPipe(settings.ready_fd)
+    process.watch_children_with_pidfds()
     types, env, specs = procfile.load(settings.procfile, settings.env_files, settings.scale,
                                       settings.base_port)
     for name in settings.restart:
