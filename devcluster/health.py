@@ -38,15 +38,17 @@ async def find_port(pid: int, wanted: int, alive: Callable[[], bool], deadline: 
     """
     interval = 0.01
     began = time.monotonic()
-    scan_at = began + 1.0 if expect_wanted else began
+    # $PORT 0 (the server picks one) has no port to connect to: only the scan finds it.
+    cheap = expect_wanted and bool(wanted)
+    scan_at = began + 1.0 if cheap else began
     while alive() and time.monotonic() < deadline:
-        if expect_wanted and wanted and await _tcp(f"127.0.0.1:{wanted}", 0.05) and alive():
+        if cheap and await _tcp(f"127.0.0.1:{wanted}", 0.05) and alive():
             return wanted  # the port was free before we spawned (checked): it is ours
         if time.monotonic() >= scan_at:
             ports = listening_ports(pid)
             if ports:
                 return await pick_port(ports, wanted)
-            if expect_wanted:
+            if cheap:
                 scan_at = time.monotonic() + 1.0
         await nap(interval)
         interval = min(interval * 1.5, 0.1)
