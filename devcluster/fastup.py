@@ -1,12 +1,15 @@
-"""``devcluster up -d`` without typer and rich: the fast path of the command that
-starts a cluster, whose every millisecond is time to ready (issue 21).
+"""``devcluster up`` without typer and rich: the fast path of the command that starts a
+cluster, whose every millisecond is time to ready (issue 21).
 
-:func:`main` reads the plain forms of ``up -d`` (``[-f FILE] up -d [-p PORT] [-c TYPE=N]...
+:func:`parse` reads the plain forms of ``up`` (``[-f FILE] up [-d] [-p PORT] [-c TYPE=N]...
 [--state-dir DIR] [--procfile FILE] [-e FILE]... [--grace S] [--ready-timeout S]
-[--config FILE] [--json]``) and runs them through the same :class:`~devcluster.api.Cluster`
-call and the same output as the typer command (``devcluster.cli.cluster.up``). Any
-other command line (a foreground ``up``, ``--watch``, ``--console``, ``--restart``, help,
-a typo, a value typer would refuse) it leaves to the typer CLI, which explains mistakes.
+[--config FILE] [--json]``); :func:`run` does what the typer command
+(``devcluster.cli.cluster.up``) does with them, with the same calls and the same output:
+``-d`` through :class:`~devcluster.api.Cluster`, the foreground through
+:func:`devcluster.daemon.serve` (a foreground supervisor then holds neither typer nor
+rich in its memory). Any other command line (``--watch``, ``--console``, ``--restart``,
+``--registry``, help, a typo, a value typer would refuse) it leaves to the typer CLI,
+which explains mistakes.
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ def parse(argv: Sequence[str]) -> dict[str, Any]:
                 opts[name] = value
         else:
             raise NotMine  # a flag of the foreground up, help, a typo, a path: typer's
-    if not opts["detach"]:
-        raise NotMine
+    if opts["json"] and not opts["detach"]:
+        raise NotMine  # typer says why --json needs -d
     # A value typer would refuse, typer refuses (with its words and exit status 2).
     if "port" in opts and not opts["port"].isdigit():
         raise NotMine
@@ -77,37 +80,73 @@ def _value(args: list[str], i: int) -> tuple[str, int]:
     return args[i + 1], i + 2
 
 
-def run(opts: dict[str, Any]) -> int:
-    """``up -d`` as ``devcluster.cli.cluster.up`` does it; the exit status."""
-    from devcluster import procfile as procfile_mod
-    from devcluster.api import Cluster, NotReadyError, default_state_dir
+def _flags(opts: dict[str, Any]) -> dict[str, Any]:
+    """The options as the typer command has them once parsed and checked."""
+    from devcluster import defaults
     from devcluster.errors import UsageError
+    from devcluster.procfile import parse_scale
 
     procfile = Path(opts.get("procfile") or "Procfile")
-    scale = procfile_mod.parse_scale(opts["scale"])
-    directory = default_state_dir(procfile, opts.get("state_dir"))
-    grace = float(opts["grace"]) if "grace" in opts else None
+    scale = parse_scale(opts["scale"])
     ready_timeout = float(opts["ready_timeout"]) if "ready_timeout" in opts else None
     if ready_timeout is not None and ready_timeout <= 0:
         raise UsageError("--grace must be >= 0 and --ready-timeout > 0")
-    config = Path(opts["config"]) if "config" in opts else None
-    cluster = Cluster(procfile, scale=scale, state_dir=directory,
-                      port=int(opts["port"]) if "port" in opts else None, grace=grace,
-                      env_files=[Path(e) for e in opts["env"]], restart={},
-                      ready_timeout=ready_timeout, attach=False, registry=None, watch=None,
-                      console=False, console_port=0, config=config)
+    return {"procfile": procfile, "scale": scale,
+            "directory": defaults.state_dir(procfile, opts.get("state_dir")),
+            "port": int(opts["port"]) if "port" in opts else None,
+            "grace": float(opts["grace"]) if "grace" in opts else None,
+            "ready_timeout": ready_timeout, "env": [Path(e) for e in opts["env"]],
+            "config": Path(opts["config"]) if "config" in opts else None}
+
+
+def run(opts: dict[str, Any]) -> int:
+    """``up`` as ``devcluster.cli.cluster.up`` does it; the exit status."""
+    flags = _flags(opts)
+    return detached(flags, opts["json"]) if opts["detach"] else foreground(flags)
+
+
+def foreground(f: dict[str, Any]) -> int:
+    """The supervisor in this process, its log on the terminal, until Ctrl-C."""
+    import asyncio
+
+    from devcluster.daemon import serve
+    from devcluster.project import Flags
+    from devcluster.projectplan import plan
+    from devcluster.supervisor import Settings
+
+    r = plan(f["procfile"], Flags(port=f["port"], grace=f["grace"],
+                                  ready_timeout=f["ready_timeout"], registry=None,
+                                  scale=f["scale"], restart={}), f["config"])
+    settings = Settings(procfile=f["procfile"].absolute(), state_dir=f["directory"],
+                        env_files=tuple(f["env"]), scale=dict(r.scale), base_port=r.port,
+                        grace=r.grace, ready_timeout=r.ready_timeout, restart=dict(r.restart),
+                        registry=r.registry,
+                        config=f["config"].absolute() if f["config"] else None,
+                        types=r.types, waves=r.waves, watch=None)
+    return asyncio.run(serve(settings, sys.stdout))
+
+
+def detached(f: dict[str, Any], as_json: bool) -> int:
+    """``up -d``: the supervisor in the background; return once every instance settled."""
+    from devcluster.api import Cluster, NotReadyError, default_state_dir
+
+    procfile, directory = f["procfile"], f["directory"]
+    cluster = Cluster(procfile, scale=f["scale"], state_dir=directory, port=f["port"],
+                      grace=f["grace"], env_files=f["env"], restart={},
+                      ready_timeout=f["ready_timeout"], attach=False, registry=None,
+                      watch=None, console=False, console_port=0, config=f["config"])
     began = time.monotonic()
     try:
         states = cluster.up()
     except NotReadyError as e:
         _notes(cluster.notes)
-        views.print_instances(list(e.states.values()), opts["json"])
+        views.print_instances(list(e.states.values()), as_json)
         sys.stdout.flush()
         error_line(f"{e}; the cluster keeps running: fix it, then `devcluster start NAME`")
         return 1
     _notes(cluster.notes)
-    views.print_instances(list(states.values()), opts["json"])
-    if not opts["json"]:
+    views.print_instances(list(states.values()), as_json)
+    if not as_json:
         where = "" if directory == default_state_dir(procfile) else f" --state-dir {directory}"
         print(f"ready in {time.monotonic() - began:.2f} s; stop with `devcluster down{where}`")
     return 0
