@@ -303,7 +303,7 @@ def measure(sizes: list[int], runs: int, idle: float,
             rows.append(row)
             log(json.dumps(row))
         floor = {"tool": "floor", "n": n,
-                 "ready_s": statistics.median(bare_spawn(n) for _ in range(runs + 1))}
+                 "ready_s": statistics.median(bare_spawn(n) for _ in range(runs))}
         rows.append(floor)
         log(json.dumps(floor))
     return rows

@@ -28,7 +28,8 @@ async def find_port(pid: int, wanted: int, alive: Callable[[], bool], deadline: 
     """The port ``pid``'s tree listens on (``wanted`` if among them), None on deadline/exit.
 
     Polls: the kernel has no event for "a process started listening". The interval
-    starts at 10 ms (greeters bind within ~100-300 ms of start) and grows to 100 ms;
+    starts at 10 ms (greeters bind within ~100-300 ms of start) and grows to 100 ms (more
+    when many instances start at once: see below);
     ``nap`` cuts a wait short when the instance prints a line, as most servers do once
     they listen. When the command uses ``$PORT`` (``expect_wanted``), a TCP connect to
     it is the cheap probe, and the /proc scan (which walks every process to find the
@@ -36,23 +37,37 @@ async def find_port(pid: int, wanted: int, alive: Callable[[], bool], deadline: 
     elsewhere after all: at N=30 frequent scans slowed the greeters' start-up on two
     cores.
     """
+    global _finding
     interval = 0.01
     began = time.monotonic()
     # $PORT 0 (the server picks one) has no port to connect to: only the scan finds it.
     cheap = expect_wanted and bool(wanted)
     scan_at = began + 1.0 if cheap else began
-    while alive() and time.monotonic() < deadline:
-        if cheap and await _tcp(f"127.0.0.1:{wanted}", 0.05) and alive():
-            return wanted  # the port was free before we spawned (checked): it is ours
-        if time.monotonic() >= scan_at:
-            ports = listening_ports(pid)
-            if ports:
-                return await pick_port(ports, wanted)
-            if cheap:
-                scan_at = time.monotonic() + 1.0
-        await nap(interval)
-        interval = min(interval * 1.5, 0.1)
-    return None
+    _finding += 1
+    try:
+        while alive() and time.monotonic() < deadline:
+            if cheap and await _tcp(f"127.0.0.1:{wanted}", 0.05) and alive():
+                return wanted  # the port was free before we spawned (checked): it is ours
+            if time.monotonic() >= scan_at:
+                ports = listening_ports(pid)
+                if ports:
+                    return await pick_port(ports, wanted)
+                if cheap:
+                    scan_at = time.monotonic() + 1.0
+            await nap(interval)
+            # Every instance starting polls: together at most ~_POLLS_PER_S connects a
+            # second (at N=100 on two cores, 10 each a second cost the supervisor seconds
+            # of CPU while the instances needed it); `nap` still wakes on their output.
+            interval = min(interval * 1.5, max(0.1, _finding / _POLLS_PER_S))
+        return None
+    finally:
+        _finding -= 1
+
+
+#: Port polls a second, all instances of this process together (see find_port).
+_POLLS_PER_S = 200
+#: How many find_port loops run now (one event loop: no lock needed).
+_finding = 0
 
 
 #: Answers that show a port is not a gRPC server (or not yet one).
