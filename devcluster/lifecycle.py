@@ -22,6 +22,7 @@ import psutil
 from devcluster import defaults, probes, process
 from devcluster.events import EventKind
 from devcluster.policy import Policy
+from devcluster.preload import Forked, PreloadError
 from devcluster.procfile import child_environment, command_argv
 from devcluster.registry import State
 
@@ -73,7 +74,14 @@ class Lifecycle:
         # Before the spawn: the log probe must see the very first line.
         self._log_probe = probes.LogProbe(ready.arg) if ready and ready.kind == "log" else None
         try:
-            proc = await process.spawn(argv, env, str(self.rt.cwd))
+            proc = await self._spawn_process(argv, env)
+        except PreloadError as e:
+            self.last_exit = f"preload failed: {e}"
+            self.rt.sink.system(f"{self.name} failed: {self.last_exit}; fix preload in "
+                                "devcluster.toml or remove it")
+            self.pid = None
+            self._set(State.FAILED)
+            return None
         except OSError as e:
             self.last_exit = f"cannot run {argv[0]!r}: {e.strerror or e}"
             self.rt.sink.system(f"{self.name} failed: {self.last_exit}; fix the Procfile line")
@@ -95,7 +103,8 @@ class Lifecycle:
             self._ps, self.started_at = None, time.time()
         self.serving_since = None
         self._set(State.STARTING)
-        self.rt.sink.system(f"{self.name} started (pid {proc.pid}): {self.spec.command}")
+        how = "forked, preloaded" if isinstance(proc, Forked) else "pid"
+        self.rt.sink.system(f"{self.name} started ({how} {proc.pid}): {self.spec.command}")
         async with asyncio.TaskGroup() as run:
             self._run_group = run
             pump = run.create_task(self._pump(proc))
@@ -119,7 +128,16 @@ class Lifecycle:
         self.last_exit = process.describe_exit(returncode)
         return returncode
 
-    async def _wait_exit(self: Instance, proc: asyncio.subprocess.Process) -> int:
+    async def _spawn_process(self: Instance, argv: list[str],
+                             env: dict[str, str]) -> process.Child:
+        """Exec ``argv``, or fork it from its type's fork server (``preload``)."""
+        modules = self.conf.preload if self.conf is not None else ()
+        if modules and self.rt.preload is not None:
+            return await self.rt.preload.spawn(self.spec.process_type, modules, argv, env,
+                                               str(self.rt.cwd), self.ready_timeout)
+        return await process.spawn(argv, env, str(self.rt.cwd))
+
+    async def _wait_exit(self: Instance, proc: process.Child) -> int:
         """Wait for the process to exit; if cancelled (the supervisor's task group is
         failing), stop it first (SIGINT, grace, SIGKILL), as trio's run_process does."""
         try:
@@ -134,7 +152,7 @@ class Lifecycle:
                 process.signal_group(proc.pid, signal.SIGKILL)
             raise
 
-    async def _pump(self: Instance, proc: asyncio.subprocess.Process) -> None:
+    async def _pump(self: Instance, proc: process.Child) -> None:
         assert proc.stdout is not None
         while True:
             try:

@@ -1,0 +1,265 @@
+"""The fork server of a preloaded process type (``preload = [...]`` in devcluster.toml).
+
+Run by the supervisor as ``python .../forkserver.py SOCK_FD SUPERVISOR_PID PATH0 MODULE...``
+(by path, with the interpreter the Procfile's ``python`` resolves to; stdlib only, so it
+needs nothing installed in that interpreter). It imports the modules once, checks that
+doing so started no thread (a fork copies only the forking thread: gRPC forbids threads,
+channels and servers before a fork), says ``ready``, then starts each instance of its type
+by forking, as gunicorn's ``--preload`` or multiprocessing's forkserver do.
+
+Each instance is forked twice (server -> intermediate -> instance) and the intermediate
+exits at once, so the instance is re-parented to the nearest child subreaper, the
+supervisor (:func:`devcluster.process.become_subreaper`): it is the supervisor's own
+child, which it can ``waitpid`` for its exit status like any spawned instance. Only then
+does the instance set its death signal (the kernel sends it on every re-parenting), so it
+dies with the supervisor, not with the intermediate. Before running the command it takes
+its own session and process group, its output pipe (stdout and stderr), its environment,
+working directory, fresh ``__main__``, ``sys.argv`` and the signal dispositions a fresh
+interpreter has; it ends like an interpreter (non-daemon threads joined, atexit run).
+
+Protocol (SOCK_SEQPACKET, one JSON message each): the server first sends
+``{"ready": seconds}`` or ``{"error": line}``; then per request ``{"argv", "env", "cwd"}``
+with the output pipe's write end attached (SCM_RIGHTS) it replies ``{"pid": N}`` or
+``{"error": line}``. EOF on the socket ends the server.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__":  # run by path: our own directory must not shadow anything
+    sys.path[0] = sys.argv[3]
+
+import atexit
+import contextlib
+import ctypes
+import importlib
+import io
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+_MAX_MESSAGE = 1 << 20
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved once, before any fork
+Handler = Callable[[int, Any], Any] | int | None
+
+
+def _send(sock: socket.socket, **message: Any) -> None:
+    sock.send(json.dumps(message).encode())
+
+
+def threads_problem() -> str | None:
+    """Why forking this process now would be unsafe (threads running), else None."""
+    py = threading.active_count()
+    try:
+        native = len(os.listdir("/proc/self/task"))
+    except OSError:
+        native = py
+    if py == 1 and native == 1:
+        return None
+    return (f"the preloaded modules started threads ({py} Python, {native} in all); a fork "
+            "copies only one of them (gRPC forbids threads, channels and servers before a "
+            "fork): preload only modules that start nothing when imported")
+
+
+def _dispositions() -> dict[int, Handler]:
+    """The signal handlers of this interpreter as it started (SIGINT raises
+    KeyboardInterrupt, SIGPIPE and SIGXFSZ ignored, the rest default)."""
+    found: dict[int, Handler] = {}
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            found[sig] = signal.getsignal(sig)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def serve(sock: socket.socket, parent: int, modules: Sequence[str]) -> int:
+    """Import ``modules``, say ready, fork an instance per request until EOF."""
+    fresh = _dispositions()
+    began = time.monotonic()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except BaseException as e:
+            _send(sock, error=f"cannot import {name!r}: {type(e).__name__}: {e}")
+            return 1
+    problem = threads_problem()
+    if problem:
+        _send(sock, error=problem)
+        return 1
+    _send(sock, ready=round(time.monotonic() - began, 3))
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 1)
+        except ConnectionError:
+            return 0
+        if not data:
+            return 0
+        try:
+            _send(sock, **_start(json.loads(data), fds[0], sock, parent, fresh))
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _start(req: dict[str, Any], out: int, sock: socket.socket, parent: int,
+           fresh: dict[int, Handler]) -> dict[str, Any]:
+    """Fork the instance of ``req`` (through an intermediate); its pid, or the error."""
+    problem = threads_problem()  # checked before every fork: a preload may start one late
+    if problem:
+        return {"error": problem}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # the intermediate: fork the instance and go
+        try:
+            if os.fork() == 0:
+                os.close(go_w)
+                os.close(ready_r)
+                _instance(req, out, sock, parent, fresh, go_r, ready_w)
+        finally:
+            os._exit(0)
+    os.close(go_r)
+    os.close(ready_w)
+    try:
+        os.waitpid(middle, 0)  # from here the instance is the supervisor's child
+        with contextlib.suppress(BrokenPipeError):
+            os.write(go_w, b"g")
+        answer = os.read(ready_r, 4096).decode()
+    finally:
+        os.close(go_w)
+        os.close(ready_r)
+    if answer.isdigit():
+        return {"pid": int(answer)}
+    return {"error": answer or "the instance died before it started"}
+
+
+def _instance(req: dict[str, Any], out: int, sock: socket.socket, parent: int,
+              fresh: dict[int, Handler], go_r: int, ready_w: int) -> None:
+    """In the instance: become what an exec'd ``python`` would be, then run; never returns."""
+    try:
+        os.setsid()  # its own session and process group, led by its pid
+        os.read(go_r, 1)  # the intermediate is reaped: our parent is the supervisor now
+        os.close(go_r)
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the supervisor died meanwhile
+            os._exit(1)
+        sock.close()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(null)
+        if out > 2:
+            os.close(out)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        for sig, handler in fresh.items():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        argv: list[str] = req["argv"]
+        _stdio("-u" in argv[1:2] or bool(req["env"].get("PYTHONUNBUFFERED")))
+    except BaseException as e:
+        os.write(ready_w, f"cannot set up the instance: {type(e).__name__}: {e}".encode())
+        os._exit(127)
+    os.write(ready_w, str(os.getpid()).encode())
+    os.close(ready_w)
+    _run(argv)
+
+
+def _stdio(unbuffered: bool) -> None:
+    """sys.stdout/stderr over fds 1 and 2 as a fresh interpreter would make them."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        old = getattr(sys, name)
+        raw = io.FileIO(fd, "w", closefd=False)
+        buffer: Any = raw if unbuffered else io.BufferedWriter(raw)
+        stream = io.TextIOWrapper(buffer, encoding=old.encoding, errors=old.errors,
+                                  line_buffering=name == "stderr" or raw.isatty(),
+                                  write_through=unbuffered)
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _run(argv: list[str]) -> None:
+    """Run ``python [-u] -m MOD ARGS`` or ``python [-u] FILE ARGS`` in this process as
+    the interpreter would, then exit as it would."""
+    import runpy
+
+    sys.orig_argv = list(argv)
+    words = argv[2:] if argv[1:2] == ["-u"] else argv[1:]
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = __builtins__
+    sys.modules["__main__"] = main
+    code, interrupted = 0, False
+    try:
+        if words[0] == "-m":
+            sys.path[0] = os.getcwd()
+            sys.argv = ["-m", *words[2:]]
+            runpy._run_module_as_main(words[1], alter_argv=True)  # type: ignore[attr-defined]
+        else:
+            sys.path[0] = os.path.dirname(os.path.realpath(words[0]))
+            sys.argv = list(words)
+            main.__file__ = words[0]
+            with open(words[0], "rb") as f:
+                source = f.read()
+            exec(compile(source, words[0], "exec"), main.__dict__)
+    except SystemExit as e:
+        code = _exit_code(e)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        interrupted = True
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    _exit(code, interrupted)
+
+
+def _exit_code(e: SystemExit) -> int:
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):
+        return e.code & 0xFF
+    print(e.code, file=sys.stderr)
+    return 1
+
+
+def _exit(code: int, interrupted: bool) -> None:
+    """End as the interpreter does: join non-daemon threads, run atexit, flush."""
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(BaseException):
+                stream.flush()
+        if interrupted:  # as CPython: die of SIGINT, so the parent sees the signal
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        os._exit(code)
+
+
+def main(argv: Sequence[str]) -> int:
+    sock = socket.socket(fileno=int(argv[0]))
+    try:
+        return serve(sock, int(argv[1]), argv[3:])
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,205 @@
+"""The supervisor's end of preloading: one fork server per preloaded type, and the
+instances it forks as children the supervisor signals and waits on like any other.
+
+A type with ``preload = ["grpc", ...]`` in ``devcluster.toml`` gets a fork server
+(:mod:`devcluster.forkserver`) on its first start: started with the interpreter its
+``python`` resolves to, the type's environment (without the per-instance ``PORT``,
+``PS``, ``DEVCLUSTER_INSTANCE``) and the cluster's working directory, it imports the
+modules once. Each start of an instance then costs a fork instead of an interpreter
+start and the imports. The instance is re-parented to the supervisor (a child
+subreaper), so :class:`Forked` waits on it with a pidfd and collects its exit status
+with ``waitpid``, as for an exec'd instance.
+
+What differs from an exec'd instance: modules imported by the fork server saw its
+environment at import time, and every instance of the type shares one hash seed
+(PYTHONHASHSEED is chosen at interpreter start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from devcluster import process
+from devcluster.defaults import ENV_INSTANCE
+from devcluster.preloadcheck import python_command
+
+#: Per-instance variables the fork server's own environment leaves out.
+_PER_INSTANCE = ("PORT", "PS", ENV_INSTANCE)
+_SERVER_SCRIPT = str(Path(__file__).with_name("forkserver.py"))
+#: Output lines longer than this are cut into pieces by the pump (as for spawn).
+_LINE_LIMIT = 1 << 20
+
+
+class PreloadError(Exception):
+    """The fork server could not start an instance: the line says why."""
+
+
+class Forked:
+    """An instance forked by a fork server: its pid, output and exit status (what the
+    supervisor needs of a process). It is the supervisor's child (re-parented to it)."""
+
+    def __init__(self, pid: int, stdout: asyncio.StreamReader) -> None:
+        self.pid = pid
+        self.stdout = stdout
+        self.returncode: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<Forked pid={self.pid} returncode={self.returncode}>"
+
+    async def wait(self) -> int:
+        """The exit status once it exits (a pidfd says when; waitpid collects it)."""
+        if self.returncode is not None:
+            return self.returncode
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ProcessLookupError):
+            fd = os.pidfd_open(self.pid)
+            gone: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+            try:
+                await gone
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # collected by someone else (an orphan sweep)
+            self.returncode = -9
+        return self.returncode
+
+
+class ForkServer:
+    """One running fork server: :meth:`start` it, :meth:`fork` instances, :meth:`close`."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket) -> None:
+        self.proc = proc
+        self.sock = sock
+        self._lock = asyncio.Lock()  # one request at a time: replies come in order
+
+    @classmethod
+    async def start(cls, python: str, path0: str, modules: Sequence[str],
+                    env: Mapping[str, str], cwd: str, timeout: float) -> ForkServer:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv, _ = process.with_pdeathsig(
+            [python, _SERVER_SCRIPT, str(theirs.fileno()), str(os.getpid()), path0, *modules])
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env={k: v for k, v in env.items() if k not in _PER_INSTANCE}, cwd=cwd,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                pass_fds=[theirs.fileno()], start_new_session=True)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        server = cls(proc, ours)
+        try:
+            hello = await asyncio.wait_for(server._reply(), timeout)
+        except asyncio.CancelledError:
+            ours.close()  # EOF: it exits by itself; asyncio collects it
+            raise
+        except TimeoutError:
+            await server.close()
+            raise PreloadError(f"the fork server did not finish importing {', '.join(modules)} "
+                               f"within {timeout:g}s (does a module start a server when "
+                               "imported?)") from None
+        if "error" in hello:
+            await server.close()
+            raise PreloadError(hello["error"])
+        return server
+
+    async def _reply(self) -> dict[str, object]:
+        data = await asyncio.get_running_loop().sock_recv(self.sock, 1 << 16)
+        if not data:
+            raise PreloadError(f"the fork server (pid {self.proc.pid}) exited; see the "
+                               "supervisor's output")
+        reply: dict[str, object] = json.loads(data)
+        return reply
+
+    async def fork(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> Forked:
+        """Start one instance; its output (stdout and stderr) comes on a pipe of ours."""
+        request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
+        read_fd, write_fd = os.pipe()
+        try:
+            async with self._lock:
+                try:
+                    socket.send_fds(self.sock, [request], [write_fd])
+                except OSError as e:
+                    raise PreloadError(f"the fork server is gone ({e})") from None
+                finally:
+                    os.close(write_fd)
+                reply = await self._reply()
+        except BaseException:
+            os.close(read_fd)
+            raise
+        if "pid" not in reply:
+            os.close(read_fd)
+            raise PreloadError(str(reply.get("error", reply)))
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                     os.fdopen(read_fd, "rb", 0))
+        return Forked(int(str(reply["pid"])), reader)
+
+    async def close(self) -> None:
+        """EOF on its socket ends it; then collect it."""
+        self.sock.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+
+
+class Preloader:
+    """The fork servers of one supervisor, one per preloaded process type, started on
+    the type's first instance start (concurrent starts share the one being started)."""
+
+    def __init__(self) -> None:
+        self._servers: dict[tuple[str, ...], asyncio.Task[ForkServer]] = {}
+
+    def pids(self) -> set[int]:
+        """The fork servers' pids (the supervisor's children it started itself)."""
+        return {t.result().proc.pid for t in self._servers.values()
+                if t.done() and not t.cancelled() and t.exception() is None}
+
+    async def spawn(self, ptype: str, modules: Sequence[str], argv: Sequence[str],
+                    env: Mapping[str, str], cwd: str, timeout: float) -> Forked:
+        """Start ``argv`` (``python -m ...``/``python FILE.py``) by forking the type's
+        fork server; PreloadError (one line) when it cannot."""
+        shape = python_command(argv)
+        python = shutil.which(argv[0], path=env.get("PATH")) if argv else None
+        if shape is None or python is None:
+            raise PreloadError(f"preload cannot start {' '.join(argv)!r} (not `python -m "
+                               "MODULE` or `python FILE.py` once variables are expanded)")
+        path0 = cwd if shape[0] == "-m" else os.path.dirname(
+            os.path.realpath(os.path.join(cwd, shape[1])))
+        key = (ptype, python, path0, *modules)
+        task = self._servers.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception())):
+            task = self._servers[key] = asyncio.ensure_future(
+                ForkServer.start(python, path0, modules, env, cwd, timeout))
+        server = await asyncio.shield(task)
+        return await server.fork(argv, env, cwd)
+
+    async def refresh(self) -> None:
+        """Close every fork server: the next start imports the modules afresh (a reload
+        is for code that changed)."""
+        await self.close()
+
+    async def close(self) -> None:
+        servers, self._servers = list(self._servers.values()), {}
+        for task in servers:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await (await task).close()
