@@ -19,8 +19,10 @@ interpreter has; it ends like an interpreter (non-daemon threads joined, atexit 
 
 Protocol (SOCK_SEQPACKET, one JSON message each): the server first sends
 ``{"ready": seconds}`` or ``{"error": line}``; then per request ``{"argv", "env", "cwd"}``
-with the output pipe's write end attached (SCM_RIGHTS) it replies ``{"pid": N}`` or
-``{"error": line}``. EOF on the socket ends the server.
+with two pipes' write ends attached (SCM_RIGHTS: the output, and a sync pipe) it replies
+``{"pid": N}`` or ``{"error": line}`` as soon as it forked; the instance itself writes
+``ok`` on the sync pipe once it is set up (re-parented, death signal set), or why not.
+EOF on the socket ends the server.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import importlib
 import io
 import json
 import os
+import select
 import signal
 import socket
 import threading
@@ -99,61 +102,61 @@ def serve(sock: socket.socket, parent: int, modules: Sequence[str]) -> int:
         _send(sock, error=problem)
         return 1
     _send(sock, ready=round(time.monotonic() - began, 3))
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the intermediates: no zombies
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 1)
+            data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 2)
         except ConnectionError:
             return 0
         if not data:
             return 0
         try:
-            _send(sock, **_start(json.loads(data), fds[0], sock, parent, fresh))
+            _send(sock, **_start(json.loads(data), fds, sock, parent, fresh))
         finally:
             for fd in fds:
                 os.close(fd)
 
 
-def _start(req: dict[str, Any], out: int, sock: socket.socket, parent: int,
+def _start(req: dict[str, Any], fds: Sequence[int], sock: socket.socket, parent: int,
            fresh: dict[int, Handler]) -> dict[str, Any]:
-    """Fork the instance of ``req`` (through an intermediate); its pid, or the error."""
+    """Fork the instance of ``req`` (through an intermediate); its pid, or the error.
+
+    Only the two forks are waited for here: the instance reports that it is set up
+    (or why not) on the ``sync`` pipe, straight to the supervisor, so the next
+    request need not wait for it."""
     problem = threads_problem()  # checked before every fork: a preload may start one late
     if problem:
         return {"error": problem}
+    if len(fds) != 2:
+        return {"error": f"a request carries 2 pipes (output, sync), not {len(fds)}"}
     sys.stdout.flush()
     sys.stderr.flush()
-    go_r, go_w = os.pipe()
-    ready_r, ready_w = os.pipe()
-    middle = os.fork()
-    if middle == 0:  # the intermediate: fork the instance and go
+    pid_r, pid_w = os.pipe()
+    if os.fork() == 0:  # the intermediate: fork the instance, say its pid, go
         try:
-            if os.fork() == 0:
-                os.close(go_w)
-                os.close(ready_r)
-                _instance(req, out, sock, parent, fresh, go_r, ready_w)
+            middle = os.getpid()
+            child = os.fork()
+            if child == 0:
+                os.close(pid_r)
+                os.close(pid_w)
+                _instance(req, fds[0], fds[1], sock, parent, fresh, middle)
+            os.write(pid_w, str(child).encode())
         finally:
-            os._exit(0)
-    os.close(go_r)
-    os.close(ready_w)
+            os._exit(0)  # reaped by the kernel: SIGCHLD is ignored here
+    os.close(pid_w)
     try:
-        os.waitpid(middle, 0)  # from here the instance is the supervisor's child
-        with contextlib.suppress(BrokenPipeError):
-            os.write(go_w, b"g")
-        answer = os.read(ready_r, 4096).decode()
+        answer = os.read(pid_r, 64).decode()
     finally:
-        os.close(go_w)
-        os.close(ready_r)
-    if answer.isdigit():
-        return {"pid": int(answer)}
-    return {"error": answer or "the instance died before it started"}
+        os.close(pid_r)
+    return {"pid": int(answer)} if answer.isdigit() else {"error": "the fork failed"}
 
 
-def _instance(req: dict[str, Any], out: int, sock: socket.socket, parent: int,
-              fresh: dict[int, Handler], go_r: int, ready_w: int) -> None:
+def _instance(req: dict[str, Any], out: int, sync: int, sock: socket.socket, parent: int,
+              fresh: dict[int, Handler], middle: int) -> None:
     """In the instance: become what an exec'd ``python`` would be, then run; never returns."""
     try:
         os.setsid()  # its own session and process group, led by its pid
-        os.read(go_r, 1)  # the intermediate is reaped: our parent is the supervisor now
-        os.close(go_r)
+        _until_orphaned(middle)  # then our parent is the supervisor (the subreaper)
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent:  # the supervisor died meanwhile
             os._exit(1)
@@ -175,11 +178,41 @@ def _instance(req: dict[str, Any], out: int, sock: socket.socket, parent: int,
         argv: list[str] = req["argv"]
         _stdio("-u" in argv[1:2] or bool(req["env"].get("PYTHONUNBUFFERED")))
     except BaseException as e:
-        os.write(ready_w, f"cannot set up the instance: {type(e).__name__}: {e}".encode())
+        os.write(sync, f"cannot set up the instance: {type(e).__name__}: {e}".encode())
         os._exit(127)
-    os.write(ready_w, str(os.getpid()).encode())
-    os.close(ready_w)
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        _show_as(argv)
+    os.write(sync, b"ok")
+    os.close(sync)
     _run(argv)
+
+
+def _until_orphaned(middle: int) -> None:
+    """Wait until the intermediate ``middle`` has exited (a pidfd is readable then,
+    and the kernel re-parented us before that)."""
+    try:
+        fd = os.pidfd_open(middle)
+    except ProcessLookupError:
+        return
+    try:
+        if os.getppid() == middle:  # still alive after the open: the pidfd is its
+            select.select([fd], [], [])
+    finally:
+        os.close(fd)
+
+
+def _show_as(argv: Sequence[str]) -> None:
+    """Make ``ps`` and psutil show the instance's own command line, not the fork
+    server's: overwrite the argv area in place as setproctitle(3) does (a last byte
+    that is not NUL tells the kernel to read the title up to its first NUL)."""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rpartition(b")")[2].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+    room = end - start
+    title = " ".join(argv).encode()[:room - 2]
+    ctypes.memset(start, 0, room)
+    ctypes.memmove(start, title, len(title))
+    ctypes.memset(end - 1, 0x20, 1)
 
 
 def _stdio(unbuffered: bool) -> None:

@@ -125,24 +125,33 @@ class ForkServer:
         return reply
 
     async def fork(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> Forked:
-        """Start one instance; its output (stdout and stderr) comes on a pipe of ours."""
+        """Start one instance; its output (stdout and stderr) comes on a pipe of ours.
+        Returns once the instance is our child, in its own group, with its death signal."""
         request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
         read_fd, write_fd = os.pipe()
+        sync_r, sync_w = os.pipe()
         try:
             async with self._lock:
                 try:
-                    socket.send_fds(self.sock, [request], [write_fd])
+                    socket.send_fds(self.sock, [request], [write_fd, sync_w])
                 except OSError as e:
                     raise PreloadError(f"the fork server is gone ({e})") from None
                 finally:
                     os.close(write_fd)
+                    os.close(sync_w)
                 reply = await self._reply()
+            if "pid" not in reply:
+                raise PreloadError(str(reply.get("error", reply)))
+            said = await _read_all(sync_r)
         except BaseException:
             os.close(read_fd)
             raise
-        if "pid" not in reply:
-            os.close(read_fd)
-            raise PreloadError(str(reply.get("error", reply)))
+        finally:
+            os.close(sync_r)
+        if said != b"ok":
+            os.close(read_fd)  # a zombie left, if any, is collected as an orphan
+            raise PreloadError(said.decode(errors="replace") or "the instance died before "
+                               "it was set up")
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
@@ -158,6 +167,27 @@ class ForkServer:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             await self.proc.wait()
+
+
+async def _read_all(fd: int) -> bytes:
+    """Everything written on the pipe ``fd`` until EOF (a few bytes), without blocking."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    data = b""
+    while True:
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, lambda f=readable: f.done() or f.set_result(None))
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return data
+        data += chunk
 
 
 class Preloader:
