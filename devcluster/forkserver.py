@@ -36,6 +36,7 @@ import atexit
 import contextlib
 import ctypes
 import importlib
+import importlib.machinery
 import io
 import json
 import os
@@ -181,7 +182,7 @@ def _instance(req: dict[str, Any], out: int, sync: int, sock: socket.socket, par
         os.write(sync, f"cannot set up the instance: {type(e).__name__}: {e}".encode())
         os._exit(127)
     with contextlib.suppress(OSError, ValueError, IndexError):
-        _show_as(argv)
+        _show_as(argv, req["env"])
     os.write(sync, b"ok")
     os.close(sync)
     _run(argv)
@@ -201,18 +202,26 @@ def _until_orphaned(middle: int) -> None:
         os.close(fd)
 
 
-def _show_as(argv: Sequence[str]) -> None:
-    """Make ``ps`` and psutil show the instance's own command line, not the fork
-    server's: overwrite the argv area in place as setproctitle(3) does (a last byte
-    that is not NUL tells the kernel to read the title up to its first NUL)."""
+def _show_as(argv: Sequence[str], env: dict[str, str]) -> None:
+    """Make ``ps`` and psutil (``/proc/PID/cmdline`` and ``environ``) show the instance's
+    own command line and environment, not the fork server's: overwrite the areas the
+    kernel reads them from in place, as setproctitle(3) does. For the arguments, a last
+    byte that is not NUL tells the kernel to read the title up to its first NUL; the
+    environment area was made roomy by the supervisor (``DEVCLUSTER_ENV_ROOM``) and
+    nothing points into it once os.environ was replaced."""
     with open("/proc/self/stat", "rb") as f:
         fields = f.read().rpartition(b")")[2].split()
-    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+    # arg_start, arg_end, env_start, env_end: fields 48 to 51 of proc(5)
+    start, end, env_start, env_end = (int(x) for x in fields[45:49])
     room = end - start
     title = " ".join(argv).encode()[:room - 2]
     ctypes.memset(start, 0, room)
     ctypes.memmove(start, title, len(title))
     ctypes.memset(end - 1, 0x20, 1)
+    block = b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
+    if len(block) < env_end - env_start:
+        ctypes.memset(env_start, 0, env_end - env_start)
+        ctypes.memmove(env_start, block, len(block))
 
 
 def _stdio(unbuffered: bool) -> None:
@@ -247,10 +256,12 @@ def _run(argv: list[str]) -> None:
         else:
             sys.path[0] = os.path.dirname(os.path.realpath(words[0]))
             sys.argv = list(words)
-            main.__file__ = words[0]
-            with open(words[0], "rb") as f:
+            path = os.path.abspath(words[0])  # as the interpreter (3.9+) names it
+            main.__file__, main.__cached__ = path, None
+            main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
+            with open(path, "rb") as f:
                 source = f.read()
-            exec(compile(source, words[0], "exec"), main.__dict__)
+            exec(compile(source, path, "exec"), main.__dict__)
     except SystemExit as e:
         code = _exit_code(e)
     except KeyboardInterrupt:

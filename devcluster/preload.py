@@ -32,6 +32,8 @@ from devcluster.preloadcheck import python_command
 
 #: Per-instance variables the fork server's own environment leaves out.
 _PER_INSTANCE = ("PORT", "PS", ENV_INSTANCE)
+#: A variable that only reserves room in the fork server's environment block.
+_ENV_ROOM, _ROOM_SPARE = "DEVCLUSTER_ENV_ROOM", 1024
 _SERVER_SCRIPT = str(Path(__file__).with_name("forkserver.py"))
 #: Output lines longer than this are cut into pieces by the pump (as for spawn).
 _LINE_LIMIT = 1 << 20
@@ -39,6 +41,15 @@ _LINE_LIMIT = 1 << 20
 
 class PreloadError(Exception):
     """The fork server could not start an instance: the line says why."""
+
+
+def _server_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The fork server's environment: the type's, without what is per instance, and
+    room for an instance's own environment to be shown in /proc (see forkserver)."""
+    own = {k: v for k, v in env.items() if k not in _PER_INSTANCE}
+    own[_ENV_ROOM] = "." * (_ROOM_SPARE + sum(len(k) + len(v) + 2 for k, v in env.items()
+                                              if k in _PER_INSTANCE))
+    return own
 
 
 class Forked:
@@ -91,7 +102,7 @@ class ForkServer:
             [python, _SERVER_SCRIPT, str(theirs.fileno()), str(os.getpid()), path0, *modules])
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, env={k: v for k, v in env.items() if k not in _PER_INSTANCE}, cwd=cwd,
+                *argv, env=_server_env(env), cwd=cwd,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 pass_fds=[theirs.fileno()], start_new_session=True)
         except OSError:
