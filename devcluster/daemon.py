@@ -114,6 +114,7 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
             await control.stop(remove=not keeper.lost)
     finally:
         sup.force()  # nothing outlives us, whatever failed
+        await sup.preload.close()
         if not await asyncio.to_thread(sup.records.close, _LAST_WRITES_WAIT):
             sink.system("registry writes still pending at exit; left undone")
         watchdog.close()

@@ -60,14 +60,7 @@ class Lifecycle:
         if again:
             self.restarts += 1
         self._spawned_once = True
-        env = child_environment(self.spec, str(Path(sys.executable).parent))
-        if self.conf is not None:  # the file's env: over the env files, under PORT & co
-            env.update(self.conf.env)
-        env[defaults.ENV_GRACE] = f"{self.grace:g}"  # servers may finish calls within it
-        if defaults.ENV_REUSEPORT not in env:  # .env or the file may say 0: a spare port
-            env[defaults.ENV_REUSEPORT] = "1"  # a reload may start our replacement on our port
-        if self.port and self.port != self.spec.port:
-            env["PORT"] = str(self.port)  # port 0 at first: keep the one it found
+        env = self._environment()
         argv = command_argv(self.spec.command, env)
         self._env = env  # what an exec probe runs with
         ready = self.conf.ready if self.conf is not None else None
@@ -127,6 +120,28 @@ class Lifecycle:
         self._run_group = None
         self.last_exit = process.describe_exit(returncode)
         return returncode
+
+    def _environment(self: Instance) -> dict[str, str]:
+        """The environment of this instance's next process."""
+        env = child_environment(self.spec, str(Path(sys.executable).parent))
+        if self.conf is not None:  # the file's env: over the env files, under PORT & co
+            env.update(self.conf.env)
+        env[defaults.ENV_GRACE] = f"{self.grace:g}"  # servers may finish calls within it
+        if defaults.ENV_REUSEPORT not in env:  # .env or the file may say 0: a spare port
+            env[defaults.ENV_REUSEPORT] = "1"  # a reload may start our replacement on our port
+        if self.port and self.port != self.spec.port:
+            env["PORT"] = str(self.port)  # port 0 at first: keep the one it found
+        return env
+
+    def warm_preload(self: Instance) -> None:
+        """Start the fork server of this instance's type now (a preloaded type): its
+        imports then overlap the rest of the supervisor's start-up."""
+        modules = self.conf.preload if self.conf is not None else ()
+        if modules and self.rt.preload is not None:
+            env = self._environment()
+            self.rt.preload.warm(self.spec.process_type, modules,
+                                 command_argv(self.spec.command, env), env, str(self.rt.cwd),
+                                 self.ready_timeout)
 
     async def _spawn_process(self: Instance, argv: list[str],
                              env: dict[str, str]) -> process.Child:

@@ -18,6 +18,7 @@ environment at import time, and every instance of the type shares one hash seed
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -92,7 +93,12 @@ class ForkServer:
     def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket) -> None:
         self.proc = proc
         self.sock = sock
-        self._lock = asyncio.Lock()  # one request at a time: replies come in order
+        # Requests are pipelined: the server forks back to back while we are busy
+        # elsewhere. It answers in order, so each reply goes to the oldest waiter.
+        self._send_lock = asyncio.Lock()
+        self._waiting: collections.deque[asyncio.Future[dict[str, object]]] = \
+            collections.deque()
+        self._gone: str | None = None
 
     @classmethod
     async def start(cls, python: str, path0: str, modules: Sequence[str],
@@ -125,7 +131,59 @@ class ForkServer:
         if "error" in hello:
             await server.close()
             raise PreloadError(hello["error"])
+        asyncio.get_running_loop().add_reader(ours.fileno(), server._on_replies)
         return server
+
+    def _on_replies(self) -> None:
+        """Hand each reply to the oldest request waiting (called when readable)."""
+        while True:
+            try:
+                data = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._lost(f"the fork server (pid {self.proc.pid}) exited; see the "
+                           "supervisor's output")
+                return
+            if self._waiting:
+                waiter = self._waiting.popleft()
+                if not waiter.done():  # a cancelled caller's instance is swept as an orphan
+                    waiter.set_result(json.loads(data))
+
+    def _lost(self, why: str) -> None:
+        self._gone = why
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(PreloadError(why))
+
+    async def _send(self, request: bytes, fds: list[int]) -> asyncio.Future[dict[str, object]]:
+        """Send one request (waiting while the socket is full); the future of its reply."""
+        loop = asyncio.get_running_loop()
+        async with self._send_lock:  # the order of sends is the order of replies
+            while True:
+                if self._gone:
+                    raise PreloadError(self._gone)
+                try:
+                    socket.send_fds(self.sock, [request], fds)
+                    break
+                except BlockingIOError:
+                    writable: asyncio.Future[None] = loop.create_future()
+                    loop.add_writer(self.sock.fileno(),
+                                    lambda f=writable: f.done() or f.set_result(None))
+                    try:
+                        await writable
+                    finally:
+                        loop.remove_writer(self.sock.fileno())
+                except OSError as e:
+                    self._lost(f"the fork server is gone ({e})")
+            reply: asyncio.Future[dict[str, object]] = loop.create_future()
+            self._waiting.append(reply)
+            return reply
 
     async def _reply(self) -> dict[str, object]:
         data = await asyncio.get_running_loop().sock_recv(self.sock, 1 << 16)
@@ -142,15 +200,12 @@ class ForkServer:
         read_fd, write_fd = os.pipe()
         sync_r, sync_w = os.pipe()
         try:
-            async with self._lock:
-                try:
-                    socket.send_fds(self.sock, [request], [write_fd, sync_w])
-                except OSError as e:
-                    raise PreloadError(f"the fork server is gone ({e})") from None
-                finally:
-                    os.close(write_fd)
-                    os.close(sync_w)
-                reply = await self._reply()
+            try:
+                answer = await self._send(request, [write_fd, sync_w])
+            finally:
+                os.close(write_fd)
+                os.close(sync_w)
+            reply = await answer
             if "pid" not in reply:
                 raise PreloadError(str(reply.get("error", reply)))
             said = await _read_all(sync_r)
@@ -171,6 +226,7 @@ class ForkServer:
 
     async def close(self) -> None:
         """EOF on its socket ends it; then collect it."""
+        self._lost("the fork server was closed")
         self.sock.close()
         try:
             await asyncio.wait_for(self.proc.wait(), 5.0)
@@ -217,6 +273,19 @@ class Preloader:
                     env: Mapping[str, str], cwd: str, timeout: float) -> Forked:
         """Start ``argv`` (``python -m ...``/``python FILE.py``) by forking the type's
         fork server; PreloadError (one line) when it cannot."""
+        server = await asyncio.shield(self._server(ptype, modules, argv, env, cwd, timeout))
+        return await server.fork(argv, env, cwd)
+
+    def warm(self, ptype: str, modules: Sequence[str], argv: Sequence[str],
+             env: Mapping[str, str], cwd: str, timeout: float) -> None:
+        """Start the type's fork server now, so that its imports overlap the rest of the
+        supervisor's start-up; a failure is reported by the first :meth:`spawn`."""
+        with contextlib.suppress(PreloadError):
+            self._server(ptype, modules, argv, env, cwd, timeout)
+
+    def _server(self, ptype: str, modules: Sequence[str], argv: Sequence[str],
+                env: Mapping[str, str], cwd: str, timeout: float) -> asyncio.Task[ForkServer]:
+        """The (starting) fork server for ``argv``'s interpreter and ``sys.path[0]``."""
         shape = python_command(argv)
         python = shutil.which(argv[0], path=env.get("PATH")) if argv else None
         if shape is None or python is None:
@@ -229,8 +298,7 @@ class Preloader:
         if task is None or (task.done() and (task.cancelled() or task.exception())):
             task = self._servers[key] = asyncio.ensure_future(
                 ForkServer.start(python, path0, modules, env, cwd, timeout))
-        server = await asyncio.shield(task)
-        return await server.fork(argv, env, cwd)
+        return task
 
     async def refresh(self) -> None:
         """Close every fork server: the next start imports the modules afresh (a reload

@@ -117,6 +117,9 @@ class Supervisor(Verbs, Membership):
             self.tables = rolling.project_tables(settings.procfile)
         for spec in specs:
             self._add(spec)
+        # Preloaded types: their fork servers import while we finish starting up.
+        for first in {i.spec.process_type: i for i in reversed(self.instances.values())}.values():
+            first.warm_preload()
         self.stopping = asyncio.Event()
         self.done = asyncio.Event()
         self._interrupts = 0
