@@ -20,8 +20,9 @@ interpreter has; it ends like an interpreter (non-daemon threads joined, atexit 
 Protocol (SOCK_SEQPACKET, one JSON message each): the server first sends
 ``{"ready": seconds}`` or ``{"error": line}``; then per request ``{"argv", "env", "cwd"}``
 with two pipes' write ends attached (SCM_RIGHTS: the output, and a sync pipe) it replies
-``{"pid": N}`` or ``{"error": line}`` as soon as it forked; the instance itself writes
-``ok`` on the sync pipe once it is set up (re-parented, death signal set), or why not.
+``{"forked": true}`` or ``{"error": line}`` as soon as it forked; the instance itself
+writes ``ok PID`` on the sync pipe once it is set up (re-parented, in its own session,
+death signal set), or why not.
 EOF on the socket ends the server.
 """
 
@@ -120,11 +121,11 @@ def serve(sock: socket.socket, parent: int, modules: Sequence[str]) -> int:
 
 def _start(req: dict[str, Any], fds: Sequence[int], sock: socket.socket, parent: int,
            fresh: dict[int, Handler]) -> dict[str, Any]:
-    """Fork the instance of ``req`` (through an intermediate); its pid, or the error.
+    """Fork the instance of ``req`` through an intermediate; ``forked``, or the error.
 
-    Only the two forks are waited for here: the instance reports that it is set up
-    (or why not) on the ``sync`` pipe, straight to the supervisor, so the next
-    request need not wait for it."""
+    Only the first fork is waited for here: the instance reports its pid once it is
+    set up (or why not) on the ``sync`` pipe, straight to the supervisor, so the next
+    request need not wait for the intermediate or the instance to be scheduled."""
     problem = threads_problem()  # checked before every fork: a preload may start one late
     if problem:
         return {"error": problem}
@@ -132,24 +133,14 @@ def _start(req: dict[str, Any], fds: Sequence[int], sock: socket.socket, parent:
         return {"error": f"a request carries 2 pipes (output, sync), not {len(fds)}"}
     sys.stdout.flush()
     sys.stderr.flush()
-    pid_r, pid_w = os.pipe()
-    if os.fork() == 0:  # the intermediate: fork the instance, say its pid, go
+    if os.fork() == 0:  # the intermediate: fork the instance and go
         try:
             middle = os.getpid()
-            child = os.fork()
-            if child == 0:
-                os.close(pid_r)
-                os.close(pid_w)
+            if os.fork() == 0:
                 _instance(req, fds[0], fds[1], sock, parent, fresh, middle)
-            os.write(pid_w, str(child).encode())
         finally:
             os._exit(0)  # reaped by the kernel: SIGCHLD is ignored here
-    os.close(pid_w)
-    try:
-        answer = os.read(pid_r, 64).decode()
-    finally:
-        os.close(pid_r)
-    return {"pid": int(answer)} if answer.isdigit() else {"error": "the fork failed"}
+    return {"forked": True}
 
 
 def _instance(req: dict[str, Any], out: int, sync: int, sock: socket.socket, parent: int,
@@ -183,7 +174,7 @@ def _instance(req: dict[str, Any], out: int, sync: int, sock: socket.socket, par
         os._exit(127)
     with contextlib.suppress(OSError, ValueError, IndexError):
         _show_as(argv, req["env"])
-    os.write(sync, b"ok")
+    os.write(sync, f"ok {os.getpid()}".encode())
     os.close(sync)
     _run(argv)
 

@@ -206,15 +206,16 @@ class ForkServer:
                 os.close(write_fd)
                 os.close(sync_w)
             reply = await answer
-            if "pid" not in reply:
-                raise PreloadError(str(reply.get("error", reply)))
+            if "error" in reply:
+                raise PreloadError(str(reply["error"]))
             said = await _read_all(sync_r)
         except BaseException:
             os.close(read_fd)
             raise
         finally:
             os.close(sync_r)
-        if said != b"ok":
+        ok, _, pid = said.decode(errors="replace").partition(" ")
+        if ok != "ok" or not pid.isdigit():
             os.close(read_fd)  # a zombie left, if any, is collected as an orphan
             raise PreloadError(said.decode(errors="replace") or "the instance died before "
                                "it was set up")
@@ -222,7 +223,7 @@ class ForkServer:
         reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
                                      os.fdopen(read_fd, "rb", 0))
-        return Forked(int(str(reply["pid"])), reader)
+        return Forked(int(pid), reader)
 
     async def close(self) -> None:
         """EOF on its socket ends it; then collect it."""
