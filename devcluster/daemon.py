@@ -17,12 +17,18 @@ the path of every ``up -d``.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `up -d`: preloaded types' fork servers import while we do
+    from devcluster import preboot
+
+    preboot.begin(sys.argv[1:])
+
 import asyncio
 import contextlib
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -279,7 +285,9 @@ def main(argv: list[str]) -> int:
     A leading ``--state-dir DIR`` is a label for whoever looks at the process list."""
     if argv[:1] == ["--state-dir"]:
         argv = argv[2:]
-    text = argv[0] if argv else sys.stdin.read()
+    from devcluster import preboot
+
+    text = argv[0] if argv else preboot.settings_text() or sys.stdin.read()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # the settings pipe is done with; instances must not inherit it
     os.close(null)

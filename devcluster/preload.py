@@ -22,35 +22,19 @@ import collections
 import contextlib
 import json
 import os
-import shutil
 import socket
+import subprocess
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-from devcluster import process
-from devcluster.defaults import ENV_INSTANCE
-from devcluster.preloadcheck import python_command
+from devcluster import preboot
+from devcluster.defaults import READY_TIMEOUT
 
-#: Per-instance variables the fork server's own environment leaves out.
-_PER_INSTANCE = ("PORT", "PS", ENV_INSTANCE)
-#: A variable that only reserves room in the fork server's environment block.
-_ENV_ROOM, _ROOM_SPARE = "DEVCLUSTER_ENV_ROOM", 1024
-_SERVER_SCRIPT = str(Path(__file__).with_name("forkserver.py"))
 #: Output lines longer than this are cut into pieces by the pump (as for spawn).
 _LINE_LIMIT = 1 << 20
 
 
 class PreloadError(Exception):
     """The fork server could not start an instance: the line says why."""
-
-
-def _server_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The fork server's environment: the type's, without what is per instance, and
-    room for an instance's own environment to be shown in /proc (see forkserver)."""
-    own = {k: v for k, v in env.items() if k not in _PER_INSTANCE}
-    own[_ENV_ROOM] = "." * (_ROOM_SPARE + sum(len(k) + len(v) + 2 for k, v in env.items()
-                                              if k in _PER_INSTANCE))
-    return own
 
 
 class Forked:
@@ -90,7 +74,7 @@ class Forked:
 class ForkServer:
     """One running fork server: :meth:`start` it, :meth:`fork` instances, :meth:`close`."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
         self.proc = proc
         self.sock = sock
         # Requests are pipelined: the server forks back to back while we are busy
@@ -101,27 +85,15 @@ class ForkServer:
         self._gone: str | None = None
 
     @classmethod
-    async def start(cls, python: str, path0: str, modules: Sequence[str],
-                    env: Mapping[str, str], cwd: str, timeout: float) -> ForkServer:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv, _ = process.with_pdeathsig(
-            [python, _SERVER_SCRIPT, str(theirs.fileno()), str(os.getpid()), path0, *modules])
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, env=_server_env(env), cwd=cwd,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                pass_fds=[theirs.fileno()], start_new_session=True)
-        except OSError:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        ours.setblocking(False)
+    async def greet(cls, launched: preboot.Launched, modules: Sequence[str],
+                    timeout: float) -> ForkServer:
+        """Wait for a launched fork server to have imported ``modules``; it, ready."""
+        proc, ours = launched
         server = cls(proc, ours)
         try:
             hello = await asyncio.wait_for(server._reply(), timeout)
         except asyncio.CancelledError:
-            ours.close()  # EOF: it exits by itself; asyncio collects it
+            await server.close()
             raise
         except TimeoutError:
             await server.close()
@@ -230,11 +202,26 @@ class ForkServer:
         self._lost("the fork server was closed")
         self.sock.close()
         try:
-            await asyncio.wait_for(self.proc.wait(), 5.0)
+            await asyncio.wait_for(_exited(self.proc.pid), 5.0)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            await self.proc.wait()
+            self.proc.kill()
+        self.proc.wait()
+
+
+async def _exited(pid: int) -> None:
+    """Until the process ``pid`` (ours, not yet collected) has exited: a pidfd says so."""
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    gone: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+    try:
+        await gone
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 async def _read_all(fd: int) -> bytes:
@@ -262,8 +249,13 @@ class Preloader:
     """The fork servers of one supervisor, one per preloaded process type, started on
     the type's first instance start (concurrent starts share the one being started)."""
 
-    def __init__(self) -> None:
-        self._servers: dict[tuple[str, ...], asyncio.Task[ForkServer]] = {}
+    def __init__(self, launched: Mapping[preboot.Key, preboot.Launched] | None = None,
+                 timeout: float = READY_TIMEOUT) -> None:
+        """``launched``: fork servers already launched (by :func:`preboot.begin`), whose
+        greeting is awaited from here on (``timeout``)."""
+        self._servers: dict[preboot.Key, asyncio.Task[ForkServer]] = {
+            key: asyncio.ensure_future(ForkServer.greet(found, key[3:], timeout))
+            for key, found in (launched or {}).items()}
 
     def pids(self) -> set[int]:
         """The fork servers' pids (the supervisor's children it started itself)."""
@@ -287,18 +279,19 @@ class Preloader:
     def _server(self, ptype: str, modules: Sequence[str], argv: Sequence[str],
                 env: Mapping[str, str], cwd: str, timeout: float) -> asyncio.Task[ForkServer]:
         """The (starting) fork server for ``argv``'s interpreter and ``sys.path[0]``."""
-        shape = python_command(argv)
-        python = shutil.which(argv[0], path=env.get("PATH")) if argv else None
-        if shape is None or python is None:
+        found = preboot.server_key(ptype, modules, argv, env, cwd)
+        if found is None:
             raise PreloadError(f"preload cannot start {' '.join(argv)!r} (not `python -m "
                                "MODULE` or `python FILE.py` once variables are expanded)")
-        path0 = cwd if shape[0] == "-m" else os.path.dirname(
-            os.path.realpath(os.path.join(cwd, shape[1])))
-        key = (ptype, python, path0, *modules)
+        key, python, path0 = found
         task = self._servers.get(key)
         if task is None or (task.done() and (task.cancelled() or task.exception())):
+            try:
+                launched = preboot.launch(python, path0, modules, env, cwd)
+            except OSError as e:
+                raise PreloadError(f"cannot start the fork server ({e})") from None
             task = self._servers[key] = asyncio.ensure_future(
-                ForkServer.start(python, path0, modules, env, cwd, timeout))
+                ForkServer.greet(launched, modules, timeout))
         return task
 
     async def refresh(self) -> None:

@@ -1,0 +1,129 @@
+"""Launching fork servers, and the background supervisor's first step: launch them early.
+
+``python -m devcluster.daemon`` calls :func:`begin` before its own imports (grpc for the
+control plane, asyncio, the supervisor): it reads the settings from stdin, makes the
+process the child subreaper (forked instances must be re-parented to it) and launches
+the fork server of every preloaded type, so the fork servers' imports run on the other
+core while the supervisor imports. :class:`devcluster.preload.Preloader` adopts them
+(:func:`started`). Light on purpose: stdlib, the Procfile parser, nothing that imports
+asyncio or grpc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from devcluster import defaults
+from devcluster.preloadcheck import python_command
+
+#: Per-instance variables the fork server's own environment leaves out.
+_PER_INSTANCE = ("PORT", "PS", defaults.ENV_INSTANCE)
+#: A variable that only reserves room in the fork server's environment block, so an
+#: instance can show its own environment in /proc (see devcluster.forkserver).
+_ENV_ROOM, _ROOM_SPARE = "DEVCLUSTER_ENV_ROOM", 1024
+_SERVER_SCRIPT = str(Path(__file__).with_name("forkserver.py"))
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+_PR_SET_CHILD_SUBREAPER = 36
+
+#: A fork server's identity: type, interpreter, sys.path[0], modules.
+Key = tuple[str, ...]
+Launched = tuple["subprocess.Popen[bytes]", socket.socket]
+
+_settings_text: str | None = None
+_started: dict[Key, Launched] = {}
+
+
+def server_key(ptype: str, modules: Sequence[str], argv: Sequence[str],
+               env: Mapping[str, str], cwd: str) -> tuple[Key, str, str] | None:
+    """(key, interpreter, sys.path[0]) of the fork server that can run ``argv``; None
+    when ``argv`` is not ``python -m MODULE``/``python FILE.py`` or python is not found."""
+    shape = python_command(argv)
+    python = shutil.which(argv[0], path=env.get("PATH")) if argv else None
+    if shape is None or python is None:
+        return None
+    path0 = cwd if shape[0] == "-m" else os.path.dirname(
+        os.path.realpath(os.path.join(cwd, shape[1])))
+    return (ptype, python, path0, *modules), python, path0
+
+
+def server_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The fork server's environment: the type's, without what is per instance, and
+    room for an instance's own environment to be shown in /proc."""
+    own = {k: v for k, v in env.items() if k not in _PER_INSTANCE}
+    own[_ENV_ROOM] = "." * (_ROOM_SPARE + sum(len(k) + len(v) + 2 for k, v in env.items()
+                                              if k in _PER_INSTANCE))
+    return own
+
+
+def launch(python: str, path0: str, modules: Sequence[str], env: Mapping[str, str],
+           cwd: str) -> Launched:
+    """Start a fork server (with PDEATHSIG, in its own session); (process, our socket)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    argv = [python, _SERVER_SCRIPT, str(theirs.fileno()), str(os.getpid()), path0, *modules]
+    if _SETPRIV:
+        argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+    try:
+        proc = subprocess.Popen(argv, env=server_env(env), cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, pass_fds=[theirs.fileno()],
+                                start_new_session=True)
+    except OSError:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    ours.setblocking(False)
+    return proc, ours
+
+
+def begin(argv: Sequence[str]) -> None:
+    """The daemon's first step (see the module's docstring). Never fails: whatever goes
+    wrong here, the daemon reports it itself, and fork servers then start on demand."""
+    global _settings_text
+    args = list(argv[2:] if argv[:1] == ["--state-dir"] else argv)
+    _settings_text = args[0] if args else sys.stdin.read()
+    with contextlib.suppress(Exception):
+        _launch_all(__import__("json").loads(_settings_text))
+
+
+def settings_text() -> str | None:
+    """The settings :func:`begin` read from stdin (None: it did not run)."""
+    return _settings_text
+
+
+def started() -> dict[Key, Launched]:
+    """The fork servers :func:`begin` launched, handed over once."""
+    found = dict(_started)
+    _started.clear()
+    return found
+
+
+def _launch_all(raw: Mapping[str, Any]) -> None:
+    types = {name: t for name, t in raw.get("types", {}).items() if t.get("preload")}
+    if not types or not sys.platform.startswith("linux"):
+        return
+    from devcluster import procfile
+
+    ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # before any child
+    path = Path(raw["procfile"])
+    _, _, specs = procfile.load(path, [Path(p) for p in raw.get("env_files", ())],
+                                raw.get("scale", {}), int(raw["base_port"]))
+    cwd = str(path.parent.resolve())
+    for spec in specs:
+        conf = types.get(spec.process_type)
+        if conf is None:
+            continue
+        env = procfile.child_environment(spec, str(Path(sys.executable).parent))
+        env.update(conf.get("env", {}))
+        found = server_key(spec.process_type, conf["preload"],
+                           procfile.command_argv(spec.command, env), env, cwd)
+        if found is not None and found[0] not in _started:
+            _started[found[0]] = launch(found[1], found[2], conf["preload"], env, cwd)
