@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from devcluster import defaults, process, procfile
+from devcluster import defaults, preboot, process, procfile
 from devcluster.control import ControlServer
 from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError, to_payload
 from devcluster.events import EventLog, fresh_log
@@ -97,7 +97,8 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
     else:
         registry = FileRegistry(settings.state_dir)
         notes = [n for n in [await asyncio.to_thread(clean_stale, registry, sink)] if n]
-    _check_ports(specs)
+    if not preboot.asked_ahead():  # else checked before they were asked for (preboot)
+        _check_ports(specs)
     process.become_subreaper()  # what instances daemonize stays ours to find and stop
     watchdog = Watchdog()
     sup = Supervisor(settings, registry, sink, types, env, specs, watchdog, events)
@@ -285,8 +286,6 @@ def main(argv: list[str]) -> int:
     A leading ``--state-dir DIR`` is a label for whoever looks at the process list."""
     if argv[:1] == ["--state-dir"]:
         argv = argv[2:]
-    from devcluster import preboot
-
     text = argv[0] if argv else preboot.settings_text() or sys.stdin.read()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # the settings pipe is done with; instances must not inherit it

@@ -97,12 +97,10 @@ def serve(sock: socket.socket, parent: int, modules: Sequence[str]) -> int:
         try:
             importlib.import_module(name)
         except BaseException as e:
-            _send(sock, error=f"cannot import {name!r}: {type(e).__name__}: {e}")
-            return 1
+            return _refuse(sock, f"cannot import {name!r}: {type(e).__name__}: {e}")
     problem = threads_problem()
     if problem:
-        _send(sock, error=problem)
-        return 1
+        return _refuse(sock, problem)
     _send(sock, ready=round(time.monotonic() - began, 3))
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the intermediates: no zombies
     while True:
@@ -117,6 +115,22 @@ def serve(sock: socket.socket, parent: int, modules: Sequence[str]) -> int:
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+def _refuse(sock: socket.socket, why: str) -> int:
+    """Say ``why`` to the greeting and to every request until EOF (requests may be
+    queued already: closing on them would reset the socket before ``why`` is read)."""
+    _send(sock, error=why)
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, 2)
+        except ConnectionError:
+            return 1
+        for fd in fds:
+            os.close(fd)
+        if not data:
+            return 1
+        _send(sock, error=why)
 
 
 def _start(req: dict[str, Any], fds: Sequence[int], sock: socket.socket, parent: int,

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from devcluster import defaults, probes, process
+from devcluster import probes, process
 from devcluster.events import EventKind
 from devcluster.policy import Policy
 from devcluster.preload import Forked, PreloadError
-from devcluster.procfile import child_environment, command_argv
+from devcluster.procfile import command_argv, instance_environment
 from devcluster.registry import State
 
 if TYPE_CHECKING:
@@ -123,15 +123,9 @@ class Lifecycle:
 
     def _environment(self: Instance) -> dict[str, str]:
         """The environment of this instance's next process."""
-        env = child_environment(self.spec, str(Path(sys.executable).parent))
-        if self.conf is not None:  # the file's env: over the env files, under PORT & co
-            env.update(self.conf.env)
-        env[defaults.ENV_GRACE] = f"{self.grace:g}"  # servers may finish calls within it
-        if defaults.ENV_REUSEPORT not in env:  # .env or the file may say 0: a spare port
-            env[defaults.ENV_REUSEPORT] = "1"  # a reload may start our replacement on our port
-        if self.port and self.port != self.spec.port:
-            env["PORT"] = str(self.port)  # port 0 at first: keep the one it found
-        return env
+        return instance_environment(self.spec, str(Path(sys.executable).parent),
+                                    self.conf.env if self.conf is not None else {},
+                                    self.grace, self.port)
 
     def warm_preload(self: Instance) -> None:
         """Start the fork server of this instance's type now (a preloaded type): its
@@ -149,7 +143,7 @@ class Lifecycle:
         modules = self.conf.preload if self.conf is not None else ()
         if modules and self.rt.preload is not None:
             return await self.rt.preload.spawn(self.spec.process_type, modules, argv, env,
-                                               str(self.rt.cwd), self.ready_timeout)
+                                               str(self.rt.cwd), self.ready_timeout, self.name)
         return await process.spawn(argv, env, str(self.rt.cwd))
 
     async def _wait_exit(self: Instance, proc: process.Child) -> int:

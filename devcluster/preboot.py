@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,24 @@ Launched = tuple["subprocess.Popen[bytes]", socket.socket]
 
 _settings_text: str | None = None
 _started: dict[Key, Launched] = {}
+_prespawned: dict[str, Prespawned] = {}
+#: States of a registry record whose process may still run (a crashed run's).
+_RUNNING = ("starting", "serving", "draining", "backoff", "paused")
+
+
+@dataclass(frozen=True)
+class Prespawned:
+    """An instance asked of a fork server before the supervisor was up: the request as
+    sent (the supervisor uses it only if it would send the same), our ends of its pipes,
+    and its place among the fork server's replies."""
+
+    key: Key
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str
+    out_fd: int
+    sync_fd: int
+    position: int
 
 
 def server_key(ptype: str, modules: Sequence[str], argv: Sequence[str],
@@ -91,7 +111,13 @@ def begin(argv: Sequence[str]) -> None:
     args = list(argv[2:] if argv[:1] == ["--state-dir"] else argv)
     _settings_text = args[0] if args else sys.stdin.read()
     with contextlib.suppress(Exception):
-        _launch_all(__import__("json").loads(_settings_text))
+        _launch_all(json.loads(_settings_text))
+
+
+def asked_ahead() -> bool:
+    """Whether :func:`begin` asked for instances (it checked their ports itself: they
+    may be listening on them by now)."""
+    return bool(_prespawned)
 
 
 def settings_text() -> str | None:
@@ -99,11 +125,18 @@ def settings_text() -> str | None:
     return _settings_text
 
 
-def started() -> dict[Key, Launched]:
-    """The fork servers :func:`begin` launched, handed over once."""
-    found = dict(_started)
+def started() -> tuple[dict[Key, Launched], dict[str, Prespawned]]:
+    """The fork servers :func:`begin` launched and the instances it asked them for (by
+    name), handed over once."""
+    found, asked = dict(_started), dict(_prespawned)
     _started.clear()
-    return found
+    _prespawned.clear()
+    return found, asked
+
+
+def request(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bytes:
+    """One request to a fork server (see devcluster.forkserver)."""
+    return json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
 
 
 def _launch_all(raw: Mapping[str, Any]) -> None:
@@ -117,13 +150,63 @@ def _launch_all(raw: Mapping[str, Any]) -> None:
     _, _, specs = procfile.load(path, [Path(p) for p in raw.get("env_files", ())],
                                 raw.get("scale", {}), int(raw["base_port"]))
     cwd = str(path.parent.resolve())
+    ahead = _may_start_ahead(raw, specs)
+    sent: dict[Key, int] = {}
     for spec in specs:
         conf = types.get(spec.process_type)
         if conf is None:
             continue
-        env = procfile.child_environment(spec, str(Path(sys.executable).parent))
-        env.update(conf.get("env", {}))
-        found = server_key(spec.process_type, conf["preload"],
-                           procfile.command_argv(spec.command, env), env, cwd)
-        if found is not None and found[0] not in _started:
-            _started[found[0]] = launch(found[1], found[2], conf["preload"], env, cwd)
+        env = procfile.instance_environment(spec, str(Path(sys.executable).parent),
+                                            conf.get("env", {}), float(conf["grace"]))
+        argv = procfile.command_argv(spec.command, env)
+        found = server_key(spec.process_type, conf["preload"], argv, env, cwd)
+        if found is None:
+            continue
+        key = found[0]
+        if key not in _started:
+            _started[key] = launch(found[1], found[2], conf["preload"], env, cwd)
+        if ahead and sent.get(key, 0) >= 0:
+            sent[key] = _ask(key, spec.name, argv, env, cwd, sent.get(key, 0))
+
+
+def _may_start_ahead(raw: Mapping[str, Any], specs: Sequence[Any]) -> bool:
+    """Instances may be forked before the supervisor is up unless something could make
+    them fail where a later start would not: a crashed run's processes (the supervisor
+    kills them first), a port already taken (the supervisor reports it), a start that
+    waits on ``depends_on``."""
+    if any(t.get("depends_on") for t in raw.get("types", {}).values()):
+        return False
+    if raw.get("registry") is None:
+        with contextlib.suppress(OSError, ValueError):
+            text = (Path(raw["state_dir"]) / "registry.json").read_text()
+            records = json.loads(text).get("instances", {}).values()
+            if any(r.get("state") in _RUNNING for r in records):
+                return False
+    for spec in specs:
+        if spec.port and "PORT" in spec.command:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", spec.port))
+                except OSError:
+                    return False
+    return True
+
+
+def _ask(key: Key, name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str,
+         position: int) -> int:
+    """Send one instance's request now (it waits in the socket while the fork server
+    imports); the next position, or -1 once the socket is full (the rest start later)."""
+    _, sock = _started[key]
+    out_r, out_w = os.pipe()
+    sync_r, sync_w = os.pipe()
+    try:
+        socket.send_fds(sock, [request(argv, env, cwd)], [out_w, sync_w])
+    except OSError:
+        os.close(out_r)
+        os.close(sync_r)
+        return -1
+    finally:
+        os.close(out_w)
+        os.close(sync_w)
+    _prespawned[name] = Prespawned(key, tuple(argv), dict(env), cwd, out_r, sync_r, position)
+    return position + 1

@@ -85,11 +85,13 @@ class ForkServer:
         self._gone: str | None = None
 
     @classmethod
-    async def greet(cls, launched: preboot.Launched, modules: Sequence[str],
-                    timeout: float) -> ForkServer:
-        """Wait for a launched fork server to have imported ``modules``; it, ready."""
+    async def greet(cls, launched: preboot.Launched, modules: Sequence[str], timeout: float,
+                    asked: Sequence[asyncio.Future[dict[str, object]]] = ()) -> ForkServer:
+        """Wait for a launched fork server to have imported ``modules``; it, ready.
+        ``asked``: the replies to requests already sent (preboot), in order."""
         proc, ours = launched
         server = cls(proc, ours)
+        server._waiting.extend(asked)
         try:
             hello = await asyncio.wait_for(server._reply(), timeout)
         except asyncio.CancelledError:
@@ -158,7 +160,10 @@ class ForkServer:
             return reply
 
     async def _reply(self) -> dict[str, object]:
-        data = await asyncio.get_running_loop().sock_recv(self.sock, 1 << 16)
+        try:
+            data = await asyncio.get_running_loop().sock_recv(self.sock, 1 << 16)
+        except OSError:
+            data = b""
         if not data:
             raise PreloadError(f"the fork server (pid {self.proc.pid}) exited; see the "
                                "supervisor's output")
@@ -168,15 +173,25 @@ class ForkServer:
     async def fork(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> Forked:
         """Start one instance; its output (stdout and stderr) comes on a pipe of ours.
         Returns once the instance is our child, in its own group, with its death signal."""
-        request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
         read_fd, write_fd = os.pipe()
         sync_r, sync_w = os.pipe()
         try:
-            try:
-                answer = await self._send(request, [write_fd, sync_w])
-            finally:
-                os.close(write_fd)
-                os.close(sync_w)
+            answer = await self._send(preboot.request(argv, env, cwd), [write_fd, sync_w])
+        except BaseException:
+            os.close(read_fd)
+            os.close(sync_r)
+            raise
+        finally:
+            os.close(write_fd)
+            os.close(sync_w)
+        return await ForkServer.finish(answer, read_fd, sync_r)
+
+    @staticmethod
+    async def finish(answer: asyncio.Future[dict[str, object]], read_fd: int,
+                     sync_r: int) -> Forked:
+        """The instance of a request sent: its reply (``answer``), then its own word on
+        the sync pipe; our ends of its pipes are ``read_fd`` and ``sync_r``."""
+        try:
             reply = await answer
             if "error" in reply:
                 raise PreloadError(str(reply["error"]))
@@ -245,17 +260,34 @@ async def _read_all(fd: int) -> bytes:
         data += chunk
 
 
+def _close(early: preboot.Prespawned) -> None:
+    os.close(early.out_fd)
+    os.close(early.sync_fd)
+
+
 class Preloader:
     """The fork servers of one supervisor, one per preloaded process type, started on
     the type's first instance start (concurrent starts share the one being started)."""
 
     def __init__(self, launched: Mapping[preboot.Key, preboot.Launched] | None = None,
+                 asked: Mapping[str, preboot.Prespawned] | None = None,
                  timeout: float = READY_TIMEOUT) -> None:
         """``launched``: fork servers already launched (by :func:`preboot.begin`), whose
-        greeting is awaited from here on (``timeout``)."""
-        self._servers: dict[preboot.Key, asyncio.Task[ForkServer]] = {
-            key: asyncio.ensure_future(ForkServer.greet(found, key[3:], timeout))
-            for key, found in (launched or {}).items()}
+        greeting is awaited from here on (``timeout``); ``asked``: the instances already
+        asked of them, by name, taken by the first :meth:`spawn` of that name."""
+        loop = asyncio.get_running_loop()
+        self._asked = dict(asked or {})
+        self._answers = {name: loop.create_future() for name in self._asked}
+        self._servers: dict[preboot.Key, asyncio.Task[ForkServer]] = {}
+        for key, found in (launched or {}).items():
+            mine = sorted((a.position, name) for name, a in self._asked.items() if a.key == key)
+            answers = [self._answers[name] for _, name in mine]
+            self._servers[key] = self._greeting(found, key, timeout, answers)
+
+    @staticmethod
+    def _greeting(found: preboot.Launched, key: preboot.Key, timeout: float,
+                  answers: list[asyncio.Future[dict[str, object]]]) -> asyncio.Task[ForkServer]:
+        return asyncio.ensure_future(ForkServer.greet(found, key[3:], timeout, answers))
 
     def pids(self) -> set[int]:
         """The fork servers' pids (the supervisor's children it started itself)."""
@@ -263,9 +295,22 @@ class Preloader:
                 if t.done() and not t.cancelled() and t.exception() is None}
 
     async def spawn(self, ptype: str, modules: Sequence[str], argv: Sequence[str],
-                    env: Mapping[str, str], cwd: str, timeout: float) -> Forked:
+                    env: Mapping[str, str], cwd: str, timeout: float,
+                    name: str | None = None) -> Forked:
         """Start ``argv`` (``python -m ...``/``python FILE.py``) by forking the type's
-        fork server; PreloadError (one line) when it cannot."""
+        fork server; PreloadError (one line) when it cannot. An instance ``name`` already
+        asked for with the same request (preboot) is taken over instead."""
+        early = self._asked.pop(name, None) if name else None
+        if early is not None:
+            answer = self._answers.pop(name)
+            if (early.argv, dict(early.env), early.cwd) == (tuple(argv), dict(env), cwd):
+                try:
+                    await asyncio.shield(self._servers[early.key])
+                except BaseException:
+                    _close(early)
+                    raise
+                return await ForkServer.finish(answer, early.out_fd, early.sync_fd)
+            _close(early)  # asked otherwise: it exits when it finds its pipes closed
         server = await asyncio.shield(self._server(ptype, modules, argv, env, cwd, timeout))
         return await server.fork(argv, env, cwd)
 
@@ -300,6 +345,9 @@ class Preloader:
         await self.close()
 
     async def close(self) -> None:
+        for early in self._asked.values():
+            _close(early)
+        self._asked.clear()
         servers, self._servers = list(self._servers.values()), {}
         for task in servers:
             if not task.done():

@@ -103,7 +103,7 @@ class Supervisor(Verbs, Membership):
             # From the writer thread: list() copies the values in one step.
             truth=lambda: [i.record() for i in list(self.instances.values())])
         self.watchdog = watchdog
-        self.preload = Preloader(preboot.started())  # launched early by the daemon
+        self.preload = Preloader(*preboot.started())  # launched early by the daemon
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
                           settings.ready_timeout, watchdog, self._spawn, self._ours, events,
                           self.preload)
