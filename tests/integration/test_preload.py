@@ -233,3 +233,22 @@ def test_a_preload_that_does_not_import_fails_the_instance_saying_why(
         assert "preload failed: cannot import 'no_such_module_here'" in result.stderr
     finally:
         run_cli("down")
+
+
+def test_reload_imports_preloaded_code_afresh(
+        make_cluster: Callable[..., Any], run_cli: Cli, tmp_path: Path,
+        wait_until: Callable[..., Any]) -> None:
+    # A reload is for code that changed: a preloaded module must be imported again.
+    (tmp_path / "version.py").write_text("VERSION = 'one'\n")
+    (tmp_path / "app.py").write_text(
+        "import threading, version\nprint('version ' + version.VERSION, flush=True)\n"
+        "threading.Event().wait()\n")
+    write(tmp_path, "", '[process.app]\npreload = ["version"]\nready = { log = "^version" }\n')
+    cluster = make_cluster(["app: python app.py"])
+    assert any("version one" in line for line in cluster.logs("app"))
+    (tmp_path / "version.py").write_text("VERSION = 'second'\n")  # a new size: no stale .pyc
+    result = run_cli("reload", "--all")
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: any("version second" in line for line in cluster.logs("app")), 10.0,
+               "the replacement to print the new version")
+    assert cluster.instance("app").state == "serving"
