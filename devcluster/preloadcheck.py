@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,11 @@ def check_preload(project: Project | None, types: Sequence[ProcessType],
         settings = project.processes.get(ptype.name)
         if settings is None or not settings.preload:
             continue
+        if not sys.platform.startswith("linux"):
+            raise ProjectError(
+                f"{project.source}:{project.line('process', ptype.name, 'preload')}: "
+                f"process.{ptype.name}.preload needs Linux (pidfds, PR_SET_PDEATHSIG, a "
+                "child subreaper); remove preload on this system")
         why = command_problem(ptype.command)
         if why:
             raise ProjectError(
