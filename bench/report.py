@@ -169,6 +169,15 @@ def supervisor_rows(raw: Sequence[Mapping[str, Any]]) -> list[Row]:
             out.append(Row("1", f"the bare-spawn floor vs `honcho start` answering, N={n}",
                            _num(bare, 0, " ms"), _num(anchor, 0, " ms"), _ratio(bare, anchor),
                            "-", "-"))
+        pre = _ms(ours.get("up_detached_preload_s"))
+        if pre is not None:
+            # Issue 21's moonshot: under the floor of exec'ing an interpreter per instance.
+            r = None if anchor is None else pre / anchor
+            out.append(Row("1", f"`up -d` with `preload` (forked greeters) vs `honcho start` "
+                           f"answering, N={n}", _num(pre, 0, " ms"), _num(anchor, 0, " ms"),
+                           _ratio(pre, anchor), "<= 0.5x" if n == 30 else "-",
+                           _verdict(None if r is None else r <= 0.5,
+                                    f"{r:.2f}x" if r else "") if n == 30 else "-"))
         out.append(Row("1", f"same criterion: `up` until all answer SayHello, N={n}",
                        _num(answering, 0, " ms"), _num(anchor, 0, " ms"),
                        _ratio(answering, anchor), "-", "-"))

@@ -17,17 +17,23 @@ the path of every ``up -d``.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `up -d`: preloaded types' fork servers import while we do
+    from devcluster import preboot
+
+    preboot.begin(sys.argv[1:])
+
 import asyncio
 import contextlib
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from devcluster import defaults, process, procfile
+from devcluster import defaults, preboot, process, procfile
 from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError, to_payload
 from devcluster.events import EventLog, fresh_log
 from devcluster.logs import LogSink
@@ -94,7 +100,8 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
     else:
         registry = FileRegistry(settings.state_dir)
         notes = [n for n in [await asyncio.to_thread(clean_stale, registry, sink)] if n]
-    _check_ports(specs)
+    if not preboot.asked_ahead():  # else checked before they were asked for (preboot)
+        _check_ports(specs)
     process.become_subreaper()  # what instances daemonize stays ours to find and stop
     watchdog = Watchdog()
     sup = Supervisor(settings, registry, sink, types, env, specs, watchdog, events)
@@ -128,6 +135,7 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
                 await keeper.control.stop(remove=not keeper.lost)
     finally:
         sup.force()  # nothing outlives us, whatever failed
+        await sup.preload.close()
         if not await asyncio.to_thread(sup.records.close, _LAST_WRITES_WAIT):
             sink.system("registry writes still pending at exit; left undone")
         watchdog.close()
@@ -293,7 +301,7 @@ def main(argv: list[str]) -> int:
     A leading ``--state-dir DIR`` is a label for whoever looks at the process list."""
     if argv[:1] == ["--state-dir"]:
         argv = argv[2:]
-    text = argv[0] if argv else sys.stdin.read()
+    text = argv[0] if argv else preboot.settings_text() or sys.stdin.read()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # the settings pipe is done with; instances must not inherit it
     os.close(null)

@@ -35,6 +35,7 @@ from devcluster.lifecycle import (  # noqa: F401  the restart constants, where t
 )
 from devcluster.logs import LogSink
 from devcluster.policy import Policy
+from devcluster.preload import Preloader
 from devcluster.procfile import InstanceSpec
 from devcluster.project import TypeSettings
 from devcluster.readiness import Readiness
@@ -75,6 +76,9 @@ class Runtime:
     """Pids of the processes the supervisor started itself (not orphans it adopted)."""
     events: EventLog | None = None
     """The cluster's timeline (``events.jsonl``); None records nothing."""
+    preload: Preloader | None = None
+    """The fork servers of preloaded types (``preload`` in devcluster.toml); None: every
+    instance is exec'd."""
 
     def event(self, kind: EventKind, name: str | None, **fields: Any) -> None:
         """Append one event to the timeline (a one-line write: cheap on the loop)."""
@@ -108,7 +112,7 @@ class Instance(Lifecycle, Readiness):
         self.last_exit = ""
         self.ready_timed_out = False
         self.failures = 0
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: process.Child | None = None
         self._ps: psutil.Process | None = None
         self._intent: State | None = None  # why we are ending the process: STOPPED/KILLED
         self._before_pause = State.SERVING

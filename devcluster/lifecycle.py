@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from devcluster import defaults, probes, process
+from devcluster import probes, process
 from devcluster.events import EventKind
 from devcluster.policy import Policy
-from devcluster.procfile import child_environment, command_argv
+from devcluster.preload import Forked, PreloadError
+from devcluster.procfile import command_argv, instance_environment
 from devcluster.registry import State
 
 if TYPE_CHECKING:
@@ -59,21 +60,21 @@ class Lifecycle:
         if again:
             self.restarts += 1
         self._spawned_once = True
-        env = child_environment(self.spec, str(Path(sys.executable).parent))
-        if self.conf is not None:  # the file's env: over the env files, under PORT & co
-            env.update(self.conf.env)
-        env[defaults.ENV_GRACE] = f"{self.grace:g}"  # servers may finish calls within it
-        if defaults.ENV_REUSEPORT not in env:  # .env or the file may say 0: a spare port
-            env[defaults.ENV_REUSEPORT] = "1"  # a reload may start our replacement on our port
-        if self.port and self.port != self.spec.port:
-            env["PORT"] = str(self.port)  # port 0 at first: keep the one it found
+        env = self._environment()
         argv = command_argv(self.spec.command, env)
         self._env = env  # what an exec probe runs with
         ready = self.conf.ready if self.conf is not None else None
         # Before the spawn: the log probe must see the very first line.
         self._log_probe = probes.LogProbe(ready.arg) if ready and ready.kind == "log" else None
         try:
-            proc = await process.spawn(argv, env, str(self.rt.cwd))
+            proc = await self._spawn_process(argv, env)
+        except PreloadError as e:
+            self.last_exit = f"preload failed: {e}"
+            self.rt.sink.system(f"{self.name} failed: {self.last_exit}; fix preload in "
+                                "devcluster.toml or remove it")
+            self.pid = None
+            self._set(State.FAILED)
+            return None
         except OSError as e:
             self.last_exit = f"cannot run {argv[0]!r}: {e.strerror or e}"
             self.rt.sink.system(f"{self.name} failed: {self.last_exit}; fix the Procfile line")
@@ -95,7 +96,8 @@ class Lifecycle:
             self._ps, self.started_at = None, time.time()
         self.serving_since = None
         self._set(State.STARTING)
-        self.rt.sink.system(f"{self.name} started (pid {proc.pid}): {self.spec.command}")
+        how = "forked, preloaded" if isinstance(proc, Forked) else "pid"
+        self.rt.sink.system(f"{self.name} started ({how} {proc.pid}): {self.spec.command}")
         async with asyncio.TaskGroup() as run:
             self._run_group = run
             pump = run.create_task(self._pump(proc))
@@ -119,7 +121,32 @@ class Lifecycle:
         self.last_exit = process.describe_exit(returncode)
         return returncode
 
-    async def _wait_exit(self: Instance, proc: asyncio.subprocess.Process) -> int:
+    def _environment(self: Instance) -> dict[str, str]:
+        """The environment of this instance's next process."""
+        return instance_environment(self.spec, str(Path(sys.executable).parent),
+                                    self.conf.env if self.conf is not None else {},
+                                    self.grace, self.port)
+
+    def warm_preload(self: Instance) -> None:
+        """Start the fork server of this instance's type now (a preloaded type): its
+        imports then overlap the rest of the supervisor's start-up."""
+        modules = self.conf.preload if self.conf is not None else ()
+        if modules and self.rt.preload is not None:
+            env = self._environment()
+            self.rt.preload.warm(self.spec.process_type, modules,
+                                 command_argv(self.spec.command, env), env, str(self.rt.cwd),
+                                 self.ready_timeout)
+
+    async def _spawn_process(self: Instance, argv: list[str],
+                             env: dict[str, str]) -> process.Child:
+        """Exec ``argv``, or fork it from its type's fork server (``preload``)."""
+        modules = self.conf.preload if self.conf is not None else ()
+        if modules and self.rt.preload is not None:
+            return await self.rt.preload.spawn(self.spec.process_type, modules, argv, env,
+                                               str(self.rt.cwd), self.ready_timeout, self.name)
+        return await process.spawn(argv, env, str(self.rt.cwd))
+
+    async def _wait_exit(self: Instance, proc: process.Child) -> int:
         """Wait for the process to exit; if cancelled (the supervisor's task group is
         failing), stop it first (SIGINT, grace, SIGKILL), as trio's run_process does."""
         try:
@@ -134,7 +161,7 @@ class Lifecycle:
                 process.signal_group(proc.pid, signal.SIGKILL)
             raise
 
-    async def _pump(self: Instance, proc: asyncio.subprocess.Process) -> None:
+    async def _pump(self: Instance, proc: process.Child) -> None:
         assert proc.stdout is not None
         while True:
             try:

@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Collection, Mapping, Sequence
+from typing import Protocol
 
 import psutil
 
@@ -105,14 +106,27 @@ def become_subreaper() -> bool:
     return _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
-async def wait_exit(proc: asyncio.subprocess.Process) -> int:
+class Child(Protocol):
+    """What the supervisor needs of an instance's process: an exec'd one
+    (asyncio.subprocess.Process) or one forked by a fork server (devcluster.preload)."""
+
+    pid: int
+    returncode: int | None
+    stdout: asyncio.StreamReader | None
+
+    async def wait(self) -> int: ...
+
+
+async def wait_exit(proc: Child) -> int:
     """The exit status of ``proc`` as soon as it exits.
 
     asyncio's ``wait()`` also waits until every pipe of the process is closed, so a
     background child that inherited stdout (``sh -c 'server & exit 0'``) would keep
     an exited instance looking alive forever. A pidfd is readable when the process
-    exits, whoever holds its pipes.
+    exits, whoever holds its pipes. A forked instance's own ``wait`` does just that.
     """
+    if not isinstance(proc, asyncio.subprocess.Process):
+        return await proc.wait()
     try:
         fd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # not Linux >= 5.3, or already reaped
@@ -128,7 +142,7 @@ async def wait_exit(proc: asyncio.subprocess.Process) -> int:
     return await _returncode(proc)
 
 
-async def _returncode(proc: asyncio.subprocess.Process) -> int:
+async def _returncode(proc: Child) -> int:
     # asyncio's child watcher reaps the process and records its status a moment after
     # it exits; poll for that (it has no other event), with a deadline as a safety.
     deadline = asyncio.get_running_loop().time() + 5.0

@@ -277,6 +277,21 @@ def _port_from_env(value: str) -> int:
         raise UsageError(f"PORT={value!r} in the env file is not a port number") from None
 
 
+def instance_environment(spec: InstanceSpec, interpreter_dir: str, extra: Mapping[str, str],
+                         grace: float, port: int = 0) -> dict[str, str]:
+    """The environment of an instance's process: :func:`child_environment`, then the
+    type's ``env`` from devcluster.toml (``extra``), the grace, SO_REUSEPORT consent, and
+    ``port`` when it is not the spec's (it keeps the port it found)."""
+    env = child_environment(spec, interpreter_dir)
+    env.update(extra)  # the file's env: over the env files, under PORT & co
+    env[defaults.ENV_GRACE] = f"{grace:g}"  # servers may finish calls within it
+    if defaults.ENV_REUSEPORT not in env:  # .env or the file may say 0: a spare port
+        env[defaults.ENV_REUSEPORT] = "1"  # a reload may start our replacement on our port
+    if port and port != spec.port:
+        env["PORT"] = str(port)
+    return env
+
+
 def child_environment(spec: InstanceSpec, interpreter_dir: str) -> dict[str, str]:
     """The full environment of an instance: ours, then the env files, then its own vars.
 

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from devcluster.policy import Policy
+from devcluster.preloadcheck import check_preload
 from devcluster.procfile import parse_procfile, read_text
 from devcluster.project import Flags, Ready, Resolved, TypeSettings, find_project, resolve
 
@@ -22,8 +23,11 @@ def plan(procfile: str | Path, flags: Flags, config: str | Path | None = None) -
     beside the Procfile, if any) and the flags. Raises before anything starts: a bad
     Procfile or project file, a flag or table naming no type."""
     path = Path(procfile)
-    types = [t.name for t in parse_procfile(read_text(path, "Procfile"), str(path))]
-    return resolve(find_project(path, config), flags, types)
+    types = parse_procfile(read_text(path, "Procfile"), str(path))
+    project = find_project(path, config)
+    resolved = resolve(project, flags, [t.name for t in types])
+    check_preload(project, types, str(path))
+    return resolved
 
 
 # -- to the background supervisor and back (JSON) ----------------------------------------

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class Readiness:
     """_become_ready (port, then probe, then ``serving``) and the probe of a ``ready``."""
 
-    async def _become_ready(self: Instance, proc: asyncio.subprocess.Process) -> None:
+    async def _become_ready(self: Instance, proc: process.Child) -> None:
         timeout = self.ready_timeout
         deadline = time.monotonic() + timeout
         began = time.monotonic()

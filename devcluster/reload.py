@@ -305,6 +305,7 @@ async def run(sup: Supervisor, targets: Collection[str], emit: Emit) -> ReloadRe
     change = diff({n: i.spec for n, i in sup.instances.items()}, desired.specs,
                   changed_tables(sup.tables, desired.tables))
     sup.adopt_config(desired.types, desired.env, desired.tables)
+    await sup.preload.refresh()  # preloaded code may have changed: import it afresh
     emit(Progress("plan", "", f"reload: {len(change.added)} added, {len(change.removed)} "
                   f"removed, {len(change.changed)} changed"))
     for name in change.added:

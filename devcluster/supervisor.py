@@ -26,13 +26,14 @@ from typing import Any, TypeVar
 
 import psutil
 
-from devcluster import defaults, process, procfile
+from devcluster import defaults, preboot, process, procfile
 from devcluster import reload as rolling
 from devcluster.errors import DevclusterError
 from devcluster.events import EventKind, EventLog, follow_registry
 from devcluster.instance import Instance, Policy, Runtime, _landed
 from devcluster.logs import LogSink
 from devcluster.membership import Membership
+from devcluster.preload import Preloader
 from devcluster.project import TypeSettings
 from devcluster.projectplan import settle_budget
 from devcluster.recorder import Recorder
@@ -102,8 +103,10 @@ class Supervisor(Verbs, Membership):
             # From the writer thread: list() copies the values in one step.
             truth=lambda: [i.record() for i in list(self.instances.values())])
         self.watchdog = watchdog
+        self.preload = Preloader(*preboot.started())  # launched early by the daemon
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
-                          settings.ready_timeout, watchdog, self._spawn, self._ours, events)
+                          settings.ready_timeout, watchdog, self._spawn, self._ours, events,
+                          self.preload)
         self.instances: dict[str, Instance] = {}
         #: Instances of ours not in the name table: a replacement starting, an old
         #: instance stopping (see devcluster.reload). They die with the cluster too.
@@ -114,6 +117,9 @@ class Supervisor(Verbs, Membership):
             self.tables = rolling.project_tables(settings.procfile)
         for spec in specs:
             self._add(spec)
+        # Preloaded types: their fork servers import while we finish starting up.
+        for first in {i.spec.process_type: i for i in reversed(self.instances.values())}.values():
+            first.warm_preload()
         self.stopping = asyncio.Event()
         self.done = asyncio.Event()
         self._interrupts = 0
@@ -149,7 +155,7 @@ class Supervisor(Verbs, Membership):
         pids = {i.pid for i in [*self.instances.values(), *self.outside] if i.running and i.pid}
         if self.watchdog is not None:
             pids.add(self.watchdog.pid)
-        return pids
+        return pids | self.preload.pids()
 
     async def _reap_adopted(self) -> None:
         """Collect orphans that exited under us (we are their subreaper) so no zombie
@@ -318,6 +324,7 @@ class Supervisor(Verbs, Membership):
             self._tg = None
             self.stopping.set()
             self.force()
+            await self.preload.close()
             self.done.set()
 
     async def _serve(self, on_settled: Callable[[], Awaitable[None]] | None,
