@@ -177,6 +177,11 @@ class ChannelDriver(abc.ABC):
         self._stats = _publisher(stats, state_dir or getattr(self._registry, "state_dir", None),
                                  service)
         self.on_call = stats_on_call(self._stats, on_call)
+        #: When statistics are the only ``on_call``: how a call answered at the first
+        #: attempt is counted (instance name, latency in ms), with no CallInfo built
+        #: and no response header read. None otherwise.
+        self.count_ok: Callable[[str, float], None] | None = (
+            self._stats.count_ok if self._stats is not None and on_call is None else None)
         # Wakes the registry watch at once on close (a plain Event: within 50 ms).
         self._stop = WatchStop()
         self._slot_numbers = itertools.count(1)
