@@ -15,10 +15,10 @@ process's CPU time (grpc's threads included) per call, steadier than calls/s on
 a busy machine. Then the delay from a registry write to the picker using it.
 
 Last, scale (``--scale 3,100``): the same channels over 3 and over 100 instances,
-alternating rounds. So that only the client's side differs, every instance is one
-port of a single Greeter server process (100 greeter processes would measure the
-machine's memory and scheduler instead); the client opens one sub-channel, and one
-connection, per instance either way.
+and native round_robin over the same addresses for reference, alternating rounds.
+So that only the client's side differs, every instance is one port of a single
+quiet Greeter server process (100 greeter processes would measure the machine's
+memory and scheduler instead); a client opens one connection per instance either way.
 Not a test: numbers depend on the machine.
 """
 
@@ -265,9 +265,13 @@ def port_server(n: int) -> Iterator[tuple[list[str], int, float]]:
 
 def scale(sizes: tuple[int, ...] = SCALE_SIZES, seconds: float = 5.0,
           rounds: int = 4) -> dict[str, Any]:
-    """Calls/s of BalancedChannel and AioBalancedChannel over each number of instances."""
-    per_round = seconds / max(1, rounds)
-    results = {f"{mode}_{n}": Result() for mode in ("sync", "aio") for n in sizes}
+    """Calls/s over each number of instances: BalancedChannel and AioBalancedChannel
+    (keys ``sync_N``, ``aio_N``), and native round_robin over the same addresses
+    (``native_sync_N``, ``native_aio_N``), alternating rounds."""
+    rounds = max(1, rounds)
+    per_round = seconds / rounds
+    results = {f"{side}{mode}_{n}": Result() for side in ("", "native_")
+               for mode in ("sync", "aio") for n in sizes}
     with port_server(max(sizes)) as (addresses, pid, started_at), \
             tempfile.TemporaryDirectory(prefix="devcluster-bench-") as tmp:
         dirs = {}
@@ -276,31 +280,39 @@ def scale(sizes: tuple[int, ...] = SCALE_SIZES, seconds: float = 5.0,
             FileRegistry(dirs[n]).reset(
                 Record(f"server{i:03d}", "server", address, state=State.SERVING, pid=pid,
                        started_at=started_at) for i, address in enumerate(addresses[:n]))
-        channels = {n: BalancedChannel("server", dirs[n]) for n in sizes}
+        channels: dict[str, Any] = {}
+        for n in sizes:
+            channels[f"sync_{n}"] = BalancedChannel("server", dirs[n])
+            channels[f"native_sync_{n}"] = grpc.insecure_channel(
+                native_target(addresses[:n]), options=NATIVE_OPTIONS)
         try:
-            for i in range(max(1, rounds)):
-                for n in sizes if i % 2 == 0 else sizes[::-1]:
-                    stub = helloworld_pb2_grpc.GreeterStub(channels[n]).SayHello
-                    run_sync(functools.partial(stub, REQUEST, timeout=5), per_round,
-                             results[f"sync_{n}"])
+            for i in range(rounds):
+                for key in list(channels) if i % 2 == 0 else list(channels)[::-1]:
+                    stub = helloworld_pb2_grpc.GreeterStub(channels[key]).SayHello
+                    run_sync(functools.partial(stub, REQUEST, timeout=5), per_round, results[key])
         finally:
             for channel in channels.values():
                 channel.close()
-
-        async def aio() -> None:
-            channels = {n: AioBalancedChannel("server", dirs[n]) for n in sizes}
-            try:
-                for i in range(max(1, rounds)):
-                    for n in sizes if i % 2 == 0 else sizes[::-1]:
-                        stub = helloworld_pb2_grpc.GreeterStub(channels[n]).SayHello
-                        await run_aio(functools.partial(stub, REQUEST, timeout=5), per_round,
-                                      results[f"aio_{n}"])
-            finally:
-                for channel in channels.values():
-                    await channel.close()
-
-        asyncio.run(aio())
+        asyncio.run(_scale_aio(sizes, dirs, addresses, rounds, per_round, results))
     return {"sizes": list(sizes), **{key: _figures(r) for key, r in results.items()}}
+
+
+async def _scale_aio(sizes: tuple[int, ...], dirs: dict[int, Path], addresses: list[str],
+                     rounds: int, per_round: float, results: dict[str, Result]) -> None:
+    channels: dict[str, Any] = {}
+    for n in sizes:
+        channels[f"aio_{n}"] = AioBalancedChannel("server", dirs[n])
+        channels[f"native_aio_{n}"] = grpc.aio.insecure_channel(
+            native_target(addresses[:n]), options=NATIVE_OPTIONS)
+    try:
+        for i in range(rounds):
+            for key in list(channels) if i % 2 == 0 else list(channels)[::-1]:
+                stub = helloworld_pb2_grpc.GreeterStub(channels[key]).SayHello
+                await run_aio(functools.partial(stub, REQUEST, timeout=5), per_round,
+                              results[key])
+    finally:
+        for channel in channels.values():
+            await channel.close()
 
 
 def _figures(r: Result) -> dict[str, Any]:
@@ -310,17 +322,20 @@ def _figures(r: Result) -> dict[str, Any]:
 
 def report_scale(raw: dict[str, Any], console: Console) -> None:
     sizes = raw["sizes"]
-    table = Table(title="BalancedChannel over more instances: one Greeter process, one port "
-                        "per instance")
-    for col in ("mode", "instances", "calls/s", "p50 ms", "CPU us/call", f"vs {sizes[0]}"):
-        table.add_column(col, justify="left" if col == "mode" else "right")
+    table = Table(title="More instances: one Greeter process, one port per instance")
+    for col in ("mode", "channel", "instances", "calls/s", "p50 ms", "CPU us/call",
+                f"vs {sizes[0]}"):
+        table.add_column(col, justify="left" if col in ("mode", "channel") else "right")
     for mode, label in (("sync", "sequential"), ("aio", f"aio x{IN_FLIGHT}")):
-        base = raw[f"{mode}_{sizes[0]}"]["calls_per_s"]
-        for n in sizes:
-            f = raw[f"{mode}_{n}"]
-            table.add_row(label if n == sizes[0] else "", str(n), f"{f['calls_per_s']:,.0f}",
-                          f"{f['p50_ms']:.3f}", f"{f['cpu_us_per_call']:.0f}",
-                          f"{f['calls_per_s'] / base:.3f}x" if base else "-")
+        for side, name in (("", "balanced"), ("native_", "native rr")):
+            base = raw[f"{side}{mode}_{sizes[0]}"]["calls_per_s"]
+            for n in sizes:
+                f = raw[f"{side}{mode}_{n}"]
+                table.add_row(label if not side and n == sizes[0] else "",
+                              name if n == sizes[0] else "", str(n),
+                              f"{f['calls_per_s']:,.0f}", f"{f['p50_ms']:.3f}",
+                              f"{f['cpu_us_per_call']:.0f}",
+                              f"{f['calls_per_s'] / base:.3f}x" if base else "-")
     console.print(table)
 
 
