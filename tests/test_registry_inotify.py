@@ -92,3 +92,33 @@ def test_the_watchfiles_fallback_still_follows_writes(tmp_path: Path) -> None:
         stop.set()
         batches.close()
     assert snap.records["server1"].weight == 5
+
+
+def test_a_burst_of_writes_is_read_at_most_once_a_step_and_ends_on_the_last(tmp_path: Path) -> None:
+    reg = FileRegistry(tmp_path / "state", check_liveness=False, step_ms=100)
+    reg.reset([rec("server1")])
+    stop = WatchStop()
+    seen: list[int] = []
+
+    def follow() -> None:
+        seen.extend(snap.revision for snap in reg.watch(stop))
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)  # polled: the watcher thread has no event of its own
+        began = time.monotonic()
+        for n in range(30):
+            reg.update("server1", restarts=n + 1)
+        last = reg.snapshot().revision
+        while (not seen or seen[-1] != last) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        took = time.monotonic() - began
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert seen[-1] == last == 31
+    # One read per 100 ms step at most, plus the first change read at once.
+    assert len(seen) - 1 <= 2 + took / 0.1

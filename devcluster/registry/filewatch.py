@@ -99,12 +99,13 @@ def _inotify_watch(registry: FileRegistry, follow: _Follower,
             while wake is not Wake.GONE:
                 if wake is Wake.STOPPED:
                     return
-                if wake is Wake.CHANGED and (hold := _hold(last_read, step_s)) > 0:
-                    if stop.wait(hold):
-                        return
-                    if dir_watch.drain() is Wake.GONE:  # what came during the hold
-                        break
-                last_read = time.monotonic()
+                if wake is Wake.CHANGED:
+                    if (hold := _hold(last_read, step_s)) > 0:
+                        if stop.wait(hold):
+                            return
+                        if dir_watch.drain() is Wake.GONE:  # what came during the hold
+                            break
+                    last_read = time.monotonic()  # (a rescan never holds a change back)
                 if (snap := follow.fresh()) is not None:
                     yield snap
                 if follow.dir_replaced():
@@ -121,11 +122,12 @@ async def _inotify_awatch(registry: FileRegistry, follow: _Follower) -> AsyncIte
         with _arm(registry, follow, None) as dir_watch:
             wake = Wake.CHANGED
             while wake is not Wake.GONE:
-                if wake is Wake.CHANGED and (hold := _hold(last_read, step_s)) > 0:
-                    await asyncio.sleep(hold)
-                    if dir_watch.drain() is Wake.GONE:
-                        break
-                last_read = time.monotonic()
+                if wake is Wake.CHANGED:
+                    if (hold := _hold(last_read, step_s)) > 0:
+                        await asyncio.sleep(hold)
+                        if dir_watch.drain() is Wake.GONE:
+                            break
+                    last_read = time.monotonic()
                 if (snap := follow.fresh()) is not None:
                     yield snap
                 if follow.dir_replaced():
