@@ -182,7 +182,7 @@ def test_make_picker() -> None:
         make_picker("random")
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)  # thousands of picks: no per-example deadline
 @given(st.lists(st.tuples(weights_st, st.integers(0, 60)), min_size=1, max_size=4))
 def test_replaying_a_rotation_picks_exactly_as_the_rule(phases: list[tuple[dict[str, int],
                                                                             int]]) -> None:
