@@ -53,6 +53,7 @@ class Sizes:
     client_s: float = 5.0  # client: measuring seconds per side and mode
     client_rounds: int = 4
     view_writes: int = 200  # client: registry writes timed to the picker
+    client_scale: tuple[int, ...] = (3, 100)  # client: instances compared (last vs first)
     failover_runs: int = 10  # per action
     hold_s: float = 3.0  # pause length
     observe_s: float = 1.0  # kill/stop -> start
@@ -69,6 +70,7 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(sizes=(3,), runs=1, idle_s=1.0, client_s=0.4, client_rounds=1, view_writes=20,
+              client_scale=(3, 10),
               failover_runs=1, hold_s=2.5, observe_s=0.5, back_timeout_s=3.0, changes=10,
               calls=500, command_runs=2,
               pause_runs=1, pause_hold_s=2.0, reload_runs=1, waterfall_sizes=(3,),
@@ -92,7 +94,8 @@ def run_group(group: str, sz: Sizes) -> Any:
     if group == "client":
         from bench import client_throughput
 
-        return client_throughput.measure(sz.client_s, sz.client_rounds, sz.view_writes)
+        return client_throughput.measure(sz.client_s, sz.client_rounds, sz.view_writes,
+                                         sz.client_scale)
     if group == "failover":
         from bench import failover
 

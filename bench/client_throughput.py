@@ -12,7 +12,13 @@ hedges never fire here: the price of being ready to hedge) and for one native ch
 with ``grpc.lb_policy_name=round_robin`` over the same three addresses. ``ratio`` is
 ours/native calls/s (> 1.0: ours is faster); ``CPU us/call`` is the client
 process's CPU time (grpc's threads included) per call, steadier than calls/s on
-a busy machine. Last, the delay from a registry write to the picker using it.
+a busy machine. Then the delay from a registry write to the picker using it.
+
+Last, scale (``--scale 3,100``): the same channels over 3 and over 100 instances,
+and native round_robin over the same addresses for reference, alternating rounds.
+So that only the client's side differs, every instance is one port of a single
+quiet Greeter server process (100 greeter processes would measure the machine's
+memory and scheduler instead); a client opens one connection per instance either way.
 Not a test: numbers depend on the machine.
 """
 
@@ -45,6 +51,7 @@ from devcluster.registry.record import Record, State
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_FLIGHT = 64
+SCALE_SIZES = (3, 100)  # instances of the scale figure: the goal compares the last to the first
 HEDGE = 0.1  # hedge_after of the "hedge" sides: never reached on healthy greeters
 REQUEST = helloworld_pb2.HelloRequest(name="bench")
 
@@ -221,6 +228,117 @@ def view_latency(state_dir: Path, writes: int = 200) -> tuple[list[float], list[
     return from_start, from_return
 
 
+class _QuietGreeter(helloworld_pb2_grpc.GreeterServicer):
+    async def SayHello(self, request: Any, context: Any) -> Any:
+        return helloworld_pb2.HelloReply(message=f"Hello {request.name}")
+
+
+async def _serve_ports(n: int) -> None:
+    """Serve Greeter on ``n`` free ports of 127.0.0.1; print them; run until stdin closes."""
+    server = grpc.aio.server()
+    helloworld_pb2_grpc.add_GreeterServicer_to_server(_QuietGreeter(), server)
+    ports = [server.add_insecure_port("127.0.0.1:0") for _ in range(n)]
+    await server.start()
+    print(",".join(map(str, ports)), flush=True)
+    await asyncio.to_thread(sys.stdin.read)
+    await server.stop(0)
+
+
+@contextmanager
+def port_server(n: int) -> Iterator[tuple[list[str], int, float]]:
+    """One Greeter process on ``n`` ports: (addresses, pid, started_at)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.client_throughput", "--serve-ports", str(n)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the server says its ports once it serves
+        if not line.strip():
+            raise RuntimeError("the port server did not start")
+        addresses = [f"127.0.0.1:{port}" for port in line.strip().split(",")]
+        yield addresses, proc.pid, psutil.Process(proc.pid).create_time()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def scale(sizes: tuple[int, ...] = SCALE_SIZES, seconds: float = 5.0,
+          rounds: int = 4) -> dict[str, Any]:
+    """Calls/s over each number of instances: BalancedChannel and AioBalancedChannel
+    (keys ``sync_N``, ``aio_N``), and native round_robin over the same addresses
+    (``native_sync_N``, ``native_aio_N``), alternating rounds."""
+    rounds = max(1, rounds)
+    per_round = seconds / rounds
+    results = {f"{side}{mode}_{n}": Result() for side in ("", "native_")
+               for mode in ("sync", "aio") for n in sizes}
+    with port_server(max(sizes)) as (addresses, pid, started_at), \
+            tempfile.TemporaryDirectory(prefix="devcluster-bench-") as tmp:
+        dirs = {}
+        for n in sizes:
+            dirs[n] = Path(tmp) / f"n{n}"
+            FileRegistry(dirs[n]).reset(
+                Record(f"server{i:03d}", "server", address, state=State.SERVING, pid=pid,
+                       started_at=started_at) for i, address in enumerate(addresses[:n]))
+        channels: dict[str, Any] = {}
+        for n in sizes:
+            channels[f"sync_{n}"] = BalancedChannel("server", dirs[n])
+            channels[f"native_sync_{n}"] = grpc.insecure_channel(
+                native_target(addresses[:n]), options=NATIVE_OPTIONS)
+        try:
+            for i in range(rounds):
+                for key in list(channels) if i % 2 == 0 else list(channels)[::-1]:
+                    stub = helloworld_pb2_grpc.GreeterStub(channels[key]).SayHello
+                    run_sync(functools.partial(stub, REQUEST, timeout=5), per_round, results[key])
+        finally:
+            for channel in channels.values():
+                channel.close()
+        asyncio.run(_scale_aio(sizes, dirs, addresses, rounds, per_round, results))
+    return {"sizes": list(sizes), **{key: _figures(r) for key, r in results.items()}}
+
+
+async def _scale_aio(sizes: tuple[int, ...], dirs: dict[int, Path], addresses: list[str],
+                     rounds: int, per_round: float, results: dict[str, Result]) -> None:
+    channels: dict[str, Any] = {}
+    for n in sizes:
+        channels[f"aio_{n}"] = AioBalancedChannel("server", dirs[n])
+        channels[f"native_aio_{n}"] = grpc.aio.insecure_channel(
+            native_target(addresses[:n]), options=NATIVE_OPTIONS)
+    try:
+        for i in range(rounds):
+            for key in list(channels) if i % 2 == 0 else list(channels)[::-1]:
+                stub = helloworld_pb2_grpc.GreeterStub(channels[key]).SayHello
+                await run_aio(functools.partial(stub, REQUEST, timeout=5), per_round,
+                              results[key])
+    finally:
+        for channel in channels.values():
+            await channel.close()
+
+
+def _figures(r: Result) -> dict[str, Any]:
+    return {"calls": r.calls, "seconds": round(r.elapsed, 3), "calls_per_s": r.rate,
+            "p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99), "cpu_us_per_call": r.cpu_us}
+
+
+def report_scale(raw: dict[str, Any], console: Console) -> None:
+    sizes = raw["sizes"]
+    table = Table(title="More instances: one Greeter process, one port per instance")
+    for col in ("mode", "channel", "instances", "calls/s", "p50 ms", "CPU us/call",
+                f"vs {sizes[0]}"):
+        table.add_column(col, justify="left" if col in ("mode", "channel") else "right")
+    for mode, label in (("sync", "sequential"), ("aio", f"aio x{IN_FLIGHT}")):
+        for side, name in (("", "balanced"), ("native_", "native rr")):
+            base = raw[f"{side}{mode}_{sizes[0]}"]["calls_per_s"]
+            for n in sizes:
+                f = raw[f"{side}{mode}_{n}"]
+                table.add_row(label if not side and n == sizes[0] else "",
+                              name if n == sizes[0] else "", str(n),
+                              f"{f['calls_per_s']:,.0f}", f"{f['p50_ms']:.3f}",
+                              f"{f['cpu_us_per_call']:.0f}",
+                              f"{f['calls_per_s'] / base:.3f}x" if base else "-")
+    console.print(table)
+
+
 def report(results: dict[str, Result], console: Console) -> None:
     table = Table(title=f"BalancedChannel vs grpc round_robin: 3 greeters, {os.cpu_count()} CPUs")
     for col in ("mode", "channel", "calls/s", "p50 ms", "p99 ms", "CPU us/call", "ratio"):
@@ -263,16 +381,24 @@ def figures(results: dict[str, Result]) -> dict[str, Any]:
     """JSON-ready figures of :func:`run`: calls/s, p50/p99 ms, CPU us/call per side."""
     out: dict[str, Any] = {"in_flight": IN_FLIGHT}
     for key, r in results.items():
-        out[key] = {"calls": r.calls, "seconds": round(r.elapsed, 3), "calls_per_s": r.rate,
-                    "p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99), "cpu_us_per_call": r.cpu_us}
+        out[key] = _figures(r)
         if key.startswith("view_"):
             out[key] = {"writes": len(r.latencies), "p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99)}
     return out
 
 
-def measure(seconds: float = 5.0, rounds: int = 4, writes: int = 200) -> dict[str, Any]:
-    """Scenarios 3 and 4 as JSON-ready figures (see :func:`figures`)."""
-    return figures(run(seconds, rounds, writes))
+def measure(seconds: float = 5.0, rounds: int = 4, writes: int = 200,
+            scale_sizes: tuple[int, ...] = SCALE_SIZES) -> dict[str, Any]:
+    """Scenarios 3 and 4 as JSON-ready figures (see :func:`figures`); with
+    ``scale_sizes``, also :func:`scale` over those numbers of instances (key ``scale``)."""
+    out = figures(run(seconds, rounds, writes))
+    if len(scale_sizes) > 1:
+        out["scale"] = scale(tuple(scale_sizes), seconds, rounds)
+    return out
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,8 +410,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="alternate ours/native this many times (default 4)")
     parser.add_argument("--writes", type=int, default=200,
                         help="registry writes for the write-to-picker delay (default 200)")
+    parser.add_argument("--scale", type=_sizes, default=SCALE_SIZES, metavar="N,N",
+                        help="also compare the channel over these numbers of instances "
+                             "(default 3,100; one number: skip)")
+    parser.add_argument("--scale-only", action="store_true",
+                        help="measure only the scale figure")
+    parser.add_argument("--serve-ports", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    report(run(args.seconds, args.rounds, args.writes), Console())
+    if args.serve_ports:
+        asyncio.run(_serve_ports(args.serve_ports))
+        return 0
+    console = Console()
+    if not args.scale_only:
+        report(run(args.seconds, args.rounds, args.writes), console)
+    if len(args.scale) > 1:
+        report_scale(scale(args.scale, args.seconds, args.rounds), console)
     return 0
 
 

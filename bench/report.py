@@ -246,6 +246,34 @@ def client_rows(raw: Mapping[str, Any]) -> list[Row]:
         a, b = ours["cpu_us_per_call"], native["cpu_us_per_call"]
         out.append(Row("4", f"client CPU per call, {label}", _num(a, 0, " us"), _num(b, 0, " us"),
                        _ratio(a, b), "-", "-"))
+    if "scale" in raw:
+        out.extend(scale_rows(raw["scale"], raw["in_flight"]))
+    return out
+
+
+def scale_rows(scale: Mapping[str, Any], in_flight: int) -> list[Row]:
+    """Scenario 3, scale: the channel over many instances against the same over few; the
+    anchor column is native round_robin's own ratio over the same addresses."""
+    small, big = scale["sizes"][0], scale["sizes"][-1]
+    out: list[Row] = []
+    for mode, label in (("sync", "sequential unary"), ("aio", f"grpc.aio, {in_flight} in flight")):
+        ours = [scale[f"{mode}_{n}"] for n in (big, small)]
+        native = [scale.get(f"native_{mode}_{n}") for n in (big, small)]
+        a, b = ours[0]["calls_per_s"], ours[1]["calls_per_s"]
+        r = a / b if b else None
+        anchor = "-"
+        if native[0] and native[1] and native[1]["calls_per_s"]:
+            anchor = (f"native rr: {_ratio(native[0]['calls_per_s'], native[1]['calls_per_s'])}"
+                      f" ({_num(native[0]['calls_per_s'], 0)} / "
+                      f"{_num(native[1]['calls_per_s'], 0)})")
+        out.append(Row("3", f"calls/s, {label}, BalancedChannel over {big} instances / over "
+                            f"{small} (one server process, a port each)",
+                       f"{_num(a, 0)} / {_num(b, 0)}", anchor, _ratio(a, b), ">= 0.95x",
+                       _verdict(None if r is None else r >= 0.95,
+                                f"{r:.3f}x" if r is not None else "")))
+        a, b = ours[0]["cpu_us_per_call"], ours[1]["cpu_us_per_call"]
+        out.append(Row("4", f"client CPU per call, {label}, over {big} instances / over {small}",
+                       f"{_num(a, 0, ' us')} / {_num(b, 0, ' us')}", "-", _ratio(a, b), "-", "-"))
     return out
 
 

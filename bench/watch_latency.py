@@ -3,13 +3,16 @@ idle watcher cost?
 
     python -m bench.watch_latency [--changes 200] [--idle 10] [--steps 1,2,5]
 
-For each watchfiles setting (its defaults, devcluster's chosen one, and any extra
-``--steps``), a watcher process follows a fresh registry and prints ``revision
-seen_at`` for every snapshot. This process writes ``--changes`` times, each after
+For each setting (inotify, the Linux default; watchfiles, the fallback elsewhere, with
+its own defaults and devcluster's chosen debounce/step, and any extra ``--steps``), a
+watcher process follows a fresh registry and prints ``revision seen_at`` for every
+snapshot. This process writes ``--changes`` times, each after
 the previous one was seen plus a random pause (so writes land at random phases of
 watchfiles' polling step), and reports write-to-seen latency: from ``os.replace``
-having returned to the watcher holding the snapshot, both read from ``time.time()``.
-Then the watcher idles ``--idle`` seconds and its CPU use is read with psutil.
+having returned to the watcher holding the snapshot, both read from ``time.time()``
+(under inotify the watcher often holds it before the writer's call has returned:
+negative figures). Then the watcher idles ``--idle`` seconds and its CPU use is read
+with psutil.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import psutil
 
+from devcluster.registry import inotify
 from devcluster.registry.file import DEFAULT_DEBOUNCE_MS, DEFAULT_STEP_MS, FileRegistry
 from devcluster.registry.record import Record
 
@@ -39,11 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class Setting:
-    """One watchfiles configuration to measure."""
+    """One watcher configuration to measure."""
 
     label: str
     debounce_ms: int
     step_ms: int
+    backend: str = "watchfiles"  # or "inotify"
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,10 @@ class Result:
         )
 
 
-def run_watcher(state_dir: str, debounce_ms: int, step_ms: int) -> None:
+def run_watcher(state_dir: str, debounce_ms: int, step_ms: int, backend: str) -> None:
     """Watcher process body: print ``revision seen_at`` per snapshot until killed."""
+    if backend == "watchfiles":  # what platforms without inotify get
+        inotify.available = lambda: False
     reg = FileRegistry(state_dir, debounce_ms=debounce_ms, step_ms=step_ms)
     for snap in reg.watch():
         print(snap.revision, time.time(), flush=True)
@@ -78,7 +85,7 @@ def measure(setting: Setting, changes: int, idle_s: float) -> Result:
         reg.reset([Record("bench", "bench", "127.0.0.1:1")])
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.watch_latency", "--watcher", str(state_dir),
-             str(setting.debounce_ms), str(setting.step_ms)],
+             str(setting.debounce_ms), str(setting.step_ms), setting.backend],
             stdout=subprocess.PIPE, text=True, cwd=ROOT,  # `bench` importable from anywhere
         )
         seen: queue.Queue[tuple[int, float]] = queue.Queue()
@@ -93,7 +100,7 @@ def measure(setting: Setting, changes: int, idle_s: float) -> Result:
         reader.start()
         try:
             wait_seen(seen, 1)
-            # The watcher arms watchfiles only after its first yield: write until a
+            # The watcher arms its watch only after its first yield: write until a
             # write is seen, so no measured write races the arming.
             deadline = time.monotonic() + SEEN_DEADLINE_S
             while True:
@@ -151,23 +158,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--changes", type=int, default=200, help="writes per setting")
     parser.add_argument("--idle", type=float, default=10.0, help="idle CPU window, seconds")
     parser.add_argument("--steps", default="", help="extra step_ms values, e.g. 1,2,5")
-    parser.add_argument("--watcher", nargs=3, metavar=("DIR", "DEBOUNCE", "STEP"),
+    parser.add_argument("--watcher", nargs=4, metavar=("DIR", "DEBOUNCE", "STEP", "BACKEND"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.watcher:
-        state_dir, debounce, step = args.watcher
-        run_watcher(state_dir, int(debounce), int(step))
+        state_dir, debounce, step, backend = args.watcher
+        run_watcher(state_dir, int(debounce), int(step), backend)
         return
-    settings = [
+    settings = []
+    if inotify.available():
+        settings.append(Setting(f"inotify (step {DEFAULT_STEP_MS} between burst reads)",
+                                DEFAULT_DEBOUNCE_MS, DEFAULT_STEP_MS, "inotify"))
+    settings += [
         Setting(
             f"watchfiles defaults ({WATCHFILES_DEFAULT_DEBOUNCE_MS}/{WATCHFILES_DEFAULT_STEP_MS})",
             WATCHFILES_DEFAULT_DEBOUNCE_MS, WATCHFILES_DEFAULT_STEP_MS,
         ),
-        Setting(f"chosen ({DEFAULT_DEBOUNCE_MS}/{DEFAULT_STEP_MS})",
+        Setting(f"watchfiles chosen ({DEFAULT_DEBOUNCE_MS}/{DEFAULT_STEP_MS})",
                 DEFAULT_DEBOUNCE_MS, DEFAULT_STEP_MS),
     ]
     for step in filter(None, args.steps.split(",")):
-        settings.append(Setting(f"step {step} ({DEFAULT_DEBOUNCE_MS}/{step})",
+        settings.append(Setting(f"watchfiles step {step} ({DEFAULT_DEBOUNCE_MS}/{step})",
                                 DEFAULT_DEBOUNCE_MS, int(step)))
     print(f"{args.changes} writes per setting; idle CPU over {args.idle:g} s; "
           f"{psutil.cpu_count()} CPUs")

@@ -38,6 +38,7 @@ from bench.watch_latency import (
     measure,
     wait_seen,
 )
+from devcluster.registry import inotify
 from devcluster.registry.file import DEFAULT_DEBOUNCE_MS, DEFAULT_STEP_MS
 from devcluster.registry.record import Record
 
@@ -129,8 +130,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{psutil.cpu_count()} CPUs")
     with etcd_url(args.etcd) as url:
         print(measure_etcd(url, args.changes, args.idle).line(), flush=True)
-    chosen = Setting(f"file, chosen ({DEFAULT_DEBOUNCE_MS}/{DEFAULT_STEP_MS})",
-                     DEFAULT_DEBOUNCE_MS, DEFAULT_STEP_MS)
+    chosen = Setting(f"file, default watch ({DEFAULT_DEBOUNCE_MS}/{DEFAULT_STEP_MS})",
+                     DEFAULT_DEBOUNCE_MS, DEFAULT_STEP_MS,
+                     "inotify" if inotify.available() else "watchfiles")
     print(measure(chosen, args.changes, args.idle).line(), flush=True)
 
 

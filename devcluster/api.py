@@ -260,7 +260,9 @@ class Cluster(Launch):
         """Wait on registry changes (not a timer) until ``predicate(snapshot)`` holds."""
         import threading
 
-        stop = threading.Event()
+        from devcluster.registry.inotify import WatchStop
+
+        stop = WatchStop()
         timer = threading.Timer(timeout, stop.set)
         timer.start()
         last: Snapshot | None = None

@@ -150,6 +150,22 @@ class StatsPublisher:
             else:
                 self._failed(counts, info.code, retried=False)
 
+    def count_ok(self, instance: str, latency_ms: float) -> None:
+        """Count one call that ``instance`` answered at the first attempt.
+
+        What :meth:`on_call` does for such a call, without a CallInfo to build: a
+        balanced channel whose only ``on_call`` is this publisher calls it directly.
+        """
+        if not self.enabled:
+            return
+        with self._lock:
+            self._changed = True
+            counts = self._counts.get(instance) or self._get(instance)
+            counts.samples.append(latency_ms)
+            counts.ok += 1
+            counts.deadlines = 0
+            counts.ejected = False
+
     def _get(self, name: str) -> _Counts:
         counts = self._counts.get(name)
         if counts is None:

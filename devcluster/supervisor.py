@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from devcluster.project import TypeSettings
 from devcluster.projectplan import settle_budget
 from devcluster.recorder import Recorder
 from devcluster.registry import Registry, State
+from devcluster.registry.inotify import WatchStop
 from devcluster.triggers import lifeline, signals
 from devcluster.verbs import Verbs
 from devcluster.watchdog import Watchdog
@@ -176,7 +176,7 @@ class Supervisor(Verbs, Membership):
         runs on the loop). Cancelled with the other duties at shutdown."""
         if self.rt.events is None:
             return
-        stop = threading.Event()
+        stop = WatchStop()  # wakes the watch thread at once
         try:
             await asyncio.to_thread(follow_registry, self.registry, self.rt.events, stop)
         except Exception as e:  # an aid: the cluster runs on without it

@@ -35,6 +35,7 @@ def test_a_channel_publishes_what_it_sees_and_cleans_up(driver: str, registry: M
         traffic = read_traffic(tmp_path)
         assert set(traffic) == {"server1", "server2"}
         assert all(t.to_dict()["ok"] == 5 for t in traffic.values())
+        assert all(t.p50_ms is not None and t.p50_ms > 0 for t in traffic.values())
     assert _files(tmp_path) == []
 
 

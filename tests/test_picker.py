@@ -180,3 +180,26 @@ def test_make_picker() -> None:
     assert isinstance(make_picker("pick_first"), PickFirst)
     with pytest.raises(UsageError, match="weighted, round_robin, pick_first"):
         make_picker("random")
+
+
+@settings(max_examples=200, deadline=None)  # thousands of picks: no per-example deadline
+@given(st.lists(st.tuples(weights_st, st.integers(0, 60)), min_size=1, max_size=4))
+def test_replaying_a_rotation_picks_exactly_as_the_rule(phases: list[tuple[dict[str, int],
+                                                                            int]]) -> None:
+    # The channel passes the same tuple on every pick, which lets SmoothWRR replay a
+    # finished rotation instead of looking at every candidate; a fresh list each time
+    # makes it apply the rule pick by pick. Both must agree, across changes too.
+    replaying, by_rule = SmoothWRR(), SmoothWRR()
+    for weights, extra in phases:
+        cands = tuple(sorted(weights.items()))
+        n = 3 * sum(weights.values()) + extra  # long enough to start replaying
+        assert [replaying.pick(cands) for _ in range(n)] == \
+            [by_rule.pick(list(cands)) for _ in range(n)]
+        assert replaying.currents == by_rule.currents
+
+
+def test_a_rotation_of_100_instances_is_replayed() -> None:
+    picker = SmoothWRR()
+    cands = tuple((f"s{i:03d}", 1) for i in range(100))
+    assert [picker.pick(cands) for _ in range(300)] == [n for n, _ in cands] * 3
+    assert picker._cycle is not None  # O(1) picks from here on

@@ -416,6 +416,26 @@ def test_alive_checks_existence_zombies_and_start_time() -> None:
         zombie.wait()
 
 
+def test_alive_after_a_confirmed_check_still_sees_death_and_zombies() -> None:
+    # The second check of a (pid, started_at) takes the fast path (one read of
+    # /proc/<pid>/stat against what psutil confirmed): it must see the same things.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        created = psutil.Process(child.pid).create_time()
+        assert alive(child.pid, created)
+        assert alive(child.pid, created)
+        assert not alive(child.pid, created - 10)  # another process's start time
+        assert alive(child.pid, created)
+        assert child.stdin is not None
+        child.stdin.close()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # a zombie, unreaped
+        assert not alive(child.pid, created)
+    finally:
+        child.wait()
+    assert not alive(child.pid, created)  # reaped: gone
+
+
 @pytest.mark.parametrize("state", ["serving", "starting", "draining", "paused"])
 def test_running_record_with_dead_pid_reads_exited(tmp_path: Path, state: str) -> None:
     reg = FileRegistry(tmp_path)

@@ -151,7 +151,12 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):
                     response, call, inst = won
                 attempts.succeeded(inst)
                 if channel.on_call is not None:
-                    self._mc._report(attempts, _OK, "", await call.initial_metadata(), response)
+                    count_ok = channel.count_ok
+                    if count_ok is not None and not attempts.tried:
+                        count_ok(inst.name, attempts.elapsed_ms())  # no header to await
+                    else:
+                        self._mc._report(attempts, _OK, "", await call.initial_metadata(),
+                                         response)
                 self._response = response
                 return response
         except BaseException as e:

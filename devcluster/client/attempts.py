@@ -134,11 +134,16 @@ class Attempts:
 
     def start(self) -> Send | Wait | GiveUp:
         """The first action: an instance by the policy, or wait for one."""
-        return self._next()
+        inst = self._balancer.pick()
+        return self._next() if inst is None else self._send(inst)
 
     def resume(self) -> Send | Wait | GiveUp:
         """The action after a :class:`Wait`: an instance now, or wait again."""
         return self._next()
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the call started (its latency, once it ended)."""
+        return (self._clock() - self.started) * 1000
 
     def remaining(self) -> float | None:
         """Seconds left of the caller's deadline (None: no deadline; may be <= 0)."""

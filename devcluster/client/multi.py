@@ -17,6 +17,7 @@ class Driver(Protocol):
     """What a multicallable needs of any balanced channel."""
 
     on_call: Callable[[CallInfo], None] | None
+    count_ok: Callable[[str, float], None] | None
 
     def next_slot(self) -> int: ...
     def attempts(self, timeout: float | None, replayable: bool = True) -> Attempts: ...

@@ -49,6 +49,11 @@ class Picker(abc.ABC):
         """
 
 
+#: The longest rotation :class:`SmoothWRR` keeps to replay (entries: the total weight);
+#: a longer one (many heavy instances) is computed pick by pick, as before.
+MAX_CYCLE: Final = 1 << 16
+
+
 class SmoothWRR(Picker):
     """nginx's smooth weighted round robin: exact shares and no bursts.
 
@@ -63,12 +68,20 @@ class SmoothWRR(Picker):
     names start at 0 and departed names are forgotten. (What they leave behind is
     a common offset of all currents; only differences decide, so it is harmless.)
 
+    One pick by that rule looks at every candidate: O(n), 20 us a call at 100
+    instances. But the rule is deterministic and its state comes back to where it
+    was after ``sum(weights)`` picks (the rotation is periodic, after at most a few
+    rotations following a change), so once a rotation ends where it began, the
+    picker replays it: O(1) a pick, the same sequence. A change of the candidates
+    computes the currents where the replay stands and starts over.
+
     >>> p = SmoothWRR()
     >>> [p.pick([("server1", 1), ("server2", 1)]) for _ in range(3)]
     ['server1', 'server2', 'server1']
     """
 
-    __slots__ = ("_current", "_key", "_last", "_total")
+    __slots__ = ("_current", "_cycle", "_from", "_key", "_last", "_pos", "_record", "_total",
+                 "_weights")
     summary = "smooth weighted round robin: exact shares by weight, no bursts"
 
     def __init__(self, key: OrderKey | None = None) -> None:
@@ -79,28 +92,72 @@ class SmoothWRR(Picker):
         # names and the total are unchanged and need no reconciling.
         self._last: Sequence[tuple[str, int]] | None = None
         self._total = 0
+        self._weights: dict[str, int] = {}
+        # The picks since the currents were ``_from`` (None: not recording), and,
+        # once a rotation ended where it began, that rotation and where we are in it.
+        self._record: list[str] | None = None
+        self._from: dict[str, int] = {}
+        self._cycle: list[str] | None = None
+        self._pos = 0
 
     @property
     def currents(self) -> dict[str, int]:
         """A copy of the current weights (for tests and debugging)."""
-        return dict(self._current)
+        return self._currents_now()
+
+    def _currents_now(self) -> dict[str, int]:
+        cycle = self._cycle
+        if cycle is None:
+            return dict(self._current)
+        # Replaying from _from: each pick added every weight, and took the total off
+        # the winner.
+        pos, total = self._pos, self._total
+        current = {name: value + pos * self._weights[name] for name, value in self._from.items()}
+        for name in cycle[:pos]:
+            current[name] -= total
+        return current
 
     def _reconcile(self, candidates: Sequence[tuple[str, int]]) -> None:
         live = {name: weight for name, weight in candidates if weight > 0}
         if not live:
             raise NoCandidateError("no candidate with a weight above 0")
-        current = self._current
+        current = self._current = self._currents_now()
         for name in [n for n in current if n not in live]:
             del current[name]
         for name in live:
             current.setdefault(name, 0)
+        self._weights = live
         self._total = sum(live.values())
         self._last = candidates if type(candidates) is tuple else None
+        self._cycle = None
+        self._record = [] if self._last is not None and self._total <= MAX_CYCLE else None
+        self._from = dict(current)
 
     def pick(self, candidates: Sequence[tuple[str, int]]) -> str:
         """See :meth:`Picker.pick`."""
         if candidates is not self._last:
-            self._reconcile(candidates)
+            if type(candidates) is tuple and candidates == self._last:
+                self._last = candidates  # an equal tuple: nothing changed
+            else:
+                self._reconcile(candidates)
+        cycle = self._cycle
+        if cycle is not None:
+            pos = self._pos
+            self._pos = pos + 1 if pos + 1 < len(cycle) else 0
+            return cycle[pos]
+        best = self._step(candidates)
+        record = self._record
+        if record is not None:
+            record.append(best)
+            if len(record) == self._total:
+                if self._current == self._from:  # back where it began: it repeats
+                    self._cycle, self._pos, self._record = record, 0, None
+                else:  # still settling after a change: try the next rotation
+                    self._record, self._from = [], dict(self._current)
+        return best
+
+    def _step(self, candidates: Sequence[tuple[str, int]]) -> str:
+        """One pick by the rule, O(n): the currents move on."""
         current = self._current
         key = self._key
         best: str | None = None

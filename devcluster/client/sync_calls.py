@@ -65,6 +65,10 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):
         attempts = channel.attempts(timeout)
         action: Action = attempts.start()
         error: grpc.RpcError | None = None
+        on_call, count_ok = channel.on_call, channel.count_ok
+        # The grpc.Call (its response header names the instance) only when asked for,
+        # or for a CallInfo: counting statistics needs neither.
+        with_call = want_call or (on_call is not None and count_ok is None)
         while True:
             if type(action) is Send:
                 inst = action.inst
@@ -78,7 +82,7 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):
                 else:
                     sub = inst.callables.get(self._slot) or self._sub(inst)
                     try:
-                        if want_call or channel.on_call is not None:
+                        if with_call:
                             response, call = sub.with_call(request, action.timeout, metadata,
                                                            credentials, False, compression)
                         else:
@@ -90,9 +94,12 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):
                         action = attempts.failed(inst, e.code(), bool(e.initial_metadata()))
                         continue
                 attempts.succeeded(inst)
-                if channel.on_call is not None:
-                    self._report(attempts, grpc.StatusCode.OK, "", call.initial_metadata(),
-                                 response)
+                if on_call is not None:
+                    if count_ok is not None and not attempts.tried:
+                        count_ok(inst.name, attempts.elapsed_ms())
+                    else:
+                        self._report(attempts, grpc.StatusCode.OK, "",
+                                     None if call is None else call.initial_metadata(), response)
                 return (response, BalancedCall(call, inst.name, inst.address)) if want_call \
                     else response
             if type(action) is Wait:

@@ -59,6 +59,10 @@ _TMP_FILE = ".registry.json.tmp"
 # headroom. The idle cost is the wakeups themselves: a bare `time.sleep(0.004)` loop
 # costs ~0.7 % here too. `debounce` only caps how long a set that keeps growing is held
 # back (see _TMP_FILE); 50 ms keeps that worst case short.
+# That table is the watchfiles fallback (not Linux). On Linux watchers block on inotify
+# (registry/filewatch.py): a change is read as soon as the kernel reports it, an idle
+# watcher never wakes but to rescan, and `step` only spaces re-reads during a burst of
+# writes (at most 1000/step a second); `debounce` is not used there.
 DEFAULT_STEP_MS = 4
 DEFAULT_DEBOUNCE_MS = 50
 # Watchers also re-read this often when nothing happened (watchfiles' rust_timeout with
@@ -304,110 +308,25 @@ class FileRegistry(Registry):
     def watch(self, stop: threading.Event | None = None) -> Iterator[Snapshot]:
         """Yield the registry now, then again after every change, until ``stop`` is set.
 
-        Works from any thread (the Rust side only looks at signals on the main thread,
-        where Ctrl-C still raises KeyboardInterrupt). A snapshot equal to the last one
-        yielded is skipped; one whose records changed only by liveness is not. A state
-        dir deleted under the watcher is re-created (0700) and watched again.
+        Works from any thread (on Linux it blocks on inotify; a
+        :class:`~devcluster.registry.inotify.WatchStop` as ``stop`` wakes it at once,
+        a plain Event within 50 ms). A snapshot equal to the last one yielded is
+        skipped; one whose records changed only by liveness is not. A state dir
+        deleted under the watcher is re-created (0700) and watched again.
         """
-        stop = stop if stop is not None else threading.Event()
-        follow = _Follower(self)
-        yield follow.first()
-        while not stop.is_set():
-            follow.arm()
-            import watchfiles  # only watchers pay for it, not every command
+        from devcluster.registry import filewatch  # only watchers pay for it
 
-            batches = watchfiles.watch(self._dir, stop_event=stop, **self._watch_options())
-            with contextlib.closing(batches), contextlib.suppress(FileNotFoundError):
-                for _batch in batches:
-                    if (snap := follow.fresh()) is not None:
-                        yield snap
-                    if stop.is_set() or follow.dir_replaced():
-                        break
+        return filewatch.watch(self, stop)
 
-    async def awatch(self) -> AsyncIterator[Snapshot]:
+    def awatch(self) -> AsyncIterator[Snapshot]:
         """Async twin of :meth:`watch`; ends when the consumer stops iterating.
 
-        watchfiles waits in a worker thread; cancelling the consumer sets its stop
-        event, so the thread returns within one step.
+        On Linux it waits on the event loop itself (no thread); elsewhere watchfiles
+        waits in a worker thread that a cancelled consumer stops within one step.
         """
-        follow = _Follower(self)
-        yield follow.first()
-        while True:
-            follow.arm()
-            import watchfiles
+        from devcluster.registry import filewatch
 
-            batches = watchfiles.awatch(self._dir, **self._watch_options())
-            with contextlib.suppress(FileNotFoundError):  # dir deleted again meanwhile
-                async with contextlib.aclosing(batches):
-                    async for _batch in batches:
-                        if (snap := follow.fresh()) is not None:
-                            yield snap
-                        if follow.dir_replaced():
-                            break
-
-    def _watch_options(self) -> dict[str, Any]:
-        def is_registry(_change: object, path: str) -> bool:
-            return os.path.basename(path) == REGISTRY_FILE
-
-        return {
-            "watch_filter": is_registry,
-            "debounce": self.debounce_ms,
-            "step": self.step_ms,
-            # A timeout that yields an empty batch drives the periodic re-read.
-            "rust_timeout": self.rescan_ms,
-            "yield_on_timeout": True,
-            # Logs and sockets may live in sub-directories; their churn is not ours.
-            "recursive": False,
-        }
-
-
-class _Follower:
-    """What a watcher has yielded so far, to skip re-reads that show nothing new."""
-
-    def __init__(self, registry: FileRegistry) -> None:
-        self._registry = registry
-        self._last: Snapshot | None = None
-        self._inode: int | None = None
-        self._warned = False
-
-    def first(self) -> Snapshot:
-        # Raises on a corrupt file: a watcher that cannot start should say so at once.
-        self._registry.ensure_state_dir()
-        self._last = self._registry.snapshot()
-        return self._last
-
-    def fresh(self) -> Snapshot | None:
-        """The registry if it differs from the last yield, else None."""
-        try:
-            snap = self._registry.snapshot()
-        except RegistryError as e:
-            # Keep serving the last good view: the file is only ever corrupted by hand,
-            # and a fix or `recover()` shows up as the next change.
-            if not self._warned:
-                log.warning("registry watch: %s", e)
-                self._warned = True
-            return None
-        self._warned = False
-        if snap == self._last:
-            return None
-        self._last = snap
-        return snap
-
-    def arm(self) -> None:
-        """Make sure the state dir exists and note the inode watchfiles will follow."""
-        self._registry.ensure_state_dir()
-        self._inode = _inode(self._registry.state_dir)
-
-    def dir_replaced(self) -> bool:
-        """True if the state dir is gone or another inode: the watcher went blind."""
-        return _inode(self._registry.state_dir) != self._inode
-
-
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
+        return filewatch.awatch(self)
 
 
 def _checked(record: Record, **changes: Any) -> Record:

@@ -6,12 +6,16 @@ program. Readers correct for that here: the supervisor stores ``started_at`` as
 ``psutil.Process(pid).create_time()``, and a pid only counts as alive when a process
 with that pid exists, is not a zombie, and was created at that time.
 
-This runs on every snapshot a watcher yields, so it only looks at running records
-with a pid: two reads of ``/proc/<pid>/stat`` each, ~50 us (10 records: ~0.5 ms).
+This runs on every snapshot a watcher reads (every change, and every rescan), so it
+only looks at running records with a pid. psutil's check costs ~90 us a record (9 ms
+CPU for 100 records, a watcher's whole budget at N=100); once it has confirmed a
+``(pid, started_at)``, later checks on Linux read ``/proc/<pid>/stat`` once and compare
+the state and the raw start time with what psutil confirmed: ~15-20 us.
 """
 
 from __future__ import annotations
 
+import os
 from types import MappingProxyType
 
 import psutil
@@ -24,6 +28,30 @@ from devcluster.registry.record import Record, Snapshot, State
 CREATE_TIME_TOLERANCE_S = 1.0
 
 
+#: Linux: the raw start time (clock ticks after boot, from /proc/<pid>/stat) of each
+#: (pid, started_at) psutil has confirmed alive.
+_confirmed: dict[tuple[int, float | None], bytes] = {}
+_CONFIRMED_MAX = 4096
+_PROCFS = os.path.exists("/proc/self/stat")
+
+
+def _stat(pid: int) -> tuple[bytes, bytes] | None:
+    """(state, start time) from ``/proc/<pid>/stat``; None if there is no such process."""
+    try:  # os.open/read: half the cost of open() and its buffered reader
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # The command name (field 2) is in parentheses and may hold spaces or ')'.
+    fields = data[data.rindex(b")") + 2:].split()
+    return fields[0], fields[19]  # fields 3 and 22 of proc(5)
+
+
 def alive(pid: int, started_at: float | None) -> bool:
     """True if ``pid`` runs, is not a zombie, and was created at ``started_at``.
 
@@ -33,6 +61,26 @@ def alive(pid: int, started_at: float | None) -> bool:
     >>> alive(os.getpid(), psutil.Process().create_time())
     True
     """
+    if not _PROCFS:
+        return _alive(pid, started_at)
+    key = (pid, started_at)
+    known = _confirmed.get(key)
+    if known is not None:
+        now = _stat(pid)
+        if now is not None and now[1] == known:  # the same process
+            return now[0] not in (b"Z", b"X")
+        del _confirmed[key]  # gone, or the pid was reused: psutil decides
+    if not _alive(pid, started_at):
+        return False
+    now = _stat(pid)
+    if now is not None:
+        if len(_confirmed) >= _CONFIRMED_MAX:
+            _confirmed.clear()
+        _confirmed[key] = now[1]
+    return True
+
+
+def _alive(pid: int, started_at: float | None) -> bool:
     try:
         proc = psutil.Process(pid)  # reads and caches create_time()
         if proc.status() == psutil.STATUS_ZOMBIE:
