@@ -26,7 +26,7 @@ import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 
-from devcluster import preboot
+from devcluster import pidfd, preboot
 from devcluster.defaults import READY_TIMEOUT
 
 #: Output lines longer than this are cut into pieces by the pump (as for spawn).
@@ -53,16 +53,7 @@ class Forked:
         """The exit status once it exits (a pidfd says when; waitpid collects it)."""
         if self.returncode is not None:
             return self.returncode
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(ProcessLookupError):
-            fd = os.pidfd_open(self.pid)
-            gone: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
-            try:
-                await gone
-            finally:
-                loop.remove_reader(fd)
-                os.close(fd)
+        await pidfd.exited(self.pid)
         try:
             _, status = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
@@ -217,26 +208,10 @@ class ForkServer:
         self._lost("the fork server was closed")
         self.sock.close()
         try:
-            await asyncio.wait_for(_exited(self.proc.pid), 5.0)
+            await asyncio.wait_for(pidfd.exited(self.proc.pid), 5.0)
         except TimeoutError:
             self.proc.kill()
         self.proc.wait()
-
-
-async def _exited(pid: int) -> None:
-    """Until the process ``pid`` (ours, not yet collected) has exited: a pidfd says so."""
-    loop = asyncio.get_running_loop()
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    gone: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
-    try:
-        await gone
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
 
 
 async def _read_all(fd: int) -> bytes:

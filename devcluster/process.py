@@ -26,6 +26,7 @@ from typing import Protocol
 
 import psutil
 
+from devcluster import pidfd
 from devcluster.defaults import ENV_INSTANCE
 from devcluster.signames import parse_signal  # noqa: F401 - its home was here
 
@@ -127,18 +128,7 @@ async def wait_exit(proc: Child) -> int:
     """
     if not isinstance(proc, asyncio.subprocess.Process):
         return await proc.wait()
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):  # not Linux >= 5.3, or already reaped
-        return await _returncode(proc)
-    loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
-    try:
-        await gone
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
+    await pidfd.exited(proc.pid)  # without a pidfd (not Linux >= 5.3): asyncio's wait
     return await _returncode(proc)
 
 
