@@ -176,10 +176,10 @@ class ChannelDriver(abc.ABC):
         self._registry, self._owns_registry = open_registry(registry)
         self._stats = _publisher(stats, state_dir or getattr(self._registry, "state_dir", None),
                                  service)
-        self.on_call = stats_on_call(self._stats, on_call)
+        self._on_call = stats_on_call(self._stats, on_call)
         #: When statistics are the only ``on_call``: how a call answered at the first
         #: attempt is counted (instance name, latency in ms), with no CallInfo built
-        #: and no response header read. None otherwise.
+        #: and no response header read. None otherwise (also once ``on_call`` is set).
         self.count_ok: Callable[[str, float], None] | None = (
             self._stats.count_ok if self._stats is not None and on_call is None else None)
         # Wakes the registry watch at once on close (a plain Event: within 50 ms).
@@ -225,6 +225,16 @@ class ChannelDriver(abc.ABC):
         """The decisions of one new call with ``timeout`` (streams: not replayable)."""
         # Positional: this runs once per call.
         return Attempts(self.balancer, timeout, self.hedge_after, replayable, self.default_wait)
+
+    @property
+    def on_call(self) -> Callable[[CallInfo], None] | None:
+        """What each finished call is reported to (a :class:`CallInfo`), or None."""
+        return self._on_call
+
+    @on_call.setter
+    def on_call(self, report: Callable[[CallInfo], None] | None) -> None:
+        # Set after construction (the demo does): every call builds its CallInfo again.
+        self._on_call, self.count_ok = report, None
 
     def _close_stats(self) -> None:
         if self._stats is not None:
