@@ -69,7 +69,7 @@ def alive(pid: int, started_at: float | None) -> bool:
         now = _stat(pid)
         if now is not None and now[1] == known:  # the same process
             return now[0] not in (b"Z", b"X")
-        del _confirmed[key]  # gone, or the pid was reused: psutil decides
+        _confirmed.pop(key, None)  # gone or reused: psutil decides (pop: other threads ask too)
     if not _alive(pid, started_at):
         return False
     now = _stat(pid)
