@@ -2,7 +2,7 @@
 
 ``python -m bench.client_stats [--seconds 4] [--rounds 4]`` starts three greeters,
 registers them in a throw-away registry, and measures the same BalancedChannel with
-``on_call=None`` (off) and with a :class:`~devcluster.clientstats.StatsPublisher`'s
+``on_call=None`` (off) and with a :class:`~devcluster.client.stats.StatsPublisher`'s
 ``on_call`` (on), in alternating rounds (ABBA), sequentially and with grpc.aio at 64
 calls in flight. calls/s on a 2-core machine shared with other work moves by a few
 percent from round to round, so the figure to trust is the direct one: the CPU of one
@@ -26,7 +26,7 @@ from devcluster._proto import helloworld_pb2_grpc
 from devcluster.client import CallInfo
 from devcluster.client.aio import AioBalancedChannel
 from devcluster.client.channel import BalancedChannel
-from devcluster.clientstats import StatsPublisher
+from devcluster.client.stats import StatsPublisher
 from devcluster.registry.file import FileRegistry
 from devcluster.registry.record import Record, State
 

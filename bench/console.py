@@ -157,8 +157,8 @@ def console_figures(cluster: Cluster, pages: int, changes: int, idle: float) -> 
 def top_figures(cluster: Cluster, changes: int) -> dict[str, float]:
     from textual.widgets import DataTable
 
-    from devcluster.cli.top import TopApp
     from devcluster.console.model import ClusterView
+    from devcluster.tui.top import TopApp
 
     view = ClusterView(cluster.state_dir)
     registry = open_registry(cluster.state_dir)

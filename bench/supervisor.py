@@ -218,7 +218,7 @@ def _is_instance(proc: psutil.Process) -> bool:
 
 
 def _control_latency(state_dir: Path) -> dict[str, float]:
-    from devcluster.control import ControlClient
+    from devcluster.control.plane import ControlClient
     from devcluster.registry import FileRegistry
 
     with ControlClient(state_dir) as control:

@@ -1,3 +1,3 @@
-from devcluster.entry import main
+from devcluster.cli.entry import main
 
 main()

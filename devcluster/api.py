@@ -8,7 +8,7 @@
 The supervisor runs as a separate process (``devcluster up`` in the background), so a
 cluster outlives nothing it should not: with ``attach=True`` (the default for the API)
 it dies with the Python process that started it, and its instances die with it.
-Starting it: :mod:`devcluster.launch`; reaching a cluster without one: :mod:`devcluster.access`.
+Starting it: :mod:`devcluster.launch`; reaching a cluster without one: :mod:`devcluster.control.access`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from devcluster import defaults
-from devcluster import procfile as procfile_mod
-from devcluster.access import (  # noqa: F401  public here since the beginning
+from devcluster.config import procfile as procfile_mod
+from devcluster.config.project import Resolved
+from devcluster.control.access import (  # noqa: F401  public here since the beginning
     control_client,
     instance_dict,
     set_metadata,
@@ -36,12 +37,11 @@ from devcluster.errors import (
     from_payload,
 )
 from devcluster.launch import Launch
-from devcluster.logs import tail
-from devcluster.project import Resolved
 from devcluster.registry import Registry, Snapshot, State, open_registry
 from devcluster.registry.record import parse_weight
 from devcluster.schema import InstanceInfo
 from devcluster.statedir import running_pid
+from devcluster.supervisor.logs import tail
 
 if TYPE_CHECKING:
     from devcluster.events import Event
@@ -252,7 +252,7 @@ class Cluster(Launch):
 
     def logs(self, name: str | None = None, n: int = 50) -> list[str]:
         """The last ``n`` lines of an instance's log (or of the merged log)."""
-        from devcluster.procfile import check_name
+        from devcluster.config.procfile import check_name
 
         return tail(defaults.layout(self.state_dir).log(check_name(name) if name else None), n)
 

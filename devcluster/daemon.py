@@ -2,7 +2,7 @@
 
 :func:`serve` is ``devcluster up`` (the CLI calls it in the foreground). The supervisor
 knows nothing of the control plane; here the control server is given the supervisor
-(which satisfies :class:`devcluster.control.Supervised`) and both run inside the state
+(which satisfies :class:`devcluster.control.plane.Supervised`) and both run inside the state
 dir's lock. Leaving :func:`serve` always stops the instances, then the control server
 (removing its socket), then releases the lock, whatever failed.
 
@@ -20,8 +20,7 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # `up -d`: preloaded types' fork servers import while we do
-    from devcluster import preboot
-
+    from devcluster.supervisor import preboot
     preboot.begin(sys.argv[1:])
 
 import asyncio
@@ -33,19 +32,21 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from devcluster import defaults, preboot, process, procfile
+from devcluster import defaults
+from devcluster.config import procfile
+from devcluster.config.plan import types_from_json
 from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError, to_payload
 from devcluster.events import EventLog, fresh_log
-from devcluster.logs import LogSink
-from devcluster.projectplan import types_from_json
 from devcluster.registry import FileRegistry, Registry, open_registry
 from devcluster.registry.liveness import alive
 from devcluster.statedir import Claim, hold_lock
-from devcluster.supervisor import Settings, Supervisor
-from devcluster.watchdog import Watchdog
+from devcluster.supervisor import preboot, process
+from devcluster.supervisor.logs import LogSink
+from devcluster.supervisor.runtime import Settings, Supervisor
+from devcluster.supervisor.watchdog import Watchdog
 
 if TYPE_CHECKING:
-    from devcluster.control import ControlServer
+    from devcluster.control.plane import ControlServer
 
 #: Longest the exit path waits for queued registry writes before giving up on them.
 _LAST_WRITES_WAIT = 2.0
@@ -117,7 +118,7 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
             # The instances are spawned: their interpreters boot while we import grpc
             # for the control plane and wait for the registry's first write.
             await asyncio.wrap_future(reset)
-            from devcluster.control import ControlServer
+            from devcluster.control.plane import ControlServer
 
             keeper.control = ControlServer(sup, defaults.layout(settings.state_dir).socket)
             await keeper.control.start()
@@ -147,7 +148,7 @@ def _watcher(sup: Supervisor) -> list[Callable[[], Coroutine[Any, Any, None]]]:
     """``up --watch``: the file watcher, a duty of the cluster (none without --watch)."""
     if sup.settings.watch is None:
         return []
-    from devcluster.watch import Watcher
+    from devcluster.supervisor.watch import Watcher
 
     return [Watcher(sup, sup.settings.watch).run]
 
@@ -272,12 +273,12 @@ def _check_ports(specs: Sequence[procfile.InstanceSpec]) -> None:
 
 
 def settings_json(**fields: Any) -> str:
-    """Encode :class:`~devcluster.supervisor.Settings` fields for the daemon."""
+    """Encode :class:`~devcluster.supervisor.runtime.Settings` fields for the daemon."""
     return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items()})
 
 
 def _settings(raw: dict[str, Any]) -> Settings:
-    from devcluster.policy import Policy
+    from devcluster.config.policy import Policy
 
     return Settings(
         procfile=Path(raw["procfile"]), state_dir=Path(raw["state_dir"]),

@@ -142,7 +142,7 @@ class Layout:
 
 def log_file_name(name: str | None) -> str:
     """``greeter.2.log``; the merged log is ``devcluster.log``, so an instance named
-    ``devcluster`` gets ``devcluster.instance.log`` (no instance name contains
+    ``devcluster`` gets ``devcluster.supervisor.instance.log`` (no instance name contains
     ``.instance``: the only dot in a name is before its number)."""
     if name is None:
         return f"{SYSTEM_LOG}.log"

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from devcluster import defaults
+from devcluster.config.project import Resolved
 from devcluster.errors import DevclusterError, UsageError
-from devcluster.logs import tail
-from devcluster.project import Resolved
+from devcluster.supervisor.logs import tail
 
 if TYPE_CHECKING:
     from devcluster.api import Cluster
@@ -79,9 +79,9 @@ class Launch:
 
     def _resolve(self: Cluster) -> Resolved:
         """Flags over ``devcluster.toml`` (a bad file raises here: nothing has started)."""
-        from devcluster.policy import Policy
-        from devcluster.project import Flags
-        from devcluster.projectplan import plan
+        from devcluster.config.plan import plan
+        from devcluster.config.policy import Policy
+        from devcluster.config.project import Flags
 
         port, grace, ready_timeout, registry = self._flags
         try:
@@ -98,8 +98,8 @@ class Launch:
         return resolved
 
     def _settings(self: Cluster, ready_fd: int, lifeline_fd: int | None, lock_fd: int) -> str:
-        """The daemon's settings (devcluster.supervisor.Settings) as JSON."""
-        from devcluster.projectplan import types_to_json
+        """The daemon's settings (devcluster.supervisor.runtime.Settings) as JSON."""
+        from devcluster.config.plan import types_to_json
 
         r = self.resolved
         assert r is not None
@@ -115,7 +115,7 @@ class Launch:
             "console": self.console, "console_port": self.console_port})
 
     def _read_ready(self: Cluster, fd: int) -> dict[str, Any]:
-        from devcluster.projectplan import settle_budget
+        from devcluster.config.plan import settle_budget
 
         r = self.resolved
         budget = settle_budget(r.types, r.waves, r.ready_timeout) if r else self.ready_timeout

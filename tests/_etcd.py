@@ -27,7 +27,7 @@ from typing import cast
 
 import psutil
 
-from devcluster.process import with_pdeathsig
+from devcluster.supervisor.process import with_pdeathsig
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 20.0

@@ -12,7 +12,7 @@ import pytest
 from grpc_reflection.v1alpha import reflection
 
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
-from devcluster.dynamic import (
+from devcluster.client.dynamic import (
     MethodRef,
     NoReflectionError,
     ProtoError,

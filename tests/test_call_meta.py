@@ -8,8 +8,8 @@ from subprocess import CompletedProcess
 
 import pytest
 
+from devcluster.config.check import parse_meta_items
 from devcluster.errors import UsageError
-from devcluster.projectcheck import parse_meta_items
 
 
 def test_meta_items() -> None:

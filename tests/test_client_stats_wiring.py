@@ -10,7 +10,7 @@ import pytest
 
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
 from devcluster.client import BalancedChannel
-from devcluster.clientstats import CLIENTS_DIR, read_traffic
+from devcluster.client.stats import CLIENTS_DIR, read_traffic
 from tests._clients import BOTH, open_client
 from tests._servers import MemoryRegistry, local_servers
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from devcluster.client import CallInfo
-from devcluster.clientstats import (
+from devcluster.client.stats import (
     CLIENTS_DIR,
     ENV_SWITCH,
     FILE_STALE_AFTER,

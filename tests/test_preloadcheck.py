@@ -1,10 +1,10 @@
-"""Which commands a fork server can run (devcluster.preloadcheck): pure checks."""
+"""Which commands a fork server can run (devcluster.config.preloadcheck): pure checks."""
 
 from __future__ import annotations
 
 import pytest
 
-from devcluster.preloadcheck import command_problem, python_command
+from devcluster.config.preloadcheck import command_problem, python_command
 
 
 @pytest.mark.parametrize(("argv", "shape"), [

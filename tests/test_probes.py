@@ -16,7 +16,8 @@ import psutil
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from devcluster.probes import (
+from devcluster.config.project import Ready
+from devcluster.supervisor.probes import (
     DefaultProbe,
     ExecProbe,
     GrpcProbe,
@@ -27,7 +28,6 @@ from devcluster.probes import (
     probe_for,
     wait_ready,
 )
-from devcluster.project import Ready
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,4 +1,4 @@
-"""devcluster.procfile: parsing, validation, .env, scale, expansion, ports, argv. Pure.
+"""devcluster.config.procfile: parsing, validation, .env, scale, expansion, ports, argv. Pure.
 
 The few tests that run a process (``command_argv`` against ``/bin/sh``) compare the
 argv we exec with what the shell itself would run: that is the contract.
@@ -14,9 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devcluster import procfile
-from devcluster.errors import ProcfileError, UsageError
-from devcluster.procfile import (
+from devcluster.config import procfile
+from devcluster.config.procfile import (
     DEFAULT_BASE_PORT,
     ProcessType,
     command_argv,
@@ -28,6 +27,7 @@ from devcluster.procfile import (
     read_text,
     service_of,
 )
+from devcluster.errors import ProcfileError, UsageError
 
 GREETER = "python -m devcluster.greeter --port $PORT"
 

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from devcluster.errors import UsageError
-from devcluster.policy import Policy
-from devcluster.procfile import DEFAULT_BASE_PORT
-from devcluster.project import (
+from devcluster.config.policy import Policy
+from devcluster.config.procfile import DEFAULT_BASE_PORT
+from devcluster.config.project import (
     DEFAULT_GRACE,
     DEFAULT_READY_TIMEOUT,
     PROJECT_FILE,
@@ -24,7 +23,8 @@ from devcluster.project import (
     resolve,
     start_order,
 )
-from devcluster.tomllines import key_lines
+from devcluster.config.tomllines import key_lines
+from devcluster.errors import UsageError
 
 FULL = """\
 # the issue's example

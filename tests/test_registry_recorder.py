@@ -1,11 +1,11 @@
-"""The supervisor's registry writer (devcluster.recorder): order, merging, failures."""
+"""The supervisor's registry writer (devcluster.supervisor.recorder): order, merging, failures."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from devcluster.recorder import Recorder
 from devcluster.registry import FileRegistry, Record
+from devcluster.supervisor.recorder import Recorder
 
 
 def _records(n: int) -> list[Record]:

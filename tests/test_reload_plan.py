@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from devcluster.procfile import InstanceSpec
-from devcluster.reload import changed_tables, diff, port_shareable
-from devcluster.watch import matches, types_for
+from devcluster.config.procfile import InstanceSpec
+from devcluster.supervisor.reload import changed_tables, diff, port_shareable
+from devcluster.supervisor.watch import matches, types_for
 
 
 def spec(name: str, command: str = "run", port: int = 5000, **env: str) -> InstanceSpec:

@@ -8,9 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from devcluster import fastcli
-from devcluster import procfile as procfile_mod
 from devcluster.api import control_client, instance_dict, parse_weight
+from devcluster.cli import fast as fastcli
 from devcluster.cli.app import (
     DEFAULT_PROCFILE,
     JsonOpt,
@@ -22,6 +21,7 @@ from devcluster.cli.app import (
     app,
 )
 from devcluster.cli.render import _print_instances
+from devcluster.config import procfile as procfile_mod
 
 NamesArg = Annotated[list[str] | None, typer.Argument(
     metavar="[NAME]...", help="Instances (server1, greeter.2) or process types (greeter).",
@@ -67,7 +67,7 @@ def kill(
     """Simulate a crash: SIGKILL (or --signal) to the instance's process group.
 
     Example: devcluster kill server2 --signal SIGTERM"""
-    from devcluster.signames import parse_signal
+    from devcluster.config.signals import parse_signal
 
     parse_signal(signal)
     _act("kill", names, all_, procfile, state_dir, json_, signal=signal)

@@ -68,8 +68,8 @@ def call(
     --proto for a server without it.
 
     Example: devcluster call helloworld.Greeter/SayHello -d '{"name": "x"}' -n 6"""
-    from devcluster import dynamic
-    from devcluster.projectcheck import parse_where
+    from devcluster.client import dynamic
+    from devcluster.config.check import parse_where
 
     ref = dynamic.parse_method(method)
     matching = parse_where(where)
@@ -116,7 +116,7 @@ def _reflect(where: Any, service: str | None, ref: Any,
     given); without --service, calls then go to the one service that knows the
     method, if exactly one does.
     """
-    from devcluster import dynamic
+    from devcluster.client import dynamic
     from devcluster.registry import Registry, open_registry
 
     reg = where if isinstance(where, Registry) else open_registry(where)
@@ -195,7 +195,7 @@ def meta(
     Example: devcluster meta echo.1 zone=b canary="""
     from devcluster.api import set_metadata
     from devcluster.cli.render import _print_instances
-    from devcluster.projectcheck import parse_meta_items
+    from devcluster.config.check import parse_meta_items
     from devcluster.schema import InstanceInfo
 
     changes = parse_meta_items(items)

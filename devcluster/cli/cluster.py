@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 
 from devcluster import defaults
-from devcluster import procfile as procfile_mod
 from devcluster.api import (
     Cluster,
     NotReadyError,
@@ -34,8 +33,9 @@ from devcluster.cli.app import (
     out,
 )
 from devcluster.cli.render import _print_instances
+from devcluster.config import procfile as procfile_mod
+from devcluster.config.policy import Policy
 from devcluster.errors import UsageError
-from devcluster.policy import Policy
 
 
 def _policies(items: list[str]) -> dict[str, Policy]:
@@ -137,10 +137,10 @@ def up(
             out.print(f"ready in {time.monotonic() - began:.2f} s; stop with "
                       f"`devcluster down{where}`")
         return
+    from devcluster.config.plan import plan
+    from devcluster.config.project import Flags
     from devcluster.daemon import serve
-    from devcluster.project import Flags
-    from devcluster.projectplan import plan
-    from devcluster.supervisor import Settings
+    from devcluster.supervisor.runtime import Settings
 
     r = plan(procfile, Flags(port=port, grace=grace, ready_timeout=ready_timeout,
                              registry=registry, scale=scale_counts, restart=policies), config)

@@ -26,8 +26,8 @@ def top(procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
 
     Keys: k kill, s stop/start, r restart, p pause/resume, +/- weight,
     d disable/enable, q quit. Destructive keys ask first."""
-    from devcluster.cli.top import TopApp
     from devcluster.console.model import ClusterView
+    from devcluster.tui.top import TopApp
 
     directory = _state_dir(procfile, state_dir)
     _check_cluster(directory, registry)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from devcluster import fastcli
+from devcluster.cli import fast as fastcli
 from devcluster.cli.app import (
     DEFAULT_PROCFILE,
     JsonOpt,
@@ -57,7 +57,7 @@ def logs(
     Example: devcluster logs server1 -f -n 20"""
     if lines < 0:
         raise UsageError(f"--lines must be 0 or more, got {lines}")
-    from devcluster.logview import show_logs
+    from devcluster.cli.logview import show_logs
 
     show_logs(_state_dir(procfile, state_dir), name, follow, lines, as_json=json_)
 

@@ -1,4 +1,4 @@
-"""``reload``: replace instances one at a time, losing no call (devcluster.reload)."""
+"""``reload``: replace instances one at a time, losing no call (devcluster.supervisor.reload)."""
 
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ def client(
     Example: devcluster client --service server -n 20 --interval 0.1 --hedge 0.1"""
     from devcluster.cli.client_runner import ClientOptions, run_client
     from devcluster.cli.targets import parse_target, resolve_policy
-    from devcluster.projectcheck import parse_where
+    from devcluster.config.check import parse_where
 
     matching = parse_where(where)
 

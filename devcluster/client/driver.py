@@ -25,7 +25,7 @@ from devcluster.client.attempts import DEFAULT_WAIT, Attempts, Probe
 from devcluster.client.balancer import Balancer, Effects, Instance
 from devcluster.client.calls import CallInfo
 from devcluster.client.picker import DEFAULT_POLICY, OrderKey, make_picker
-from devcluster.clientstats import StatsPublisher, stats_on_call
+from devcluster.client.stats import StatsPublisher, stats_on_call
 from devcluster.errors import UsageError
 from devcluster.registry.base import Registry
 from devcluster.registry.inotify import WatchStop

@@ -8,7 +8,7 @@ The rows are ``ps --json`` dicts. They come from three sources, each at its own 
 - the registry snapshot, pushed on every change: merged at once into the last rows,
   so a weight or state change shows without waiting for ``ps``;
 - a cheap local sample (psutil: CPU%, RSS, stopped = paused) and the client statistics
-  (:mod:`devcluster.clientstats`), on the views' own tick.
+  (:mod:`devcluster.client.stats`), on the views' own tick.
 
 Every place that turns state into a row is in this module, so that moving to the
 project's instance schema type changes this file only.
@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from devcluster.api import control_client, instance_dict, parse_weight
-from devcluster.clientstats import read_traffic
+from devcluster.client.stats import read_traffic
 from devcluster.errors import DevclusterError, UnknownInstanceError, UsageError
 from devcluster.registry import Record, Registry, Snapshot, State, open_registry, registry_spec
 

@@ -91,7 +91,7 @@ def test_no_wait_only_where_a_verb_waits(tmp_path: Path, run_cli: Cli) -> None:
 def test_a_platform_without_posix_gets_one_line(tmp_path: Path) -> None:
     """As on Windows: no fcntl. One line naming what is missing, exit 1, no traceback."""
     code = ("import sys; sys.modules['fcntl'] = None; sys.argv = ['devcluster', 'ps']\n"
-            "from devcluster.entry import main; main()")
+            "from devcluster.cli.entry import main; main()")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                             text=True, timeout=30)
     assert result.returncode == 1

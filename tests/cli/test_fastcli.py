@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import cli_env
 
 GREETER = "python -m devcluster.greeter --port $PORT"
-TYPER_PATH = "import sys; from devcluster.cli import main; sys.argv[0] = 'devcluster'; main()"
+TYPER_PATH = "import sys; from devcluster.cli.typerapp import main; sys.argv[0] = 'devcluster'; main()"
 
 
 def _fast(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

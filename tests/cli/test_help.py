@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from devcluster.cli import app
+from devcluster.cli.typerapp import app
 from tests.conftest import run_devcluster
 
 

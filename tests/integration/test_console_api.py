@@ -259,7 +259,7 @@ def test_events_carry_client_statistics(console: Console, cluster: Cluster) -> N
     from devcluster._proto.helloworld_pb2 import HelloRequest
     from devcluster._proto.helloworld_pb2_grpc import GreeterStub
     from devcluster.client import BalancedChannel
-    from devcluster.clientstats import StatsPublisher
+    from devcluster.client.stats import StatsPublisher
 
     conn, events = open_events(console)
     stats = StatsPublisher(cluster.state_dir, interval=0.2)

@@ -51,7 +51,7 @@ class Caller:
     """A balancing client in a thread, publishing its statistics like any channel."""
 
     def __init__(self, cluster: Cluster) -> None:
-        from devcluster.clientstats import StatsPublisher
+        from devcluster.client.stats import StatsPublisher
 
         self.cluster = cluster
         self.stats = StatsPublisher(cluster.state_dir, label="browser test")

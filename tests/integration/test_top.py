@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from devcluster.api import Cluster
-from devcluster.cli.top import Confirm, TopApp
 from devcluster.console.model import ClusterView
+from devcluster.tui.top import Confirm, TopApp
 
 GREETER = "python -m devcluster.greeter --port $PORT"
 
@@ -93,7 +93,7 @@ def test_calls_per_second_and_share_bar(make_cluster: Callable[..., Cluster]) ->
     from devcluster._proto.helloworld_pb2 import HelloRequest
     from devcluster._proto.helloworld_pb2_grpc import GreeterStub
     from devcluster.client import BalancedChannel
-    from devcluster.clientstats import StatsPublisher
+    from devcluster.client.stats import StatsPublisher
 
     cluster = make_cluster([f"server1: {GREETER}", f"server2: {GREETER}"])
     cluster.weight("server1", 3)

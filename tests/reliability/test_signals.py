@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from devcluster.control import ControlClient, as_dict
+from devcluster.control.plane import ControlClient, as_dict
 from devcluster.registry import FileRegistry
 
 GREETER = "python -m devcluster.greeter --port $PORT"

@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
-from devcluster.control import ControlClient, as_dict
+from devcluster.control.plane import ControlClient, as_dict
 
 GREETER = "python -m devcluster.greeter --port $PORT"
 #: A shell line: sh leads the group; the greeter (in the background) and `sleep` are
@@ -104,7 +104,7 @@ def crash(tmp_path: Path, write_procfile: Callable[..., Path],
         # What the test is about must really be there: grandchildren and the watchdog.
         assert any(c.startswith("sleep 1000") for c in commands), commands
         assert sum(c.startswith("python -m devcluster.greeter") for c in commands) == 3, commands
-        assert any("devcluster.watchdog" in c for c in commands), commands
+        assert any("devcluster.supervisor.watchdog" in c for c in commands), commands
         socket_target = _socket_target(state_dir / "control.sock")
     finally:
         os.kill(supervisor, signal.SIGKILL)  # also when a check above failed

@@ -1,0 +1,37 @@
+"""The ``devcluster`` console script: check the platform, then run the CLI.
+
+The check comes before any import of the CLI, whose modules need fcntl and process
+groups at import time: on a platform without them the user gets one line, not a
+traceback from deep inside an import."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def missing_posix() -> str | None:
+    """What this platform lacks of what devcluster needs, or None."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        return "fcntl locks"
+    if not (hasattr(os, "killpg") and hasattr(os, "setsid")):
+        return "process groups"
+    return None
+
+
+def main() -> None:
+    lacking = missing_posix()
+    if lacking:
+        print(f"devcluster: error: this platform ({sys.platform}) lacks {lacking}, which "
+              "devcluster needs; run it on Linux or macOS (on Windows: in WSL)", file=sys.stderr)
+        sys.exit(1)
+    from devcluster.cli.fast import main as fast
+
+    code = fast(sys.argv[1:])  # the common commands, without typer's and rich's imports
+    if code is not None:
+        sys.exit(code)
+    from devcluster.cli.typerapp import main as cli_main
+
+    cli_main()

@@ -1,0 +1,131 @@
+"""How instances and registry records look on a terminal: plain aligned text.
+
+No rich here on purpose: ``ps``, ``registry`` and the verbs print through this module
+on the fast path (:mod:`devcluster.cli.fast`) that answers without importing typer or
+rich, and the typer commands print through it too, so both paths print the same.
+Colour follows NO_COLOR / FORCE_COLOR / "is it a terminal", as the log stream does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TextIO
+
+#: The colour of each state (names of the terminal's standard colours).
+STATE_STYLE = {"serving": "green", "starting": "yellow", "draining": "yellow",
+               "paused": "magenta", "backoff": "yellow", "failed": "red", "killed": "red",
+               "exited": "red", "stopped": "dim"}
+_ANSI = {"green": "32", "yellow": "33", "magenta": "35", "red": "31", "dim": "2", "bold": "1"}
+
+INSTANCE_COLUMNS = ("NAME", "STATE", "PID", "ADDRESS", "WEIGHT", "UPTIME", "RESTARTS", "CPU%",
+                    "RSS")
+_RIGHT = {"PID", "WEIGHT", "RESTARTS", "CPU%", "RSS"}
+RECORD_COLUMNS = ("NAME", "SERVICE", "ADDRESS", "WEIGHT", "ENABLED", "STATE", "PID")
+
+
+def use_colour(stream: TextIO) -> bool:
+    """NO_COLOR (https://no-color.org) wins; then FORCE_COLOR; then "is it a terminal"."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+def paint(text: str, style: str, colour: bool) -> str:
+    return f"\x1b[{_ANSI[style]}m{text}\x1b[0m" if colour and style in _ANSI else text
+
+
+def uptime(seconds: float | None) -> str:
+    if not seconds:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+
+
+def mib(n: int | None) -> str:
+    return f"{n / 1048576:.1f} MiB" if n else "-"
+
+
+def known(value: object, fmt: str = "{}") -> str:
+    """A value of the instance schema; None (not known on this path) shows as ``-``."""
+    return "-" if value is None else fmt.format(value)
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[tuple[str, str]]], colour: bool,
+          right: Iterable[str] = ()) -> str:
+    """Columns two spaces apart, a bold header; each cell is ``(text, style)``."""
+    body = [list(row) for row in rows]
+    widths = [max([len(c), *(len(row[i][0]) for row in body)]) for i, c in enumerate(columns)]
+    right = set(right)
+
+    def line(cells: Sequence[tuple[str, str]]) -> str:
+        out = []
+        for (text, style), column, width in zip(cells, columns, widths, strict=True):
+            pad = " " * (width - len(text))
+            out.append(pad + paint(text, style, colour) if column in right
+                       else paint(text, style, colour) + pad)
+        return "  ".join(out).rstrip()
+
+    header = line([(c, "bold") for c in columns])
+    return "\n".join([header, *(line(row) for row in body)])
+
+
+def state_text(row: Mapping[str, Any]) -> str:
+    state = str(row["state"]) + (" (disabled)" if row.get("enabled") is False else "")
+    if row.get("last_exit") and row["state"] in {"exited", "failed", "killed", "backoff"}:
+        state += f" ({row['last_exit']})"
+    return state
+
+
+def instances_table(rows: Sequence[Mapping[str, Any]], colour: bool) -> str:
+    """``ps``: one line per instance of the instance schema."""
+    return table(INSTANCE_COLUMNS, ([
+        (r["name"], ""), (state_text(r), STATE_STYLE.get(r["state"], "")),
+        (str(r["pid"] or "-"), ""), (r["address"] or "-", ""), (known(r["weight"]), ""),
+        (uptime(r["uptime_s"]), ""), (str(r["restarts"]), ""),
+        (known(r["cpu_percent"], "{:.1f}"), ""), (mib(r["rss_bytes"]), ""),
+    ] for r in rows), colour, _RIGHT)
+
+
+def records_table(title: str, records: Iterable[Any], colour: bool) -> str:
+    """``registry``: the raw records, under a title naming the registry and its revision."""
+    body = ([(r.name, ""), (r.service, ""), (r.address or "-", ""), (str(r.weight), ""),
+             ("yes" if r.enabled else "no", ""), (r.state.value, ""), (str(r.pid or "-"), "")]
+            for r in records)
+    return f"{title}\n{table(RECORD_COLUMNS, body, colour)}"
+
+
+def action_lines(rows: Sequence[Mapping[str, Any]], unchanged: Iterable[str]) -> list[str]:
+    """What a verb did to each instance: ``server2: killed (signal SIGKILL)``."""
+    same = set(unchanged)
+    lines = []
+    for r in rows:
+        extra = f" ({r['last_exit']})" if r.get("last_exit") and r["state"] in {
+            "exited", "failed", "killed", "backoff", "stopped"} else ""
+        where = f" on {r['address']}" if r["state"] == "serving" and r["address"] else ""
+        if r["name"] in same:
+            lines.append(f"{r['name']} is already {r['state']}{where}; nothing to do")
+        else:
+            lines.append(f"{r['name']}: {r['state']}{where}{extra}")
+    return lines
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def print_instances(rows: Sequence[Mapping[str, Any]], as_json: bool,
+                    stream: TextIO | None = None) -> None:
+    """``ps``-shaped output: the rows as JSON, or the table."""
+    if as_json:
+        print_json(list(rows))
+        return
+    stream = stream or sys.stdout
+    print(instances_table(rows, use_colour(stream)), file=stream)

@@ -1,0 +1,1 @@
+"""Configuration: the Procfile, devcluster.toml, their checks and the plan. Internal."""

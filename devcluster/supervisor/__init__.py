@@ -1,0 +1,1 @@
+"""The supervisor: instances, their processes, readiness, preload and reload. Internal."""

@@ -1,0 +1,396 @@
+"""The supervisor: runs every instance of a Procfile until told to stop.
+
+It owns the instances (each changes its own state), their registry records (written
+by one :class:`~devcluster.supervisor.recorder.Recorder` thread, never on the event loop) and the
+signal handlers. Every task it runs belongs to the task group of :meth:`Supervisor.run`,
+whose exit path always stops every instance. It knows nothing of the control plane:
+:mod:`devcluster.control.plane` calls its verbs through a small protocol, and
+:mod:`devcluster.daemon` wires the two together.
+
+This module holds the cluster's life (start in waves, settle, shut down, signals); the
+control verbs are :mod:`devcluster.supervisor.verbs` and membership (scale, reload, adding and
+removing instances) is :mod:`devcluster.supervisor.membership`, both parts of the one class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+from devcluster import defaults
+from devcluster.config import procfile
+from devcluster.config.plan import settle_budget
+from devcluster.config.project import TypeSettings
+from devcluster.errors import DevclusterError
+from devcluster.events import EventKind, EventLog, follow_registry
+from devcluster.registry import Registry, State
+from devcluster.registry.inotify import WatchStop
+from devcluster.supervisor import preboot, process
+from devcluster.supervisor import reload as rolling
+from devcluster.supervisor.instance import Instance, Policy, Runtime, _landed
+from devcluster.supervisor.logs import LogSink
+from devcluster.supervisor.membership import Membership
+from devcluster.supervisor.preload import Preloader
+from devcluster.supervisor.recorder import Recorder
+from devcluster.supervisor.triggers import lifeline, signals
+from devcluster.supervisor.verbs import Verbs
+from devcluster.supervisor.watchdog import Watchdog
+
+T = TypeVar("T")
+#: Longest a whole-cluster shutdown waits for its `draining` write before SIGINT.
+_DRAIN_WRITE_WAIT = 0.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``devcluster up`` was asked for."""
+
+    procfile: Path
+    state_dir: Path
+    env_files: tuple[Path, ...] = ()
+    scale: dict[str, int] = field(default_factory=dict)
+    base_port: int = defaults.BASE_PORT
+    grace: float = defaults.GRACE
+    ready_timeout: float = defaults.READY_TIMEOUT
+    restart: dict[str, Policy] = field(default_factory=dict)
+    ready_fd: int | None = None
+    """A pipe to write one JSON line to once every instance has settled (``up -d``)."""
+    registry: str | None = None
+    """``etcd://host:port/prefix`` to register into etcd; None: the state dir's file."""
+    lock_fd: int | None = None
+    """The state dir's lock file, already locked by the process that started us."""
+    lifeline_fd: int | None = None
+    """A pipe whose other end the starting process holds: EOF (it exited, however it
+    died) shuts the cluster down gracefully. Unlike PDEATHSIG it is not tied to the
+    thread that started us."""
+    watch: tuple[Path, ...] | None = None
+    """``up --watch``: reload when these change (empty: the Procfile's directory)."""
+    console: bool = False
+    """Serve the web console for as long as the cluster runs (``up -d --console``)."""
+    console_port: int = 0
+    """The console's port on 127.0.0.1; 0: a free one."""
+    config: Path | None = None
+    """The ``devcluster.toml`` these settings were read from (None: no file)."""
+    types: Mapping[str, TypeSettings] = field(default_factory=dict)
+    """Per process type, flags over the file (:func:`devcluster.config.project.resolve`). A type
+    not here runs with the settings above and the default readiness probe."""
+    waves: tuple[tuple[str, ...], ...] = ()
+    """Start order from ``depends_on``: () starts every type at once."""
+
+
+class Supervisor(Verbs, Membership):
+    """The running cluster: build it inside a running loop, then :meth:`run` it."""
+
+    def __init__(self, settings: Settings, registry: Registry, sink: LogSink,
+                 types: Sequence[procfile.ProcessType], env: dict[str, str],
+                 specs: Sequence[procfile.InstanceSpec], watchdog: Watchdog | None = None,
+                 events: EventLog | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.sink = sink
+        self.types = {t.name: t for t in types}
+        self.type_order = [t.name for t in types]
+        self.env = env
+        loop = asyncio.get_running_loop()
+        self.records = Recorder(
+            registry, lambda msg: loop.call_soon_threadsafe(sink.system, msg),
+            # From the writer thread: list() copies the values in one step.
+            truth=lambda: [i.record() for i in list(self.instances.values())])
+        self.watchdog = watchdog
+        self.preload = Preloader(*preboot.started())  # launched early by the daemon
+        self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
+                          settings.ready_timeout, watchdog, self._spawn, self._ours, events,
+                          self.preload)
+        self.instances: dict[str, Instance] = {}
+        #: Instances of ours not in the name table: a replacement starting, an old
+        #: instance stopping (see devcluster.supervisor.reload). They die with the cluster too.
+        self.outside: set[Instance] = set()
+        #: devcluster.toml's per-type tables as last applied (a reload diffs against them).
+        self.tables: Any = {}
+        with contextlib.suppress(DevclusterError):
+            self.tables = rolling.project_tables(settings.procfile)
+        for spec in specs:
+            self._add(spec)
+        # Preloaded types: their fork servers import while we finish starting up.
+        for first in {i.spec.process_type: i for i in reversed(self.instances.values())}.values():
+            first.warm_preload()
+        self.stopping = asyncio.Event()
+        self.done = asyncio.Event()
+        self._interrupts = 0
+        self.started = time.monotonic()
+        self._tg: asyncio.TaskGroup | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._early_stop: tuple[float | None, str] | None = None
+        #: Who asked for the shutdown (None while none was asked for).
+        self.stopped_by: str | None = None
+        # scale and reload add and remove instances across awaits: one at a time.
+        self._membership = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Supervisor {self.settings.procfile} {len(self.instances)} instances>"
+
+    @property
+    def procfile(self) -> Path:
+        return self.settings.procfile
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.state_dir
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task owned by :meth:`run`'s task group (no task of ours is left unowned)."""
+        if self._tg is None:
+            coro.close()
+            raise RuntimeError("the supervisor is not running")
+        return self._tg.create_task(coro)
+
+    def _ours(self) -> set[int]:
+        """Pids we started (instance leaders, the watchdog): never adopted orphans."""
+        pids = {i.pid for i in [*self.instances.values(), *self.outside] if i.running and i.pid}
+        if self.watchdog is not None:
+            pids.add(self.watchdog.pid)
+        return pids | self.preload.pids()
+
+    async def _reap_adopted(self) -> None:
+        """Collect orphans that exited under us (we are their subreaper) so no zombie
+        piles up. Polls: an adopted process gives us no event but SIGCHLD, which
+        asyncio's child watcher owns."""
+        while True:
+            await asyncio.sleep(1.0)
+            zombies = []
+            for proc in process.adopted(self._ours()):
+                with contextlib.suppress(psutil.Error):
+                    if proc.status() == psutil.STATUS_ZOMBIE:
+                        zombies.append(proc.pid)
+            process.reap(zombies)
+
+    async def _record_registry(self) -> None:
+        """Weight, enable and metadata changes reach the registry from anyone (`devcluster
+        weight`, a script): follow it into the timeline, in a thread (registry I/O never
+        runs on the loop). Cancelled with the other duties at shutdown."""
+        if self.rt.events is None:
+            return
+        stop = WatchStop()  # wakes the watch thread at once
+        try:
+            await asyncio.to_thread(follow_registry, self.registry, self.rt.events, stop)
+        except Exception as e:  # an aid: the cluster runs on without it
+            self.sink.system(f"timeline: no longer following the registry ({e})")
+        finally:
+            stop.set()  # the thread returns within one watch step
+
+    # -- whole cluster -----------------------------------------------------------------
+
+    def start_all(self) -> None:
+        """Start every instance; a type with ``depends_on`` waits (in a task of ours)
+        until every instance of its dependencies serves."""
+        waiting: dict[str, tuple[str, ...]] = {}
+        for inst in self.instances.values():
+            deps = self._depends_on(inst.spec.process_type)
+            if deps:
+                inst.held = True
+                waiting[inst.spec.process_type] = deps
+            else:
+                inst.start()
+        for ptype, deps in waiting.items():
+            self._spawn(self._start_after(ptype, deps))
+
+    def _depends_on(self, ptype: str) -> tuple[str, ...]:
+        conf = self.settings.types.get(ptype)
+        return conf.depends_on if conf is not None else ()
+
+    def _of_types(self, types: Iterable[str]) -> list[Instance]:
+        wanted = set(types)
+        return [i for i in self.instances.values() if i.spec.process_type in wanted]
+
+    async def _start_after(self, ptype: str, deps: tuple[str, ...]) -> None:
+        """Start ``ptype`` once every instance of ``deps`` serves; if one gave up instead
+        (failed, exited, not ready in time), do not start it and say why."""
+        needed = self._of_types(deps)
+
+        async def settled() -> None:
+            for dep in needed:  # a dependency waiting on its own dependencies is unsettled
+                while not await dep.wait_until(lambda i: i.settled, defaults.CONTROL_WAIT):
+                    pass
+
+        done, stop = asyncio.ensure_future(settled()), asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({done, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done.cancel()
+            stop.cancel()
+        mine = [i for i in self._of_types([ptype]) if i.held]
+        bad = [d for d in needed if d.state is not State.SERVING]
+        if self.stopping.is_set():
+            for inst in mine:
+                inst.held = False
+            return
+        if bad:
+            why = f"dependency {bad[0].name} did not serve ({bad[0].state.value})"
+            for inst in mine:
+                inst.not_started(why)
+            return
+        self.sink.system(f"{ptype}: {', '.join(deps)} serving; starting {len(mine)} instance(s)")
+        for inst in mine:
+            inst.start()
+
+    async def wait_settled(self, timeout: float) -> bool:
+        """Wait until every instance is serving or has given up."""
+        deadline = time.monotonic() + timeout
+        for inst in list(self.instances.values()):
+            if not await inst.wait_until(lambda i: i.settled, max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    def request_shutdown(self, grace: float | None = None, who: str = "signal") -> None:
+        """Start the graceful shutdown (once; later requests join it)."""
+        if self._tg is None:  # asked before the run began: it starts nothing, and stops
+            self._early_stop = self._early_stop or (grace, who)
+            self.stopping.set()
+        elif self._shutdown_task is None:
+            self.stopping.set()
+            self.stopped_by = self.stopped_by or who
+            self.rt.event(EventKind.ASKED, None, who=who, detail="down")
+            with contextlib.suppress(RuntimeError):  # the group is failing: it stops all
+                self._shutdown_task = self._spawn(self.shutdown(grace, who))
+
+    async def shutdown(self, grace: float | None = None, who: str = "signal") -> None:
+        """Drain every instance in one registry write, then stop them all gracefully."""
+        self.stopping.set()
+        self.sink.system(f"shutting down ({who}): draining {len(self.instances)} instances")
+        began = time.monotonic()
+        for group in self._stop_order():  # dependants before what they depend on
+            running = [i for i in group if i.running]
+            drained = self.records.update_many({i.name: {"state": State.DRAINING.value}
+                                                for i in running})
+            await _landed(drained, _DRAIN_WRITE_WAIT)  # never wait on the registry for long
+            await asyncio.gather(*(i.stop(grace, announce=False) for i in group))
+        # Replacements and replaced instances of a reload in progress go too.
+        await asyncio.gather(*(i.stop(grace, announce=False) for i in self.outside))
+        left = await asyncio.to_thread(process.sweep, self._ours())
+        if left:
+            self.sink.system(f"stopped {len(left)} process(es) the instances had daemonized "
+                             f"(pids {', '.join(map(str, left))})")
+        self.sink.system(f"all instances stopped in {1000 * (time.monotonic() - began):.0f} ms")
+        self.done.set()
+
+    def _stop_order(self) -> list[list[Instance]]:
+        """Instances in groups to stop one after the other: the start waves reversed
+        (without ``depends_on``, one group: all at once). Types in no wave go first."""
+        waves = self.settings.waves
+        if len(waves) <= 1:
+            return [list(self.instances.values())]
+        placed = {t for wave in waves for t in wave}
+        groups = [[i for i in self.instances.values() if i.spec.process_type not in placed]]
+        groups += [self._of_types(wave) for wave in reversed(waves)]
+        return [g for g in groups if g]
+
+    def force(self) -> None:
+        """Second Ctrl-C (and the exit path): SIGKILL every process group now."""
+        for inst in [*self.instances.values(), *self.outside]:
+            inst.force_kill()
+        process.sweep(self._ours())
+
+    async def run(self, on_settled: Callable[[], Awaitable[None]] | None = None,
+                  duties: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+                  on_started: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Start every instance, serve until told to stop, stop them all.
+
+        Every task (life cycles, probes, shutdown, reload) belongs to one task group. A
+        task that fails cancels the others; each instance then stops its process on the
+        way out, and what is left is SIGKILLed here: nothing outlives this call.
+        ``on_settled`` runs once every instance settled (or shutdown began);
+        ``on_started`` once every instance without dependencies has been spawned (what
+        it raises stops them all).
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg  # before the handlers: a signal always finds its owner
+                with signals(loop, self), lifeline(loop, self, self.settings.lifeline_fd):
+                    await self._serve(on_settled, duties, on_started)
+        except ExceptionGroup as group:
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            self.sink.system(f"a supervisor task failed ({first!r}); stopping every instance")
+            raise first from group
+        finally:
+            self._tg = None
+            self.stopping.set()
+            self.force()
+            await self.preload.close()
+            self.done.set()
+
+    async def _serve(self, on_settled: Callable[[], Awaitable[None]] | None,
+                     duties: Sequence[Callable[[], Coroutine[Any, Any, None]]],
+                     on_started: Callable[[], Awaitable[None]] | None = None) -> None:
+        began = time.monotonic()
+        if self._early_stop is not None:
+            self._tg_ready_stop(*self._early_stop)
+        else:
+            for inst in self.instances.values():
+                self.rt.event(EventKind.ADDED, inst.name, detail=inst.address)
+            self.start_all()
+            # Let every life cycle reach its spawn before anything else runs: time to
+            # ready is the instances' own start-up, so it starts first (issue 21).
+            await asyncio.sleep(0)
+        if on_started is not None:
+            await on_started()
+        background = [self._spawn(duty()) for duty in
+                      (self._reap_adopted, self._record_registry, *duties)]
+        settled = self._spawn(self._settle(began))
+        stop_wait = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({settled, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+        settled.cancel()
+        await self._written()
+        if on_settled is not None:
+            await on_settled()
+        await self.stopping.wait()
+        if self._shutdown_task is not None:
+            await self._shutdown_task
+        for task in background:
+            task.cancel()
+
+    def _tg_ready_stop(self, grace: float | None, who: str) -> None:
+        self.stopped_by = who
+        self.rt.event(EventKind.ASKED, None, who=who, detail="down")
+        self._shutdown_task = self._spawn(self.shutdown(grace, who))
+
+    async def _settle(self, began: float) -> None:
+        st = self.settings
+        if await self.wait_settled(settle_budget(st.types, st.waves, st.ready_timeout) + 60):
+            seconds = time.monotonic() - began
+            await self._written()  # "ready" means the registry says so too
+            self._report_ready(seconds)
+
+    def _report_ready(self, seconds: float) -> None:
+        serving = [i for i in self.instances.values() if i.state is State.SERVING]
+        others = [f"{i.name} {i.state.value}" for i in self.instances.values()
+                  if i.state is not State.SERVING]
+        line = f"ready: {len(serving)}/{len(self.instances)} serving in {seconds:.2f} s"
+        self.sink.system(line + (f" (not serving: {', '.join(others)})" if others else ""))
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        """Signal handler: only schedules work (first: graceful, second: forced)."""
+        if sig is signal.SIGHUP:
+            if not self.stopping.is_set() and self._tg is not None:
+                self._spawn(self._hangup())
+            return
+        self._interrupts += 1
+        if self._interrupts == 1:
+            self.request_shutdown(who=sig.name)
+        else:
+            self.sink.system("forced shutdown: SIGKILL to every instance")
+            self.force()
+

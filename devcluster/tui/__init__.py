@@ -1,0 +1,1 @@
+"""``devcluster top``: the terminal front end (textual). Internal."""
