@@ -69,7 +69,9 @@ def test_sigkill_costs_no_call_and_a_restart_gets_calls_again(
         assert len(failed) <= 1
         for t, info in failed:
             assert (info.instance, info.code) == ("server2", "UNAVAILABLE")
-            assert t - killed_at < 0.1
+            # It was already running when the kill landed (its start is its end less its
+            # latency; 5 ms for the clocks' granularity), not a call sent afterwards.
+            assert t - info.latency_ms / 1000 <= killed_at + 0.005
 
         three.restart("server2")  # same port, new pid, registered serving
         back_at = time.monotonic()
