@@ -15,6 +15,8 @@ Groups, in the order they run (each is also a command of its own):
 A full run (every group, full sizes) also rewrites README.md's Performance table from
 its results, so the README always quotes the latest full run of the commit it names.
 * ``reload`` (11): ``bench.reload`` vs ``restart`` and honcho's way (stop all, start again).
+* ``log_flood`` (12): ``bench.log_flood``: the supervisor's CPU while an instance floods
+  its output, vs honcho's.
 
 Writes ``results.json`` (every raw figure) and ``results.md`` (the table, the machine,
 the command, notes) into ``--out`` (default: ``bench/`` for the full run, a new
@@ -40,7 +42,7 @@ from bench import report
 
 HERE = Path(__file__).resolve().parent
 GROUPS = ("supervisor", "waterfall", "client", "failover", "weights", "commands", "pause",
-          "reload")
+          "reload", "log_flood")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class Sizes:
     reload_runs: int = 10  # scenario 11: runs of reload vs restart vs down+up
     waterfall_sizes: tuple[int, ...] = (3, 30)  # traced `up -d` runs, per size
     waterfall_runs: int = 3
+    flood_mb: int = 50  # scenario 12: megabytes of output per flood
+    flood_runs: int = 3
 
 
 FULL = Sizes()
@@ -74,7 +78,7 @@ QUICK = Sizes(sizes=(3,), runs=1, idle_s=1.0, client_s=0.4, client_rounds=1, vie
               failover_runs=1, hold_s=2.5, observe_s=0.5, back_timeout_s=3.0, changes=10,
               calls=500, command_runs=2,
               pause_runs=1, pause_hold_s=2.0, reload_runs=1, waterfall_sizes=(3,),
-              waterfall_runs=1)
+              waterfall_runs=1, flood_mb=2, flood_runs=1)
 
 
 def _log(message: str) -> None:
@@ -117,6 +121,10 @@ def run_group(group: str, sz: Sizes) -> Any:
         from bench import reload
 
         return reload.measure(sz.reload_runs, progress=_log)
+    if group == "log_flood":
+        from bench import log_flood
+
+        return log_flood.measure(sz.flood_mb, sz.flood_runs)
     raise ValueError(f"unknown group {group!r}; choose from {', '.join(GROUPS)}")
 
 

@@ -36,6 +36,7 @@ SCENARIOS: dict[str, str] = {
     "9": "Command speed",
     "10": "A long freeze",
     "11": "Rolling reload",
+    "12": "Log flood",
 }
 
 
@@ -466,6 +467,23 @@ def reload_rows(raw: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
+def flood_rows(raw: Mapping[str, Any]) -> list[Row]:
+    """Scenario 12: the supervisor's CPU and the flood's wall time, beside honcho's."""
+    tools = raw.get("tools", {})
+    ours, theirs = tools.get("devcluster"), tools.get("honcho")
+    if not ours or not theirs:
+        return []
+    what = f"{raw['megabytes']} MB of output from one instance"
+    return [
+        Row("12", f"{what}: the supervisor's CPU", f"{ours['cpu_s']:.2f} s",
+            f"{theirs['cpu_s']:.2f} s", _ratio(ours["cpu_s"], theirs["cpu_s"]), "<= 1.0x",
+            _verdict(ours["cpu_s"] <= theirs["cpu_s"],
+                     f"{ours['cpu_s'] / theirs['cpu_s']:.2f}x")),
+        Row("12", f"{what}: the flood's wall time", f"{ours['wall_s']:.2f} s",
+            f"{theirs['wall_s']:.2f} s", _ratio(ours["wall_s"], theirs["wall_s"]), "-", "-"),
+    ]
+
+
 def table(results: Mapping[str, Any]) -> list[Row]:
     """Every row, scenario by scenario, from the raw figures present."""
     raw = results.get("raw", {})
@@ -473,7 +491,7 @@ def table(results: Mapping[str, Any]) -> list[Row]:
     builders: list[tuple[str, Callable[[Any], list[Row]]]] = [
         ("supervisor", supervisor_rows), ("client", client_rows),
         ("failover", failover_rows), ("weights", weights_rows), ("commands", command_rows),
-        ("pause", pause_rows), ("reload", reload_rows)]
+        ("pause", pause_rows), ("reload", reload_rows), ("log_flood", flood_rows)]
     for key, build in builders:
         if raw.get(key) is not None:
             rows.extend(build(raw[key]))
