@@ -182,7 +182,7 @@ class _Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[mis
     def __init__(self, server: XdsServer) -> None:
         self._server = server
 
-    async def StreamAggregatedResources(  # noqa: N802 - the generated name
+    async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         # grpc.aio wants an async generator function here, not one returning a generator.

@@ -28,3 +28,80 @@ def test_weights_5_1_1_give_shares_of_5_7_and_1_7(greeters, make_client):
     assert abs(shares["greeter.1"] - 5 / 7) < 0.05
     assert abs(shares["greeter.2"] - 1 / 7) < 0.04
     assert abs(shares["greeter.3"] - 1 / 7) < 0.04
+
+
+def _await(client, **cmd):
+    out = client.ask(op="await", **cmd)
+    assert "ms" in out, f"timed out: {out}"
+    return out["ms"]
+
+
+def test_weight_changes_follow_within_milliseconds(greeters, make_client):
+    greeters.start_many("greeter.1", "greeter.2", "greeter.3")
+    client = make_client()
+    out = client.ask(op="count", n=600)
+    assert out["errors"] == {} and set(out["counts"]) == {"greeter.1", "greeter.2", "greeter.3"}
+    client.ask(op="start")
+    since = time.time()
+    greeters.registry.update("greeter.3", weight=0)
+    gone_ms = _await(client, absent="greeter.3", since=since, k=50)
+    since = time.time()
+    greeters.registry.update("greeter.3", weight=1)
+    back_ms = _await(client, present="greeter.3", since=since)
+    assert client.ask(op="stop")["errors"] == {}
+    print(f"weight 0 -> out in {gone_ms:.1f} ms; weight 1 -> back in {back_ms:.1f} ms")
+    greeters.registry.update("greeter.2", weight=5)
+    client.ask(op="start")
+    _await(client, present="greeter.2", since=time.time())  # any later call sees weight 5
+    client.ask(op="stop")
+    out = client.ask(op="count", n=1400)
+    share = out["counts"]["greeter.2"] / out["calls"]
+    print(f"greeter.2 at weight 5 of 7: {share:.3f}")
+    assert out["errors"] == {} and abs(share - 5 / 7) < 0.05
+
+
+def test_draining_and_stopped_take_an_instance_out_without_a_failed_call(greeters, make_client):
+    greeters.start_many("greeter.1", "greeter.2", "greeter.3")
+    client = make_client()
+    client.ask(op="count", n=30)
+    client.ask(op="start")
+    since = time.time()
+    greeters.registry.update("greeter.2", state="draining")
+    drained_ms = _await(client, absent="greeter.2", since=since, k=50)
+    greeters.kill("greeter.2", state="stopped")
+    since = time.time()
+    greeters.registry.update("greeter.3", state="stopped")  # still running: stopped is enough
+    stopped_ms = _await(client, absent="greeter.3", since=since, k=50)
+    greeters.kill("greeter.3")
+    _await(client, present="greeter.1", since=time.time(), k=50)
+    out = client.ask(op="stop")
+    print(f"draining -> out in {drained_ms:.1f} ms, stopped -> out in {stopped_ms:.1f} ms; "
+          f"{out['calls']} calls, errors {out['errors']}")
+    assert out["errors"] == {}
+
+
+def test_sigkill_loses_no_call_and_a_restart_comes_back_at_once(greeters, make_client):
+    greeters.start_many("greeter.1", "greeter.2", "greeter.3")
+    client = make_client()
+    client.ask(op="count", n=30)
+    client.ask(op="start")
+    _await(client, present="greeter.2", since=time.time())
+    old_pid = greeters.procs["greeter.2"].pid
+    since = time.time()
+    greeters.kill("greeter.2")  # a crash the registry does not know of yet: the client's
+    # picks and the route's retry policy (UNAVAILABLE) keep every call whole meanwhile
+    _await(client, absent="greeter.2", since=since, k=200)
+    assert client.ask(op="stop")["errors"] == {}
+    client.ask(op="start")
+    greeters.registry.update("greeter.2", state="killed")
+    old_port = greeters.procs["greeter.2"].port
+    new = greeters.spawn("greeter.2", old_port)  # a restart: same port, new pid
+    assert new.pid != old_pid
+    since = time.time()
+    greeters.registry.register(greeters.record(new))
+    back_ms = _await(client, present="greeter.2", since=since)
+    out = client.ask(op="stop")
+    print(f"restart -> back in {back_ms:.1f} ms after it was registered; {out['calls']} calls, "
+          f"errors {out['errors']}")
+    assert out["errors"] == {}
+    assert back_ms < 1500, "a restarted instance waited out the client's reconnect backoff"
