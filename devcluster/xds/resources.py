@@ -56,20 +56,24 @@ FULL_STATE_TYPES: Final = frozenset({LISTENER, CLUSTER})
 #: The Locality.region of every instance (zone: the service; sub_zone: the process).
 REGION: Final = "devcluster"
 
-_H = health_check_pb2
+#: EDS health statuses (envoy.config.core.v3.HealthStatus), as ints.
+HEALTHY: Final[int] = health_check_pb2.HEALTHY
+UNHEALTHY: Final[int] = health_check_pb2.UNHEALTHY
+DRAINING: Final[int] = health_check_pb2.DRAINING
+
 #: Registry state -> EDS health. Left out (not routed): STARTING (its process answers no
 #: health check yet: clients could only fail on it) and BACKOFF (no process at all; the
 #: restart brings a new pid, so a new locality, either way). PAUSED stays HEALTHY as in the
 #: registry, which keeps advertising it: a frozen process is the hang that outlier
 #: detection (and deadlines) are there to show, as for the balanced client.
 HEALTH: Final[Mapping[State, int]] = MappingProxyType({
-    State.SERVING: _H.HEALTHY,
-    State.PAUSED: _H.HEALTHY,
-    State.DRAINING: _H.DRAINING,
-    State.STOPPED: _H.UNHEALTHY,
-    State.KILLED: _H.UNHEALTHY,
-    State.EXITED: _H.UNHEALTHY,
-    State.FAILED: _H.UNHEALTHY,
+    State.SERVING: HEALTHY,
+    State.PAUSED: HEALTHY,
+    State.DRAINING: DRAINING,
+    State.STOPPED: UNHEALTHY,
+    State.KILLED: UNHEALTHY,
+    State.EXITED: UNHEALTHY,
+    State.FAILED: UNHEALTHY,
 })
 
 #: ``Record.metadata`` key that marks an instance unhealthy whatever its state (a future
@@ -288,7 +292,7 @@ def health(record: Record) -> int | None:
     if status is None:
         return None
     if record.metadata.get(UNHEALTHY_KEY, "").lower() in ("1", "true", "yes"):
-        return _H.UNHEALTHY
+        return UNHEALTHY
     return status
 
 
