@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from tests._servers import wait_for
+
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -105,3 +107,33 @@ def test_sigkill_loses_no_call_and_a_restart_comes_back_at_once(greeters, make_c
           f"errors {out['errors']}")
     assert out["errors"] == {}
     assert back_ms < 1500, "a restarted instance waited out the client's reconnect backoff"
+
+
+def test_a_fault_set_on_the_running_server_reaches_the_client_and_clears(greeters, xds,
+                                                                          make_client):
+    from devcluster.xds.resources import Fault, Options
+
+    greeters.start_many("greeter.1", "greeter.2")
+    client = make_client()
+    assert client.ask(op="count", n=20)["errors"] == {}
+    # PERMISSION_DENIED (7): not a code the route retries, so every abort shows.
+    xds.server.set_options(Options(faults={"greeter": Fault(abort_code=7, abort_percent=50)}))
+    client.ask(op="start")
+    reached_ms = _await(client, present="PERMISSION_DENIED", since=time.time())
+    client.ask(op="stop")
+    out = client.ask(op="count", n=400)
+    denied = out["errors"].get("PERMISSION_DENIED", 0) / out["calls"]
+    print(f"abort 50 % reached the client in {reached_ms:.1f} ms; aborted share {denied:.3f}")
+    assert 0.40 < denied < 0.60 and set(out["errors"]) == {"PERMISSION_DENIED"}
+
+    def seconds(n: int) -> float:
+        start = time.monotonic()
+        assert client.ask(op="count", n=n)["errors"] == {}
+        return time.monotonic() - start
+
+    xds.server.set_options(Options(faults={"greeter": Fault(delay_s=0.2, delay_percent=100)}))
+    wait_for(lambda: seconds(1) >= 0.2, 10, "a call delayed by the fault")
+    assert seconds(3) >= 0.6, "every call delayed 0.2 s"
+    xds.server.set_options(Options())
+    wait_for(lambda: seconds(1) < 0.1, 10, "calls without the delay")
+    assert client.ask(op="count", n=50)["errors"] == {}
