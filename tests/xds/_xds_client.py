@@ -5,7 +5,8 @@ the channel is made). It prints ``{"ready": ...}`` once the channel is ready, th
 one line per command:
 
 * ``{"op": "count", "n": N}``: N calls in a row -> ``{"counts": {instance: n}, "errors": {code: n}}``;
-* ``{"op": "start"}``: keep calling in the background, one call at a time;
+* ``{"op": "start", "threads": T, "delay_ms": D}``: keep calling in the background, T calls
+  at a time (default 1), each asking the greeter to take D ms (``devcluster-delay-ms``);
 * ``{"op": "await", "present"|"absent": NAME, "since": T, "k": K, "timeout": S}``: wait
   until a background call started after wall-clock ``T`` lands on NAME (present), or until
   K calls in a row started after the last one on NAME miss it (absent) -> ``{"ms": ...}``,
@@ -38,12 +39,14 @@ class Caller:
         self.log: list[tuple[float, float, str]] = []  # (start, end, instance or CODE)
         self.cond = threading.Condition()
         self.running = False
-        self.thread: threading.Thread | None = None
+        self.threads: list[threading.Thread] = []
 
-    def call(self) -> tuple[float, float, str]:
+    def call(self, delay_ms: int = 0) -> tuple[float, float, str]:
         start = time.time()
+        metadata = (("devcluster-delay-ms", str(delay_ms)),) if delay_ms else None
         try:
-            reply = self.stub.SayHello(helloworld_pb2.HelloRequest(name="xds"), timeout=CALL_TIMEOUT)
+            reply = self.stub.SayHello(helloworld_pb2.HelloRequest(name="xds"), timeout=CALL_TIMEOUT,
+                                       metadata=metadata)
             outcome = reply.message.rsplit(" from ", 1)[-1]
         except grpc.RpcError as e:
             outcome = e.code().name
@@ -53,23 +56,25 @@ class Caller:
         outcomes = [self.call()[2] for _ in range(n)]
         return summary(outcomes)
 
-    def _loop(self) -> None:
+    def _loop(self, delay_ms: int) -> None:
         while self.running:
-            entry = self.call()
+            entry = self.call(delay_ms)
             with self.cond:
                 self.log.append(entry)
                 self.cond.notify_all()
 
-    def start(self) -> dict[str, Any]:
+    def start(self, threads: int = 1, delay_ms: int = 0) -> dict[str, Any]:
         self.log, self.running = [], True
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._loop, args=(delay_ms,), daemon=True)
+                        for _ in range(threads)]
+        for thread in self.threads:
+            thread.start()
         return {"ok": True}
 
     def stop(self) -> dict[str, Any]:
         self.running = False
-        assert self.thread is not None
-        self.thread.join()
+        for thread in self.threads:
+            thread.join()
         return summary([o for _, _, o in self.log])
 
     def wait(self, since: float, present: str | None, absent: str | None, k: int,
@@ -115,7 +120,7 @@ def main() -> None:
         if op == "count":
             out = caller.count(cmd["n"])
         elif op == "start":
-            out = caller.start()
+            out = caller.start(cmd.get("threads", 1), cmd.get("delay_ms", 0))
         elif op == "stop":
             out = caller.stop()
         elif op == "await":
