@@ -136,3 +136,30 @@ def test_importing_the_package_loads_no_envoy_protos():
             "print(any(m.startswith('envoy') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_serve_follows_the_etcd_backend_too(tmp_path):
+    from devcluster.registry import open_registry
+    from tests._etcd import require_etcd, running_etcd
+
+    require_etcd()
+    with running_etcd(tmp_path / "etcd") as etcd:
+        registry = open_registry(etcd.url("/xds-test"))
+        try:
+            registry.register(serving("greeter.1", 5001))
+            with serve_in_thread(registry) as xds:
+                ads = Ads(xds.port)
+                try:
+                    ads.send(r.ENDPOINT, "greeter")
+                    first = ads.recv()
+                    assert len(first.resources) == 1
+                    ads.send(r.ENDPOINT, "greeter", version=first.version_info, nonce=first.nonce)
+                    registry.update("greeter.1", state="draining")
+                    pushed = ads.recv()
+                    cla = r.endpoint_pb2.ClusterLoadAssignment()
+                    assert pushed.resources[0].Unpack(cla)
+                    assert cla.endpoints[0].lb_endpoints[0].health_status == r.DRAINING
+                finally:
+                    ads.close()
+        finally:
+            registry.close()
