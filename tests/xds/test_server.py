@@ -163,3 +163,32 @@ def test_serve_follows_the_etcd_backend_too(tmp_path):
                     ads.close()
         finally:
             registry.close()
+
+
+def test_python_m_devcluster_xds_serves_a_state_dir_until_sigint(tmp_path):
+    import signal
+
+    from devcluster.registry.file import FileRegistry
+    from tests._servers import ROOT, wait_for
+
+    state_dir = tmp_path / ".devcluster"
+    FileRegistry(state_dir).register(serving("greeter.1", 5001))
+    boot = tmp_path / "bootstrap.json"
+    proc = subprocess.Popen([sys.executable, "-m", "devcluster.xds", "--state-dir", str(state_dir),
+                             "--bootstrap", str(boot)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: boot.exists() or proc.poll() is not None, 20, "the bootstrap file")
+        port = int(json.loads(boot.read_text())["xds_servers"][0]["server_uri"].rsplit(":", 1)[1])
+        ads = Ads(port)
+        try:
+            ads.send(r.LISTENER, "greeter")
+            assert [a.type_url for a in ads.recv().resources] == [r.LISTENER]
+        finally:
+            ads.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
