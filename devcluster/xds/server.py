@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +33,7 @@ from devcluster.registry.base import Registry
 from devcluster.registry.inotify import WatchStop
 from devcluster.registry.record import Snapshot
 from devcluster.xds.cache import Changes, Nack, Request, Response, SnapshotCache, Stream
-from devcluster.xds.resources import Options, build
+from devcluster.xds.resources import TYPE_URLS, Options, build
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,6 @@ class XdsServer:
 
     def versions(self) -> dict[str, str]:
         """The current version of every resource type (short type names)."""
-        from devcluster.xds.resources import TYPE_URLS
-
         return {url.rsplit(".", 1)[-1]: self._cache.version(url) for url in TYPE_URLS}
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -107,26 +105,31 @@ class XdsServer:
 
     def update(self, snapshot: Snapshot) -> None:
         """Serve ``snapshot`` from now on. Safe to call from any thread."""
-        self._call(self._apply, snapshot, self._options)
+        self._call(self._apply, snapshot, None)
 
     def set_options(self, options: Options) -> None:
         """Rebuild with new ``options`` (a fault set or cleared). Safe from any thread."""
-        self._call(self._apply, self._snapshot, options)
+        self._call(self._apply, None, options)
 
-    def _call(self, fn: Any, *args: Any) -> None:
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
         if loop is None or _running_loop() is loop:
             fn(*args)
         else:
             loop.call_soon_threadsafe(fn, *args)
 
-    def _apply(self, snapshot: Snapshot | None, options: Options) -> None:
-        self._snapshot, self._options = snapshot, options
-        if snapshot is None:
+    def _apply(self, snapshot: Snapshot | None, options: Options | None) -> None:
+        # On the loop (or before it runs): each argument replaces its own current value
+        # only, so an update and a set_options from two threads never undo each other.
+        if snapshot is not None:
+            self._snapshot = snapshot
+        if options is not None:
+            self._options = options
+        if self._snapshot is None:
             return
-        changes = self._cache.set(build(snapshot, options))
+        changes = self._cache.set(build(self._snapshot, self._options))
         if changes:
-            log.debug("registry revision %d: versions %s", snapshot.revision, self.versions())
+            log.debug("registry revision %d: versions %s", self._snapshot.revision, self.versions())
             self._push(changes)
 
     def _push(self, changes: Changes) -> None:
