@@ -13,7 +13,9 @@ one line per command:
   the time from ``T`` to that call's start (present) or the last hit's end (absent);
 * ``{"op": "stop"}``: stop the background calls -> counts and errors over all of them.
 
-Which instance served a call: its reply (``Hello x from <instance>``).
+Which instance served a call: its reply (``Hello x from <instance>``). A failed call is
+counted under its code, with ``_AFTER_HEADERS`` appended when the server had sent its
+response headers (the greeter sends them first): such a call is committed, never retried.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import grpc
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
 
 CALL_TIMEOUT = 5.0
+#: Appended to the code of a call that failed after the server's response headers.
+COMMITTED = "_AFTER_HEADERS"
 
 
 class Caller:
@@ -40,6 +44,7 @@ class Caller:
         self.cond = threading.Condition()
         self.running = False
         self.threads: list[threading.Thread] = []
+        self.details: list[str] = []  # the details of every failed call, for a failing test
 
     def call(self, delay_ms: int = 0) -> tuple[float, float, str]:
         start = time.time()
@@ -49,7 +54,12 @@ class Caller:
                                        metadata=metadata)
             outcome = reply.message.rsplit(" from ", 1)[-1]
         except grpc.RpcError as e:
-            outcome = e.code().name
+            # A call whose response headers had arrived was committed (gRFC A6): no retry
+            # policy may replay it, as the server's application saw it.
+            headers = dict(e.initial_metadata() or ())  # type: ignore[attr-defined]
+            reached = headers.get("devcluster-instance")
+            outcome = e.code().name + (COMMITTED if reached else "")
+            self.details.append(f"{outcome}: {e.details()} (headers from: {reached})")
         return start, time.time(), outcome
 
     def count(self, n: int) -> dict[str, Any]:
@@ -75,7 +85,9 @@ class Caller:
         self.running = False
         for thread in self.threads:
             thread.join()
-        return summary([o for _, _, o in self.log])
+        out = summary([o for _, _, o in self.log])
+        out["details"], self.details = self.details[:10], []
+        return out
 
     def wait(self, since: float, present: str | None, absent: str | None, k: int,
              timeout: float) -> dict[str, Any]:

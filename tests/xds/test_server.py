@@ -192,3 +192,18 @@ def test_python_m_devcluster_xds_serves_a_state_dir_until_sigint(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_update_and_set_options_each_keep_the_others_value():
+    from devcluster.registry.record import Snapshot
+    from devcluster.xds.server import XdsServer
+
+    xds = XdsServer()
+    xds.set_options(r.Options(faults={"greeter": r.Fault(abort_code=14, abort_percent=5)}))
+    assert xds.versions()["Listener"] == "0"  # nothing to serve before a snapshot
+    xds.update(Snapshot(1, {"greeter.1": serving("greeter.1", 5001)}))
+    (packed,) = xds.cache.get(r.LISTENER, {"greeter"})
+    assert b"envoy.filters.http.fault" in packed.value  # the fault survived the update
+    xds.update(Snapshot(2, {"greeter.1": serving("greeter.1", 5001, weight=2)}))
+    assert xds.versions() == {"Listener": "1", "RouteConfiguration": "0", "Cluster": "1",
+                              "ClusterLoadAssignment": "2"}

@@ -152,15 +152,18 @@ def test_sigkills_under_concurrent_calls_lose_no_call_thanks_to_the_retry_policy
         greeters, make_client):
     """8 callers at once, 4 SIGKILLs the registry is not told of, then restarts.
 
-    Measured without the route's retry policy (``Options(retry=None)``): 20 UNAVAILABLE in
-    321 calls; with it: none. A call whose response headers had arrived (the greeter sends
-    them first) is committed and not retried (gRFC A6), as in the balanced client.
+    Measured without the route's retry policy (``Options(retry=None)``): 15-20 calls in
+    ~320 failed UNAVAILABLE before any response header; with it: none. A call whose response
+    headers had arrived (the greeter sends them first) is committed and not retried (gRFC
+    A6), as in the balanced client: 0-2 such calls in ~300 here, so they are allowed.
     """
     names = [f"greeter.{i}" for i in range(1, 4)]
     greeters.start_many(*names)
     client = make_client()
     client.ask(op="count", n=30)
-    errors, calls = {}, 0
+    errors: dict[str, int] = {}
+    details: list[str] = []
+    calls = 0
     for round_ in range(4):
         victim = names[round_ % 3]
         client.ask(op="start", threads=8)
@@ -169,11 +172,14 @@ def test_sigkills_under_concurrent_calls_lose_no_call_thanks_to_the_retry_policy
         greeters.kill(victim)
         _await(client, absent=victim, since=time.time(), k=40)
         out = client.ask(op="stop")
-        errors.update(out["errors"])
+        for code, n in out["errors"].items():
+            errors[code] = errors.get(code, 0) + n
+        details += out["details"]
         calls += out["calls"]
         greeters.registry.register(greeters.record(greeters.spawn(victim, port)))
         client.ask(op="start")
         _await(client, present=victim, since=time.time())
         client.ask(op="stop")
-    print(f"4 SIGKILLs under 8 concurrent callers: {calls} calls, errors {errors}")
-    assert errors == {}
+    print(f"4 SIGKILLs under 8 concurrent callers: {calls} calls, errors {errors} {details}")
+    lost = {code: n for code, n in errors.items() if not code.endswith("_AFTER_HEADERS")}
+    assert lost == {}, details
