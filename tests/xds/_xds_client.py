@@ -5,8 +5,9 @@ the channel is made). It prints ``{"ready": ...}`` once the channel is ready, th
 one line per command:
 
 * ``{"op": "count", "n": N}``: N calls in a row -> ``{"counts": {instance: n}, "errors": {code: n}}``;
-* ``{"op": "start", "threads": T, "delay_ms": D}``: keep calling in the background, T calls
-  at a time (default 1), each asking the greeter to take D ms (``devcluster-delay-ms``);
+* ``{"op": "start", "threads": T, "delay_ms": D, "timeout": S}``: keep calling in the
+  background, T calls at a time (default 1), each asking the greeter to take D ms
+  (``devcluster-delay-ms``), with a deadline of S seconds (default 5);
 * ``{"op": "await", "present"|"absent": NAME, "since": T, "k": K, "timeout": S}``: wait
   until a background call started after wall-clock ``T`` lands on NAME (present), or until
   K calls in a row started after the last one on NAME miss it (absent) -> ``{"ms": ...}``,
@@ -46,11 +47,11 @@ class Caller:
         self.threads: list[threading.Thread] = []
         self.details: list[str] = []  # the details of every failed call, for a failing test
 
-    def call(self, delay_ms: int = 0) -> tuple[float, float, str]:
+    def call(self, delay_ms: int = 0, timeout: float = CALL_TIMEOUT) -> tuple[float, float, str]:
         start = time.time()
         metadata = (("devcluster-delay-ms", str(delay_ms)),) if delay_ms else None
         try:
-            reply = self.stub.SayHello(helloworld_pb2.HelloRequest(name="xds"), timeout=CALL_TIMEOUT,
+            reply = self.stub.SayHello(helloworld_pb2.HelloRequest(name="xds"), timeout=timeout,
                                        metadata=metadata)
             outcome = reply.message.rsplit(" from ", 1)[-1]
         except grpc.RpcError as e:
@@ -66,16 +67,17 @@ class Caller:
         outcomes = [self.call()[2] for _ in range(n)]
         return summary(outcomes)
 
-    def _loop(self, delay_ms: int) -> None:
+    def _loop(self, delay_ms: int, timeout: float) -> None:
         while self.running:
-            entry = self.call(delay_ms)
+            entry = self.call(delay_ms, timeout)
             with self.cond:
                 self.log.append(entry)
                 self.cond.notify_all()
 
-    def start(self, threads: int = 1, delay_ms: int = 0) -> dict[str, Any]:
+    def start(self, threads: int = 1, delay_ms: int = 0,
+              timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
         self.log, self.running = [], True
-        self.threads = [threading.Thread(target=self._loop, args=(delay_ms,), daemon=True)
+        self.threads = [threading.Thread(target=self._loop, args=(delay_ms, timeout), daemon=True)
                         for _ in range(threads)]
         for thread in self.threads:
             thread.start()
@@ -132,7 +134,8 @@ def main() -> None:
         if op == "count":
             out = caller.count(cmd["n"])
         elif op == "start":
-            out = caller.start(cmd.get("threads", 1), cmd.get("delay_ms", 0))
+            out = caller.start(cmd.get("threads", 1), cmd.get("delay_ms", 0),
+                               cmd.get("timeout", CALL_TIMEOUT))
         elif op == "stop":
             out = caller.stop()
         elif op == "await":

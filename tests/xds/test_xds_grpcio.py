@@ -187,3 +187,25 @@ def test_sigkills_under_concurrent_calls_lose_no_call_thanks_to_the_retry_policy
         client.ask(op="stop")
     print(f"4 SIGKILLs under 8 concurrent callers: {calls} calls, errors {errors} {details}")
     assert lost(errors) == {}, details
+
+
+def test_outlier_detection_ejects_a_frozen_instance_the_registry_still_advertises(
+        greeters, make_client):
+    """SIGSTOP: the process keeps its socket, the registry keeps it serving; its calls time
+    out until outlier detection (gRFC A50: interval 1 s, 2 calls, 50 % failed) ejects it."""
+    greeters.start_many("greeter.1", "greeter.2", "greeter.3")
+    client = make_client()
+    client.ask(op="count", n=30)
+    client.ask(op="start", threads=4, timeout=0.3)
+    since = time.time()
+    greeters.freeze("greeter.2")
+    # Ejected: a long run of calls with no deadline exceeded (and none on greeter.2).
+    ejected_ms = _await(client, absent="DEADLINE_EXCEEDED", since=since, k=300, timeout=20)
+    out = client.ask(op="stop")
+    print(f"frozen greeter.2 ejected {ejected_ms:.0f} ms after SIGSTOP; {out['calls']} calls, "
+          f"errors {out['errors']}")
+    assert ejected_ms < 5000
+    # Only calls to the frozen one failed (some froze after its response headers).
+    assert all(code.startswith("DEADLINE_EXCEEDED") for code in out["errors"]), out["errors"]
+    # (Ejected for 1 s, then 2 s...: a later call may try it again and be ejected again.)
+    greeters.thaw("greeter.2")
