@@ -57,7 +57,7 @@ class Caller:
         except grpc.RpcError as e:
             # A call whose response headers had arrived was committed (gRFC A6): no retry
             # policy may replay it, as the server's application saw it.
-            headers = dict(e.initial_metadata() or ())  # type: ignore[attr-defined]
+            headers = dict(e.initial_metadata() or ())
             reached = headers.get("devcluster-instance")
             outcome = e.code().name + (COMMITTED if reached else "")
             self.details.append(f"{outcome}: {e.details()} (headers from: {reached})")
