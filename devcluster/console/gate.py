@@ -38,8 +38,6 @@ COMPLAINT_EVERY = 10.0
 #: Seconds to wait before accepting again when accept() found no descriptor.
 ACCEPT_BACKOFF = 0.2
 
-#: accept() errors that say "this process (or machine) is out of something": retry later.
-_STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: accept() errors that concern one connection only (it went away before we took it).
 _TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR,
                         errno.EAGAIN})
@@ -97,8 +95,8 @@ class Gate:
             except OSError as e:
                 if e.errno in _TRANSIENT:
                     continue
-                if e.errno not in _STARVED:
-                    raise
+                # Out of descriptors (or anything else accept() may say): the loop
+                # must not die, so the console serves again once it can.
                 self.starved(e.strerror or str(e))
                 await asyncio.sleep(ACCEPT_BACKOFF)
                 continue

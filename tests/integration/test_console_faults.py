@@ -289,8 +289,10 @@ def test_up_detach_console_is_ready_about_as_fast_as_up_detach(
     took = time.monotonic() - started
     assert up.returncode == 0, up.stderr
     console_address(up.stderr)
-    # It took 10.5-12 s (the console waited for the control socket), `up -d` 0.5-2 s.
-    assert took < 5.0, f"up -d --console took {took:.1f} s"
+    # It took 10.5-12 s: the console waited a fixed 10 s for the control socket, where
+    # `up -d` takes 0.5-2 s (up to ~4 s on this loaded 2-core machine). Under 8 s
+    # leaves room for load, never for that wait.
+    assert took < 8.0, f"up -d --console took {took:.1f} s"
 
 
 def test_scale_to_zero_and_back(cluster: Cluster, wait_until: Any) -> None:
