@@ -183,3 +183,27 @@ def test_the_token_cookie_goes_to_no_other_port(make_cluster: Callable[..., Clus
         # ... while the console's page still has it (reloaded without the token).
         page.goto(console.page_url)
         page.wait_for_selector('tr[data-name="greeter"][data-state="serving"]')
+
+
+def test_the_page_scales_a_type_to_zero_and_back(make_cluster: Callable[..., Cluster],
+                                                 browser_page: Any, wait_until: Any) -> None:
+    cluster = make_cluster()
+    page = browser_page
+    with Console(cluster.state_dir) as console:
+        page.goto(console.url)
+        page.wait_for_selector('tr[data-name="greeter"][data-state="serving"]')
+        scale = 'label[data-type="greeter"]'
+        page.fill(f"{scale} input", "0")
+        page.click(f"{scale} button")
+        wait_until(lambda: cluster.ps() == [], 20, "greeter scaled to 0")
+        page.wait_for_selector('tr[data-name="greeter"]', state="detached")
+        # A fresh page still offers the type: the console remembers it.
+        page.reload()
+        page.wait_for_function("() => types.includes('greeter')")
+        page.fill(f"{scale} input", "1")
+        page.click(f"{scale} button")
+        wait_until(lambda: [r["state"] for r in cluster.ps()] == ["serving"], 20,
+                   "greeter scaled back to 1")
+        # (named greeter.1 now: a type scaled from 0 numbers its instances)
+        page.wait_for_selector('tr[data-name^="greeter"][data-state="serving"]')
+        assert "error" not in page.inner_text("#message").lower()
