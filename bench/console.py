@@ -35,6 +35,7 @@ from pathlib import Path
 import psutil
 
 from devcluster.api import Cluster
+from devcluster.console.gate import MAX_CONNECTIONS
 from devcluster.registry import open_registry
 
 GREETER = "python -m devcluster.greeter --port $PORT"
@@ -197,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=50)
     parser.add_argument("--idle", type=float, default=30.0, help="idle window, seconds")
     args = parser.parse_args(argv)
+    if not 0 <= args.pages < MAX_CONNECTIONS:
+        # The console serves at most MAX_CONNECTIONS at once (a guest in the supervisor
+        # must not be able to take its descriptors): more pages would be refused.
+        parser.error(f"--pages must be 0..{MAX_CONNECTIONS - 1} (the console's cap)")
     with tempfile.TemporaryDirectory(prefix="devcluster-bench-console-") as tmp:
         procfile = Path(tmp) / "Procfile"
         procfile.write_text("".join(f"server{i}: {GREETER}\n"

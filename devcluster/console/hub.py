@@ -91,6 +91,7 @@ class Hub:
 
     def _instances_event(self) -> bytes:
         return sse("instances", {"revision": self.view.revision, "instances": self.view.rows(),
+                                 "types": self.view.process_types(),
                                  "supervisor": self.view.supervisor_note})
 
     def publish(self) -> None:

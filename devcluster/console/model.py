@@ -19,15 +19,21 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from devcluster.api import control_client, instance_dict, parse_weight
+from devcluster import defaults
 from devcluster.client.stats import read_traffic
-from devcluster.errors import DevclusterError, UnknownInstanceError, UsageError
+from devcluster.control.access import control_client, instance_dict
+from devcluster.errors import DevclusterError, NoClusterError, UnknownInstanceError, UsageError
 from devcluster.registry import Record, Registry, Snapshot, State, open_registry, registry_spec
+from devcluster.registry.record import parse_weight
+
+if TYPE_CHECKING:
+    from devcluster.control.plane import ControlClient
 
 #: Seconds between two full ``ps`` refreshes when nothing else asks for one.
 FULL_REFRESH = 10.0
@@ -113,7 +119,10 @@ class ClusterView:
         self._registered: frozenset[str] = frozenset()
         self._traffic: dict[str, dict[str, Any]] = {}
         self._procs: dict[int, psutil.Process] = {}
-        self._control: Any = None
+        #: Every process type seen in a row: a type scaled to 0 has no rows left.
+        self._types: set[str] = set()
+        self._control: ControlClient | None = None
+        self._control_lock = threading.Lock()
         self.revision: int | None = None
         self.last_full = 0.0
         #: Why the supervisor could not be asked (None: it answered), for the views.
@@ -123,8 +132,7 @@ class ClusterView:
         return f"<ClusterView {self.state_dir} revision={self.revision} rows={len(self._rows)}>"
 
     def close(self) -> None:
-        if self._control is not None:
-            self._control.close()
+        self._drop_control()
         if self._owns_registry:
             self.registry.close()
 
@@ -149,15 +157,29 @@ class ClusterView:
             return sorted(self._rows)
 
     def process_types(self) -> list[str]:
+        """Every process type seen, those scaled to 0 included (the supervisor may know
+        more: the console started after a type went to 0 never saw it)."""
         with self._lock:
-            return sorted({r["process_type"] for r in self._rows.values()})
+            return sorted(self._types | {r["process_type"] for r in self._rows.values()})
 
-    def _ps(self) -> dict[str, dict[str, Any]] | None:
-        """The supervisor's rows, or None when no supervisor runs in the state dir."""
-        try:
+    def _client(self) -> ControlClient:
+        """The control client, built on first use (it waits for a starting supervisor's
+        socket: right before an action, never on a refresh)."""
+        with self._control_lock:
             if self._control is None:
                 self._control = control_client(self.state_dir)
-            reply = self._control.ps()
+            return self._control
+
+    def _ps(self) -> dict[str, dict[str, Any]] | None:
+        """The supervisor's rows, or None when no supervisor answers in the state dir."""
+        if self._control is None and not _socket_exists(self.state_dir):
+            # The console may be started by the supervisor itself, before its control
+            # socket: waiting for it here would delay the console's start (and `up -d
+            # --console`) by the client's whole wait. The registry has the rows.
+            self.supervisor_note = f"no supervisor answers in {self.state_dir} (yet)"
+            return None
+        try:
+            reply = self._client().ps()
         except DevclusterError as e:  # NoClusterError included: etcd views work without
             self._drop_control()
             self.supervisor_note = str(e)
@@ -166,10 +188,11 @@ class ClusterView:
         return {i.name: row_from_control(i) for i in reply.instances}
 
     def _drop_control(self) -> None:
-        if self._control is not None:
+        with self._control_lock:
+            control, self._control = self._control, None
+        if control is not None:
             with contextlib.suppress(Exception):
-                self._control.close()
-            self._control = None
+                control.close()
 
     def refresh(self, snapshot: Snapshot | None = None) -> None:
         """Full refresh: the supervisor's ``ps`` and the registry (blocking, ~ms per row)."""
@@ -198,6 +221,7 @@ class ClusterView:
                 if name not in rows:
                     rows[name] = self._rows.get(name, row)
             self._rows = rows
+            self._types.update(r["process_type"] for r in rows.values())
             self._registered = frozenset(snapshot.records)
             self.revision = snapshot.revision
 
@@ -237,12 +261,20 @@ class ClusterView:
         if action in REGISTRY_ACTIONS:
             self.registry.update(name, enabled=action == "enable")
         else:
-            with control_client(self.state_dir) as control:
-                control.act(action, [name], wait=False)
+            self._control_call(lambda c: c.act(action, [name], wait=False))
         self.refresh()
         return [r for r in self.rows() if r["name"] == name]
 
-    def set_weight(self, name: str, weight: Any) -> dict[str, Any]:
+    def _control_call(self, call: Callable[[ControlClient], object]) -> None:
+        """``call`` on the control client; a client that failed to reach the supervisor
+        is dropped, so that the next call builds a fresh one."""
+        try:
+            call(self._client())
+        except NoClusterError:
+            self._drop_control()
+            raise
+
+    def set_weight(self, name: str, weight: str | int) -> dict[str, Any]:
         """Write an instance's weight (an integer 0..1000) to the registry."""
         value = parse_weight(weight)
         self._known(name)
@@ -250,15 +282,14 @@ class ClusterView:
         self.apply(self.registry.snapshot())
         return next(r for r in self.rows() if r["name"] == name)
 
-    def scale(self, process_type: str, count: Any) -> list[dict[str, Any]]:
+    def scale(self, process_type: object, count: object) -> list[dict[str, Any]]:
         """Grow or shrink one process type (without waiting for new instances to serve)."""
         if not isinstance(process_type, str) or not process_type:
             raise UsageError("scale needs a process type, e.g. {\"type\": \"greeter\", "
                              "\"count\": 3}")
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 100:
             raise UsageError(f"count must be an integer 0..100, got {count!r}")
-        with control_client(self.state_dir) as control:
-            control.scale({process_type: count}, wait=False)
+        self._control_call(lambda c: c.scale({process_type: count}, wait=False))
         self.refresh()
         return [r for r in self.rows() if r["process_type"] == process_type]
 
@@ -272,6 +303,11 @@ class ClusterView:
 
 
 _RUNNING_STATES = frozenset(s.value for s in State if s.running)
+
+
+def _socket_exists(state_dir: Path) -> bool:
+    path = defaults.layout(state_dir).socket
+    return path.exists() or path.is_symlink()
 
 
 def _measure(procs: dict[int, psutil.Process], pid: int) -> tuple[float, int, bool] | None:

@@ -5,13 +5,20 @@ Every request passes three checks, in this order:
 1. ``Host`` must be ``127.0.0.1:P`` or ``localhost:P`` (P: the console's port), else
    421: a page of another site whose name was re-pointed at 127.0.0.1 (DNS
    rebinding) is same-origin for the browser, but it sends its own host name.
-2. The token: ``?token=`` in the query (the URL the console printed), then the
-   HttpOnly, SameSite=Strict cookie that first load sets, or ``Authorization:
-   Bearer TOKEN`` from a script; else 401.
+2. The token: ``?token=`` in the query (the URL the console printed), ``Authorization:
+   Bearer TOKEN`` from a script, or the page's cookie; else 401.
 3. A request that changes something (any method but GET/HEAD/OPTIONS) whose ``Origin``
    is not the console's own, or that the browser marks ``Sec-Fetch-Site:
    cross-site``, is refused with 403 (cross-site request forgery). Scripts that send
    no ``Origin`` pass: they hold the token.
+
+The cookie. Browsers keep cookies per host, not per port: a cookie set by
+``127.0.0.1:P`` goes to every server on 127.0.0.1, and SameSite does not help (the
+same site). So the page lives under a random path, ``/c/<random>/``, known only to
+whoever presented the token, and the cookie (HttpOnly, SameSite=Strict) is scoped to
+that path: the browser sends it to no other path, hence to no other server unless
+that server knows the path. The printed URL (``/?token=...``) answers a redirect
+there, setting the cookie. The cookie is honoured under that path only.
 
 Errors are one JSON line, ``{"error": "..."}``, like every other API error.
 """
@@ -37,6 +44,11 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def new_prefix() -> str:
+    """A fresh random path for the page and its cookie, like ``/c/3q2-7wX.../``."""
+    return f"/c/{secrets.token_urlsafe(16)}/"
+
+
 def error(status: int, message: str) -> web.Response:
     """The API's error answer: one JSON line."""
     return web.json_response({"error": message}, status=status,
@@ -49,6 +61,8 @@ class Guard:
 
     token: str
     port: int
+    #: The page's path, and the only path the cookie is sent to and honoured on.
+    prefix: str = field(default_factory=new_prefix)
     hosts: tuple[str, ...] = field(init=False)
     origins: tuple[str, ...] = field(init=False)
 
@@ -62,7 +76,10 @@ class Guard:
         return f"devcluster-console-{self.port}"
 
     def token_matches(self, given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+        # A token is URL-safe ASCII: anything else (aiohttp hands undecodable header
+        # bytes over as surrogates) is simply not it.
+        return given is not None and given.isascii() \
+            and hmac.compare_digest(given.encode(), self.token.encode())
 
     def presented_token(self, request: web.Request) -> tuple[str | None, bool]:
         """The token the request carries, and whether it came in the query."""
@@ -72,6 +89,8 @@ class Guard:
         auth = request.headers.get("Authorization", "")
         if auth[:7].lower() == "bearer ":
             return auth[7:].strip(), False
+        if not request.path.startswith(self.prefix):
+            return None, False  # our cookie never goes there: one that does is not ours
         return request.cookies.get(self.cookie_name), False
 
     def refusal(self, request: web.Request) -> web.Response | None:
@@ -82,7 +101,7 @@ class Guard:
                               f"{' or '.join(self.hosts)}); open the URL it printed")
         token, _ = self.presented_token(request)
         if not self.token_matches(token):
-            what = "missing" if not token else "wrong"
+            what = "missing" if not token else "wrong" if token.isascii() else "invalid"
             return error(401, f"{what} token: open the URL `devcluster console` printed "
                               "(it ends with ?token=...) or send Authorization: Bearer TOKEN")
         if request.method not in SAFE_METHODS:
@@ -104,10 +123,11 @@ class Guard:
         _, in_query = self.presented_token(request)
         if in_query and request.method == "GET" and not response.prepared \
                 and response.status < 400:
-            # From now on the cookie carries the token; SameSite=Strict keeps other
-            # sites' requests from carrying it along.
+            # From now on the cookie carries the token, to the page's path only (see
+            # the module's doc); SameSite=Strict keeps other sites' requests from
+            # carrying it along.
             response.set_cookie(self.cookie_name, self.token, httponly=True,
-                                samesite="Strict", path="/")
+                                samesite="Strict", path=self.prefix)
         return response
 
     async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:

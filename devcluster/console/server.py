@@ -4,6 +4,10 @@
 ...     print(console.url)
 http://127.0.0.1:40423/?token=...
 
+The printed URL redirects to the page, at a random path with its cookie (see
+:mod:`devcluster.console.security`); the page calls the API under that path. Scripts
+call it at ``/api/...`` with ``Authorization: Bearer TOKEN``.
+
 The API (every answer is JSON; errors are ``{"error": "..."}``):
 
 - ``GET /api/instances``: the instances, as ``devcluster ps --json`` prints them;
@@ -16,35 +20,43 @@ The API (every answer is JSON; errors are ``{"error": "..."}``):
   when a sample changed a row) and ``traffic`` (client statistics, when they change).
 
 aiohttp serves it: one dependency that is both the asyncio HTTP server and the
-streaming response SSE needs, with no ASGI server to pick and wire beside it.
+streaming response SSE needs, with no ASGI server to pick and wire beside it. The
+console may run inside the supervisor: its connections are capped and its slow
+clients cut off (:mod:`devcluster.console.gate`), so no client can starve the
+supervisor of descriptors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
-import json
+import logging
 import re
 import socket
 import threading
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
+from devcluster.console.body import Answer, read_object, weight_of
+from devcluster.console.gate import HEADER_TIMEOUT, MAX_CONNECTIONS, Gate
 from devcluster.console.hub import KEEPALIVE, Hub
 from devcluster.console.model import ClusterView, UnknownActionError
-from devcluster.console.security import Guard, error, new_token
+from devcluster.console.security import Guard, Handler, error, new_token
 from devcluster.errors import DevclusterError, NoClusterError, UnknownInstanceError, UsageError
 from devcluster.registry import Registry
+
+log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 #: Request bodies are a few bytes of JSON; refuse anything large.
 MAX_BODY = 16 * 1024
 _HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
 _PAGE: web.AppKey[tuple[bytes, str]] = web.AppKey("page", tuple)
+_GUARD: web.AppKey[Guard] = web.AppKey("guard", Guard)
 
 
 def load_page() -> tuple[bytes, str]:
@@ -69,28 +81,12 @@ def _status_of(e: DevclusterError) -> int:
     return 409
 
 
-async def _body(request: web.Request, example: str) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _Answer(400, f"the body must be JSON like {example}") from None
-    if not isinstance(body, dict):
-        raise _Answer(400, f"the body must be a JSON object like {example}")
-    return body
-
-
-class _Answer(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 @web.middleware
-async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure as one JSON line with its status (never an HTML page, no traceback)."""
     try:
         return await handler(request)
-    except _Answer as e:
+    except Answer as e:
         return error(e.status, str(e))
     except DevclusterError as e:
         return error(_status_of(e), str(e))
@@ -98,9 +94,25 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         if e.status < 400:
             raise
         return error(e.status, f"{e.reason}: {request.method} {request.path}")
+    except (asyncio.CancelledError, ConnectionError):
+        raise  # the client went away: nobody to answer
+    except Exception as e:
+        # A bug of ours: still one line for the client, and one in the log (the
+        # traceback only when debugging), since the console may share the
+        # supervisor's log.
+        log.warning("console: %s %s failed: %r", request.method, request.path, e)
+        log.debug("console: the failure's traceback", exc_info=True)
+        return error(500, f"the console failed on {request.method} {request.path}: "
+                          f"{type(e).__name__}")
 
 
 # -- handlers -----------------------------------------------------------------------------
+
+async def enter(request: web.Request) -> web.StreamResponse:
+    """The printed URL (the guard has checked its token): off to the page's own path,
+    which the guard's cookie is scoped to (set on this answer)."""
+    return web.Response(status=303, headers={"Location": request.app[_GUARD].prefix})
+
 
 async def page(request: web.Request) -> web.StreamResponse:
     html, csp = request.app[_PAGE]
@@ -131,12 +143,10 @@ async def act(request: web.Request) -> web.Response:
 
 async def weight(request: web.Request) -> web.Response:
     hub = request.app[_HUB]
-    body = await _body(request, '{"weight": 5}')
+    body = await read_object(request, '{"weight": 5}')
     if "weight" not in body:
-        raise _Answer(400, 'the body must name the weight, like {"weight": 5}')
-    value = body["weight"]
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _Answer(400, f"weight must be an integer 0..1000, got {json.dumps(value)}")
+        raise Answer(400, 'the body must name the weight, like {"weight": 5}')
+    value = weight_of(body["weight"])
     row = await asyncio.to_thread(hub.view.set_weight, request.match_info["name"], value)
     hub.publish()
     return web.json_response(row)
@@ -144,12 +154,10 @@ async def weight(request: web.Request) -> web.Response:
 
 async def scale(request: web.Request) -> web.Response:
     hub = request.app[_HUB]
-    body = await _body(request, '{"type": "greeter", "count": 3}')
-    process_type, count = body.get("type"), body.get("count")
-    if process_type is not None and process_type not in hub.view.process_types():
-        raise _Answer(404, f"unknown process type {process_type!r}; types: "
-                           f"{', '.join(hub.view.process_types())}")
-    rows = await asyncio.to_thread(hub.view.scale, process_type, count)
+    body = await read_object(request, '{"type": "greeter", "count": 3}')
+    # Whether the type exists is the supervisor's to say (404 from it): it knows the
+    # plan, where the rows forget a type scaled to 0.
+    rows = await asyncio.to_thread(hub.view.scale, body.get("type"), body.get("count"))
     hub.publish()
     hub.want_refresh()
     return web.json_response(rows)
@@ -179,17 +187,23 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(view: ClusterView, guard: Guard) -> web.Application:
-    app = web.Application(middlewares=[guard.middleware, _errors], client_max_size=MAX_BODY)
+    # _errors outermost: a failure in the guard is one JSON line too.
+    app = web.Application(middlewares=[_errors, guard.middleware], client_max_size=MAX_BODY)
     app[_HUB] = Hub(view)
     app[_PAGE] = load_page()
+    app[_GUARD] = guard
     app.on_response_prepare.append(guard.on_prepare)
-    app.router.add_get("/", page)
-    app.router.add_get("/api/instances", instances)
-    app.router.add_get("/api/traffic", traffic)
-    app.router.add_get("/api/events", events)
-    app.router.add_post("/api/instances/{name}/weight", weight)
-    app.router.add_post("/api/instances/{name}/{action}", act)
-    app.router.add_post("/api/scale", scale)
+    app.router.add_get("/", enter)
+    app.router.add_get(guard.prefix, page)
+    # The API twice: at /api/ for scripts (a bearer token), and under the page's path,
+    # where the page's cookie goes.
+    for base in ("/api/", guard.prefix + "api/"):
+        app.router.add_get(base + "instances", instances)
+        app.router.add_get(base + "traffic", traffic)
+        app.router.add_get(base + "events", events)
+        app.router.add_post(base + "instances/{name}/weight", weight)
+        app.router.add_post(base + "instances/{name}/{action}", act)
+        app.router.add_post(base + "scale", scale)
     return app
 
 
@@ -197,11 +211,13 @@ class Console:
     """The console server, run by its own event loop in a daemon thread.
 
     ``port=0`` takes a free port; the URL (with the token) is in :attr:`url` once
-    :meth:`start` returned. Binds 127.0.0.1 only.
+    :meth:`start` returned. Binds 127.0.0.1 only; serves at most ``max_connections``
+    connections at once.
     """
 
     def __init__(self, state_dir: Path, registry: str | Registry | None = None, *,
-                 port: int = 0, token: str | None = None) -> None:
+                 port: int = 0, token: str | None = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         self.view = ClusterView(state_dir, registry)
         self.token = token or new_token()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -216,6 +232,8 @@ class Console:
         self.port: int = self._sock.getsockname()[1]
         self.guard = Guard(self.token, self.port)
         self.app = make_app(self.view, self.guard)
+        self.max_connections = max_connections
+        self.gate: Gate | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -233,6 +251,11 @@ class Console:
     def url(self) -> str:
         """Where to point a browser: the page, with the access token."""
         return f"{self.origin}/?token={self.token}"
+
+    @property
+    def page_url(self) -> str:
+        """Where the page lives once the printed URL has set its cookie (no token)."""
+        return self.origin + self.guard.prefix
 
     @property
     def hub(self) -> Hub:
@@ -260,16 +283,31 @@ class Console:
 
     async def _main(self) -> None:
         self._stopping = asyncio.Event()
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        asyncio.get_running_loop().set_exception_handler(_one_line)
+        # keepalive_timeout doubles as the header timeout: aiohttp arms it when a
+        # connection opens and closes the connection if no whole request came by then.
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0,
+                               keepalive_timeout=HEADER_TIMEOUT)
         await runner.setup()
+        server = runner.server
+        assert server is not None  # set up above
+        gate = self.gate = Gate(self._sock, server, lambda: len(server.connections),
+                                self.max_connections)
+        accepting: asyncio.Task[None] | None = None
         try:
             await self.hub.start()
-            await web.SockSite(runner, self._sock).start()
+            self._sock.listen(128)
+            accepting = asyncio.create_task(gate.serve())
             self._ready.set()
             await self._stopping.wait()
         finally:
+            if accepting is not None:
+                accepting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await accepting
             await self.hub.stop()
             await runner.cleanup()
+            await _cancel_the_rest()
 
     def stop(self) -> None:
         """Stop serving, end every open stream and close the registry (idempotent)."""
@@ -286,3 +324,18 @@ class Console:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel and await what is left (the handlers of connections the shutdown cut), so
+    that closing the loop destroys no pending task."""
+    rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
+
+
+def _one_line(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """The console loop's unhandled errors as one log line each, not a traceback (the
+    console may write into the supervisor's log)."""
+    log.warning("console: %s (%r)", context.get("message"), context.get("exception"))

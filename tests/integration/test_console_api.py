@@ -115,6 +115,19 @@ BAD = [
     ("scale negative", "POST", "/api/scale", {"type": "server1", "count": -1}, "", {}, 400),
     ("scale count not a number", "POST", "/api/scale", {"type": "server1", "count": "x"}, "",
      {}, 400),
+    ("weight of 5,000 digits", "POST", "/api/instances/server1/weight",
+     b'{"weight": ' + b"9" * 5000 + b"}", "", {}, 400),
+    ("weight a string of 5,000 digits", "POST", "/api/instances/server1/weight",
+     {"weight": "9" * 5000}, "", {}, 400),
+    ("8,000 nested brackets", "POST", "/api/instances/server1/weight", b"[" * 8000, "", {},
+     400),
+    ("nested too deep, closed", "POST", "/api/scale",
+     b'{"type": ' + b"[" * 100 + b"]" * 100 + b"}", "", {}, 400),
+    ("scale count of 5,000 digits", "POST", "/api/scale",
+     b'{"type": "server1", "count": ' + b"9" * 5000 + b"}", "", {}, 400),
+    ("a non-ASCII bearer token", "GET", "/api/instances", None, None,
+     {"Authorization": "Bearer \xff"}, 401),
+    ("a non-ASCII token in the query", "GET", "/api/instances?token=%FF", None, None, {}, 401),
     ("unknown route", "GET", "/api/nothing", None, "", {}, 404),
     ("wrong method", "GET", "/api/instances/server1/kill", None, "", {}, 405),
 ]
@@ -122,8 +135,9 @@ BAD = [
 
 @pytest.mark.parametrize(("what", "method", "path", "body", "token", "headers", "status"), BAD,
                          ids=[b[0] for b in BAD])
-def test_bad_input(console: Console, cluster: Cluster, what: str, method: str, path: str,
-                   body: Any, token: str | None, headers: dict[str, str], status: int) -> None:
+def test_bad_input(console: Console, cluster: Cluster, caplog: pytest.LogCaptureFixture,
+                   what: str, method: str, path: str, body: Any, token: str | None,
+                   headers: dict[str, str], status: int) -> None:
     headers = {k: v.format(port=console.port) for k, v in headers.items()}
     raw = body if isinstance(body, bytes) else None
     answer = request(console, method, path, None if raw else body, token=token,
@@ -133,30 +147,58 @@ def test_bad_input(console: Console, cluster: Cluster, what: str, method: str, p
     error = answer.json()["error"]
     assert isinstance(error, str) and error and "\n" not in error
     assert "Traceback" not in error
+    assert len(error) < 300  # names the problem; does not echo 5,000 digits back
+    # the console logged no traceback (it may share the supervisor's log)
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
     # nothing was changed by a refused request
     assert [r["state"] for r in cluster.ps()] == ["serving"] * 3
     assert {r.weight for r in cluster.registry.snapshot().records.values()} == {1}
 
 
-def test_token_in_the_query_sets_a_strict_cookie(console: Console) -> None:
+def test_printed_url_redirects_to_the_page_with_a_path_scoped_cookie(console: Console) -> None:
     first = request(console, "GET", f"/?token={console.token}", token=None)
-    assert first.status == 200
-    assert b"devcluster console" in first.body
+    assert first.status == 303, first.body
+    prefix = first.headers["Location"]
+    assert prefix.startswith("/c/") and prefix.endswith("/") and len(prefix) > 20
+    assert console.page_url == console.origin + prefix
     cookie = first.headers["Set-Cookie"]
     assert cookie.startswith(f"devcluster-console-{console.port}={console.token};")
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    policy = first.headers["Content-Security-Policy"]
+    # Scoped to the page's random path: the browser sends it to no other server.
+    assert f"Path={prefix};" in cookie + ";"
+    jar = {"Cookie": f"devcluster-console-{console.port}={console.token}"}
+    page = request(console, "GET", prefix, token=None, headers=jar)
+    assert page.status == 200
+    assert b"devcluster console" in page.body
+    policy = page.headers["Content-Security-Policy"]
     assert "script-src 'sha256-" in policy and "frame-ancestors 'none'" in policy
-    assert first.headers["Referrer-Policy"] == "no-referrer"
-    then = request(console, "GET", "/api/instances", token=None,
-                   headers={"Cookie": f"devcluster-console-{console.port}={console.token}"})
+    assert page.headers["Referrer-Policy"] == "no-referrer"
+    then = request(console, "GET", prefix + "api/instances", token=None, headers=jar)
     assert then.status == 200
-    wrong = request(console, "GET", "/api/instances", token=None,
+    assert [r["name"] for r in then.json()] == ["server1", "server2", "server3"]
+    # The cookie counts on the page's path only: where it came from elsewhere, it leaked.
+    assert request(console, "GET", "/api/instances", token=None, headers=jar).status == 401
+    assert request(console, "GET", "/", token=None, headers=jar).status == 401
+    wrong = request(console, "GET", prefix + "api/instances", token=None,
                     headers={"Cookie": f"devcluster-console-{console.port}=guess"})
     assert wrong.status == 401
+    assert request(console, "GET", prefix, token=None).status == 401
+    bearer = request(console, "GET", prefix + "api/instances")
+    assert bearer.status == 200
     via_localhost = request(console, "GET", "/api/instances",
                             headers={"Host": f"localhost:{console.port}"})
     assert via_localhost.status == 200
+
+
+def test_bad_input_names_the_problem(console: Console) -> None:
+    huge = request(console, "POST", "/api/instances/server1/weight", token="",
+                   raw=b'{"weight": ' + b"9" * 5000 + b"}")
+    assert huge.json()["error"] == "weight must be an integer 0..1000, got a 5000-digit number"
+    deep = request(console, "POST", "/api/instances/server1/weight", raw=b"[" * 8000)
+    assert "nested too deep" in deep.json()["error"]
+    odd = request(console, "GET", "/api/instances", token=None,
+                  headers={"Authorization": "Bearer \xff"})
+    assert odd.json()["error"].startswith("invalid token")
 
 
 def test_listens_on_loopback_only(console: Console) -> None:
@@ -301,7 +343,8 @@ def test_cli_console_prints_its_url_and_stops_on_ctrl_c(cluster: Cluster,
         port = int(url.split(":")[2].split("/")[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", url.split(str(port), 1)[1])
-        assert conn.getresponse().status == 200
+        answer = conn.getresponse()
+        assert answer.status == 303 and answer.headers["Location"].startswith("/c/")
         conn.close()
     finally:
         proc.send_signal(signal.SIGINT)

@@ -9,6 +9,7 @@ one the README shows (``docs/console.png``), else it goes to the test's tmp_path
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -91,7 +92,8 @@ def test_console_in_chromium(make_cluster: Callable[..., Cluster], browser_page:
         for name in ("server1", "server2", "server3"):
             page.wait_for_selector(f'tr[data-name="{name}"][data-state="serving"]')
         assert page.inner_text("#conn") == "live"
-        assert page.url == console.url  # the token went to an HttpOnly cookie from here
+        # the token went to an HttpOnly cookie scoped to the page's random path
+        assert page.url == console.page_url and "token" not in page.url
         assert page.evaluate("document.cookie") == ""
 
         # 2. a weight typed in the page reaches the registry (and comes back over SSE)
@@ -127,4 +129,81 @@ def test_console_in_chromium(make_cluster: Callable[..., Cluster], browser_page:
                 else tmp_path / "console.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+        assert "error" not in page.inner_text("#message").lower()
+
+
+class Eavesdropper(http.server.ThreadingHTTPServer):
+    """Another server on 127.0.0.1 (another port): records the cookies it is sent."""
+
+    def __init__(self) -> None:
+        self.cookies: list[tuple[str, str]] = []  # (path, Cookie header)
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.cookies.append((self.path, self.headers.get("Cookie", "")))
+                body = b"<html><body>another server</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    def __enter__(self) -> Eavesdropper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+        self.thread.join(10)
+
+
+def test_the_token_cookie_goes_to_no_other_port(make_cluster: Callable[..., Cluster],
+                                                browser_page: Any) -> None:
+    """Cookies are per host, not per port: a cookie of the console's would go to every
+    server on 127.0.0.1, unless scoped to a path only the console's page uses."""
+    cluster = make_cluster()
+    page = browser_page
+    with Console(cluster.state_dir) as console, Eavesdropper() as other:
+        page.goto(console.url)
+        page.wait_for_selector('tr[data-name="greeter"][data-state="serving"]')
+        other_port = other.server_address[1]
+        for path in ("/", "/api/instances", "/c/", "/?token=x"):
+            page.goto(f"http://127.0.0.1:{other_port}{path}")
+            page.wait_for_selector("text=another server")
+        assert {p for p, _ in other.cookies} >= {"/", "/api/instances", "/c/", "/?token=x"}
+        assert not [c for _, c in other.cookies if "devcluster-console" in c], other.cookies
+        # ... while the console's page still has it (reloaded without the token).
+        page.goto(console.page_url)
+        page.wait_for_selector('tr[data-name="greeter"][data-state="serving"]')
+
+
+def test_the_page_scales_a_type_to_zero_and_back(make_cluster: Callable[..., Cluster],
+                                                 browser_page: Any, wait_until: Any) -> None:
+    cluster = make_cluster()
+    page = browser_page
+    with Console(cluster.state_dir) as console:
+        page.goto(console.url)
+        page.wait_for_selector('tr[data-name="greeter"][data-state="serving"]')
+        scale = 'label[data-type="greeter"]'
+        page.fill(f"{scale} input", "0")
+        page.click(f"{scale} button")
+        wait_until(lambda: cluster.ps() == [], 20, "greeter scaled to 0")
+        page.wait_for_selector('tr[data-name="greeter"]', state="detached")
+        # A fresh page still offers the type: the console remembers it.
+        page.reload()
+        page.wait_for_function("() => types.includes('greeter')")
+        page.fill(f"{scale} input", "1")
+        page.click(f"{scale} button")
+        wait_until(lambda: [r["state"] for r in cluster.ps()] == ["serving"], 20,
+                   "greeter scaled back to 1")
+        # (named greeter.1 now: a type scaled from 0 numbers its instances)
+        page.wait_for_selector('tr[data-name^="greeter"][data-state="serving"]')
         assert "error" not in page.inner_text("#message").lower()
