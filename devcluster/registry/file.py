@@ -30,7 +30,8 @@ from devcluster.errors import CorruptRegistryError, RegistryError, UnknownInstan
 from devcluster.registry import codec
 from devcluster.registry.base import Registry
 from devcluster.registry.liveness import apply_liveness
-from devcluster.registry.record import RECORD_FIELDS, Record, Snapshot, State
+from devcluster.registry.record import Record, Snapshot
+from devcluster.registry.validate import checked, checked_all
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ DEFAULT_DEBOUNCE_MS = 50
 DEFAULT_RESCAN_MS = 1000
 
 MAX_WEIGHT = defaults.MAX_WEIGHT
-_UPDATABLE = frozenset(RECORD_FIELDS) - {"name", "updated_at"}
-_STATES = ", ".join(s.value for s in State)
 
 T = TypeVar("T")
 Changes = Mapping[str, Mapping[str, Any]]
@@ -142,7 +141,7 @@ class FileRegistry(Registry):
         """Insert or replace ``record`` (``updated_at`` set to now); return it as stored."""
 
         def change(_current: Snapshot, records: dict[str, Record], now: float) -> Record:
-            stored = _checked(record, updated_at=now)
+            stored = checked(record, updated_at=now)
             records[stored.name] = stored
             return stored
 
@@ -174,14 +173,7 @@ class FileRegistry(Registry):
             unknown = sorted(set(wanted) - set(records))
             if unknown:
                 raise UnknownInstanceError(unknown[0], list(records))
-            for name, fields in wanted.items():
-                bad = sorted(set(fields) - _UPDATABLE)
-                if bad:
-                    raise TypeError(
-                        f"cannot update field(s) {', '.join(bad)} of {name!r}; "
-                        f"updatable: {', '.join(sorted(_UPDATABLE))}"
-                    )
-                records[name] = _checked(records[name], **fields, updated_at=now)
+            records.update(checked_all(wanted, records, now))
 
         return self._write(change)[0]
 
@@ -205,7 +197,7 @@ class FileRegistry(Registry):
 
         def change(_current: Snapshot, records: dict[str, Record], now: float) -> None:
             records.clear()
-            records.update((r.name, _checked(r, updated_at=now)) for r in fresh)
+            records.update((r.name, checked(r, updated_at=now)) for r in fresh)
 
         return self._write(change, recover_corrupt=True)[0]
 
@@ -328,21 +320,3 @@ class FileRegistry(Registry):
 
         return filewatch.awatch(self)
 
-
-def _checked(record: Record, **changes: Any) -> Record:
-    """``record`` with ``changes``, validated so no write can produce a file we reject."""
-    weight = changes.get("weight", record.weight)
-    if isinstance(weight, bool) or not isinstance(weight, int) \
-            or not defaults.MIN_WEIGHT <= weight <= MAX_WEIGHT:
-        raise UsageError(f"weight must be an integer {defaults.MIN_WEIGHT}..{MAX_WEIGHT}, "
-                         f"got {weight!r}")
-    state = changes.pop("state", record.state)
-    try:
-        changed = record.with_(state=state, **changes)
-    except ValueError:
-        msg = f"state of {record.name!r} must be one of {_STATES}, got {state!r}"
-        raise UsageError(msg) from None
-    try:
-        return codec.check_record(changed)
-    except codec.InvalidRecordError as e:
-        raise UsageError(f"cannot store instance {record.name!r}: {e}") from e
