@@ -154,7 +154,7 @@ def parse_env(text: str, source: str) -> dict[str, str]:
     text = "\n".join(
         ln.strip()[len("export "):] if ln.strip().startswith("export ") else ln
         for ln in text.splitlines())
-    values = honcho_environ.parse(text)
+    values: dict[str, str] = honcho_environ.parse(text)
     for key in empty:  # honcho drops `KEY=`; an empty value is a value
         values.setdefault(key, "")
     return values

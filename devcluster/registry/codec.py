@@ -189,7 +189,8 @@ def _reject_constant(name: str) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), repr(value))
+    names: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+    return names.get(type(value), repr(value))
 
 
 def _corrupt(path: str | PathLike[str], what: str) -> CorruptRegistryError:
