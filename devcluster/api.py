@@ -44,7 +44,7 @@ from devcluster.launch import Launch
 from devcluster.registry import Registry, Snapshot, State, open_registry
 from devcluster.registry.record import parse_weight
 from devcluster.schema import InstanceInfo
-from devcluster.statedir import running_pid
+from devcluster.statedir import layout, running_pid
 from devcluster.supervisor.logs import tail
 
 if TYPE_CHECKING:
@@ -273,7 +273,7 @@ class Cluster(Launch):
     def console_url(self) -> str | None:
         """The web console's URL, token included (``console=True``); None when it has none."""
         try:
-            return defaults.layout(self.state_dir).console_url.read_text().strip() or None
+            return layout(self.state_dir).console_url.read_text().strip() or None
         except FileNotFoundError:
             return None
 
@@ -314,7 +314,7 @@ class Cluster(Launch):
         """The last ``n`` lines of an instance's log (or of the merged log)."""
         from devcluster.config.procfile import check_name
 
-        return tail(defaults.layout(self.state_dir).log(check_name(name) if name else None), n)
+        return tail(layout(self.state_dir).log(check_name(name) if name else None), n)
 
     def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float = 10.0) -> Snapshot:
         """Wait on registry changes (not a timer) until ``predicate(snapshot)`` holds."""

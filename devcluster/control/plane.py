@@ -24,6 +24,7 @@ from devcluster._proto import control_pb2 as pb
 from devcluster._proto import control_pb2_grpc as pb_grpc
 from devcluster.errors import DevclusterError, NoClusterError, UnknownInstanceError, UsageError
 from devcluster.schema import InstanceInfo, uptime
+from devcluster.statedir import layout
 
 # sockaddr_un holds 108 bytes; pytest's tmp dirs easily pass that.
 _MAX_SOCKET_PATH = 100
@@ -38,7 +39,7 @@ def bind_path(path: Path) -> Path:
     grpc unlinks its socket's path when the server stops, whoever's file is there by
     then: a name of our own means an old supervisor never deletes a newer run's socket.
     """
-    own = path.with_name(f"{path.stem}-{os.getpid()}{path.suffix}")
+    own = layout(path.parent).bound_socket(os.getpid())
     if len(str(own)) <= _MAX_SOCKET_PATH:
         return own
     base = tempfile.gettempdir()
