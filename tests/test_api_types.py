@@ -73,3 +73,12 @@ def test_dir_shows_the_exported_names_and_import_stays_lazy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_public_member_of_cluster_says_what_it_does() -> None:
+    import inspect
+
+    undocumented = [
+        name for name, member in inspect.getmembers(Cluster) if not name.startswith("_")
+        and not inspect.getdoc(member.fget if isinstance(member, property) else member)]
+    assert undocumented == []
