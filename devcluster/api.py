@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypedDict, overload
 
 from devcluster import defaults
 from devcluster.config import procfile as procfile_mod
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STATE_DIR_NAME",
     "Cluster",
+    "ClusterOptions",
     "NotReadyError",
     "ReloadError",
     "control_client",
@@ -76,6 +77,23 @@ _TIMELINE_WAIT = 2.0
 def default_state_dir(procfile: Path, state_dir: str | Path | None = None) -> Path:
     """``--state-dir`` > ``$DEVCLUSTER_HOME`` > ``.devcluster`` beside the Procfile."""
     return defaults.state_dir(procfile, state_dir)
+
+
+class ClusterOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`Cluster` that :meth:`Cluster.attach` passes on."""
+
+    scale: Mapping[str, int] | None
+    state_dir: str | Path | None
+    port: int | None
+    grace: float | None
+    env_files: Sequence[str | Path]
+    restart: Mapping[str, str] | None
+    ready_timeout: float | None
+    registry: str | None
+    watch: Sequence[str | Path] | None
+    console: bool
+    console_port: int
+    config: str | Path | None
 
 
 class NotReadyError(DevclusterError):
@@ -173,7 +191,7 @@ class Cluster(Launch):
         return self.tied
 
     @classmethod
-    def attach(cls, where: str | Path = "Procfile", **options: Any) -> Self:
+    def attach(cls, where: str | Path = "Procfile", **options: Unpack[ClusterOptions]) -> Self:
         """The Cluster of a supervisor that already runs (``devcluster up -d``, another
         process): ``where`` is its state dir or its Procfile. Do not call ``up()`` on it;
         ``down()`` stops it through its control plane. NoClusterError when none runs.

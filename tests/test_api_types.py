@@ -82,3 +82,16 @@ def test_every_public_member_of_cluster_says_what_it_does() -> None:
         name for name, member in inspect.getmembers(Cluster) if not name.startswith("_")
         and not inspect.getdoc(member.fget if isinstance(member, property) else member)]
     assert undocumented == []
+
+
+def test_attach_options_are_the_constructors_keywords() -> None:
+    """``Cluster.attach(**options)`` is typed by ClusterOptions: every keyword of the
+    constructor but ``owned`` (attach's cluster is never owned) and the deprecated
+    ``attach``, and nothing else."""
+    import inspect
+
+    from devcluster.api import ClusterOptions
+
+    keywords = {n for n, p in inspect.signature(Cluster).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(ClusterOptions.__annotations__) == keywords - {"owned", "attach"}
