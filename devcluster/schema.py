@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
@@ -125,6 +125,21 @@ class InstanceInfo:
         """``info.get("pid")``: deprecated, use ``info.pid``."""
         _warn_dict_use(f"info.get({key!r})", f"info.{key}")
         return getattr(self, key) if key in _FIELD_NAMES else default
+
+    def __iter__(self) -> Iterator[str]:
+        """``for key in info`` / ``sorted(info)``: the JSON keys, as a dict row gave them;
+        deprecated, use :meth:`to_dict`."""
+        _warn_dict_use("iterating an instance", "info.to_dict()")
+        return iter(_FIELD_NAMES)
+
+    def __len__(self) -> int:
+        """``len(info)``, as a dict row gave it: the number of JSON keys; deprecated."""
+        _warn_dict_use("len(info)", "len(info.to_dict())")
+        return len(_FIELD_NAMES)
+
+    def __bool__(self) -> bool:
+        # An instance is always true; without this, truth would go through __len__ (and warn).
+        return True
 
     def keys(self) -> list[str]:
         """The JSON keys (so ``dict(info)`` still works): deprecated, use :meth:`to_dict`."""

@@ -34,6 +34,12 @@ def test_old_dict_access_still_answers_but_warns() -> None:
         assert dict(info) == info.to_dict()  # dict(row) kept working through keys()
     with pytest.warns(DeprecationWarning), pytest.raises(KeyError):
         info["nope"]
+    with pytest.warns(DeprecationWarning):
+        assert sorted(info) == sorted(info.to_dict())  # iterating gave the keys
+    with pytest.warns(DeprecationWarning):
+        assert "state" in info and "nope" not in info
+    with pytest.warns(DeprecationWarning):
+        assert len(info) == len(info.to_dict())
 
 
 def test_attribute_access_does_not_warn() -> None:
@@ -41,6 +47,7 @@ def test_attribute_access_does_not_warn() -> None:
         warnings.simplefilter("error")
         info = _info()
         assert (info.state, info.weight, info.to_dict()["name"]) == ("serving", 3, "greeter.2")
+        assert info  # truth is not a dict use
 
 
 def test_owned_is_the_default_and_means_dies_with_this_process(tmp_path: Path) -> None:
