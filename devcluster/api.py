@@ -6,8 +6,10 @@
 ...     cluster.weight("greeter.1", 5)
 
 The supervisor runs as a separate process (``devcluster up`` in the background), so a
-cluster outlives nothing it should not: with ``attach=True`` (the default for the API)
+cluster outlives nothing it should not: with ``owned=True`` (the default for the API)
 it dies with the Python process that started it, and its instances die with it.
+Instances are :class:`~devcluster.schema.InstanceInfo` objects (``to_dict()`` gives the
+``ps --json`` shape).
 Starting it: :mod:`devcluster.launch`; reaching a cluster without one: :mod:`devcluster.control.access`.
 """
 
@@ -16,16 +18,18 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, TypedDict, overload
 
 from devcluster import defaults
 from devcluster.config import procfile as procfile_mod
 from devcluster.config.project import Resolved
-from devcluster.control.access import (  # noqa: F401  public here since the beginning
+from devcluster.control.access import (  # public here since the beginning
     control_client,
     instance_dict,
+    instance_info,
     set_metadata,
     set_weight,
 )
@@ -40,11 +44,31 @@ from devcluster.launch import Launch
 from devcluster.registry import Registry, Snapshot, State, open_registry
 from devcluster.registry.record import parse_weight
 from devcluster.schema import InstanceInfo
-from devcluster.statedir import running_pid
+from devcluster.statedir import layout, running_pid
 from devcluster.supervisor.logs import tail
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
+    from devcluster.client.aio import AioBalancedChannel
+    from devcluster.client.channel import BalancedChannel
+    from devcluster.client.options import ChannelOptions
+    from devcluster.control.plane import ControlClient
     from devcluster.events import Event
+
+__all__ = [
+    "STATE_DIR_NAME",
+    "Cluster",
+    "ClusterOptions",
+    "NotReadyError",
+    "ReloadError",
+    "control_client",
+    "default_state_dir",
+    "instance_dict",
+    "parse_weight",
+    "set_metadata",
+    "set_weight",
+]
 
 STATE_DIR_NAME = defaults.STATE_DIR_NAME
 #: Longest ``weight``/``enable``/``disable`` wait for the change to reach the timeline.
@@ -53,6 +77,23 @@ _TIMELINE_WAIT = 2.0
 def default_state_dir(procfile: Path, state_dir: str | Path | None = None) -> Path:
     """``--state-dir`` > ``$DEVCLUSTER_HOME`` > ``.devcluster`` beside the Procfile."""
     return defaults.state_dir(procfile, state_dir)
+
+
+class ClusterOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`Cluster` that :meth:`Cluster.attach` passes on."""
+
+    scale: Mapping[str, int] | None
+    state_dir: str | Path | None
+    port: int | None
+    grace: float | None
+    env_files: Sequence[str | Path]
+    restart: Mapping[str, str] | None
+    ready_timeout: float | None
+    registry: str | None
+    watch: Sequence[str | Path] | None
+    console: bool
+    console_port: int
+    config: str | Path | None
 
 
 class NotReadyError(DevclusterError):
@@ -90,16 +131,29 @@ class Cluster(Launch):
         env_files: Sequence[str | Path] = (),
         restart: Mapping[str, str] | None = None,
         ready_timeout: float | None = None,
-        attach: bool = True,
+        owned: bool = True,
         registry: str | None = None,
         watch: Sequence[str | Path] | None = None,
         console: bool = False,
         console_port: int = 0,
         config: str | Path | None = None,
+        attach: bool | None = None,
     ) -> None:
         """``port``, ``grace``, ``ready_timeout``, ``scale``, ``restart`` and ``registry``
         override ``devcluster.toml`` (``config``, else the one beside the Procfile if
-        any); None (not given) keeps the file's value, else devcluster's default."""
+        any); None (not given) keeps the file's value, else devcluster's default.
+
+        ``owned=True`` (the default): this process owns the cluster, which stops when
+        this process ends, however it ends. ``owned=False``: the cluster outlives it
+        (``devcluster up -d``), until ``down()`` or ``devcluster down``. ``attach`` is
+        the old, deprecated spelling of ``owned`` (it read as :meth:`attach`, which
+        does the opposite: reach a cluster this process does not own).
+        """
+        if attach is not None:
+            warnings.warn("Cluster(attach=...) is deprecated: use Cluster(owned=...) (the "
+                          "cluster dies with this process); Cluster.attach() reaches a "
+                          "running one", DeprecationWarning, stacklevel=2)
+            owned = attach
         self.procfile = Path(procfile).absolute()
         self.state_dir = default_state_dir(self.procfile, state_dir)
         self.scale_counts = dict(scale or {})
@@ -109,8 +163,8 @@ class Cluster(Launch):
         self.env_files = tuple(Path(p) for p in env_files)
         self.restart_policies = dict(restart or {})
         self.ready_timeout = defaults.READY_TIMEOUT if ready_timeout is None else ready_timeout
-        #: Whether the cluster dies with this process (the constructor's ``attach``).
-        self.tied = attach
+        #: Whether the cluster dies with this process (the constructor's ``owned``).
+        self.tied = owned
         self.config = None if config is None else Path(config).absolute()
         #: ``etcd://...`` (or ``$DEVCLUSTER_REGISTRY``); None: the state dir's file
         #: (or the project file's ``[cluster] registry``, known once :meth:`up` read it).
@@ -131,8 +185,13 @@ class Cluster(Launch):
     def __repr__(self) -> str:
         return f"<Cluster {self.procfile} state_dir={self.state_dir}>"
 
+    @property
+    def owned(self) -> bool:
+        """Whether the cluster stops when this process ends (the constructor's ``owned``)."""
+        return self.tied
+
     @classmethod
-    def attach(cls, where: str | Path = "Procfile", **options: Any) -> Self:
+    def attach(cls, where: str | Path = "Procfile", **options: Unpack[ClusterOptions]) -> Self:
         """The Cluster of a supervisor that already runs (``devcluster up -d``, another
         process): ``where`` is its state dir or its Procfile. Do not call ``up()`` on it;
         ``down()`` stops it through its control plane. NoClusterError when none runs.
@@ -145,7 +204,7 @@ class Cluster(Launch):
             options["state_dir"] = path
             with control_client(path.absolute()) as control:
                 path = Path(control.ps().procfile)
-        cluster = cls(path, attach=False, **options)
+        cluster = cls(path, owned=False, **options)
         if running_pid(cluster.state_dir) is None:
             raise NoClusterError(f"no cluster running in {cluster.state_dir}; start one with "
                                  "`devcluster up -d`")
@@ -203,7 +262,8 @@ class Cluster(Launch):
         if self._registry is not None:
             self._registry.close()
 
-    def __enter__(self) -> Cluster:
+    def __enter__(self) -> Self:
+        """``up()``; a cluster that fails to start is stopped before the error is raised."""
         try:
             self.up()
         except BaseException:
@@ -212,12 +272,17 @@ class Cluster(Launch):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """``down()``."""
         self.down()
 
     # -- looking -----------------------------------------------------------------------
 
     @property
     def registry(self) -> Registry:
+        """The cluster's registry (the state dir's file, or etcd), opened on first use.
+
+        >>> cluster.registry.snapshot().usable("greeter")   # doctest: +SKIP
+        """
         if self._registry is None:
             self._registry = open_registry(self.registry_url or self.state_dir)
         return self._registry
@@ -226,35 +291,48 @@ class Cluster(Launch):
     def console_url(self) -> str | None:
         """The web console's URL, token included (``console=True``); None when it has none."""
         try:
-            return defaults.layout(self.state_dir).console_url.read_text().strip() or None
+            return layout(self.state_dir).console_url.read_text().strip() or None
         except FileNotFoundError:
             return None
 
-    def control(self) -> Any:
+    def control(self) -> ControlClient:
+        """A client of the supervisor's control plane (close it, or use ``with``);
+        NoClusterError when no supervisor runs.
+
+        >>> with cluster.control() as control:                 # doctest: +SKIP
+        ...     control.ps().procfile
+        """
         return control_client(self.state_dir)
 
-    def ps(self) -> list[dict[str, Any]]:
-        """Every instance as a ``ps --json`` dict."""
+    def ps(self) -> list[InstanceInfo]:
+        """Every instance, as ``devcluster ps`` shows it (``.to_dict()``: ``ps --json``).
+
+        >>> [(i.name, i.state) for i in cluster.ps()]          # doctest: +SKIP
+        [('greeter.1', 'serving'), ('greeter.2', 'serving')]
+        """
         with self.control() as control:
-            return [instance_dict(i) for i in control.ps().instances]
+            return [instance_info(i) for i in control.ps().instances]
 
     @property
     def instances(self) -> list[InstanceInfo]:
-        return [InstanceInfo.from_dict(d) for d in self.ps()]
+        """Every instance now (the same as :meth:`ps`)."""
+        return self.ps()
 
     def instance(self, name: str) -> InstanceInfo:
-        for info in self.instances:
+        """The instance named ``name``; UnknownInstanceError if the cluster has none."""
+        instances = self.ps()
+        for info in instances:
             if info.name == name:
                 return info
         from devcluster.errors import UnknownInstanceError
 
-        raise UnknownInstanceError(name, [i.name for i in self.instances])
+        raise UnknownInstanceError(name, [i.name for i in instances])
 
     def logs(self, name: str | None = None, n: int = 50) -> list[str]:
         """The last ``n`` lines of an instance's log (or of the merged log)."""
         from devcluster.config.procfile import check_name
 
-        return tail(defaults.layout(self.state_dir).log(check_name(name) if name else None), n)
+        return tail(layout(self.state_dir).log(check_name(name) if name else None), n)
 
     def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float = 10.0) -> Snapshot:
         """Wait on registry changes (not a timer) until ``predicate(snapshot)`` holds."""
@@ -277,7 +355,16 @@ class Cluster(Launch):
         raise TimeoutError(f"condition not met within {timeout:g}s (last revision "
                            f"{last.revision if last else '?'})")
 
-    def channel(self, service: str | None = None, *, aio: bool = False, **options: Any) -> Any:
+    @overload
+    def channel(self, service: str | None = None, *, aio: Literal[False] = False,
+                **options: Unpack[ChannelOptions]) -> BalancedChannel: ...
+
+    @overload
+    def channel(self, service: str | None = None, *, aio: Literal[True],
+                **options: Unpack[ChannelOptions]) -> AioBalancedChannel: ...
+
+    def channel(self, service: str | None = None, *, aio: bool = False,
+                **options: Unpack[ChannelOptions]) -> BalancedChannel | AioBalancedChannel:
         """A balancing channel over this cluster's registry (stubs work on it unchanged).
 
         ``options`` are the client's (``policy``, ``retry_on``, ``hedge_after``,
@@ -292,7 +379,7 @@ class Cluster(Launch):
             from devcluster.client.aio import AioBalancedChannel
 
             return AioBalancedChannel(service, self.registry, **options)
-        from devcluster.client import BalancedChannel
+        from devcluster.client.channel import BalancedChannel
 
         return BalancedChannel(service, self.registry, **options)
 
@@ -315,36 +402,56 @@ class Cluster(Launch):
         process, ``pid N``). The pytest fixture names the running test."""
         return None
 
-    def _act(self, verb: str, names: Sequence[str] | str, **kw: Any) -> list[dict[str, Any]]:
+    def _act(self, verb: str, names: Sequence[str] | str, **kw: Any) -> list[InstanceInfo]:
         names = [names] if isinstance(names, str) else list(names)
         with self.control() as control:
             reply = control.act(verb, names, who=self.asker(), **kw)
-        return [instance_dict(i) for i in reply.instances]
+        return [instance_info(i) for i in reply.instances]
 
-    def kill(self, name: str | Sequence[str], signal: str = "SIGKILL") -> list[dict[str, Any]]:
+    # ``name`` everywhere below: an instance (``greeter.2``), a process type (``greeter``:
+    # all its instances) or a list of them. Each returns the instances it acted on, as
+    # they are once the verb is done.
+
+    def kill(self, name: str | Sequence[str], signal: str = "SIGKILL") -> list[InstanceInfo]:
+        """Send ``signal`` to the instances (a simulated crash: the restart policy applies).
+
+        >>> [i.state for i in cluster.kill("greeter.2")]       # doctest: +SKIP
+        ['killed']
+        """
         return self._act("kill", name, signal=signal)
 
-    def stop(self, name: str | Sequence[str]) -> list[dict[str, Any]]:
+    def stop(self, name: str | Sequence[str]) -> list[InstanceInfo]:
+        """Stop the instances gracefully (drain, SIGINT, SIGKILL after ``grace``)."""
         return self._act("stop", name)
 
-    def start(self, name: str | Sequence[str], wait: bool = True) -> list[dict[str, Any]]:
+    def start(self, name: str | Sequence[str], wait: bool = True) -> list[InstanceInfo]:
+        """Start stopped (or failed) instances; ``wait``: until they serve or fail."""
         return self._act("start", name, wait=wait)
 
-    def restart(self, name: str | Sequence[str], wait: bool = True) -> list[dict[str, Any]]:
+    def restart(self, name: str | Sequence[str], wait: bool = True) -> list[InstanceInfo]:
+        """Stop then start the instances; ``wait``: until they serve again or fail."""
         return self._act("restart", name, wait=wait)
 
-    def pause(self, name: str | Sequence[str]) -> list[dict[str, Any]]:
+    def pause(self, name: str | Sequence[str]) -> list[InstanceInfo]:
+        """Freeze the instances (SIGSTOP): they stay registered but answer nothing."""
         return self._act("pause", name)
 
-    def resume(self, name: str | Sequence[str]) -> list[dict[str, Any]]:
+    def resume(self, name: str | Sequence[str]) -> list[InstanceInfo]:
+        """Thaw paused instances (SIGCONT)."""
         return self._act("resume", name)
 
     def scale(self, counts: Mapping[str, int] | None = None, /, wait: bool = True,
-              **kw: int) -> list[dict[str, Any]]:
+              **kw: int) -> list[InstanceInfo]:
+        """Set how many instances each process type runs (new ones start, the highest
+        numbers stop); ``wait``: until the new ones serve. Returns every instance of the
+        types scaled.
+
+        >>> cluster.scale(greeter=3)                            # doctest: +SKIP
+        """
         wanted = {**(counts or {}), **kw}
         with self.control() as control:
             reply = control.scale(wanted, wait=wait, who=self.asker())
-        return [instance_dict(i) for i in reply.instances]
+        return [instance_info(i) for i in reply.instances]
 
     def reload(self, names: str | Sequence[str] = (), all: bool = False,
                on_progress: Callable[[str, str, str], None] | None = None) -> dict[str, Any]:
@@ -370,9 +477,13 @@ class Cluster(Launch):
         self._registry_change(name, "weight", parse_weight(weight))
 
     def enable(self, name: str) -> None:
+        """Let clients pick ``name`` again (registry ``enabled``); returns once the
+        timeline has it too."""
         self._registry_change(name, "enabled", True)
 
     def disable(self, name: str) -> None:
+        """Take ``name`` out of clients' rotation without stopping it (registry
+        ``enabled``); returns once the timeline has it too."""
         self._registry_change(name, "enabled", False)
 
     def _registry_change(self, name: str, key: str, value: Any) -> None:

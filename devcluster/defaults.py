@@ -4,15 +4,9 @@ The CLI's option defaults, the Python API's keyword defaults, the daemon and the
 supervisor all read them here, so ``--grace`` means the same 5 s on every path.
 
 The state dir (``--state-dir`` > ``$DEVCLUSTER_HOME`` > ``.devcluster`` beside the
-Procfile) holds::
-
-    registry.json, registry.lock   the file registry (devcluster.registry.file)
-    supervisor.lock                held by the running supervisor; its pid inside
-    control.sock                   the control plane's unix socket (0600)
-    logs/<name>.log                one log per instance; logs/devcluster.log merged
-    logs/supervisor.out            stdout/stderr of a background supervisor
-    events.jsonl, events.1.jsonl   the timeline of this run and of the one before
-    console.url                    the web console's URL with its token (``up -d --console``; 0600)
+Procfile): what it holds, in what format and version, is described in
+:mod:`devcluster.statedir`, the module to import it from. The names are spelled here
+only because the registry may import nothing of ours but this leaf and the errors.
 
 >>> layout(state_dir(Path("/srv/app/Procfile"), None, environ={})).socket
 PosixPath('/srv/app/.devcluster/control.sock')
@@ -58,15 +52,26 @@ HANDOFF_CONNECTION_AGE_MS = 500
 #: further change), and the longest a burst may be gathered for.
 WATCH_STEP_MS, WATCH_DEBOUNCE_MS = 50, 1600
 
+# The state dir's names (documented in devcluster.statedir, which re-exports them).
 STATE_DIR_NAME = ".devcluster"
 REGISTRY_FILE = "registry.json"
 REGISTRY_LOCK_FILE = "registry.lock"
+#: One fixed temp name, beside the registry (see devcluster.registry.file).
+REGISTRY_TMP_FILE = f".{REGISTRY_FILE}.tmp"
+#: A corrupt registry file moved aside: ``registry.json.corrupt-YYYYmmdd-HHMMSS[-N]``.
+REGISTRY_CORRUPT_PREFIX = f"{REGISTRY_FILE}.corrupt-"
 SUPERVISOR_LOCK_FILE = "supervisor.lock"
 SOCKET_FILE = "control.sock"
 EVENTS_FILE = "events.jsonl"
 EVENTS_PREVIOUS_FILE = "events.1.jsonl"
 CONSOLE_URL_FILE = "console.url"
 LOG_DIR = "logs"
+DAEMON_OUT_FILE = "supervisor.out"
+CLIENTS_DIR = "clients"
+#: Format versions: what each versioned file says in its ``version`` field.
+REGISTRY_FORMAT_VERSION = 1
+EVENTS_FORMAT_VERSION = 1
+CLIENT_STATS_FORMAT_VERSION = 1
 #: The name of the merged log (also the supervisor's name in the log stream).
 SYSTEM_LOG = "devcluster"
 
@@ -105,7 +110,17 @@ class Layout:
 
     @property
     def registry_lock(self) -> Path:
+        """The file registry writers ``flock``."""
         return self.root / REGISTRY_LOCK_FILE
+
+    @property
+    def registry_tmp(self) -> Path:
+        """Where the registry is written before ``os.replace`` publishes it."""
+        return self.root / REGISTRY_TMP_FILE
+
+    def registry_corrupt(self, stamp: str, n: int = 0) -> Path:
+        """A corrupt registry moved aside at ``stamp`` (``n``: the n-th that second)."""
+        return self.root / f"{REGISTRY_CORRUPT_PREFIX}{stamp}{f'-{n}' if n else ''}"
 
     @property
     def lock(self) -> Path:
@@ -114,12 +129,32 @@ class Layout:
 
     @property
     def socket(self) -> Path:
+        """The control plane's socket (a symlink to :meth:`bound_socket`, or the socket)."""
         return self.root / SOCKET_FILE
+
+    def bound_socket(self, pid: int) -> Path:
+        """The socket a supervisor of pid ``pid`` binds: ``control-PID.sock``."""
+        sock = self.socket
+        return sock.with_name(f"{sock.stem}-{pid}{sock.suffix}")
 
     @property
     def events(self) -> Path:
         """The timeline of the running (or last) cluster; the run before: ``events.1.jsonl``."""
         return self.root / EVENTS_FILE
+
+    @property
+    def events_previous(self) -> Path:
+        """The timeline of the run before (moved there when a new run starts)."""
+        return self.root / EVENTS_PREVIOUS_FILE
+
+    @property
+    def clients(self) -> Path:
+        """Balancing clients' statistics, one ``<pid>-<n>.json`` per client."""
+        return self.root / CLIENTS_DIR
+
+    def client_stats(self, client_id: str) -> Path:
+        """The statistics file of client ``client_id`` (``<pid>-<n>``)."""
+        return self.clients / f"{client_id}.json"
 
     @property
     def console_url(self) -> Path:
@@ -137,7 +172,7 @@ class Layout:
     @property
     def daemon_out(self) -> Path:
         """stdout/stderr of a background supervisor."""
-        return self.logs / "supervisor.out"
+        return self.logs / DAEMON_OUT_FILE
 
 
 def log_file_name(name: str | None) -> str:
@@ -158,4 +193,11 @@ def instance_of_log(file_name: str) -> str | None:
 
 
 def layout(root: Path) -> Layout:
+    """The files of the state dir ``root``."""
     return Layout(root)
+
+
+def temp_beside(path: Path) -> Path:
+    """The hidden temp name a file is written to before ``os.replace`` publishes it
+    (``.registry.json.tmp``, ``clients/.123-1.json.tmp``)."""
+    return path.with_name(f".{path.name}.tmp")

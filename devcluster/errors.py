@@ -16,6 +16,19 @@ import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+__all__ = [
+    "ClusterRunningError",
+    "CorruptRegistryError",
+    "DevclusterError",
+    "NoClusterError",
+    "ProcfileError",
+    "RegistryError",
+    "UnknownInstanceError",
+    "UsageError",
+    "from_payload",
+    "to_payload",
+]
+
 
 class DevclusterError(Exception):
     """Base of every error devcluster reports to a user (runtime failure, exit 1)."""

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devcluster.defaults import EVENTS_FILE, EVENTS_PREVIOUS_FILE
+from devcluster.defaults import EVENTS_FILE, EVENTS_FORMAT_VERSION, EVENTS_PREVIOUS_FILE
 
 if TYPE_CHECKING:
     import threading
@@ -101,8 +101,10 @@ class Event:
         return out
 
     def to_json(self) -> str:
-        """One line of ``events.jsonl`` (no newline)."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+        """One line of ``events.jsonl`` (no newline), with the format's ``version``
+        first (readers ignore it: a line without one, from before versions, reads the same)."""
+        line = {"version": EVENTS_FORMAT_VERSION, **self.to_dict()}
+        return json.dumps(line, separators=(",", ":"), default=str)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Event:

@@ -52,6 +52,15 @@ from typing import Any
 
 from devcluster import defaults
 
+__all__ = [
+    "QUIET_MS",
+    "SO_ATTACH_REUSEPORT_CBPF",
+    "busy_connections",
+    "enabled",
+    "server_options",
+    "take_over",
+]
+
 #: SO_ATTACH_REUSEPORT_CBPF from <asm-generic/socket.h> (Linux 4.5+).
 SO_ATTACH_REUSEPORT_CBPF = 51
 _BPF_RET_K = 0x06  # BPF_RET | BPF_K: return the constant k

@@ -12,9 +12,12 @@ True
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
+
+__all__ = ["RUNNING_STATES", "InstanceInfo", "process_type_of", "uptime"]
 
 #: States with a process behind them (``devcluster.registry.State.running``), as strings:
 #: this module is read by every path, the etcd view included, and imports nothing.
@@ -22,18 +25,28 @@ RUNNING_STATES = frozenset({"starting", "serving", "draining", "paused"})
 
 
 class _RecordLike(Protocol):
-    name: str
-    service: str
-    address: str
-    weight: int
-    enabled: bool
-    pid: int | None
-    restarts: int
-    started_at: float | None
-    metadata: Mapping[str, str]
+    """What :meth:`InstanceInfo.from_record` reads of a registry record (read-only)."""
 
     @property
-    def state(self) -> Any: ...
+    def name(self) -> str: ...
+    @property
+    def service(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def weight(self) -> int: ...
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def metadata(self) -> Mapping[str, str]: ...
+    @property
+    def state(self) -> object: ...
 
 
 def process_type_of(name: str) -> str:
@@ -97,6 +110,42 @@ class InstanceInfo:
         """The JSON object, keys in the documented order."""
         return asdict(self)
 
+    # -- the old dict rows, deprecated -----------------------------------------------
+    # ``Cluster.ps()`` and its verbs returned ``ps --json`` dicts before they returned
+    # InstanceInfo; scripts that index them (``row["state"]``) keep working, warned.
+
+    def __getitem__(self, key: str) -> Any:
+        """``info["state"]``: deprecated, use ``info.state`` (or ``info.to_dict()``)."""
+        _warn_dict_use(f'info[{key!r}]', f"info.{key}")
+        if key not in _FIELD_NAMES:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``info.get("pid")``: deprecated, use ``info.pid``."""
+        _warn_dict_use(f"info.get({key!r})", f"info.{key}")
+        return getattr(self, key) if key in _FIELD_NAMES else default
+
+    def __iter__(self) -> Iterator[str]:
+        """``for key in info`` / ``sorted(info)``: the JSON keys, as a dict row gave them;
+        deprecated, use :meth:`to_dict`."""
+        _warn_dict_use("iterating an instance", "info.to_dict()")
+        return iter(_FIELD_NAMES)
+
+    def __len__(self) -> int:
+        """``len(info)``, as a dict row gave it: the number of JSON keys; deprecated."""
+        _warn_dict_use("len(info)", "len(info.to_dict())")
+        return len(_FIELD_NAMES)
+
+    def __bool__(self) -> bool:
+        # An instance is always true; without this, truth would go through __len__ (and warn).
+        return True
+
+    def keys(self) -> list[str]:
+        """The JSON keys (so ``dict(info)`` still works): deprecated, use :meth:`to_dict`."""
+        _warn_dict_use("info.keys() / dict(info)", "info.to_dict()")
+        return list(_FIELD_NAMES)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> InstanceInfo:
         """Read :meth:`to_dict`'s output back (unknown keys are ignored)."""
@@ -106,7 +155,7 @@ class InstanceInfo:
     @classmethod
     def from_record(cls, record: _RecordLike, now: float | None = None) -> InstanceInfo:
         """A registry record (e.g. from etcd): no process stats, no exit history."""
-        state = getattr(record.state, "value", record.state)
+        state = str(getattr(record.state, "value", record.state))
         _, _, port = record.address.rpartition(":")
         return cls(
             name=record.name, service=record.service,
@@ -117,3 +166,13 @@ class InstanceInfo:
             uptime_s=uptime(state, record.started_at, now), started_at=record.started_at,
             metadata=dict(record.metadata))
 
+
+
+#: InstanceInfo's JSON keys in order (what the deprecated dict access accepts).
+_FIELD_NAMES = tuple(f.name for f in fields(InstanceInfo))
+
+
+def _warn_dict_use(old: str, new: str) -> None:
+    # stacklevel 3: the line of the script that indexed the row, not this module.
+    warnings.warn(f"{old}: instances are InstanceInfo objects now, not dicts; use {new}",
+                  DeprecationWarning, stacklevel=3)

@@ -18,6 +18,13 @@ from typing import Any
 import grpc
 import grpc.aio
 
+__all__ = [
+    "INSTANCE_HEADER",
+    "AioInstanceHeaderInterceptor",
+    "InstanceHeaderInterceptor",
+    "instance_name",
+]
+
 #: The response header naming the instance that served a call.
 INSTANCE_HEADER = "devcluster-instance"
 
@@ -64,7 +71,7 @@ def _rebuild(handler: grpc.RpcMethodHandler, unary: Any, streaming: Any) -> Any:
         handler.response_serializer)
 
 
-class InstanceHeaderInterceptor(grpc.ServerInterceptor):
+class InstanceHeaderInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc: untyped
     """Adds ``devcluster-instance: <name>`` to the initial metadata of every response."""
 
     def __init__(self, name: str | None = None) -> None:
@@ -98,7 +105,7 @@ def _wrap_aio(handler: grpc.RpcMethodHandler, header: tuple[tuple[str, str], ...
     return _rebuild(handler, unary, streaming)
 
 
-class AioInstanceHeaderInterceptor(grpc.aio.ServerInterceptor):
+class AioInstanceHeaderInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # untyped
     """The :class:`InstanceHeaderInterceptor` for ``grpc.aio`` servers."""
 
     def __init__(self, name: str | None = None) -> None:

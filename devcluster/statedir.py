@@ -1,7 +1,36 @@
-"""The state dir's own files: the supervisor's lock and the control socket's path.
+# ruff: noqa: E501 - the docstring's table is markdown, one row per line, for the README
+"""The state dir: every file devcluster keeps in it, its format and its version, and the
+supervisor's lock.
 
-Kept apart from the supervisor so that commands which only look (``ps``, ``down``,
-``up -d`` in its parent) do not import grpc and asyncio to find them.
+The state dir is ``--state-dir`` > ``$DEVCLUSTER_HOME`` > ``.devcluster`` beside the
+Procfile (:func:`state_dir`); it is created 0700 and refused when other users could
+replace its files (:func:`prepare`). It holds:
+
+| Path | Written by | Format (version) | What it is |
+|---|---|---|---|
+| `registry.json` | every registry writer (supervisor, `weight`, `enable`, tests) | JSON `{"version", "revision", "instances"}` (`version` 1; other versions are refused) | the file registry: one record per instance; `revision` grows on every write |
+| `registry.lock` | registry writers | empty; `flock`ed, never replaced | serialises registry writers |
+| `.registry.json.tmp` | the registry writer holding the lock | as `registry.json` | written, fsynced, then `os.replace`d onto `registry.json` |
+| `registry.json.corrupt-YYYYmmdd-HHMMSS[-N]` | a fresh `up` (or `recover()`) finding `registry.json` unreadable | whatever it was | the unreadable registry, moved aside, never deleted |
+| `supervisor.lock` | the supervisor (taken by `up -d` and inherited) | its pid as text; `flock`ed | held while a supervisor runs: `running_pid()` |
+| `control.sock` | the supervisor | gRPC `devcluster.Control` over a unix socket (0600) | symlink to `control-PID.sock` (or the socket itself) |
+| `control-PID.sock` | the supervisor of pid PID | as `control.sock` | the socket actually bound (a path of this run, so a stale one is never reused) |
+| `events.jsonl` | the supervisor | JSON lines, one event each (`version` 1; lines without it are from before versions and read the same) | the timeline of the current (or last) run |
+| `events.1.jsonl` | the supervisor, at start | as `events.jsonl` | the timeline of the run before (rotated) |
+| `clients/<pid>-<n>.json` | each balancing client, at most once a second | JSON `{"version", "pid", "id", "label", "started_at", "updated_at", "interval", "instances"}` (`version` 1; files without it are read the same) | calls/s, failures, p50 and ejections per instance, for `top` and the console; a dead client's file is pruned |
+| `clients/.<pid>-<n>.json.tmp` | the client | as above | the temp file of an atomic write |
+| `logs/<name>.log` | the supervisor | text lines | one instance's stdout/stderr (`devcluster.instance.log` for an instance named `devcluster`) |
+| `logs/devcluster.log` | the supervisor | text lines, each prefixed by its instance's name | every instance's output, merged, and the supervisor's own lines |
+| `logs/supervisor.out` | a background supervisor (`up -d`, the API) | text | its own stdout/stderr (a traceback if it crashed) |
+| `console.url` | a supervisor with `--console` | one line: the URL with its token (0600) | where the web console is |
+
+Every name is a constant here (:data:`REGISTRY_FILE`...), every path a property of
+:func:`layout` (``layout(state_dir).registry``...): nothing else spells a file name.
+The names are defined in :mod:`devcluster.defaults`, the leaf the registry may import,
+and re-exported here, where they are documented; import them from here.
+
+>>> layout(state_dir(Path("/srv/app/Procfile"), None, environ={})).socket
+PosixPath('/srv/app/.devcluster/control.sock')
 """
 
 from __future__ import annotations
@@ -14,11 +43,68 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from devcluster.defaults import layout
+from devcluster.defaults import (
+    CLIENT_STATS_FORMAT_VERSION,
+    CLIENTS_DIR,
+    CONSOLE_URL_FILE,
+    DAEMON_OUT_FILE,
+    EVENTS_FILE,
+    EVENTS_FORMAT_VERSION,
+    EVENTS_PREVIOUS_FILE,
+    LOG_DIR,
+    REGISTRY_CORRUPT_PREFIX,
+    REGISTRY_FILE,
+    REGISTRY_FORMAT_VERSION,
+    REGISTRY_LOCK_FILE,
+    REGISTRY_TMP_FILE,
+    SOCKET_FILE,
+    STATE_DIR_NAME,
+    SUPERVISOR_LOCK_FILE,
+    SYSTEM_LOG,
+    Layout,
+    instance_of_log,
+    layout,
+    log_file_name,
+    state_dir,
+    temp_beside,
+)
 from devcluster.errors import ClusterRunningError, DevclusterError
+
+__all__ = [
+    "CLIENTS_DIR",
+    "CLIENT_STATS_FORMAT_VERSION",
+    "CONSOLE_URL_FILE",
+    "DAEMON_OUT_FILE",
+    "EVENTS_FILE",
+    "EVENTS_FORMAT_VERSION",
+    "EVENTS_PREVIOUS_FILE",
+    "LOG_DIR",
+    "REGISTRY_CORRUPT_PREFIX",
+    "REGISTRY_FILE",
+    "REGISTRY_FORMAT_VERSION",
+    "REGISTRY_LOCK_FILE",
+    "REGISTRY_TMP_FILE",
+    "SOCKET_FILE",
+    "STATE_DIR_NAME",
+    "SUPERVISOR_LOCK_FILE",
+    "SYSTEM_LOG",
+    "Claim",
+    "Layout",
+    "hold_lock",
+    "instance_of_log",
+    "layout",
+    "log_file_name",
+    "prepare",
+    "running_pid",
+    "socket_path",
+    "state_dir",
+    "take_lock",
+    "temp_beside",
+]
 
 
 def socket_path(state_dir: Path) -> Path:
+    """The control socket's path in ``state_dir``."""
     return layout(state_dir).socket
 
 

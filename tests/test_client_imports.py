@@ -56,3 +56,13 @@ def test_both_channels_take_the_same_keyword_arguments() -> None:
     for name in ("policy", "retry_on", "eject_after", "on_call", "hedge_after", "options",
                  "order", "default_wait"):
         assert sync.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_channel_options_name_every_keyword_argument_of_the_channels() -> None:
+    """``Cluster.channel(**options)`` is typed by ChannelOptions: it must list exactly the
+    channels' keyword-only arguments, or a type checker refuses a valid one."""
+    from devcluster.client.options import ChannelOptions
+
+    keyword_only = {n for n, p in inspect.signature(BalancedChannel).parameters.items()
+                    if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(ChannelOptions.__annotations__) == keyword_only

@@ -23,6 +23,7 @@ from devcluster.client.stats import (
     read_traffic,
     stats_on_call,
 )
+from devcluster.statedir import CLIENT_STATS_FORMAT_VERSION
 
 
 class Clock:
@@ -52,6 +53,7 @@ def test_counts_rates_p50_and_file_removed_on_close(tmp_path: Path) -> None:
     clock.now += 2.0
     stats.flush()
     doc = json.loads(stats.path.read_text())
+    assert doc["version"] == CLIENT_STATS_FORMAT_VERSION
     assert doc["pid"] == os.getpid()
     assert doc["instances"]["server1"] == {"ok": 5, "failed": 0, "ok_per_s": 2.5,
                                            "failed_per_s": 0.0, "p50_ms": 3.0, "ejected": False}
@@ -107,6 +109,7 @@ def test_dead_and_stale_clients_are_ignored(tmp_path: Path) -> None:
     now = 5000.0
 
     def write(name: str, pid: int, updated_at: float) -> Path:
+        # No "version": files from before versions are read the same.
         path = directory / name
         path.write_text(json.dumps({"pid": pid, "updated_at": updated_at, "instances": {
             "server1": {"ok": 10, "failed": 0, "ok_per_s": 7.0, "failed_per_s": 0.0,

@@ -7,6 +7,7 @@ import os
 import threading
 from pathlib import Path
 
+from devcluster.defaults import EVENTS_FORMAT_VERSION
 from devcluster.events import (
     EVENTS_FILE,
     Event,
@@ -30,10 +31,14 @@ def _rec(name: str, **kw: object) -> Record:
 def test_event_round_trips_through_json_with_every_key() -> None:
     e = Event(1.25, EventKind.EXITED, "server2", signal="SIGKILL", who="pid 7")
     d = json.loads(e.to_json())
-    assert set(d) == {"time", "kind", "instance", "old", "new", "code", "signal", "who",
-                      "source", "detail"}
+    assert set(d) == {"version", "time", "kind", "instance", "old", "new", "code", "signal",
+                      "who", "source", "detail"}
+    assert d["version"] == EVENTS_FORMAT_VERSION
+    assert set(e.to_dict()) == set(d) - {"version"}  # the file's field, not the event's
     assert Event.from_json(e.to_json()) == e
     assert Event.from_dict({**d, "future_field": 1}) == e  # a newer writer's extra keys
+    del d["version"]
+    assert Event.from_dict(d) == e  # a line from before versions reads the same
 
 
 def test_describe_says_what_happened() -> None:

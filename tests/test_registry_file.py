@@ -209,6 +209,28 @@ def test_reset_preserves_corrupt_file(reg: FileRegistry) -> None:
     assert [p.read_bytes() for p in kept] == [GARBAGE]
 
 
+def test_revision_continues_past_a_corrupt_file(reg: FileRegistry) -> None:
+    """A watcher remembers revisions: a fresh file after a corrupt one must not start
+    again at 1 (issue 26), whether reset() moves it aside or recover() did before."""
+    reg.reset([rec("server1")])
+    for weight in range(2, 7):
+        reg.update("server1", weight=weight)
+    last = reg.snapshot().revision
+    assert last == 6
+    text = reg.path.read_bytes()
+    reg.path.write_bytes(text[: len(text) // 2])  # cut short: unreadable, revision still there
+    os.utime(reg.path, (1, 1))  # so only the readable revision can lift the floor
+    assert reg.reset([rec("server1")]).revision == last + 1
+
+    reg.path.write_bytes(b"nonsense")  # no readable revision: its mtime is the floor
+    before = time.time()
+    assert reg.recover() is not None
+    revision = reg.reset([rec("server1")]).revision
+    assert revision > max(last + 1, int(before) - 1)
+    reg.update("server1", weight=3)
+    assert reg.snapshot().revision == revision + 1
+
+
 # -- concurrency -------------------------------------------------------------------
 
 WORKERS, INCREMENTS = 8, 250

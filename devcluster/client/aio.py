@@ -36,7 +36,7 @@ from devcluster.client.driver import (
 from devcluster.registry.record import Snapshot
 
 
-class AioBalancedChannel(ChannelDriver, grpc.aio.Channel):
+class AioBalancedChannel(ChannelDriver, grpc.aio.Channel):  # type: ignore[misc]  # grpc ships no types
     """A ``grpc.aio.Channel`` over every usable instance of ``service`` in ``registry``.
 
     Arguments: see :class:`~devcluster.client.driver.ChannelDriver` (the same for

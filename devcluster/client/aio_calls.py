@@ -32,7 +32,7 @@ class AioDriver(Driver, Protocol):
     def background(self, coro: Any) -> None: ...
 
 
-class AioUnaryUnary(Multi, grpc.aio.UnaryUnaryMultiCallable):
+class AioUnaryUnary(Multi, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]  # grpc ships no types
     """``channel.unary_unary(method)`` of an AioBalancedChannel."""
 
     __slots__ = ()
@@ -46,7 +46,7 @@ class AioUnaryUnary(Multi, grpc.aio.UnaryUnaryMultiCallable):
                                self._channel.attempts(timeout))
 
 
-class AioBalancedCall(grpc.aio.UnaryUnaryCall):
+class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc ships no types
     """One balanced unary call: awaitable, and a ``grpc.aio.UnaryUnaryCall``.
 
     ``instance`` and ``address`` tell where the current (finally: the winning or
@@ -145,7 +145,7 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):
                     inst = send.inst
                 else:
                     won = await self._hedged(send)
-                    if type(won) is Lost:
+                    if isinstance(won, Lost):
                         action, error = won
                         continue
                     response, call, inst = won
@@ -260,7 +260,8 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):
         await self._settle()
         if isinstance(self._error, BalancedRpcError) or self._call is None:
             return self._error.details() if isinstance(self._error, grpc.RpcError) else ""
-        return await self._call.details()
+        details: str = await self._call.details()
+        return details
 
     async def wait_for_connection(self) -> None:
         await self._settle()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -111,7 +111,20 @@ def served_by(call: Any) -> str | None:
     return name if name is not None else getattr(call, "address", None)
 
 
-class BalancedCall(grpc.Call):
+class GrpcCall(Protocol):
+    """The ``grpc.Call`` methods devcluster uses, typed (grpc ships no types)."""
+
+    def initial_metadata(self) -> Any: ...
+    def trailing_metadata(self) -> Any: ...
+    def code(self) -> grpc.StatusCode: ...
+    def details(self) -> str: ...
+    def is_active(self) -> bool: ...
+    def time_remaining(self) -> float | None: ...
+    def cancel(self) -> bool: ...
+    def add_callback(self, callback: Callable[[], None]) -> bool: ...
+
+
+class BalancedCall(grpc.Call):  # type: ignore[misc]  # grpc ships no types
     """The ``grpc.Call`` of a finished balanced call, plus where it went.
 
     ``instance`` is the registry name of the instance called and ``address`` its
@@ -121,7 +134,7 @@ class BalancedCall(grpc.Call):
     __slots__ = ("_call", "address", "instance")
 
     def __init__(self, call: grpc.Call, instance: str, address: str) -> None:
-        self._call = call
+        self._call: GrpcCall = call
         self.instance = instance
         self.address = address
 

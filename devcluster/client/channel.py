@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BalancedChannel", "OrderKey"]
 
 
-class BalancedChannel(ChannelDriver, grpc.Channel):
+class BalancedChannel(ChannelDriver, grpc.Channel):  # type: ignore[misc]  # grpc ships no types
     """A channel over every usable instance of ``service`` in ``registry``.
 
     Arguments: see :class:`~devcluster.client.driver.ChannelDriver` (the same for
@@ -122,7 +122,7 @@ class BalancedChannel(ChannelDriver, grpc.Channel):
             if self.balancer.generation == action.generation:
                 self._cond.wait(action.seconds)
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run ``fn`` on the channel's small thread pool (for ``future()`` calls)."""
         if self._executor is None:
             with self._cond:

@@ -27,7 +27,7 @@ from devcluster.client.calls import CallInfo, header_instance
 UNNAMED = "?"
 
 
-class GrpcTargetChannel(grpc.Channel):
+class GrpcTargetChannel(grpc.Channel):  # type: ignore[misc]  # grpc ships no types
     """``grpc.insecure_channel(target)`` with grpc's ``policy``; ``on_call`` per unary call.
 
     Streaming calls and ``future()`` go straight through, unreported.
@@ -117,7 +117,7 @@ class GrpcTargetChannel(grpc.Channel):
         ))
 
 
-class _ReportingUnary(grpc.UnaryUnaryMultiCallable):
+class _ReportingUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # grpc ships no types
     __slots__ = ("_channel", "_sub")
 
     def __init__(self, channel: GrpcTargetChannel, sub: grpc.UnaryUnaryMultiCallable) -> None:

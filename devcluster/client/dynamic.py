@@ -109,7 +109,9 @@ class DynamicMethod:
 
     def reply_dict(self, reply: Message) -> dict[str, Any]:
         """The reply as the proto3 JSON mapping (grpcurl's output)."""
-        return json_format.MessageToDict(reply, descriptor_pool=self.descriptor.containing_service.file.pool)
+        data: dict[str, Any] = json_format.MessageToDict(
+            reply, descriptor_pool=self.descriptor.containing_service.file.pool)
+        return data
 
     def reply_json(self, reply: Message) -> str:
         """The reply as one line of JSON."""
@@ -149,11 +151,11 @@ def method_from_pool(pool: descriptor_pool.DescriptorPool, ref: MethodRef,
 class _Details(
         collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
                                             "wait_for_ready", "compression")),
-        grpc.ClientCallDetails):
+        grpc.ClientCallDetails):  # type: ignore[misc]  # grpc ships no types
     """The call details grpc's interceptors pass on (grpc's documented pattern)."""
 
 
-class _Deadline(grpc.StreamStreamClientInterceptor):
+class _Deadline(grpc.StreamStreamClientInterceptor):  # type: ignore[misc]  # grpc ships no types
     """Gives every stream-stream call a deadline (the reflection client sets none)."""
 
     def __init__(self, timeout: float) -> None:

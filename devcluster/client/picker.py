@@ -198,7 +198,9 @@ class RoundRobin(Picker):
         """See :meth:`Picker.pick`."""
         key = self._key
         first = after = None
-        first_k = after_k = None
+        # Sort keys: whatever ``key`` returns (names themselves without one).
+        first_k: Any = None
+        after_k: Any = None
         last = self._last
         for name, weight in candidates:
             if weight <= 0:

@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from devcluster import statedir
+from devcluster.statedir import CLIENT_STATS_FORMAT_VERSION, layout, temp_beside
+
 #: Environment switch: ``0``/``false``/``no``/``off`` turns publishing off.
 ENV_SWITCH = "DEVCLUSTER_CLIENT_STATS"
 #: Seconds between two writes of one client's file (the issue's "at most once a second").
@@ -45,7 +48,8 @@ HEARTBEAT = 20.0
 SAMPLES = 256
 #: Deadlines in a row after which the channel ejects an instance (its ``eject_after``).
 EJECT_AFTER = 2
-CLIENTS_DIR = "clients"
+#: The state dir's clients/ (named in devcluster.statedir; kept here for importers).
+CLIENTS_DIR = statedir.CLIENTS_DIR
 
 _ids = itertools.count(1)
 _FAILOVER_CODES = frozenset({"UNAVAILABLE"})
@@ -107,7 +111,7 @@ class StatsPublisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.id = f"{os.getpid()}-{next(_ids)}"
-        self.path = Path(state_dir) / CLIENTS_DIR / f"{self.id}.json"
+        self.path = layout(Path(state_dir)).client_stats(self.id)
         self._started_at = clock()
         self._last_tick = self._started_at
         self._last_write = 0.0
@@ -221,7 +225,8 @@ class StatsPublisher:
                     "p50_ms": None if c.p50_ms is None else round(c.p50_ms, 3),
                     "ejected": c.ejected,
                 }
-        return {"pid": os.getpid(), "id": self.id, "label": self.label,
+        return {"version": CLIENT_STATS_FORMAT_VERSION, "pid": os.getpid(), "id": self.id,
+                "label": self.label,
                 "started_at": self._started_at, "updated_at": now,
                 "interval": self.interval, "instances": instances}
 
@@ -280,7 +285,7 @@ def _median(values: Iterable[float]) -> float:
 
 def _write_atomic(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_beside(path)
     tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
     os.replace(tmp, path)  # readers see the old file or the new one, never half of one
 
@@ -321,7 +326,7 @@ def pid_alive(pid: int) -> bool:
 def live_client_docs(state_dir: str | os.PathLike[str], now: float | None = None,
                      prune: bool = True) -> list[dict[str, Any]]:
     """The documents of live clients; with ``prune``, dead clients' files are removed."""
-    directory = Path(state_dir) / CLIENTS_DIR
+    directory = layout(Path(state_dir)).clients
     now = time.time() if now is None else now
     docs = []
     try:

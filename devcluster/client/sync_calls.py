@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from concurrent.futures import Future
+from typing import Any, Protocol, cast
 
 import grpc
 
 from devcluster.client.attempts import PENDING, Action, Attempts, GiveUp, Send, Wait
 from devcluster.client.balancer import Instance
-from devcluster.client.calls import BalancedCall
+from devcluster.client.calls import BalancedCall, GrpcCall
 from devcluster.client.multi import Driver, Lost, Multi
 
 
@@ -25,10 +26,10 @@ class SyncDriver(Driver, Protocol):
     """What the multicallables need of their channel (BalancedChannel)."""
 
     def wait(self, action: Wait) -> None: ...
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]: ...
 
 
-class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):
+class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # grpc ships no types
     """``channel.unary_unary(method)`` of a balanced channel: failover and hedging."""
 
     __slots__ = ()
@@ -45,7 +46,9 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):
                   wait_for_ready: bool | None = None,
                   compression: grpc.Compression | None = None) -> tuple[Any, BalancedCall]:
         """Like ``__call__``; also return the call (``served_by(call)`` names the instance)."""
-        return self._invoke(request, timeout, metadata, credentials, compression, True)
+        answer: tuple[Any, BalancedCall] = self._invoke(request, timeout, metadata, credentials,
+                                                        compression, True)
+        return answer
 
     def future(self, request: Any, timeout: float | None = None, metadata: Any = None,
                credentials: grpc.CallCredentials | None = None,
@@ -75,7 +78,7 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):
                 if action.hedge_in is not None:
                     won = self._hedged(attempts, action, request, metadata, credentials,
                                        compression)
-                    if type(won) is Lost:
+                    if isinstance(won, Lost):
                         action, error = won
                         continue
                     response, call, inst = won
@@ -198,21 +201,21 @@ class _Streaming(Multi):
         self._report(attempts, code, call.details() or "", metadata)
 
 
-class UnaryStream(_Streaming, grpc.UnaryStreamMultiCallable):
+class UnaryStream(_Streaming, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]  # grpc ships no types
     """``channel.unary_stream(method)`` of a balanced channel."""
 
     __slots__ = ()
     __call__ = _Streaming._response_stream
 
 
-class StreamStream(_Streaming, grpc.StreamStreamMultiCallable):
+class StreamStream(_Streaming, grpc.StreamStreamMultiCallable):  # type: ignore[misc]  # grpc ships no types
     """``channel.stream_stream(method)`` of a balanced channel."""
 
     __slots__ = ()
     __call__ = _Streaming._response_stream
 
 
-class StreamUnary(_Streaming, grpc.StreamUnaryMultiCallable):
+class StreamUnary(_Streaming, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]  # grpc ships no types
     """``channel.stream_unary(method)`` of a balanced channel."""
 
     __slots__ = ()
@@ -250,7 +253,7 @@ class StreamUnary(_Streaming, grpc.StreamUnaryMultiCallable):
             request_iterator, send.timeout, metadata, credentials, False, compression))
 
 
-class CallFuture(grpc.Future, grpc.Call):
+class CallFuture(grpc.Future, grpc.Call):  # type: ignore[misc]  # grpc ships no types
     """A balanced call running on a worker thread: a ``grpc.Future`` and ``grpc.Call``.
 
     >>> fut = stub.SayHello.future(request, timeout=1)   # doctest: +SKIP
@@ -258,13 +261,14 @@ class CallFuture(grpc.Future, grpc.Call):
     'Hello world from server2'
     """
 
-    def __init__(self, future: Any) -> None:
+    def __init__(self, future: Future[Any]) -> None:
         self._future = future
 
-    def _call(self) -> Any:
-        # The grpc.Call of the finished call: the BalancedCall, or the error.
+    def _call(self) -> GrpcCall:
+        # The grpc.Call of the finished call: the BalancedCall, or the error (a call's
+        # grpc.RpcError is a grpc.Call too).
         exc = self._future.exception()
-        return exc if exc is not None else self._future.result()[1]
+        return cast(GrpcCall, exc) if exc is not None else self._future.result()[1]
 
     def cancel(self) -> bool:
         return self._future.cancel()

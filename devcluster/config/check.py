@@ -1,7 +1,7 @@
 """The value checks of ``devcluster.toml`` and the dependency graph. Pure.
 
 Each check takes the table, the key's path and a context that turns a problem into
-a :class:`~devcluster.config.project.ProjectError` naming the file and line; it returns
+a :class:`~devcluster.config.tomlerrors.ProjectError` naming the file and line; it returns
 the value, or None when the key is absent.
 """
 
@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from devcluster.config.tomlerrors import Context, kind
 from devcluster.errors import UsageError
 
 if TYPE_CHECKING:
-    from devcluster.config.project import _Ctx
     from devcluster.config.tomllines import KeyPath
 
 TYPE_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -26,41 +26,35 @@ META_KEY = re.compile(r"[A-Za-z0-9_.:/-]+")
 RESERVED_ENV = ("PORT", "PS", "DEVCLUSTER_INSTANCE")
 
 
-def _kind(value: Any) -> str:
-    from devcluster.config.project import _kind as kind
-
-    return kind(value)
-
-
-def string(ctx: _Ctx, table: Mapping[str, Any], path: KeyPath) -> str | None:
+def string(ctx: Context, table: Mapping[str, Any], path: KeyPath) -> str | None:
     value = table.get(path[-1])
     if value is None or isinstance(value, str):
         return value
-    raise ctx.error(path, f"must be a string, not {_kind(value)}; quote it: "
+    raise ctx.error(path, f"must be a string, not {kind(value)}; quote it: "
                     f"{path[-1]} = \"{value}\"")
 
 
-def integer(ctx: _Ctx, table: Mapping[str, Any], path: KeyPath, low: int,
+def integer(ctx: Context, table: Mapping[str, Any], path: KeyPath, low: int,
             high: int) -> int | None:
     value = table.get(path[-1])
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ctx.error(path, f"must be a whole number, not {_kind(value)}; "
+        raise ctx.error(path, f"must be a whole number, not {kind(value)}; "
                         f"e.g. {path[-1]} = {max(low, 1)}")
     if not low <= value <= high:
         raise ctx.error(path, f"= {value} is out of range; use {low} to {high}")
     return value
 
 
-def number(ctx: _Ctx, table: Mapping[str, Any], path: KeyPath, minimum: float,
+def number(ctx: Context, table: Mapping[str, Any], path: KeyPath, minimum: float,
            strict: bool = False) -> float | None:
     """A number of seconds >= ``minimum`` (> with ``strict``)."""
     value = table.get(path[-1])
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ctx.error(path, f"must be a number of seconds, not {_kind(value)}; "
+        raise ctx.error(path, f"must be a number of seconds, not {kind(value)}; "
                         f"e.g. {path[-1]} = 5")
     if value < minimum or (strict and value == minimum) or value != value:
         bound = ">" if strict else ">="
@@ -68,24 +62,24 @@ def number(ctx: _Ctx, table: Mapping[str, Any], path: KeyPath, minimum: float,
     return float(value)
 
 
-def _string_table(ctx: _Ctx, table: Mapping[str, Any], path: KeyPath,
+def _string_table(ctx: Context, table: Mapping[str, Any], path: KeyPath,
                   key_ok: re.Pattern[str], key_hint: str) -> Mapping[str, str]:
     value = table.get(path[-1])
     if value is None:
         return MappingProxyType({})
     if not isinstance(value, dict):
-        raise ctx.error(path, f"must be a table of strings, not {_kind(value)}; "
+        raise ctx.error(path, f"must be a table of strings, not {kind(value)}; "
                         f"e.g. {path[-1]} = {{ KEY = \"value\" }}")
     for key, item in value.items():
         if not key_ok.fullmatch(key):
             raise ctx.error((*path, key), f"is not a valid key; {key_hint}")
         if not isinstance(item, str):
-            raise ctx.error((*path, key), f"must be a string, not {_kind(item)}; quote it: "
+            raise ctx.error((*path, key), f"must be a string, not {kind(item)}; quote it: "
                             f"{key} = \"{str(item).lower() if isinstance(item, bool) else item}\"")
     return MappingProxyType(dict(value))
 
 
-def env(ctx: _Ctx, table: Mapping[str, Any], path: KeyPath) -> Mapping[str, str]:
+def env(ctx: Context, table: Mapping[str, Any], path: KeyPath) -> Mapping[str, str]:
     values = _string_table(ctx, table, path, ENV_NAME,
                            "use letters, digits and '_', not starting with a digit")
     for key in RESERVED_ENV:
@@ -95,12 +89,12 @@ def env(ctx: _Ctx, table: Mapping[str, Any], path: KeyPath) -> Mapping[str, str]
     return values
 
 
-def metadata(ctx: _Ctx, table: Mapping[str, Any], path: KeyPath) -> Mapping[str, str]:
+def metadata(ctx: Context, table: Mapping[str, Any], path: KeyPath) -> Mapping[str, str]:
     return _string_table(ctx, table, path, META_KEY,
                          "use letters, digits and '_.:/-' (no '=' or spaces)")
 
 
-def names(ctx: _Ctx, table: Mapping[str, Any], path: KeyPath,
+def names(ctx: Context, table: Mapping[str, Any], path: KeyPath,
           pattern: re.Pattern[str] | None, what: str) -> tuple[str, ...]:
     """An array of strings (each matching ``pattern`` if given)."""
     value = table.get(path[-1])

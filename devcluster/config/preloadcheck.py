@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from devcluster.config.check import MODULE_NAME
-from devcluster.config.procfile import _SHELL_SYNTAX, ProcessType
+from devcluster.config.procfile import SHELL_SYNTAX, ProcessType
 
 if TYPE_CHECKING:
     from devcluster.config.project import Project
@@ -46,7 +46,7 @@ def python_command(argv: Sequence[str]) -> tuple[str, str] | None:
 
 def command_problem(command: str) -> str | None:
     """Why ``command`` (a Procfile line's text) cannot be preloaded, else None."""
-    if _SHELL_SYNTAX.search(command) or "'" in command or '"' in command:
+    if SHELL_SYNTAX.search(command) or "'" in command or '"' in command:
         return "it needs a shell"
     try:
         words = shlex.split(command)
@@ -63,7 +63,7 @@ def check_preload(project: Project | None, types: Sequence[ProcessType],
     Procfile command the fork server cannot run."""
     if project is None:
         return
-    from devcluster.config.project import ProjectError
+    from devcluster.config.tomlerrors import ProjectError
 
     for ptype in types:
         settings = project.processes.get(ptype.name)

@@ -32,8 +32,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[0-9]+)?$")
 # Anything the shell would treat specially: pipes, lists, redirections, globs, tilde,
 # command substitution, escapes, comments, leading assignments. `${NAME}` is not: we
-# expand it ourselves.
-_SHELL_SYNTAX = re.compile(r"[|&;<>()`*?\[\]~!\\\n]|\$\(|(?:^|\s)#|^\s*\w+=|\{(?!\w+\})")
+# expand it ourselves. Public: the preload check refuses such commands too.
+SHELL_SYNTAX = re.compile(r"[|&;<>()`*?\[\]~!\\\n]|\$\(|(?:^|\s)#|^\s*\w+=|\{(?!\w+\})")
 _VAR = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
@@ -154,7 +154,7 @@ def parse_env(text: str, source: str) -> dict[str, str]:
     text = "\n".join(
         ln.strip()[len("export "):] if ln.strip().startswith("export ") else ln
         for ln in text.splitlines())
-    values = honcho_environ.parse(text)
+    values: dict[str, str] = honcho_environ.parse(text)
     for key in empty:  # honcho drops `KEY=`; an empty value is a value
         values.setdefault(key, "")
     return values
@@ -241,7 +241,7 @@ def command_argv(command: str, env: Mapping[str, str]) -> list[str]:
     shell's fork and start-up per instance; anything using shell syntax
     (pipes, ``&&``, globs, redirections, assignments) goes to ``/bin/sh -c``.
     """
-    if not _SHELL_SYNTAX.search(command):
+    if not SHELL_SYNTAX.search(command):
         try:
             words = shlex.split(command)
         except ValueError:

@@ -16,7 +16,8 @@ env and metadata, and what it must start after::
     depends_on = ["echo"]
     ready = { http = "/" }
 
-Every mistake is a :class:`ProjectError` (a UsageError: exit 2) of one line that
+Every mistake is a :class:`ProjectError` (a UsageError: exit 2, defined in
+:mod:`~devcluster.config.tomlerrors`, public here) of one line that
 names the file, the line and the key, and the fix. Flags override the file
 (:func:`resolve`); with no file, :func:`resolve` gives exactly today's defaults.
 
@@ -39,10 +40,12 @@ from typing import Any
 
 from devcluster import defaults
 from devcluster.config import check as check
+from devcluster.config import tomlerrors
 from devcluster.config.policy import Policy
 from devcluster.config.procfile import read_text
+from devcluster.config.tomlerrors import Context, did_you_mean
+from devcluster.config.tomlerrors import ProjectError as ProjectError  # public here too
 from devcluster.config.tomllines import KeyPath, key_lines, line_of
-from devcluster.errors import UsageError
 
 #: The file looked for beside the Procfile.
 PROJECT_FILE = "devcluster.toml"
@@ -54,10 +57,6 @@ READY_KINDS = ("grpc", "http", "tcp", "exec", "log")
 
 def _empty() -> Mapping[str, str]:
     return MappingProxyType({})
-
-
-class ProjectError(UsageError):
-    """``devcluster.toml`` is malformed: a wrong key, type or value (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -114,46 +113,6 @@ class Project:
         return line_of(self.lines, path)
 
 
-class _Ctx:
-    """What an error needs to name the file and line: the source and the key lines."""
-
-    def __init__(self, source: str, lines: Mapping[KeyPath, int]) -> None:
-        self.source = source
-        self.lines = lines
-
-    def error(self, path: KeyPath, message: str) -> ProjectError:
-        return ProjectError(f"{self.source}:{line_of(self.lines, path)}: {_name(path)} {message}")
-
-    def table(self, value: Any, path: KeyPath) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise self.error(path, f"must be a table, not {_kind(value)}; write [{_name(path)}]")
-        return value
-
-    def known(self, table: Mapping[str, Any], path: KeyPath, allowed: Iterable[str]) -> None:
-        for key in table:
-            if key not in allowed:
-                raise self.error((*path, key), "is not a known key; " + did_you_mean(key, allowed))
-
-
-def _name(path: KeyPath) -> str:
-    return ".".join(p if re.fullmatch(r"[A-Za-z0-9_-]+", p) else f'"{p}"' for p in path)
-
-
-def _kind(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a decimal number", str: "a string",
-             list: "an array", dict: "a table"}
-    return names.get(type(value), type(value).__name__)
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """``did you mean 'scale'?`` for a near miss, else the list of known words."""
-    choices = sorted(choices)
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    return f"known keys: {', '.join(choices)}"
-
-
 # -- parsing ---------------------------------------------------------------------------
 
 def parse_project(text: str, source: str) -> Project:
@@ -166,7 +125,7 @@ def parse_project(text: str, source: str) -> Project:
         line = where.group(1) if where else str(max(1, text.count("\n")))
         raise ProjectError(f"{source}:{line}: not valid TOML ({reason}); fix the syntax "
                            "(strings need quotes, tables are [name])") from None
-    ctx = _Ctx(source, key_lines(text))
+    ctx = Context(source, key_lines(text))
     ctx.known(data, (), ("cluster", "process"))
     cluster = _cluster(ctx, ctx.table(data.get("cluster", {}), ("cluster",)))
     processes = {}
@@ -193,7 +152,7 @@ def find_project(procfile: str | Path, config: str | Path | None = None) -> Proj
     return load_project(beside) if beside.is_file() else None
 
 
-def _cluster(ctx: _Ctx, table: Mapping[str, Any]) -> ClusterSettings:
+def _cluster(ctx: Context, table: Mapping[str, Any]) -> ClusterSettings:
     ctx.known(table, ("cluster",), ("port", "grace", "registry"))
     registry = check.string(ctx, table, ("cluster", "registry"))
     if registry is not None and registry != "file" and not registry.startswith("etcd://"):
@@ -209,7 +168,7 @@ _PROCESS_KEYS = ("scale", "restart", "ready", "ready_timeout", "grace", "weight"
                  "metadata", "depends_on", "watch", "preload")
 
 
-def _process(ctx: _Ctx, name: str, value: Any) -> ProcessSettings:
+def _process(ctx: Context, name: str, value: Any) -> ProcessSettings:
     here = ("process", name)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ctx.error(here, "is not a process type name; use the Procfile's name "
@@ -239,7 +198,7 @@ def _process(ctx: _Ctx, name: str, value: Any) -> ProcessSettings:
                             "a Python module name"))
 
 
-def _ready(ctx: _Ctx, table: Mapping[str, Any], path: KeyPath) -> Ready | None:
+def _ready(ctx: Context, table: Mapping[str, Any], path: KeyPath) -> Ready | None:
     if "ready" not in table:
         return None
     value = table["ready"]
@@ -255,7 +214,7 @@ def _ready(ctx: _Ctx, table: Mapping[str, Any], path: KeyPath) -> Ready | None:
             raise ctx.error((*path, kind), "must be true: ready = { tcp = true }")
         return Ready("tcp", "")
     if not isinstance(arg, str):
-        raise ctx.error((*path, kind), f"must be a string, not {_kind(arg)}; e.g. {example}")
+        raise ctx.error((*path, kind), f"must be a string, not {tomlerrors.kind(arg)}; e.g. {example}")
     problem = check.probe_arg(kind, arg)
     if problem:
         raise ctx.error((*path, kind), problem)

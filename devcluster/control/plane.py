@@ -14,7 +14,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -24,10 +24,12 @@ from devcluster._proto import control_pb2 as pb
 from devcluster._proto import control_pb2_grpc as pb_grpc
 from devcluster.errors import DevclusterError, NoClusterError, UnknownInstanceError, UsageError
 from devcluster.schema import InstanceInfo, uptime
+from devcluster.statedir import layout
 
 # sockaddr_un holds 108 bytes; pytest's tmp dirs easily pass that.
 _MAX_SOCKET_PATH = 100
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def bind_path(path: Path) -> Path:
@@ -37,7 +39,7 @@ def bind_path(path: Path) -> Path:
     grpc unlinks its socket's path when the server stops, whoever's file is there by
     then: a name of our own means an old supervisor never deletes a newer run's socket.
     """
-    own = path.with_name(f"{path.stem}-{os.getpid()}{path.suffix}")
+    own = layout(path.parent).bound_socket(os.getpid())
     if len(str(own)) <= _MAX_SOCKET_PATH:
         return own
     base = tempfile.gettempdir()
@@ -253,7 +255,10 @@ class ControlServer:
 
     def _new_server(self) -> grpc.aio.Server:
         server = grpc.aio.server()
-        pb_grpc.add_ControlServicer_to_server(self._servicer, server)
+        # The generated registration is untyped: called through its known signature.
+        register = cast(Callable[[_Servicer, grpc.aio.Server], None],
+                        pb_grpc.add_ControlServicer_to_server)
+        register(self._servicer, server)
         return server
 
     def _leads_to_ours(self, path: Path) -> bool:
@@ -366,7 +371,8 @@ class ControlClient:
             raise DevclusterError(f"control socket {target} belongs to uid {owner}, not you "
                                   f"(uid {os.getuid()}); refusing to use it")
         self.channel = grpc.insecure_channel(f"unix:{target}")
-        self.stub = pb_grpc.ControlStub(self.channel)
+        # The generated stub is untyped; _call and _stream check what its methods return.
+        self.stub: object = cast(Callable[[grpc.Channel], object], pb_grpc.ControlStub)(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -377,22 +383,30 @@ class ControlClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+    def _call(self, method: str, request: object, reply: type[R],
+              timeout: float | None = None) -> R:
+        """One unary call of the untyped stub, its reply checked to be a ``reply``."""
         try:
-            return getattr(self.stub, method)(request, timeout=timeout or self.timeout)
+            answer = getattr(self.stub, method)(request, timeout=timeout or self.timeout)
         except grpc.RpcError as e:
             raise _mapped(e, method, self.state_dir) from None
+        if not isinstance(answer, reply):
+            raise DevclusterError(f"control call {method} answered a {type(answer).__name__}, "
+                                  f"not a {reply.__name__}")
+        return answer
 
     def ps(self) -> pb.PsReply:
-        return self._call("Ps", pb.PsRequest())
+        """Every instance (``.instances``) and the cluster's Procfile (``.procfile``)."""
+        return self._call("Ps", pb.PsRequest(), pb.PsReply)
 
     def wait_ready(self, timeout: float) -> pb.PsReply:
-        return self._call("WaitReady", pb.WaitReadyRequest(timeout=timeout), timeout + 5)
+        """:meth:`ps` once every instance settled (or ``timeout`` passed)."""
+        return self._call("WaitReady", pb.WaitReadyRequest(timeout=timeout), pb.PsReply, timeout + 5)
 
     def down(self, grace: float | None = None) -> pb.DownReply:
         wait = (defaults.GRACE if grace is None else grace) * 3 + 30
         request = pb.DownRequest(grace=-1.0 if grace is None else grace, who=_who())
-        return self._call("Down", request, wait)
+        return self._call("Down", request, pb.DownReply, wait)
 
     def act(self, verb: str, names: list[str], all_: bool = False, signal: str = "",
             wait: bool = True, timeout: float = defaults.CONTROL_WAIT,
@@ -401,7 +415,7 @@ class ControlClient:
         asker in the cluster's timeline (default: this process)."""
         request = pb.ActionRequest(names=names, all=all_, signal=signal, wait=wait,
                                    timeout=timeout, who=who or _who())
-        return self._call(verb.capitalize(), request, timeout + 30)
+        return self._call(verb.capitalize(), request, pb.ActionReply, timeout + 30)
 
     def reload(self, names: Sequence[str] = (), all_: bool = False,
                on_progress: Callable[[str, str, str], None] | None = None) -> dict[str, Any]:
@@ -416,18 +430,22 @@ class ControlClient:
         raise DevclusterError("the supervisor ended the reload without a result; see "
                               "`devcluster logs`")
 
-    def _stream(self, method: str, request: Any) -> Iterator[Any]:
+    def _stream(self, method: str, request: object) -> Iterator[pb.ReloadEvent]:
         """A server stream (no deadline: a rolling reload takes as long as it takes),
         its errors mapped as :meth:`_call` maps them."""
         try:
-            yield from getattr(self.stub, method)(request)
+            for event in getattr(self.stub, method)(request):
+                if not isinstance(event, pb.ReloadEvent):
+                    raise DevclusterError(f"control call {method} streamed a "
+                                          f"{type(event).__name__}, not a ReloadEvent")
+                yield event
         except grpc.RpcError as e:
             raise _mapped(e, method, self.state_dir) from None
 
     def scale(self, counts: dict[str, int], wait: bool = True,
               timeout: float = defaults.CONTROL_WAIT, who: str | None = None) -> pb.ActionReply:
         request = pb.ScaleRequest(counts=counts, wait=wait, timeout=timeout, who=who or _who())
-        return self._call("Scale", request, timeout + 30)
+        return self._call("Scale", request, pb.ActionReply, timeout + 30)
 
 
 def _mapped(e: grpc.RpcError, method: str, state_dir: Path) -> DevclusterError:

@@ -14,7 +14,8 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import grpc
 import grpc.aio
@@ -75,7 +76,10 @@ async def serve(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM, then stop gracefully."""
     server = grpc.aio.server(interceptors=[AioInstanceHeaderInterceptor(args.name)],
                              options=handoff.server_options())
-    helloworld_pb2_grpc.add_GreeterServicer_to_server(Greeter(args.name, args.delay), server)
+    # The generated registration is untyped: called through its known signature.
+    register = cast(Callable[[Greeter, grpc.aio.Server], None],
+                    helloworld_pb2_grpc.add_GreeterServicer_to_server)
+    register(Greeter(args.name, args.delay), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

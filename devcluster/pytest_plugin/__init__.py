@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pytest
 
@@ -93,8 +93,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config.stash[_MEMBER] = run
 
 
-def _scope(fixture_name: str, config: pytest.Config) -> str:
-    return str(config.getini("devcluster_scope") or "function")
+_Scope = Literal["session", "package", "module", "class", "function"]
+
+
+def _scope(fixture_name: str, config: pytest.Config) -> _Scope:
+    # pytest itself refuses a value that is not a scope, with its own message.
+    return cast(_Scope, str(config.getini("devcluster_scope") or "function"))
 
 
 def _options(config: pytest.Config, marker: pytest.Mark | None) -> dict[str, Any]:
@@ -144,7 +148,7 @@ def devcluster(request: pytest.FixtureRequest,
     yield factory
 
 
-@pytest.fixture(scope=_scope)  # type: ignore[call-overload]
+@pytest.fixture(scope=_scope)
 def cluster(request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> PluginCluster:
     """A ready cluster from the ini options or the test's ``devcluster`` marker.
@@ -174,7 +178,8 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
 
 
 def _clusters_of(item: pytest.Item) -> list[PluginCluster]:
-    found = list(item.stash.get(_CLUSTERS, []))
+    stashed: list[PluginCluster] = item.stash.get(_CLUSTERS, [])
+    found = list(stashed)
     value = getattr(item, "funcargs", {}).get("cluster")
     # A module/session cluster of this plugin set up before this test (a test's own
     # fixture named `cluster` may be a plain devcluster.Cluster: it records no calls).

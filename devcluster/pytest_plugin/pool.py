@@ -120,7 +120,7 @@ class Pool:
         assert self.run is not None
         state_dir = self.run.state_dir(options_key(opts))
         with self.run.locked():
-            cluster = self.make(opts, state_dir=state_dir, attach=False)
+            cluster = self.make(opts, state_dir=state_dir, owned=False)
             cluster.shared = True
             if not self._shared:
                 session.addfinalizer(self.detach_shared)

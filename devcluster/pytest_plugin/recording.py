@@ -21,11 +21,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Unpack, overload
 
 from devcluster.api import Cluster, NotReadyError
 from devcluster.events import Event, EventKind
 from devcluster.registry import DOWN_STATES
+
+if TYPE_CHECKING:
+    from devcluster.client.aio import AioBalancedChannel
+    from devcluster.client.channel import BalancedChannel
+    from devcluster.client.options import ChannelOptions
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +176,16 @@ class PluginCluster(Cluster):
                 row["ok" if ok else "failed"] += n
         return dict(sorted(out.items()))
 
-    def channel(self, service: str | None = None, *, aio: bool = False, **options: Any) -> Any:
+    @overload
+    def channel(self, service: str | None = None, *, aio: Literal[False] = False,
+                **options: Unpack[ChannelOptions]) -> BalancedChannel: ...
+
+    @overload
+    def channel(self, service: str | None = None, *, aio: Literal[True],
+                **options: Unpack[ChannelOptions]) -> AioBalancedChannel: ...
+
+    def channel(self, service: str | None = None, *, aio: bool = False,
+                **options: Unpack[ChannelOptions]) -> BalancedChannel | AioBalancedChannel:
         """:meth:`Cluster.channel`, whose calls, ejections and failovers go into this
         cluster's timeline; it is closed when the fixture ends. Make an ``aio`` channel
         inside the running event loop of the test.
@@ -180,7 +194,9 @@ class PluginCluster(Cluster):
         eject_after = options.get(
             "eject_after", inspect.signature(kind).parameters["eject_after"].default)
         recorder = CallRecorder(self.timeline, eject_after, options.pop("on_call", None))
-        channel = super().channel(service, aio=aio, on_call=recorder, **options)
+        options["on_call"] = recorder
+        channel = (super().channel(service, aio=True, **options) if aio
+                   else super().channel(service, **options))
         self._recorders.append(recorder)
         self._channels.append((channel, asyncio.get_running_loop() if aio else None))
         return channel

@@ -14,6 +14,7 @@ from typing import Any
 
 from devcluster.registry.record import Record, Snapshot
 
+__all__ = ["Registry"]
 
 class Registry(abc.ABC):
     """Where instances are registered and found.

@@ -27,11 +27,12 @@ from os import PathLike
 from types import MappingProxyType
 from typing import Any
 
+from devcluster import defaults
 from devcluster.errors import CorruptRegistryError
 from devcluster.registry.record import RECORD_FIELDS, Record, Snapshot, State
 
 #: The schema version this module writes and the only one it reads.
-FORMAT_VERSION = 1
+FORMAT_VERSION = defaults.REGISTRY_FORMAT_VERSION
 
 _TOP_KEYS = ("version", "revision", "instances")
 #: Record fields a stored record may lack (they have a default).
@@ -189,7 +190,8 @@ def _reject_constant(name: str) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), repr(value))
+    names: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+    return names.get(type(value), repr(value))
 
 
 def _corrupt(path: str | PathLike[str], what: str) -> CorruptRegistryError:

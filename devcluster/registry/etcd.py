@@ -62,11 +62,11 @@ from etcd3gw.watch import Watcher
 from devcluster.errors import CorruptRegistryError, RegistryError, UnknownInstanceError, UsageError
 from devcluster.registry import codec
 from devcluster.registry.base import Registry
-
-# The file backend's validation, reused so both backends accept and reject exactly the
-# same values with the same messages. (Private today; see the report to the lead.)
-from devcluster.registry.file import _UPDATABLE, _checked
 from devcluster.registry.record import Record, Snapshot
+
+# The same validation as the file backend's, so both backends accept and reject exactly
+# the same values with the same messages.
+from devcluster.registry.validate import checked, checked_all
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class EtcdRegistry(Registry):
 
     def register(self, record: Record) -> Record:
         """Insert or replace ``record`` on this object's lease; return it as stored."""
-        stored = _checked(record, updated_at=time.time())
+        stored = checked(record, updated_at=time.time())
         put = self._put_op(stored)
 
         def attempt(lease: int) -> None:
@@ -314,15 +314,7 @@ class EtcdRegistry(Registry):
             if unknown:
                 raise UnknownInstanceError(unknown[0], list(current))
             now = time.time()
-            new: dict[str, Record] = {}
-            for name, fields in wanted.items():
-                bad = sorted(set(fields) - _UPDATABLE)
-                if bad:
-                    raise TypeError(
-                        f"cannot update field(s) {', '.join(bad)} of {name!r}; "
-                        f"updatable: {', '.join(sorted(_UPDATABLE))}"
-                    )
-                new[name] = _checked(current[name].record, **fields, updated_at=now)
+            new = checked_all(wanted, {n: current[n].record for n in wanted}, now)
             if not new:
                 return now_snap  # nothing to write: no transaction, no new revision
             compare = [_cmp_mod(self.key(n), current[n].mod_revision) for n in new]
@@ -357,8 +349,8 @@ class EtcdRegistry(Registry):
         if dupes:
             raise UsageError(f"duplicate instance name(s) {', '.join(dupes)} in registry reset")
         now = time.time()
-        checked = [_checked(r, updated_at=now) for r in fresh]  # all valid before any write
-        puts = [self._put_op(r) for r in checked]
+        valid = [checked(r, updated_at=now) for r in fresh]  # all valid before any write
+        puts = [self._put_op(r) for r in valid]
         wanted = set(names)
 
         def attempt(lease: int) -> Snapshot | None:
@@ -377,7 +369,7 @@ class EtcdRegistry(Registry):
             snap = self._with_lease(attempt)
             if snap is not None:
                 with self._lock:
-                    self._owned = {r.name: r for r in checked}
+                    self._owned = {r.name: r for r in valid}
                 return snap
             _backoff(n)
         raise RegistryError(f"etcd registry {self.url}: gave up resetting after "

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -30,17 +31,20 @@ from devcluster.errors import CorruptRegistryError, RegistryError, UnknownInstan
 from devcluster.registry import codec
 from devcluster.registry.base import Registry
 from devcluster.registry.liveness import apply_liveness
-from devcluster.registry.record import RECORD_FIELDS, Record, Snapshot, State
+from devcluster.registry.record import Record, Snapshot
+from devcluster.registry.validate import checked, checked_all
 
 log = logging.getLogger(__name__)
 
+# The state dir's names: devcluster.statedir documents them (the registry may import
+# only the defaults leaf, where they are spelled).
 REGISTRY_FILE = defaults.REGISTRY_FILE
 LOCK_FILE = defaults.REGISTRY_LOCK_FILE
 # One fixed temp name (safe: only the lock holder writes it) keeps watchfiles' set of
 # changed paths from growing during a burst of writes, so watchers still get a snapshot
 # every ~2 steps (measured: every 8 ms under 1200 writes/s) instead of one per debounce
 # (58 ms with a fresh temp name per write).
-_TMP_FILE = ".registry.json.tmp"
+_TMP_FILE = defaults.REGISTRY_TMP_FILE
 
 # watchfiles polls its Rust change set every `step` ms and delivers once the set has
 # been stable for one step, so a change is seen 1-2 steps after it lands, and an idle
@@ -72,8 +76,6 @@ DEFAULT_DEBOUNCE_MS = 50
 DEFAULT_RESCAN_MS = 1000
 
 MAX_WEIGHT = defaults.MAX_WEIGHT
-_UPDATABLE = frozenset(RECORD_FIELDS) - {"name", "updated_at"}
-_STATES = ", ".join(s.value for s in State)
 
 T = TypeVar("T")
 Changes = Mapping[str, Mapping[str, Any]]
@@ -113,12 +115,12 @@ class FileRegistry(Registry):
     @property
     def path(self) -> Path:
         """The registry file."""
-        return self._dir / REGISTRY_FILE
+        return defaults.layout(self._dir).registry
 
     @property
     def lock_path(self) -> Path:
         """The file writers ``flock``; never replaced, so every writer locks the same inode."""
-        return self._dir / LOCK_FILE
+        return defaults.layout(self._dir).registry_lock
 
     # -- reading ------------------------------------------------------------------
 
@@ -142,7 +144,7 @@ class FileRegistry(Registry):
         """Insert or replace ``record`` (``updated_at`` set to now); return it as stored."""
 
         def change(_current: Snapshot, records: dict[str, Record], now: float) -> Record:
-            stored = _checked(record, updated_at=now)
+            stored = checked(record, updated_at=now)
             records[stored.name] = stored
             return stored
 
@@ -174,14 +176,7 @@ class FileRegistry(Registry):
             unknown = sorted(set(wanted) - set(records))
             if unknown:
                 raise UnknownInstanceError(unknown[0], list(records))
-            for name, fields in wanted.items():
-                bad = sorted(set(fields) - _UPDATABLE)
-                if bad:
-                    raise TypeError(
-                        f"cannot update field(s) {', '.join(bad)} of {name!r}; "
-                        f"updatable: {', '.join(sorted(_UPDATABLE))}"
-                    )
-                records[name] = _checked(records[name], **fields, updated_at=now)
+            records.update(checked_all(wanted, records, now))
 
         return self._write(change)[0]
 
@@ -205,7 +200,7 @@ class FileRegistry(Registry):
 
         def change(_current: Snapshot, records: dict[str, Record], now: float) -> None:
             records.clear()
-            records.update((r.name, _checked(r, updated_at=now)) for r in fresh)
+            records.update((r.name, checked(r, updated_at=now)) for r in fresh)
 
         return self._write(change, recover_corrupt=True)[0]
 
@@ -242,7 +237,11 @@ class FileRegistry(Registry):
             except CorruptRegistryError as e:
                 if not recover_corrupt:
                     raise
-                corrupt, current = e, Snapshot(0)
+                corrupt, current = e, Snapshot(_revision_after([self.path]))
+            if current.revision == 0 and corrupt is None:
+                # No file: if a corrupt one was moved aside (recover()), continue past it.
+                current = Snapshot(_revision_after(self._dir.glob(
+                    f"{defaults.REGISTRY_CORRUPT_PREFIX}*")))
             records = dict(current.records)
             result = change(current, records, time.time())
             snap = Snapshot(current.revision + 1, MappingProxyType(dict(sorted(records.items()))))
@@ -253,7 +252,7 @@ class FileRegistry(Registry):
         return snap, result
 
     def _publish(self, text: str) -> None:
-        tmp = self._dir / _TMP_FILE
+        tmp = defaults.layout(self._dir).registry_tmp
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             with open(fd, "wb") as f:
@@ -284,11 +283,12 @@ class FileRegistry(Registry):
     def _move_aside(self) -> Path:
         """Rename the (corrupt) file to a free ``.corrupt-<stamp>`` name; caller holds the lock."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        target = self.path.with_name(f"{REGISTRY_FILE}.corrupt-{stamp}")
+        where = defaults.layout(self._dir)
         n = 0
+        target = where.registry_corrupt(stamp)
         while target.exists():
             n += 1
-            target = self.path.with_name(f"{REGISTRY_FILE}.corrupt-{stamp}-{n}")
+            target = where.registry_corrupt(stamp, n)
         try:
             os.rename(self.path, target)
         except OSError as e:
@@ -329,20 +329,21 @@ class FileRegistry(Registry):
         return filewatch.awatch(self)
 
 
-def _checked(record: Record, **changes: Any) -> Record:
-    """``record`` with ``changes``, validated so no write can produce a file we reject."""
-    weight = changes.get("weight", record.weight)
-    if isinstance(weight, bool) or not isinstance(weight, int) \
-            or not defaults.MIN_WEIGHT <= weight <= MAX_WEIGHT:
-        raise UsageError(f"weight must be an integer {defaults.MIN_WEIGHT}..{MAX_WEIGHT}, "
-                         f"got {weight!r}")
-    state = changes.pop("state", record.state)
-    try:
-        changed = record.with_(state=state, **changes)
-    except ValueError:
-        msg = f"state of {record.name!r} must be one of {_STATES}, got {state!r}"
-        raise UsageError(msg) from None
-    try:
-        return codec.check_record(changed)
-    except codec.InvalidRecordError as e:
-        raise UsageError(f"cannot store instance {record.name!r}: {e}") from e
+_REVISION = re.compile(rb'"revision"\s*:\s*(\d{1,18})')
+
+
+def _revision_after(corrupt: Iterable[Path]) -> int:
+    """The revision a fresh file continues from after ``corrupt`` files: past the last
+    revision each still shows, and past its mtime in seconds (a floor above any revision
+    a watcher may remember, when the number is unreadable or was cut short), so a
+    watcher that remembers a revision never takes the fresh file for an old one."""
+    floor = 0
+    for path in corrupt:
+        try:
+            head = path.read_bytes()[:4096]  # "revision" is the second key: near the top
+            mtime = int(path.stat().st_mtime)
+        except OSError:
+            continue
+        found = _REVISION.search(head)
+        floor = max(floor, mtime, int(found.group(1)) if found else 0)
+    return floor

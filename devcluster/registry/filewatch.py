@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from devcluster import defaults
 from devcluster.errors import RegistryError
@@ -29,8 +29,19 @@ from devcluster.registry import inotify
 from devcluster.registry.inotify import DirWatch, Wake
 from devcluster.registry.record import Snapshot
 
-if TYPE_CHECKING:
-    from devcluster.registry.file import FileRegistry
+
+class FileRegistry(Protocol):
+    """What following needs of a :class:`~devcluster.registry.file.FileRegistry`; a
+    protocol, so this module does not import the one that imports it (no cycle)."""
+
+    @property
+    def state_dir(self) -> Path: ...
+    debounce_ms: int
+    step_ms: int
+    rescan_ms: int
+
+    def snapshot(self) -> Snapshot: ...
+    def ensure_state_dir(self) -> Path: ...
 
 log = logging.getLogger(__name__)
 

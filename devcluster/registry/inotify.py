@@ -135,7 +135,7 @@ class DirWatch:
         if _LIBC is None:
             raise OSError(errno.ENOSYS, "inotify is not available")
         self._name = os.fsencode(name)
-        fd = _LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        fd: int = _LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))

@@ -15,6 +15,7 @@ from devcluster import defaults
 from devcluster.defaults import DEFAULT_WEIGHT
 from devcluster.errors import UsageError
 
+__all__ = ["DOWN_STATES", "RECORD_FIELDS", "Record", "Snapshot", "State", "parse_weight"]
 
 class State(enum.StrEnum):
     """Life-cycle state of one instance, as the supervisor drives it."""

@@ -70,8 +70,8 @@ def test_kill_then_start_brings_back_the_same_name_and_port(
     before = cluster.instance("greeter.1")
 
     [row] = cluster.kill("greeter.1")
-    assert row["state"] == "killed"
-    assert row["last_exit"] == "signal SIGKILL"
+    assert row.state == "killed"
+    assert row.last_exit == "signal SIGKILL"
     assert gone(before.pid)
     assert cluster.instance("greeter.1").state == "killed"
     assert registry_record(cluster, "greeter.1")["state"] == "killed"
@@ -81,7 +81,7 @@ def test_kill_then_start_brings_back_the_same_name_and_port(
     assert "greeter.1 restarting" not in log  # a user's kill is never auto-restarted
 
     [row] = cluster.start("greeter.1")  # returns once serving
-    assert row["state"] == "serving"
+    assert row.state == "serving"
     after = cluster.instance("greeter.1")
     assert after.address == before.address
     assert after.pid != before.pid
@@ -132,7 +132,7 @@ def test_stop_drains_first_then_stops(make_cluster: MakeCluster, say_hello: Call
                "greeter to be draining in the registry")
     stopper.join(15)
     caller.join(15)
-    assert [r["state"] for r in stopped["rows"]] == ["stopped"]
+    assert [r.state for r in stopped["rows"]] == ["stopped"]
     assert result["reply"] == ("Hello slow from greeter", "greeter")
     assert gone(info.pid)
     assert cluster.instance("greeter").state == "stopped"
@@ -152,10 +152,10 @@ def test_restart_grows_the_counter_with_a_new_pid(make_cluster: MakeCluster, run
     cluster = make_cluster()
     before = cluster.instance("greeter")
     [row] = cluster.restart("greeter")
-    assert row["state"] == "serving"
-    assert row["restarts"] == before.restarts + 1
-    assert row["pid"] != before.pid
-    assert row["address"] == before.address
+    assert row.state == "serving"
+    assert row.restarts == before.restarts + 1
+    assert row.pid != before.pid
+    assert row.address == before.address
     assert gone(before.pid)
     assert registry_record(cluster, "greeter")["restarts"] == before.restarts + 1
 
@@ -187,7 +187,7 @@ def test_pause_freezes_but_stays_registered_then_resume(
     proc = psutil.Process(info.pid)
 
     [row] = cluster.pause("greeter.1")
-    assert row["state"] == "paused"
+    assert row.state == "paused"
     assert cluster.instance("greeter.1").state == "paused"
     # SIGSTOP really applied (signal delivery is asynchronous: wait for it).
     wait_until(lambda: proc.status() == psutil.STATUS_STOPPED, 5.0, "greeter.1 to be stopped")
@@ -203,7 +203,7 @@ def test_pause_freezes_but_stays_registered_then_resume(
         assert list(control.act("pause", ["greeter.1"]).unchanged) == ["greeter.1"]
 
     [row] = cluster.resume("greeter.1")
-    assert row["state"] == "serving"
+    assert row.state == "serving"
     wait_until(lambda: proc.status() != psutil.STATUS_STOPPED, 5.0, "greeter.1 to run again")
     assert say_hello(info.address)[1] == "greeter.1"
     assert cluster.instance("greeter.1").pid == info.pid
@@ -217,10 +217,10 @@ def test_resume_after_a_long_pause_while_starting_becomes_serving(
     cluster = make_cluster([f"greeter: sleep 0.3; exec {GREETER}"], ready_timeout=2)
     cluster.restart("greeter", wait=False)
     [row] = cluster.pause("greeter")
-    assert row["state"] == "paused"
+    assert row.state == "paused"
     assert registry_record(cluster, "greeter")["state"] == "starting"
     # Outlast the readiness deadline of this start (a clock, not an event, is the point).
-    deadline = row["started_at"] + 2 + 1.0
+    deadline = row.started_at + 2 + 1.0
     wait_until(lambda: time.time() > deadline, 5.0, "the ready timeout to pass")
     cluster.resume("greeter")
     wait_until(lambda: cluster.instance("greeter").state == "serving", 3.0,
@@ -247,7 +247,7 @@ def test_process_type_names_and_all(make_cluster: MakeCluster, run_cli: Cli) -> 
     cluster = make_cluster([f"web: {GREETER}", f"greeter: {GREETER}"], scale={"greeter": 2})
 
     rows = cluster.stop("greeter")  # a process type: all its instances
-    assert sorted((r["name"], r["state"]) for r in rows) == [("greeter.1", "stopped"),
+    assert sorted((r.name, r.state) for r in rows) == [("greeter.1", "stopped"),
                                                             ("greeter.2", "stopped")]
     assert cluster.instance("web").state == "serving"
 
@@ -263,7 +263,7 @@ def test_process_type_names_and_all(make_cluster: MakeCluster, run_cli: Cli) -> 
     assert all(gone(pid) for pid in pids)
 
     rows = cluster.start(["web", "greeter.2"])
-    assert sorted((r["name"], r["state"]) for r in rows) == [("greeter.2", "serving"),
+    assert sorted((r.name, r.state) for r in rows) == [("greeter.2", "serving"),
                                                             ("web", "serving")]
     assert cluster.instance("greeter.1").state == "killed"
 
@@ -359,8 +359,8 @@ def test_start_after_failed_resets_the_policy(make_cluster: MakeCluster,
     with pytest.raises(NotReadyError):
         cluster.up()
     [row] = cluster.start("crash")
-    assert row["state"] == "exited"
-    assert row["restarts"] == 1
+    assert row.state == "exited"
+    assert row.restarts == 1
 
 
 # -- scale -----------------------------------------------------------------------------
@@ -379,7 +379,7 @@ def test_scale_up_then_down_leaves_exactly_the_wanted_processes(
         assert say_hello(info.address)[1] == name
 
     rows = cluster.scale(greeter=2)
-    assert sorted((r["name"], r["state"]) for r in rows) == [("greeter.1", "serving"),
+    assert sorted((r.name, r.state) for r in rows) == [("greeter.1", "serving"),
                                                             ("greeter.2", "serving")]
     assert sorted(i.name for i in cluster.instances) == ["greeter.1", "greeter.2"]
     assert all(gone(five[f"greeter.{n}"].pid) for n in (3, 4, 5))
@@ -399,7 +399,7 @@ def test_concurrent_scale_requests_do_not_fail(make_cluster: MakeCluster) -> Non
 
     def shrink(key: int) -> None:
         try:
-            results[key] = sorted(r["name"] for r in cluster.scale(greeter=1))
+            results[key] = sorted(r.name for r in cluster.scale(greeter=1))
         except Exception as e:  # reported below
             results[key] = e
 
@@ -427,7 +427,7 @@ def test_weight_enable_disable_write_the_registry(make_cluster: MakeCluster,
         "greeter.1: weight 0", "greeter.2: weight 0"]
     assert ok(run_cli("disable", "greeter.2")).strip() == "greeter.2: disabled"
     assert record("greeter.2")["enabled"] is False
-    assert {r["name"]: r["enabled"] for r in cluster.ps()} == {"greeter.1": True,
+    assert {r.name: r.enabled for r in cluster.ps()} == {"greeter.1": True,
                                                                "greeter.2": False}
     assert ok(run_cli("enable", "greeter")).splitlines() == [
         "greeter.1: enabled", "greeter.2: enabled"]

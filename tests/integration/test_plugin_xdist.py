@@ -144,7 +144,7 @@ def _stale_run(root: Path) -> tuple[Path, psutil.Process]:
     run = SharedRun(runs_root() / f"stale{os.getpid()}")
     (run.root / "users").mkdir(parents=True, exist_ok=True)
     (run.root / "controller").write_text(json.dumps({"pid": dead.pid, "created": 0.0}))
-    Cluster(root / "Procfile", state_dir=run.state_dir("k"), port=0, attach=False).up()
+    Cluster(root / "Procfile", state_dir=run.state_dir("k"), port=0, owned=False).up()
     sup = json.loads((run.state_dir("k") / "supervisor.lock").read_text() or "0")
     return run.root, psutil.Process(sup)
 
@@ -161,7 +161,7 @@ from devcluster.api import Cluster
 
 def test_leaves_a_cluster_behind(tmp_path):
     # Not tied to this process and never stopped: a leak.
-    Cluster("Procfile", state_dir=tmp_path / "forgotten", port=0, attach=False).up()
+    Cluster("Procfile", state_dir=tmp_path / "forgotten", port=0, owned=False).up()
 
 
 def test_a_fixture_cluster_is_not_a_leak(cluster):
