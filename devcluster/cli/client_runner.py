@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from rich.console import Console
@@ -282,7 +282,8 @@ def run_client(opts: ClientOptions, console: Console,
 
     channel = open_channel(opts, record)
     printer = _Printer(console, opts.json, channel)
-    stub = helloworld_pb2_grpc.GreeterStub(channel)
+    # The generated stub is untyped: say what it is once, here.
+    stub = cast("Callable[[object], Any]", helloworld_pb2_grpc.GreeterStub)(channel)
     numbers = itertools.count(1)
     numbers_lock = threading.Lock()
 

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import psutil
@@ -49,7 +50,8 @@ class _Client:
     def __init__(self, channel: BalancedChannel, console: Console, interval: float) -> None:
         from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
 
-        self.stub = helloworld_pb2_grpc.GreeterStub(channel)
+        # The generated stub is untyped: say what it is once, here.
+        self.stub = cast("Callable[[object], Any]", helloworld_pb2_grpc.GreeterStub)(channel)
         self.request = helloworld_pb2.HelloRequest
         self.console = console
         self.interval = interval
