@@ -26,11 +26,11 @@ def verb(at: Place, verb: str, names: Sequence[str], all_: bool, as_json: bool,
 
         parse_signal(signal)
         kw = {"signal": signal}
-    from devcluster.control.access import control_client, instance_dict
+    from devcluster.control.plane import ControlClient, as_dict
 
-    with control_client(at.state_dir) as control:
+    with ControlClient(at.state_dir) as control:
         reply = control.act(verb, list(names), all_=all_, **kw)
-    rows = [instance_dict(i) for i in reply.instances]
+    rows = [as_dict(i) for i in reply.instances]
     unchanged = list(reply.unchanged)
     return views.Output(rows, lambda _colour: "\n".join(views.action_lines(rows, unchanged)))
 
@@ -38,12 +38,12 @@ def verb(at: Place, verb: str, names: Sequence[str], all_: bool, as_json: bool,
 def scale(at: Place, counts: Sequence[str], no_wait: bool, as_json: bool) -> views.Output:
     """Grow or shrink process types; the instances after."""
     from devcluster.config.procfile import parse_scale
-    from devcluster.control.access import control_client, instance_dict
+    from devcluster.control.plane import ControlClient, as_dict
 
     wanted = parse_scale(list(counts))
-    with control_client(at.state_dir) as control:
+    with ControlClient(at.state_dir) as control:
         reply = control.scale(wanted, wait=not no_wait)
-    return views.instances([instance_dict(i) for i in reply.instances])
+    return views.instances([as_dict(i) for i in reply.instances])
 
 
 def weight(at: Place, name: str, value: str, as_json: bool) -> views.Output:

@@ -182,15 +182,15 @@ def _console(wanted: bool, directory: Path, registry: str | None, port: int) -> 
 
 def down(at: Place, grace: float | None, as_json: bool) -> views.Output:
     """Stop the running cluster gracefully; return when the supervisor has exited."""
-    from devcluster.control.access import control_client, instance_dict
+    from devcluster.control.plane import ControlClient, as_dict
     from devcluster.statedir import running_pid
 
     pid = running_pid(at.state_dir)
-    with control_client(at.state_dir) as control:
+    with ControlClient(at.state_dir) as control:
         reply = control.down(grace)
     if pid and pid > 0:
         _wait_gone(pid, 30)
-    rows = [instance_dict(i) for i in reply.instances]
+    rows = [as_dict(i) for i in reply.instances]
     return views.Output(rows, f"stopped {len(rows)} instances")
 
 

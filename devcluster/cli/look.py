@@ -14,10 +14,10 @@ def ps(at: Place, as_json: bool) -> views.Output:
     if at.is_etcd:
         snap = at.registry().snapshot()
         return views.instances([views.record_row(r) for r in snap.records.values()])
-    from devcluster.control.access import control_client, instance_dict
+    from devcluster.control.plane import ControlClient, as_dict
 
-    with control_client(at.state_dir) as control:
-        return views.instances([instance_dict(i) for i in control.ps().instances])
+    with ControlClient(at.state_dir) as control:
+        return views.instances([as_dict(i) for i in control.ps().instances])
 
 
 def logs(at: Place, name: str | None, follow: bool, lines: int, as_json: bool) -> None:

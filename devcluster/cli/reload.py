@@ -13,13 +13,13 @@ from devcluster.cli.place import Place
 def reload(at: Place, names: Sequence[str], all_: bool, as_json: bool) -> int:
     """Rolling reload, its progress printed as it happens; exit 1 if a replacement did
     not serve, 2 if the reload was refused as a usage mistake."""
-    from devcluster.control.access import control_client
+    from devcluster.control.plane import ControlClient
 
     def progress(kind: str, instance: str, text: str) -> None:
         if not as_json:
             print(text, flush=True)
 
-    with control_client(at.state_dir) as control:
+    with ControlClient(at.state_dir) as control:
         result: dict[str, Any] = control.reload(list(names), all_, progress)
     if as_json:
         views.print_json(result)
