@@ -37,7 +37,10 @@ def registry(at: Place, as_json: bool) -> views.Output:
         snap = reg.snapshot()
     finally:
         reg.close()
-    where = str(getattr(reg, "path", None) or at.registry_url)
+    from devcluster.defaults import registry_url
+
+    # The file's path, or the etcd URL (given, or from $DEVCLUSTER_REGISTRY).
+    where = str(getattr(reg, "path", None) or registry_url(at.registry_url))
     records = list(snap.records.values())
     return views.Output(
         {"revision": snap.revision, "instances": {r.name: r.to_dict() for r in records}},

@@ -342,7 +342,7 @@ TOP_EXAMPLE = "devcluster up -d && devcluster client"
 def build(command: Command) -> Parser:
     """The parser of one command (only the command that runs needs one)."""
     p = Parser(prog=f"devcluster {command.name}", description=command.help,
-               epilog=f"Example: {command.example}", add_help=False,
+               epilog=f"Example: {command.example}", add_help=False, allow_abbrev=False,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-h", "--help", action="help", help="Show this message and exit.")
     if command.declare is not None:

@@ -63,6 +63,7 @@ ANSWERS: dict[tuple[str, ...], tuple[int, str | None, str]] = {
     ("kill",): (2, "", "name an instance or process type to kill, or pass --all"),
     ("kill", "nope"): (1, "", "unknown instance 'nope'; known instances: greeter"),
     ("ps", "--bogus"): (2, "", "unrecognized arguments: --bogus (see `devcluster ps --help`)"),
+    ("ps", "--js"): (2, "", "unrecognized arguments: --js"),  # no abbreviations: one spelling
     ("ps", "-f", "Procfile"): (2, "", "-f FILE goes before the command"),
     ("sacle", "greeter=2"): (2, "", "no such command 'sacle'; did you mean 'scale'?"),
     ("weight", "greeter.1"): (2, "", "the following arguments are required: WEIGHT"),
