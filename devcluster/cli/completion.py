@@ -22,7 +22,7 @@ _GLOBAL = ("-f", "--file", "--procfile", "-V", "--version", "-h", "--help",
 
 def shell_of(name: str | None) -> str:
     """The shell asked for, else $SHELL's; UsageError for one we cannot complete in."""
-    shell = name or Path(os.environ.get("SHELL", "bash")).name
+    shell = name or Path(os.environ.get("SHELL") or "bash").name
     if shell not in SHELLS:
         raise UsageError(f"no completion for shell {shell!r}; choose one of: {', '.join(SHELLS)}")
     return shell
@@ -64,10 +64,7 @@ complete -o default -F _devcluster_completion devcluster
 
 
 def _fish() -> str:
-    commands = " ".join(spec.COMMANDS)
-    lines = ["# devcluster completion for fish (devcluster --show-completion fish)",
-             "complete -c devcluster -f",
-             f"complete -c devcluster -n '__fish_use_subcommand' -a '{commands}'"]
+    lines = ["# devcluster completion for fish (devcluster --show-completion fish)"]
     for name, command in spec.COMMANDS.items():
         lines.append(f"complete -c devcluster -n '__fish_use_subcommand' -a {name} "
                      f"-d {_fish_quote(command.summary.splitlines()[0])}")
