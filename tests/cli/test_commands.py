@@ -124,6 +124,20 @@ def test_empty_state_dir_is_the_default_one(args: tuple[str, ...], cluster_dir: 
         assert result.returncode == (1 if args[0] == "kill" else 0), result.stderr
 
 
+def test_down_with_an_empty_state_dir_stops_the_cluster(
+        tmp_path: Path, run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """`down --state-dir ""` once looked in `.` and said "no cluster running"."""
+    (tmp_path / "Procfile").write_text(f"greeter: {GREETER}\n")
+    assert run_cli("up", "-d", "-p", "0").returncode == 0
+    try:
+        down = run_cli("down", "--grace", "1", "--state-dir", "", "--json")
+        assert down.returncode == 0, down.stderr
+        assert [r["name"] for r in json.loads(down.stdout)] == ["greeter"]
+    finally:
+        run_cli("down", "--grace", "1")
+    assert run_cli("ps").returncode == 1  # gone
+
+
 #: The everyday commands; those that talk to the supervisor load grpc, the rest do not.
 EVERYDAY = [("ps",), ("registry", "--json"), ("weight", "greeter.1", "1"),
             ("enable", "greeter.1"), ("events",), ("logs", "-n", "1"),
