@@ -4,70 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-from rich.markup import escape
-
-from devcluster.cli.app import (
-    DEFAULT_PROCFILE,
-    JsonOpt,
-    ProcfileOpt,
-    RegistryOpt,
-    StateDirOpt,
-    _is_etcd,
-    _registry,
-    _state_dir,
-    app,
-    err,
-    out,
-)
-from devcluster.cli.tools import WhereOpt
-from devcluster.errors import DevclusterError, NoClusterError, UsageError
+from devcluster.cli import views
+from devcluster.cli.place import Place
+from devcluster.errors import DevclusterError, UsageError
 
 if TYPE_CHECKING:  # grpc loads when a call is made, not with every command
     import grpc
 
-#: Seconds each call may take (a generic method may be slower than SayHello).
-DEFAULT_CALL_TIMEOUT = 5.0
+    from devcluster.registry import Registry
 
 
-@app.command()
-def call(
-    method: Annotated[str, typer.Argument(
-        metavar="METHOD",
-        help="package.Service/Method, as grpcurl writes it, e.g. helloworld.Greeter/SayHello.")],
-    data: Annotated[str, typer.Option("--data", "-d", metavar="JSON", help="The request as JSON.")] = "{}",
-    count: Annotated[int, typer.Option("--count", "-n", metavar="N", help="Calls to make.")] = 1,
-    interval: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds between calls.")] = 0.0,
-    service: Annotated[str | None, typer.Option(metavar="SERVICE", help="Only instances of this service "
-                                                     "(default: every serving instance).")]
-    = None,
-    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Deadline of each call, seconds.")]
-    = DEFAULT_CALL_TIMEOUT,
-    proto: Annotated[Path | None, typer.Option(
-        metavar="FILE", help="A .proto defining the method, for servers without reflection "
-             "(compiled now with grpcio-tools).", show_default=False)] = None,
-    import_path: Annotated[list[Path], typer.Option(
-        "--import-path", "-I", metavar="DIR", help="Where --proto's imports are (repeatable).")]
-    = [],  # noqa: B006 - typer reads the default, never mutates it
-    procfile: ProcfileOpt = DEFAULT_PROCFILE,
-    state_dir: StateDirOpt = None,
-    json_: Annotated[bool, typer.Option("--json", help="One JSON object per call, as "
-                                                        "`client --json`, plus `reply`.")] = False,
-    registry: RegistryOpt = None,
-    where: WhereOpt = [],  # noqa: B006 - typer reads the default, never mutates it
-) -> None:
-    """Call any unary method through the balancing client; print who answered each call.
+def call(at: Place, method: str, data: str, count: int, interval: float, service: str | None,
+         timeout: float, proto: str | None, import_path: list[str], as_json: bool,
+         where: list[str]) -> int:
+    """Make ``count`` calls of ``method``, one line each; exit 1 if any failed."""
+    from pathlib import Path
 
-    The request and reply types come from the server's reflection service, or from
-    --proto for a server without it.
-
-    Example: devcluster call helloworld.Greeter/SayHello -d '{"name": "x"}' -n 6"""
     from devcluster.client import dynamic
     from devcluster.config.check import parse_where
 
@@ -79,36 +37,32 @@ def call(
         raise UsageError("-I/--import-path is for --proto's imports; pass --proto FILE too")
     target = None
     if proto is not None:  # a bad file or request is a usage error before any cluster
-        pool = dynamic.compile_proto(proto, import_path)
+        paths = [Path(p) for p in import_path]
+        pool = dynamic.compile_proto(Path(proto), paths)
         target = dynamic.method_from_pool(pool, ref,
-                                          dynamic.proto_services(pool, proto, import_path))
+                                          dynamic.proto_services(pool, Path(proto), paths))
         target.request(data)
-    reg = _where(procfile, state_dir, registry)
+    at.require_registry("or pass --state-dir")
+    reg = at.registry()
     if target is None:
         target, service = _reflect(reg, service, ref, matching)
     sink: list[Callable[[Any], None]] = []
     from devcluster.client import BalancedChannel
 
-    with BalancedChannel(service, reg, on_call=lambda info: [f(info) for f in sink],
+    def on_call(info: Any) -> None:
+        for f in sink:
+            f(info)
+
+    # A file registry by its state dir, as ``client`` has it (the channel follows the file).
+    source: Registry | str = reg if at.is_etcd else str(at.state_dir)
+    with BalancedChannel(service, source, on_call=on_call,
                          where=matching) as ch:
-        failures = _calls(ch, target, target.request(data), count, interval, timeout, json_,
+        failures = _calls(ch, target, target.request(data), count, interval, timeout, as_json,
                           sink)
-    if failures:
-        raise typer.Exit(1)
+    return 1 if failures else 0
 
 
-def _where(procfile: Path, state_dir: Path | None, registry: str | None) -> Any:
-    """The registry to balance over, as ``client`` finds it; NoClusterError if none."""
-    if _is_etcd(registry):
-        return _registry(procfile, state_dir, registry)
-    directory = _state_dir(procfile, state_dir)
-    if not (directory / "registry.json").exists():
-        raise NoClusterError(f"no registry in {directory}; start a cluster with "
-                             "`devcluster up` (or pass --state-dir)")
-    return directory
-
-
-def _reflect(where: Any, service: str | None, ref: Any,
+def _reflect(reg: Registry, service: str | None, ref: Any,
              matching: dict[str, str] | None = None) -> tuple[Any, str | None]:
     """The method's types from the servers' reflection, and the service to call.
 
@@ -117,9 +71,7 @@ def _reflect(where: Any, service: str | None, ref: Any,
     method, if exactly one does.
     """
     from devcluster.client import dynamic
-    from devcluster.registry import Registry, open_registry
 
-    reg = where if isinstance(where, Registry) else open_registry(where)
     addresses: dict[str, str] = {}
     for record in reg.snapshot().usable(service):
         if all(record.metadata.get(k) == v for k, v in (matching or {}).items()):
@@ -157,51 +109,38 @@ def _calls(channel: grpc.Channel, target: Any, request: Any, count: int, interva
         if interval and seq < count:
             stop.wait(interval)
     if "UNIMPLEMENTED" in failed:
-        err.print(f"devcluster: note: some instances do not serve {target.ref.service}; "
-                  "pick the ones that do with --service NAME", markup=False)
+        views.note(f"note: some instances do not serve {target.ref.service}; "
+                   "pick the ones that do with --service NAME")
     return len(failed)
 
 
 def _print_call(info: Any, target: Any, as_json: bool) -> None:
     reply = target.reply_dict(info.response) if info.ok and info.response is not None else None
     if as_json:
-        out.out(json.dumps({**info.to_dict(), "reply": reply}), highlight=False)
+        print(json.dumps({**info.to_dict(), "reply": reply}), flush=True)
         return
+    colour = views.use_colour(sys.stdout)
     seq = f"{info.seq:>3}"
     for name, code in info.retried:
-        out.print(f"[red]{seq}  {escape(name)}  {code}  retried[/red]", highlight=False)
+        print(views.paint(f"{seq}  {name}  {code}  retried", "red", colour))
     if info.ok:
-        out.print(f"{seq}  [bold]{escape(info.instance)}[/bold]  {info.address}  "
-                  f"{info.latency_ms:.1f} ms  {escape(json.dumps(reply))}", highlight=False)
+        print(f"{seq}  {views.paint(info.instance, 'bold', colour)}  {info.address}  "
+              f"{info.latency_ms:.1f} ms  {json.dumps(reply)}", flush=True)
     else:
-        out.print(f"[red]{seq}  {escape(info.instance)}  {info.address}  {info.code}  "
-                  f"{info.latency_ms:.1f} ms  {escape(info.message)}[/red]", highlight=False)
+        print(views.paint(f"{seq}  {info.instance}  {info.address}  {info.code}  "
+                          f"{info.latency_ms:.1f} ms  {info.message}", "red", colour), flush=True)
 
 
-@app.command()
-def meta(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="Instance name, e.g. echo.1.")],
-    items: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...",
-                                               help="KEY=VALUE to set, KEY= to remove.")],
-    procfile: ProcfileOpt = DEFAULT_PROCFILE,
-    state_dir: StateDirOpt = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-) -> None:
-    """Set an instance's registry metadata (KEY=VALUE), or remove a key (KEY=).
-
-    Clients pick instances by it: devcluster client --where zone=b.
-
-    Example: devcluster meta echo.1 zone=b canary="""
-    from devcluster.api import set_metadata
-    from devcluster.cli.render import _print_instances
+def meta(at: Place, name: str, items: list[str], as_json: bool) -> views.Output:
+    """Set or remove metadata keys of one instance; the record after."""
     from devcluster.config.check import parse_meta_items
-    from devcluster.schema import InstanceInfo
-
+    from devcluster.control.access import set_metadata
     changes = parse_meta_items(items)
-    record = set_metadata(_registry(procfile, state_dir, registry), name, changes)
-    if json_:
-        _print_instances([InstanceInfo.from_record(record).to_dict()], True)
-        return
+    reg = at.registry()
+    try:
+        record = set_metadata(reg, name, changes)
+    finally:
+        reg.close()
     pairs = " ".join(f"{k}={v}" for k, v in sorted(record.metadata.items()))
-    out.print(f"{record.name} metadata: {pairs or '(none)'}", markup=False)
+    return views.Output([views.record_row(record)],
+                        f"{record.name} metadata: {pairs or '(none)'}")

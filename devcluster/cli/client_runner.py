@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from rich.console import Console
@@ -282,35 +282,46 @@ def run_client(opts: ClientOptions, console: Console,
 
     channel = open_channel(opts, record)
     printer = _Printer(console, opts.json, channel)
-    stub = helloworld_pb2_grpc.GreeterStub(channel)
-    numbers = itertools.count(1)
-    numbers_lock = threading.Lock()
-
-    def next_seq() -> int | None:
-        with numbers_lock:
-            seq = next(numbers)
-        return None if opts.count is not None and seq > opts.count else seq
-
-    def worker() -> None:
-        while not stop.is_set():
-            seq = next_seq()
-            if seq is None:
-                return
-            local.seq = seq
-            with contextlib.suppress(grpc.RpcError):  # on_call has printed and counted it
-                stub.SayHello(helloworld_pb2.HelloRequest(name=f"{opts.name}-{seq}"),
-                              timeout=opts.timeout)
-            if opts.interval > 0 and (opts.count is None or seq < opts.count):
-                stop.wait(opts.interval)
-
+    caller = _Caller(opts, channel, stop, local)
     try:
-        _run_workers(worker, max(1, opts.concurrency), stop)
+        _run_workers(caller.work, max(1, opts.concurrency), stop)
     finally:
         summary.weights = _weights(channel, served_as)
         channel.close()
     if show_summary:
         printer.summary(summary)
     return summary
+
+
+class _Caller:
+    """The calls of a run: numbered once across workers, ``opts.count`` of them (or
+    until ``stop``); each worker thread runs :meth:`work`."""
+
+    def __init__(self, opts: ClientOptions, channel: Channel, stop: threading.Event,
+                 local: threading.local) -> None:
+        self.opts, self.stop, self.local = opts, stop, local
+        # The generated stub is untyped: say what it is once, here.
+        self.stub = cast("Callable[[object], Any]", helloworld_pb2_grpc.GreeterStub)(channel)
+        self.numbers = itertools.count(1)
+        self.lock = threading.Lock()
+
+    def next_seq(self) -> int | None:
+        with self.lock:
+            seq = next(self.numbers)
+        return None if self.opts.count is not None and seq > self.opts.count else seq
+
+    def work(self) -> None:
+        opts = self.opts
+        while not self.stop.is_set():
+            seq = self.next_seq()
+            if seq is None:
+                return
+            self.local.seq = seq  # record() numbers the call it sees in this thread
+            with contextlib.suppress(grpc.RpcError):  # on_call has printed and counted it
+                self.stub.SayHello(helloworld_pb2.HelloRequest(name=f"{opts.name}-{seq}"),
+                                   timeout=opts.timeout)
+            if opts.interval > 0 and (opts.count is None or seq < opts.count):
+                self.stop.wait(opts.interval)
 
 
 def _run_workers(worker: Callable[[], None], n: int, stop: threading.Event) -> None:

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import psutil
@@ -49,7 +50,8 @@ class _Client:
     def __init__(self, channel: BalancedChannel, console: Console, interval: float) -> None:
         from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
 
-        self.stub = helloworld_pb2_grpc.GreeterStub(channel)
+        # The generated stub is untyped: say what it is once, here.
+        self.stub = cast("Callable[[object], Any]", helloworld_pb2_grpc.GreeterStub)(channel)
         self.request = helloworld_pb2.HelloRequest
         self.console = console
         self.interval = interval
@@ -201,6 +203,14 @@ class Demo:
         return calls
 
     def _story(self, cluster: Cluster, channel: BalancedChannel, client: _Client) -> None:
+        """Steps 2 to 7, in order; each judges itself."""
+        self._shares(cluster, channel, client)
+        self._crash(cluster, client)
+        self._freeze(cluster, channel, client)
+        self._hedged_freeze(cluster, channel, client)
+        self._disable(cluster, channel, client)
+
+    def _shares(self, cluster: Cluster, channel: BalancedChannel, client: _Client) -> None:
         step = self.say("2. A balancing client: equal weights, equal shares",
                         "devcluster client --service server")
         self._step_calls(client, step, 30)
@@ -216,6 +226,7 @@ class Demo:
             step.calls, {"server1": 5, "server2": 1, "server3": 1}, 0.06),
             f"shares {dict(step.calls)}: server1 gets 5/7, interleaved")
 
+    def _crash(self, cluster: Cluster, client: _Client) -> None:
         step = self.say("4. Crash server2 under load", "devcluster kill server2")
         with client.lock:
             client.step = step
@@ -238,6 +249,7 @@ class Demo:
         self.judge(step, back and step.failures == 0,
                    "server2 serves again and rejoined the rotation at once")
 
+    def _freeze(self, cluster: Cluster, channel: BalancedChannel, client: _Client) -> None:
         step = self.say("6. Freeze server3 (a hung server stays registered)",
                         "devcluster pause server3")
         with client.lock:
@@ -263,8 +275,8 @@ class Demo:
         with client.lock:
             client.step = None
         self.judge(step, back, "server3 answered a health probe and is back in rotation")
-        self._hedged_freeze(cluster, channel, client)
 
+    def _disable(self, cluster: Cluster, channel: BalancedChannel, client: _Client) -> None:
         step = self.say("7. Take server3 out of rotation", "devcluster disable server3")
         cluster.disable("server3")
         _wait(lambda: "server3" not in channel.balancer.weights(), 5)

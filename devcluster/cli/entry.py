@@ -1,4 +1,5 @@
-"""The ``devcluster`` console script: check the platform, then run the CLI.
+"""The ``devcluster`` console script (and ``python -m devcluster``): check the platform,
+then run the command line.
 
 The check comes before any import of the CLI, whose modules need fcntl and process
 groups at import time: on a platform without them the user gets one line, not a
@@ -22,16 +23,12 @@ def missing_posix() -> str | None:
 
 
 def main() -> None:
+    """Run ``sys.argv`` and exit with its status (see :mod:`devcluster.cli.runner`)."""
     lacking = missing_posix()
     if lacking:
         print(f"devcluster: error: this platform ({sys.platform}) lacks {lacking}, which "
               "devcluster needs; run it on Linux or macOS (on Windows: in WSL)", file=sys.stderr)
         sys.exit(1)
-    from devcluster.cli.fast import main as fast
+    from devcluster.cli.runner import run
 
-    code = fast(sys.argv[1:])  # the common commands, without typer's and rich's imports
-    if code is not None:
-        sys.exit(code)
-    from devcluster.cli.typerapp import main as cli_main
-
-    cli_main()
+    sys.exit(run(sys.argv[1:]))

@@ -6,11 +6,10 @@ import json
 import threading
 import time
 from datetime import datetime
-from typing import Annotated
 
-import typer
-
-from devcluster.cli.app import DEFAULT_PROCFILE, ProcfileOpt, StateDirOpt, _state_dir, app
+from devcluster import defaults
+from devcluster.cli.interrupt import stop_on_signals
+from devcluster.cli.place import Place
 from devcluster.errors import NoClusterError, UsageError
 from devcluster.events import Event, follow_events, read_events
 
@@ -22,42 +21,24 @@ def _line(event: Event, as_json: bool) -> str:
     return f"{stamp}  {event.describe()}"
 
 
-@app.command()
-def events(
-    since: Annotated[float | None, typer.Option(
-        "--since", metavar="SECONDS", help="Only the events of the last SECONDS seconds.",
-        show_default=False)] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events "
-                                         "(Ctrl-C to stop).")] = False,
-    procfile: ProcfileOpt = DEFAULT_PROCFILE,
-    state_dir: StateDirOpt = None,
-    json_: Annotated[bool, typer.Option("--json", help="One JSON object a line: time, kind, "
-                                        "instance, old, new, code, signal, who, source, "
-                                        "detail.")] = False,
-) -> None:
-    """Show (and with -f follow) the cluster's timeline: starts, exits with code or
-    signal, restarts, state, weight and enable changes, and who asked for each.
-
-    The timeline of the current (or last) `up`; the one before is events.1.jsonl in the
-    state dir.
-
-    Example: devcluster events --since 60 -f"""
+def events(at: Place, since: float | None, follow: bool, as_json: bool) -> None:
+    """Print the timeline (of the last ``since`` seconds), then (``follow``) new events
+    until interrupted. One line per event, as it happens: nothing to render after."""
     if since is not None and since < 0:
         raise UsageError(f"--since must be 0 or more seconds, got {since:g}")
-    directory = _state_dir(procfile, state_dir)
-    from devcluster import defaults
-
+    directory = at.state_dir
     if not defaults.layout(directory).events.exists() and not follow:
         raise NoClusterError(f"no cluster has run in {directory}; start one with "
                              "`devcluster up`")
     after = None if since is None else time.time() - since
     if not follow:
         for event in read_events(directory, after):
-            print(_line(event, json_))
+            print(_line(event, as_json))
         return
     stop = threading.Event()
-    try:
-        for event in follow_events(directory, stop, after):
-            print(_line(event, json_), flush=True)
-    except KeyboardInterrupt:
-        stop.set()
+    with stop_on_signals():
+        try:
+            for event in follow_events(directory, stop, after):
+                print(_line(event, as_json), flush=True)
+        except KeyboardInterrupt:
+            stop.set()

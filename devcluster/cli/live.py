@@ -2,68 +2,47 @@
 
 from __future__ import annotations
 
+import sys
 import threading
-import webbrowser
-from pathlib import Path
-from typing import Annotated
 
-import typer
-
-from devcluster.cli.app import ProcfileOpt, RegistryOpt, StateDirOpt, _is_etcd, _state_dir, app, out
-from devcluster.errors import NoClusterError
+from devcluster.cli import views
+from devcluster.cli.interrupt import stop_on_signals
+from devcluster.cli.place import Place
+from devcluster.errors import UsageError
 
 
-def _check_cluster(state_dir: Path, registry: str | None) -> None:
-    if not _is_etcd(registry) and not (state_dir / "registry.json").exists():
-        raise NoClusterError(f"no registry in {state_dir}; start a cluster with "
-                             "`devcluster up` (or pass --state-dir or --registry)")
-
-
-@app.command()
-def top(procfile: ProcfileOpt = Path("Procfile"), state_dir: StateDirOpt = None,
-        registry: RegistryOpt = None) -> None:
-    """Full-screen live view: state, weight, CPU, memory and calls/s per instance.
-
-    Keys: k kill, s stop/start, r restart, p pause/resume, +/- weight,
-    d disable/enable, q quit. Destructive keys ask first."""
+def top(at: Place) -> None:
+    """The full-screen view (textual) until ``q``, Ctrl-C or SIGTERM."""
     from devcluster.console.model import ClusterView
     from devcluster.tui.top import TopApp
 
-    directory = _state_dir(procfile, state_dir)
-    _check_cluster(directory, registry)
-    view = ClusterView(directory, registry)
+    at.require_registry()
+    view = ClusterView(at.state_dir, at.registry_url)
     try:
-        TopApp(view).run()
+        with stop_on_signals():
+            TopApp(view).run()
     finally:
         view.close()
 
 
-@app.command()
-def console(
-    port: Annotated[int, typer.Option("--port", "-p", help="Port on 127.0.0.1 (default: a "
-                                                           "free one).", show_default=False)] = 0,
-    open_: Annotated[bool, typer.Option("--open", help="Open the page in a browser.")] = False,
-    procfile: ProcfileOpt = Path("Procfile"),
-    state_dir: StateDirOpt = None,
-    registry: RegistryOpt = None,
-) -> None:
-    """Web console on 127.0.0.1: live instances, weights, actions, a calls/s chart.
-
-    Prints its URL with an access token. Scripts use the same JSON API as the page
-    with `Authorization: Bearer TOKEN` (see the README)."""
+def console(at: Place, port: int, open_: bool) -> None:
+    """Serve the web console until Ctrl-C or SIGTERM; the cluster keeps running."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0..65535, got {port}")
+    at.require_registry()
     from devcluster.console import Console
 
-    if not 0 <= port <= 65535:
-        raise typer.BadParameter(f"--port must be 0..65535, got {port}")
-    directory = _state_dir(procfile, state_dir)
-    _check_cluster(directory, registry)
-    server = Console(directory, registry, port=port)
-    try:
-        url = server.start()
-        out.print(url, markup=False, highlight=False)
-        out.print("Ctrl-C stops the console (the cluster keeps running).", style="dim")
-        if open_:
-            webbrowser.open(url)
-        threading.Event().wait()  # until Ctrl-C
-    finally:
-        server.stop()
+    server = Console(at.state_dir, at.registry_url, port=port)
+    with stop_on_signals():
+        try:
+            url = server.start()
+            print(url)
+            print(views.paint("Ctrl-C stops the console (the cluster keeps running).", "dim",
+                              views.use_colour(sys.stdout)), flush=True)
+            if open_:
+                import webbrowser
+
+                webbrowser.open(url)
+            threading.Event().wait()  # until Ctrl-C or SIGTERM: exit 130, as interrupted
+        finally:
+            server.stop()

@@ -2,73 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
-from devcluster.cli import fast as fastcli
-from devcluster.cli.app import (
-    DEFAULT_PROCFILE,
-    JsonOpt,
-    ProcfileOpt,
-    RegistryOpt,
-    StateDirOpt,
-    _is_etcd,
-    _registry,
-    _state_dir,
-    app,
-)
-from devcluster.cli.render import _print_instances
+from devcluster.cli import views
+from devcluster.cli.interrupt import stop_on_signals
+from devcluster.cli.place import Place
 from devcluster.errors import UsageError
 
 
-@app.command()
-def ps(procfile: ProcfileOpt = DEFAULT_PROCFILE, state_dir: StateDirOpt = None,
-       json_: JsonOpt = False, registry: RegistryOpt = None) -> None:
-    """List instances: state, pid, address, weight, uptime, restarts, CPU, memory.
+def ps(at: Place, as_json: bool) -> views.Output:
+    """The supervisor's view through its control socket, live stats included; with an
+    etcd registry, every instance of every supervisor registered there."""
+    if at.is_etcd:
+        snap = at.registry().snapshot()
+        return views.instances([views.record_row(r) for r in snap.records.values()])
+    from devcluster.control.plane import ControlClient, as_dict
 
-    With an etcd registry: every instance of every supervisor registered there.
-
-    Example: devcluster ps --json"""
-    if _is_etcd(registry):
-        from devcluster.schema import InstanceInfo
-
-        snap = _registry(procfile, state_dir, registry).snapshot()
-        rows = [InstanceInfo.from_record(r).to_dict() for r in snap.records.values()]
-        _print_instances(rows, json_)
-        return
-    fastcli.ps(_state_dir(procfile, state_dir), json_)
+    with ControlClient(at.state_dir) as control:
+        return views.instances([as_dict(i) for i in control.ps().instances])
 
 
-@app.command()
-def logs(
-    name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="Instance (default: the merged log).")]
-    = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")]
-    = False,
-    lines: Annotated[int, typer.Option("--lines", "-n", metavar="N", help="Lines to show.")] = 50,
-    procfile: ProcfileOpt = DEFAULT_PROCFILE,
-    state_dir: StateDirOpt = None,
-    json_: Annotated[bool, typer.Option("--json", help="One JSON object a line: time, "
-                                                        "instance, line.")] = False,
-) -> None:
-    """Show (and with -f follow) the log of one instance or of the whole cluster.
-
-    Example: devcluster logs server1 -f -n 20"""
+def logs(at: Place, name: str | None, follow: bool, lines: int, as_json: bool) -> None:
+    """The last ``lines`` lines of a log, then (``follow``) new ones until interrupted."""
     if lines < 0:
         raise UsageError(f"--lines must be 0 or more, got {lines}")
     from devcluster.cli.logview import show_logs
 
-    show_logs(_state_dir(procfile, state_dir), name, follow, lines, as_json=json_)
+    with stop_on_signals():
+        show_logs(at.state_dir, name, follow, lines, as_json=as_json)
 
 
-@app.command()
-def registry(procfile: ProcfileOpt = DEFAULT_PROCFILE, state_dir: StateDirOpt = None,
-             json_: JsonOpt = False, registry_url: RegistryOpt = None) -> None:
-    """Print the registry: every record with weight, enabled and state.
+def registry(at: Place, as_json: bool) -> views.Output:
+    """The raw records, as stored."""
+    reg = at.registry()
+    try:
+        snap = reg.snapshot()
+    finally:
+        reg.close()
+    from devcluster.defaults import registry_url
 
-    Example: devcluster registry --json"""
-    reg = _registry(procfile, state_dir, registry_url)
-    fastcli.registry(reg, json_, str(getattr(reg, "path", None) or registry_url))
-
+    # The file's path, or the etcd URL (given, or from $DEVCLUSTER_REGISTRY).
+    where = str(getattr(reg, "path", None) or registry_url(at.registry_url))
+    records = list(snap.records.values())
+    return views.Output(
+        {"revision": snap.revision, "instances": {r.name: r.to_dict() for r in records}},
+        lambda colour: views.records_table(f"{where} (revision {snap.revision})", records, colour))
 

@@ -2,57 +2,33 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated
+import sys
+from collections.abc import Sequence
+from typing import Any
 
-import typer
-
-from devcluster.api import control_client
-from devcluster.cli.app import (
-    DEFAULT_PROCFILE,
-    JsonOpt,
-    ProcfileOpt,
-    StateDirOpt,
-    _state_dir,
-    app,
-    error_line,
-    out,
-)
-
-NamesArg = Annotated[list[str] | None, typer.Argument(
-    metavar="[NAME|TYPE]...", help="Instances or process types to replace even if unchanged.",
-    show_default=False)]
+from devcluster.cli import views
+from devcluster.cli.place import Place
 
 
-@app.command()
-def reload(
-    names: NamesArg = None,
-    all_: Annotated[bool, typer.Option("--all", help="Replace every instance.")] = False,
-    procfile: ProcfileOpt = DEFAULT_PROCFILE,
-    state_dir: StateDirOpt = None,
-    json_: JsonOpt = False,
-) -> None:
-    """Rolling reload: start each replacement, wait until it serves, switch the registry,
-    drain and stop the old process; one instance at a time, so no call fails.
+def reload(at: Place, names: Sequence[str], all_: bool, as_json: bool) -> int:
+    """Rolling reload, its progress printed as it happens; exit 1 if a replacement did
+    not serve, 2 if the reload was refused as a usage mistake."""
+    from devcluster.control.plane import ControlClient
 
-    Re-reads the Procfile, .env and devcluster.toml first: changed types reload, new
-    types start, removed types stop. With no NAME, only that. A replacement that does
-    not serve is stopped, the old instance keeps serving, and the reload stops (exit 1).
-
-    Example: devcluster reload greeter   (or: reload --all; reload to apply edits)"""
     def progress(kind: str, instance: str, text: str) -> None:
-        if not json_:
-            out.print(text, markup=False, highlight=False)
+        if not as_json:
+            print(text, flush=True)
 
-    with control_client(_state_dir(procfile, state_dir)) as control:
-        result = control.reload(names or [], all_, progress)
-    if json_:
-        print(json.dumps(result, indent=2))
+    with ControlClient(at.state_dir) as control:
+        result: dict[str, Any] = control.reload(list(names), all_, progress)
+    if as_json:
+        views.print_json(result)
     if result["ok"]:
-        return
-    if not json_ and result["failed"] and result["log"]:
-        out.print(f"last lines of {result['failed']}'s replacement:", markup=False)
+        return 0
+    if not as_json and result["failed"] and result["log"]:
+        print(f"last lines of {result['failed']}'s replacement:")
         for line in result["log"]:
-            out.print(f"  {line}", markup=False, highlight=False)
-    error_line(result["error"] or "the reload failed")
-    raise typer.Exit(2 if result["usage_error"] else 1)
+            print(f"  {line}")
+    sys.stdout.flush()
+    views.error_line(result["error"] or "the reload failed")
+    return 2 if result["usage_error"] else 1

@@ -1,9 +1,10 @@
-"""How instances and registry records look on a terminal: plain aligned text.
+"""The CLI's one output stack: tables, colours, the one-line error, and :func:`render`,
+which writes a command's :class:`Output` as text or as JSON (``--json``).
 
-No rich here on purpose: ``ps``, ``registry`` and the verbs print through this module
-on the fast path (:mod:`devcluster.cli.fast`) that answers without importing typer or
-rich, and the typer commands print through it too, so both paths print the same.
-Colour follows NO_COLOR / FORCE_COLOR / "is it a terminal", as the log stream does.
+Plain aligned text and ANSI colour, no rich: rich costs a command more CPU than its work
+(issue 25). Colour follows NO_COLOR / FORCE_COLOR / "is it a terminal", as the log
+stream does. (The long-running stories, ``client`` and ``demo``, draw their tables with
+rich, loaded only when they run; so does ``top``, through textual.)
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 #: The colour of each state (names of the terminal's standard colours).
@@ -117,6 +119,16 @@ def action_lines(rows: Sequence[Mapping[str, Any]], unchanged: Iterable[str]) ->
     return lines
 
 
+def record_row(record: Any) -> dict[str, Any]:
+    """A registry record as a row of ``ps --json`` (no process stats, no exit history).
+
+    ``Any``: schema's record protocol declares settable attributes, which a frozen
+    :class:`~devcluster.registry.Record` does not have (a fix for schema.py)."""
+    from devcluster.schema import InstanceInfo
+
+    return InstanceInfo.from_record(record).to_dict()
+
+
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
@@ -129,3 +141,43 @@ def print_instances(rows: Sequence[Mapping[str, Any]], as_json: bool,
         return
     stream = stream or sys.stdout
     print(instances_table(rows, use_colour(stream)), file=stream)
+
+
+def error_line(message: str) -> None:
+    """The one line every mistake gets on stderr (its label red on a terminal)."""
+    label = paint("devcluster: error:", "red", use_colour(sys.stderr))
+    print(f"{label} {message}", file=sys.stderr, flush=True)
+
+
+def note(message: str) -> None:
+    """A remark on stderr that is not an error (``devcluster: ...``)."""
+    print(f"devcluster: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Output:
+    """What a command answers: ``data`` for ``--json``, ``text`` for a person.
+
+    ``text`` is a string or a function of "use colour"; ``code`` is the exit status."""
+
+    data: Any
+    text: str | Callable[[bool], str] | None = None
+    code: int = 0
+
+
+def instances(rows: Sequence[Mapping[str, Any]]) -> Output:
+    """``ps``-shaped output: the rows, or their table."""
+    return Output(list(rows), lambda colour: instances_table(rows, colour))
+
+
+def render(output: Output | int | None, as_json: bool) -> int:
+    """Write a command's answer (streaming commands wrote theirs); its exit status."""
+    if not isinstance(output, Output):
+        return output or 0
+    if as_json:
+        print_json(output.data)
+    elif output.text is not None:
+        text = output.text if isinstance(output.text, str) else output.text(use_colour(sys.stdout))
+        if text:
+            print(text)
+    return output.code

@@ -155,8 +155,8 @@ class TopApp(App[None]):
         traffic = self.view.traffic()
         total = sum(float(t.get("calls_per_s") or 0) for t in traffic.values())
         names = {r["name"] for r in rows}
-        for key in [k for k in table.rows if k.value not in names]:
-            table.remove_row(key)
+        for gone in [k for k in table.rows if k.value not in names]:
+            table.remove_row(gone)
         added = False
         for row in rows:
             values = cells(row, traffic.get(row["name"], {}), total)
