@@ -134,7 +134,7 @@ def _detached(flags: UpFlags, as_json: bool) -> int:
     at = flags.at
     cluster = Cluster(at.procfile, scale=flags.scale, state_dir=at.state_dir, port=flags.port,
                       grace=flags.grace, env_files=list(flags.env), restart=flags.restart,
-                      ready_timeout=flags.ready_timeout, attach=False, registry=at.registry_url,
+                      ready_timeout=flags.ready_timeout, owned=False, registry=at.registry_url,
                       watch=flags.watch, console=flags.console,
                       console_port=flags.console_port, config=flags.config)
     down = "devcluster down" + ("" if at.is_default_state_dir else f" --state-dir {at.state_dir}")

@@ -47,7 +47,7 @@ class Place:
 
     def require_registry(self, hint: str = "or pass --state-dir or --registry") -> None:
         """NoClusterError unless a registry is there to read (etcd always is)."""
-        if not self.is_etcd and not (self.state_dir / "registry.json").exists():
+        if not self.is_etcd and not defaults.layout(self.state_dir).registry.exists():
             raise NoClusterError(f"no registry in {self.state_dir}; start a cluster with "
                                  f"`devcluster up` ({hint})")
 

@@ -1,4 +1,4 @@
-"""Signal names as users write them. A module of its own so that the CLI's fast path can
+"""Signal names as users write them. A module of its own so that the command line can
 check a ``--signal`` without importing asyncio and psutil (devcluster.supervisor.process does)."""
 
 from __future__ import annotations

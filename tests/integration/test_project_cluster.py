@@ -152,7 +152,7 @@ ready = { exec = "test \\"$ZONE\\" = a && test -n \\"$PORT\\"" }
 env = { ZONE = "a" }
 ready_timeout = 20
 """)
-    with Cluster(procfile, grace=2.0, attach=True) as cluster:
+    with Cluster(procfile, grace=2.0, owned=True) as cluster:
         assert cluster.resolved is not None
         # --grace given: it wins over [cluster] grace and process.worker.grace.
         assert cluster.resolved.grace == 2.0
