@@ -170,14 +170,14 @@ class Cluster(Launch):
             raise ClusterRunningError(
                 f"a cluster is already running in {self.state_dir} (supervisor pid {pid}); "
                 "stop it with `devcluster down` or use another --state-dir")
-        payload = self._start_daemon()
-        if "error" in payload:  # the daemon could not start: its error, as data
-            raise from_payload(payload["error"])
-        states: dict[str, dict[str, Any]] = payload["instances"]
-        self.notes = list(payload.get("notes", []))
-        if payload.get("stopped_by"):  # `down` (or a signal) while it started
+        report = self._start_daemon()
+        if report.error is not None:  # the daemon could not start: its error, as data
+            raise from_payload(report.error)
+        states = {name: dict(info) for name, info in report.instances.items()}
+        self.notes = list(report.notes)
+        if report.stopped_by:  # `down` (or a signal) while it started
             raise DevclusterError(f"the cluster was stopped while it started (asked by "
-                                  f"{payload['stopped_by']}); its instances are stopping")
+                                  f"{report.stopped_by}); its instances are stopping")
         bad = {n: s for n, s in states.items() if s["state"] != State.SERVING.value}
         if bad:
             raise NotReadyError(self._not_ready_message(bad), states)

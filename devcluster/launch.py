@@ -8,7 +8,6 @@ stdin, and its one-line answer read back within the settle budget.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import subprocess
@@ -21,15 +20,16 @@ from devcluster import defaults
 from devcluster.config.project import Resolved
 from devcluster.errors import DevclusterError, UsageError
 from devcluster.supervisor.logs import tail
+from devcluster.supervisor.request import ReadyReport, UpRequest
 
 if TYPE_CHECKING:
     from devcluster.api import Cluster
 
 
 class Launch:
-    """Cluster.up's plumbing: _resolve, _start_daemon, _settings, _read_ready."""
+    """Cluster.up's plumbing: _resolve, _start_daemon, _request, _read_ready."""
 
-    def _start_daemon(self: Cluster) -> dict[str, Any]:
+    def _start_daemon(self: Cluster) -> ReadyReport:
         """Start ``python -m devcluster.daemon`` with the state dir's lock, the ready pipe
         and (``attach``) the lifeline; send it its settings; wait for its one line: what
         it started (or its error), as data."""
@@ -67,7 +67,7 @@ class Launch:
         # long"), and not on display in `ps` to every user.
         assert self._proc.stdin is not None
         try:
-            self._proc.stdin.write(self._settings(write_fd, lifeline, passed[1]).encode())
+            self._proc.stdin.write(self._request(write_fd, lifeline, passed[1]).to_json().encode())
             self._proc.stdin.close()
         except BrokenPipeError:
             pass  # it died at once; _read_ready reports it
@@ -97,24 +97,19 @@ class Launch:
         self.registry_url = resolved.registry
         return resolved
 
-    def _settings(self: Cluster, ready_fd: int, lifeline_fd: int | None, lock_fd: int) -> str:
-        """The daemon's settings (devcluster.supervisor.runtime.Settings) as JSON."""
-        from devcluster.config.plan import types_to_json
-
+    def _request(self: Cluster, ready_fd: int, lifeline_fd: int | None,
+                 lock_fd: int) -> UpRequest:
+        """What the daemon is asked for: the resolved flags and the fds it inherits."""
         r = self.resolved
         assert r is not None
-        return json.dumps({
-            "procfile": str(self.procfile), "state_dir": str(self.state_dir),
-            "env_files": [str(p) for p in self.env_files], "scale": dict(r.scale),
-            "base_port": r.port, "grace": r.grace, "ready_timeout": r.ready_timeout,
-            "restart": {k: v.value for k, v in r.restart.items()},
-            "ready_fd": ready_fd, "lifeline_fd": lifeline_fd, "lock_fd": lock_fd,
-            "registry": r.registry, "config": str(self.config) if self.config else None,
-            "types": types_to_json(r.types), "waves": [list(w) for w in r.waves],
-            "watch": None if self.watch is None else [str(p) for p in self.watch],
-            "console": self.console, "console_port": self.console_port})
+        return UpRequest(
+            procfile=self.procfile, state_dir=self.state_dir, env_files=self.env_files,
+            scale=r.scale, base_port=r.port, grace=r.grace, ready_timeout=r.ready_timeout,
+            restart=r.restart, ready_fd=ready_fd, lifeline_fd=lifeline_fd, lock_fd=lock_fd,
+            registry=r.registry, config=self.config, types=r.types, waves=r.waves,
+            watch=self.watch, console=self.console, console_port=self.console_port)
 
-    def _read_ready(self: Cluster, fd: int) -> dict[str, Any]:
+    def _read_ready(self: Cluster, fd: int) -> ReadyReport:
         from devcluster.config.plan import settle_budget
 
         r = self.resolved
@@ -138,7 +133,7 @@ class Launch:
             lines = tail(defaults.layout(self.state_dir).daemon_out, 5)
             why = next((ln for ln in reversed(lines) if ln.strip()), "no output")
             raise DevclusterError(f"the supervisor exited ({code}) before it was ready: {why}")
-        return json.loads(data)
+        return ReadyReport.from_json(data)
 
     def _not_ready_message(self: Cluster, bad: Mapping[str, Mapping[str, Any]]) -> str:
         parts = []

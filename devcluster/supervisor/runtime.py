@@ -18,8 +18,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,18 +27,18 @@ import psutil
 from devcluster import defaults
 from devcluster.config import procfile
 from devcluster.config.plan import settle_budget
-from devcluster.config.project import TypeSettings
 from devcluster.errors import DevclusterError
 from devcluster.events import EventKind, EventLog, follow_registry
 from devcluster.registry import Registry, State
 from devcluster.registry.inotify import WatchStop
 from devcluster.supervisor import preboot, process
 from devcluster.supervisor import reload as rolling
-from devcluster.supervisor.instance import Instance, Policy, Runtime, _landed
+from devcluster.supervisor.instance import Instance, Runtime, _landed
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.membership import Membership
 from devcluster.supervisor.preload import Preloader
 from devcluster.supervisor.recorder import Recorder
+from devcluster.supervisor.request import UpRequest
 from devcluster.supervisor.triggers import lifeline, signals
 from devcluster.supervisor.verbs import Verbs
 from devcluster.supervisor.watchdog import Watchdog
@@ -49,47 +48,15 @@ T = TypeVar("T")
 _DRAIN_WRITE_WAIT = 0.5
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything ``devcluster up`` was asked for."""
-
-    procfile: Path
-    state_dir: Path
-    env_files: tuple[Path, ...] = ()
-    scale: dict[str, int] = field(default_factory=dict)
-    base_port: int = defaults.BASE_PORT
-    grace: float = defaults.GRACE
-    ready_timeout: float = defaults.READY_TIMEOUT
-    restart: dict[str, Policy] = field(default_factory=dict)
-    ready_fd: int | None = None
-    """A pipe to write one JSON line to once every instance has settled (``up -d``)."""
-    registry: str | None = None
-    """``etcd://host:port/prefix`` to register into etcd; None: the state dir's file."""
-    lock_fd: int | None = None
-    """The state dir's lock file, already locked by the process that started us."""
-    lifeline_fd: int | None = None
-    """A pipe whose other end the starting process holds: EOF (it exited, however it
-    died) shuts the cluster down gracefully. Unlike PDEATHSIG it is not tied to the
-    thread that started us."""
-    watch: tuple[Path, ...] | None = None
-    """``up --watch``: reload when these change (empty: the Procfile's directory)."""
-    console: bool = False
-    """Serve the web console for as long as the cluster runs (``up -d --console``)."""
-    console_port: int = 0
-    """The console's port on 127.0.0.1; 0: a free one."""
-    config: Path | None = None
-    """The ``devcluster.toml`` these settings were read from (None: no file)."""
-    types: Mapping[str, TypeSettings] = field(default_factory=dict)
-    """Per process type, flags over the file (:func:`devcluster.config.project.resolve`). A type
-    not here runs with the settings above and the default readiness probe."""
-    waves: tuple[tuple[str, ...], ...] = ()
-    """Start order from ``depends_on``: () starts every type at once."""
+#: The daemon's settings: :class:`~devcluster.supervisor.request.UpRequest` (this name stays
+#: until the CLI builds an UpRequest; see devcluster.supervisor.request).
+Settings = UpRequest
 
 
 class Supervisor(Verbs, Membership):
     """The running cluster: build it inside a running loop, then :meth:`run` it."""
 
-    def __init__(self, settings: Settings, registry: Registry, sink: LogSink,
+    def __init__(self, settings: UpRequest, registry: Registry, sink: LogSink,
                  types: Sequence[procfile.ProcessType], env: dict[str, str],
                  specs: Sequence[procfile.InstanceSpec], watchdog: Watchdog | None = None,
                  events: EventLog | None = None) -> None:
