@@ -31,18 +31,19 @@ from devcluster.config.project import TypeSettings
 from devcluster.events import Event, EventKind, EventLog
 from devcluster.registry import Record, State
 from devcluster.schema import InstanceInfo, uptime
-from devcluster.supervisor import probes, process
-from devcluster.supervisor.lifecycle import (  # noqa: F401  the restart constants, where they were
+from devcluster.supervisor import core, probes, process
+from devcluster.supervisor.core import (  # noqa: F401  the restart constants, where they were
     BACKOFF_CAP,
     BACKOFF_FIRST,
     BACKOFF_RESET_AFTER,
     MAX_FAILURES,
-    Lifecycle,
+    SETTLED,
 )
+from devcluster.supervisor.lifecycle import Lifecycle
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.preload import Preloader
 from devcluster.supervisor.readiness import Readiness
-from devcluster.supervisor.recorder import Recorder
+from devcluster.supervisor.recorder import Recorder, landed
 from devcluster.supervisor.watchdog import Watchdog
 
 #: Seconds between ``draining`` in the registry and SIGINT for a single-instance stop:
@@ -51,8 +52,6 @@ DRAIN_DELAY = 0.1
 #: Lines of its own output an instance keeps, to say why it failed (a replacement
 #: shares its log file with the instance it replaces).
 RECENT_LINES = 20
-#: States in which ``up -d`` and ``start --wait`` stop waiting.
-SETTLED = frozenset({State.SERVING, State.FAILED, State.EXITED, State.KILLED, State.STOPPED})
 
 
 def _unowned(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -93,7 +92,8 @@ class Instance(Lifecycle, Readiness):
     def __init__(self, spec: InstanceSpec, policy: Policy, rt: Runtime,
                  conf: TypeSettings | None = None) -> None:
         self.spec = spec
-        self.policy = policy
+        #: The restart rules' bookkeeping (sans-IO): failures, restarts, serving since.
+        self.machine = core.Machine(policy)
         self.rt = rt
         #: Its type's settings from devcluster.toml and the flags; None: the cluster's.
         self.conf = conf
@@ -107,12 +107,9 @@ class Instance(Lifecycle, Readiness):
         self.pid: int | None = None
         self.port = spec.port
         self.address = f"127.0.0.1:{spec.port}" if spec.port else ""
-        self.restarts = 0
         self.started_at: float | None = None
-        self.serving_since: float | None = None
         self.last_exit = ""
         self.ready_timed_out = False
-        self.failures = 0
         self._proc: process.Child | None = None
         self._ps: psutil.Process | None = None
         self._intent: State | None = None  # why we are ending the process: STOPPED/KILLED
@@ -122,7 +119,6 @@ class Instance(Lifecycle, Readiness):
         self._changed = asyncio.Event()
         #: How the current process was found ready ("health check", "TCP connect"...).
         self.ready_how: str | None = None
-        self._spawned_once = False
         self._run_group: asyncio.TaskGroup | None = None  # owns this run's pump and probe
         #: False while the registry record of this name is another process's: a
         #: replacement before it serves, an old instance once replaced (see reload).
@@ -142,6 +138,32 @@ class Instance(Lifecycle, Readiness):
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def policy(self) -> Policy:
+        """What to do when it exits by itself (a reload swaps it for a while)."""
+        return self.machine.policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self.machine.policy = policy
+
+    @property
+    def restarts(self) -> int:
+        return self.machine.restarts
+
+    @restarts.setter
+    def restarts(self, count: int) -> None:
+        self.machine.restarts = count
+
+    @property
+    def failures(self) -> int:
+        """Failed runs in a row (the restart policy gives up at MAX_FAILURES)."""
+        return self.machine.failures
+
+    @property
+    def serving_since(self) -> float | None:
+        return self.machine.serving_since
 
     @property
     def grace(self) -> float:
@@ -199,9 +221,7 @@ class Instance(Lifecycle, Readiness):
     @property
     def settled(self) -> bool:
         """Serving, or down for good, or not ready within the ready timeout."""
-        if self.held:
-            return False
-        return self.state in SETTLED or (self.state is State.STARTING and self.ready_timed_out)
+        return core.settled(self.state, self.held, self.ready_timed_out)
 
     def publish(self) -> Future[None] | None:
         """Take over the registry record of this name (a replacement that serves)."""
@@ -218,8 +238,7 @@ class Instance(Lifecycle, Readiness):
         if self._task is not None and not self._task.done():
             self._task.cancel()  # a pending backoff: the user's start wins
         self.held = False
-        if by_command:
-            self.failures = 0
+        self.machine.start(by_command)
         # Not settled from here on, even before the task first runs.
         self.state, self.ready_timed_out = State.STARTING, False
         self._task = self.rt.spawn(self._lifecycle())
@@ -250,7 +269,7 @@ class Instance(Lifecycle, Readiness):
             if drain > 0 and not paused and written is not None:
                 # Watchers must be able to see `draining` before SIGINT: wait for the
                 # write to land (bounded: a stuck registry never blocks a stop).
-                await _landed(written, self.rt.grace)
+                await landed(written, self.rt.grace)
         else:  # the supervisor wrote every instance's `draining` in one registry write
             self.state = State.DRAINING
         if drain > 0 and not paused:
@@ -354,12 +373,3 @@ class Instance(Lifecycle, Readiness):
             started_at=self.started_at,
             metadata=dict(record.metadata) if record else None,
             ready=self.ready_how if running and self.state is not State.STARTING else None)
-
-
-async def _landed(written: Future[None], timeout: float) -> bool:
-    """Wait up to ``timeout`` for a queued registry write; False if it failed or hangs."""
-    try:
-        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(written)), timeout)
-    except Exception:  # the writer reported it; stopping goes on
-        return False
-    return True

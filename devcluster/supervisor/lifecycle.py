@@ -14,25 +14,22 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
 
-from devcluster.config.policy import Policy
 from devcluster.config.procfile import command_argv, instance_environment
 from devcluster.events import EventKind
 from devcluster.registry import State
-from devcluster.supervisor import probes, process
+from devcluster.supervisor import core, probes, process
+from devcluster.supervisor.core import MAX_FAILURES
 from devcluster.supervisor.preload import Forked, PreloadError
 
 if TYPE_CHECKING:
     from devcluster.supervisor.instance import Instance
 
-#: Restart backoff: 0.5 s doubling, capped; reset once an instance served this long.
-BACKOFF_FIRST, BACKOFF_CAP, BACKOFF_RESET_AFTER = 0.5, 30.0, 10.0
-#: Consecutive failed runs after which the restart policy gives up (state ``failed``).
-MAX_FAILURES = 5
 
 
 class Lifecycle:
@@ -56,10 +53,7 @@ class Lifecycle:
         self._intent = None
         self.ready_timed_out = False
         self.ready_how = None
-        again = self._spawned_once
-        if again:
-            self.restarts += 1
-        self._spawned_once = True
+        again = self.machine.begin_run()
         env = self._environment()
         argv = command_argv(self.spec.command, env)
         self._env = env  # what an exec probe runs with
@@ -94,8 +88,7 @@ class Lifecycle:
             self._ps.cpu_percent(None)
         except psutil.Error:
             self._ps, self.started_at = None, time.time()
-        self.serving_since = None
-        self._set(State.STARTING)
+        self._apply(self.machine.spawned())
         how = "forked, preloaded" if isinstance(proc, Forked) else "pid"
         self.rt.sink.system(f"{self.name} started ({how} {proc.pid}): {self.spec.command}")
         async with asyncio.TaskGroup() as run:
@@ -181,25 +174,23 @@ class Lifecycle:
         """Set the state after an exit; return the restart delay, or None to stay down."""
         self._proc = None
         intent, self._intent = self._intent, None
-        if intent is not None:
-            self.rt.sink.system(f"{self.name} {intent.value} ({self.last_exit})")
-            self._set(intent)
-            return None
-        served = self.serving_since is not None and \
-            time.monotonic() - self.serving_since >= BACKOFF_RESET_AFTER
-        if served:
-            self.failures = 0
-        failed = returncode != 0
-        self.rt.sink.system(f"{self.name} exited by itself ({self.last_exit})")
-        if self.policy is Policy.NO or (self.policy is Policy.ON_FAILURE and not failed):
-            self._set(State.EXITED)
-            return None
-        self.failures += 1
-        if self.failures >= MAX_FAILURES:
-            self.rt.sink.system(f"{self.name} failed {self.failures} times in a row; giving up "
-                                f"(fix it, then `devcluster start {self.name}`)")
-            self._set(State.FAILED)
-            return None
-        self._set(State.BACKOFF)
-        return min(BACKOFF_FIRST * 2 ** (self.failures - 1), BACKOFF_CAP)
+        verdict = self.machine.exited(returncode, intent, time.monotonic())
+        if verdict.reason == "asked":
+            self.rt.sink.system(f"{self.name} {verdict.state.value} ({self.last_exit})")
+        else:
+            self.rt.sink.system(f"{self.name} exited by itself ({self.last_exit})")
+        if verdict.state is State.FAILED:
+            self.rt.sink.system(f"{self.name} failed {verdict.failures} times in a row; giving "
+                                f"up (fix it, then `devcluster start {self.name}`)")
+        return self._apply(core.commands(verdict))
 
+    def _apply(self: Instance, commands: Sequence[core.Command]) -> float | None:
+        """Carry out the core's commands; the backoff to sleep, if one was armed (the
+        life cycle's loop sleeps it: a stop cancels that task)."""
+        delay = None
+        for command in commands:
+            if isinstance(command, core.SetState):
+                self._set(command.state)
+            elif isinstance(command, core.ArmTimer):
+                delay = command.seconds
+        return delay

@@ -56,9 +56,8 @@ class Readiness:
                 result = await probes.wait_ready(
                     self._probe(ready), max(0.01, deadline - time.monotonic()), alive)
         if result.ok and alive() and self.state is State.STARTING:
-            self.serving_since = time.monotonic()
             self.ready_how = result.reason
-            self._set(State.SERVING)
+            self._apply(self.machine.served(time.monotonic()))
             self.rt.sink.system(f"{self.name} serving on {self.address or 'no port'} "
                                 f"({result.reason}, {1000 * (time.monotonic() - began):.0f} ms)")
             return

@@ -35,7 +35,8 @@ from devcluster.config import procfile
 from devcluster.config.policy import Policy
 from devcluster.errors import DevclusterError, UsageError
 from devcluster.registry import State
-from devcluster.supervisor.instance import DRAIN_DELAY, Instance, _landed
+from devcluster.supervisor.instance import DRAIN_DELAY, Instance
+from devcluster.supervisor.recorder import landed
 
 if TYPE_CHECKING:
     from devcluster.supervisor.runtime import Supervisor
@@ -244,7 +245,7 @@ async def replace(sup: Supervisor, old: Instance, spec: procfile.InstanceSpec,
                   f"{ready_ms:.0f} ms; switching the registry, stopping pid {old.pid}"))
     written = new.publish()
     if written is not None:
-        await _landed(written, sup.settings.grace)
+        await landed(written, sup.settings.grace)
     try:
         await old.stop(drain=DRAIN_DELAY, announce=False)
     finally:

@@ -31,13 +31,13 @@ from devcluster.errors import DevclusterError
 from devcluster.events import EventKind, EventLog, follow_registry
 from devcluster.registry import Registry, State
 from devcluster.registry.inotify import WatchStop
-from devcluster.supervisor import preboot, process
+from devcluster.supervisor import core, preboot, process
 from devcluster.supervisor import reload as rolling
-from devcluster.supervisor.instance import Instance, Runtime, _landed
+from devcluster.supervisor.instance import Instance, Runtime
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.membership import Membership
 from devcluster.supervisor.preload import Preloader
-from devcluster.supervisor.recorder import Recorder
+from devcluster.supervisor.recorder import Recorder, landed
 from devcluster.supervisor.request import UpRequest
 from devcluster.supervisor.triggers import lifeline, signals
 from devcluster.supervisor.verbs import Verbs
@@ -157,16 +157,15 @@ class Supervisor(Verbs, Membership):
 
     def start_all(self) -> None:
         """Start every instance; a type with ``depends_on`` waits (in a task of ours)
-        until every instance of its dependencies serves."""
-        waiting: dict[str, tuple[str, ...]] = {}
+        until every instance of its dependencies serves (:func:`core.start_plan`)."""
+        plan = core.start_plan(((i.name, i.spec.process_type) for i in self.instances.values()),
+                               {t: self._depends_on(t) for t in self.types})
         for inst in self.instances.values():
-            deps = self._depends_on(inst.spec.process_type)
-            if deps:
+            if inst.spec.process_type in plan.waiting:
                 inst.held = True
-                waiting[inst.spec.process_type] = deps
-            else:
-                inst.start()
-        for ptype, deps in waiting.items():
+        for name in plan.now:
+            self.instances[name].start()
+        for ptype, deps in plan.waiting.items():
             self._spawn(self._start_after(ptype, deps))
 
     def _depends_on(self, ptype: str) -> tuple[str, ...]:
@@ -194,15 +193,14 @@ class Supervisor(Verbs, Membership):
             done.cancel()
             stop.cancel()
         mine = [i for i in self._of_types([ptype]) if i.held]
-        bad = [d for d in needed if d.state is not State.SERVING]
-        if self.stopping.is_set():
+        outcome = core.dependency_outcome({d.name: d.state for d in needed},
+                                          self.stopping.is_set())
+        if not outcome.start:
             for inst in mine:
-                inst.held = False
-            return
-        if bad:
-            why = f"dependency {bad[0].name} did not serve ({bad[0].state.value})"
-            for inst in mine:
-                inst.not_started(why)
+                if outcome.why is None:
+                    inst.held = False
+                else:
+                    inst.not_started(outcome.why)
             return
         self.sink.system(f"{ptype}: {', '.join(deps)} serving; starting {len(mine)} instance(s)")
         for inst in mine:
@@ -237,7 +235,7 @@ class Supervisor(Verbs, Membership):
             running = [i for i in group if i.running]
             drained = self.records.update_many({i.name: {"state": State.DRAINING.value}
                                                 for i in running})
-            await _landed(drained, _DRAIN_WRITE_WAIT)  # never wait on the registry for long
+            await landed(drained, _DRAIN_WRITE_WAIT)  # never wait on the registry for long
             await asyncio.gather(*(i.stop(grace, announce=False) for i in group))
         # Replacements and replaced instances of a reload in progress go too.
         await asyncio.gather(*(i.stop(grace, announce=False) for i in self.outside))
@@ -249,15 +247,10 @@ class Supervisor(Verbs, Membership):
         self.done.set()
 
     def _stop_order(self) -> list[list[Instance]]:
-        """Instances in groups to stop one after the other: the start waves reversed
-        (without ``depends_on``, one group: all at once). Types in no wave go first."""
-        waves = self.settings.waves
-        if len(waves) <= 1:
-            return [list(self.instances.values())]
-        placed = {t for wave in waves for t in wave}
-        groups = [[i for i in self.instances.values() if i.spec.process_type not in placed]]
-        groups += [self._of_types(wave) for wave in reversed(waves)]
-        return [g for g in groups if g]
+        """Instances in groups to stop one after the other (:func:`core.stop_order`)."""
+        groups = core.stop_order([(i.name, i.spec.process_type) for i in self.instances.values()],
+                                 self.settings.waves)
+        return [[self.instances[name] for name in group] for group in groups]
 
     def force(self) -> None:
         """Second Ctrl-C (and the exit path): SIGKILL every process group now."""

@@ -20,7 +20,8 @@ from devcluster.errors import DevclusterError, UnknownInstanceError
 from devcluster.events import EventKind
 from devcluster.registry import Record
 from devcluster.schema import InstanceInfo
-from devcluster.supervisor.instance import DRAIN_DELAY, Instance, _landed
+from devcluster.supervisor.instance import DRAIN_DELAY, Instance
+from devcluster.supervisor.recorder import landed
 
 if TYPE_CHECKING:
     from devcluster.supervisor.runtime import Supervisor
@@ -65,7 +66,7 @@ class Verbs:
     async def _written(self: Supervisor) -> None:
         """Wait (bounded) until every registry write queued so far landed, so a control
         client reading the registry right after a reply sees what the reply says."""
-        await _landed(self.records.flush(), self.settings.grace)
+        await landed(self.records.flush(), self.settings.grace)
 
     # -- verbs (the control plane calls these) ------------------------------------------
 
