@@ -104,7 +104,7 @@ def become_subreaper() -> bool:
     """
     if _prctl is None:
         return False
-    return _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return bool(_prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
 class Child(Protocol):

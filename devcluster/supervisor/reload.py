@@ -39,7 +39,7 @@ from devcluster.supervisor.instance import DRAIN_DELAY, Instance
 from devcluster.supervisor.recorder import landed
 
 if TYPE_CHECKING:
-    from devcluster.supervisor.runtime import Supervisor
+    from devcluster.supervisor.crew import Crew
 
 #: Lines of a failed replacement's own output the report carries.
 FAILED_LOG_LINES = 10
@@ -213,7 +213,7 @@ def _with_port(spec: procfile.InstanceSpec, port: int) -> procfile.InstanceSpec:
 
 # -- one instance ---------------------------------------------------------------------
 
-async def replace(sup: Supervisor, old: Instance, spec: procfile.InstanceSpec,
+async def replace(sup: Crew, old: Instance, spec: procfile.InstanceSpec,
                   emit: Emit) -> Step:
     """Replace the running ``old`` by a process of ``spec``; raise ReplacementFailedError
     (after stopping the replacement) if it does not serve: ``old`` is then untouched."""
@@ -276,7 +276,7 @@ def _failure(old: Instance, new: Instance, same: bool, began: float) -> Replacem
     return error
 
 
-async def restart_stopped(sup: Supervisor, old: Instance, spec: procfile.InstanceSpec,
+async def restart_stopped(sup: Crew, old: Instance, spec: procfile.InstanceSpec,
                           emit: Emit) -> str | None:
     """An instance that does not run: give it the new spec and start it (nothing to
     protect). Returns why it does not serve, None when it does."""
@@ -292,7 +292,7 @@ async def restart_stopped(sup: Supervisor, old: Instance, spec: procfile.Instanc
 
 # -- a whole reload -------------------------------------------------------------------
 
-async def run(sup: Supervisor, targets: Collection[str], emit: Emit) -> ReloadResult:
+async def run(sup: Crew, targets: Collection[str], emit: Emit) -> ReloadResult:
     """Apply the files' diff and replace ``targets`` (instance names) too, rolling."""
     st = sup.settings
     result = ReloadResult()
@@ -328,7 +328,7 @@ async def run(sup: Supervisor, targets: Collection[str], emit: Emit) -> ReloadRe
     return result
 
 
-async def _one(sup: Supervisor, name: str, spec: procfile.InstanceSpec, result: ReloadResult,
+async def _one(sup: Crew, name: str, spec: procfile.InstanceSpec, result: ReloadResult,
                emit: Emit) -> bool:
     """Reload one instance; False (and the result says why) if the reload must stop."""
     old = sup.instances[name]

@@ -7,9 +7,11 @@ whose exit path always stops every instance. It knows nothing of the control pla
 :mod:`devcluster.control.plane` calls its verbs through a small protocol, and
 :mod:`devcluster.daemon` wires the two together.
 
-This module holds the cluster's life (start in waves, settle, shut down, signals); the
-control verbs are :mod:`devcluster.supervisor.verbs` and membership (scale, reload, adding and
-removing instances) is :mod:`devcluster.supervisor.membership`, both parts of the one class.
+This module holds the cluster's life (start in waves, settle, shut down, signals); its
+state is a :class:`~devcluster.supervisor.crew.Crew`, on which two collaborators work: the
+control verbs (:mod:`devcluster.supervisor.verbs`) and membership (scale, reload:
+:mod:`devcluster.supervisor.membership`). The rules (restart, waves, stop order) are
+:mod:`devcluster.supervisor.core`'s.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from devcluster.errors import DevclusterError
 from devcluster.events import EventKind, EventLog, follow_registry
 from devcluster.registry import Registry, State
 from devcluster.registry.inotify import WatchStop
+from devcluster.schema import InstanceInfo
 from devcluster.supervisor import core, preboot, process
 from devcluster.supervisor import reload as rolling
+from devcluster.supervisor.crew import Crew
 from devcluster.supervisor.instance import Instance, Runtime
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.membership import Membership
@@ -53,22 +57,25 @@ _DRAIN_WRITE_WAIT = 0.5
 Settings = UpRequest
 
 
-class Supervisor(Verbs, Membership):
-    """The running cluster: build it inside a running loop, then :meth:`run` it."""
+class Supervisor:
+    """The running cluster: build it inside a running loop, then :meth:`run` it.
+
+    Its state is a :class:`Crew` (``crew``); the control verbs (:class:`Verbs`) and
+    membership (:class:`Membership`) are collaborators working on that crew, and the
+    supervisor offers their verbs to the control plane (``Supervised``)."""
 
     def __init__(self, settings: UpRequest, registry: Registry, sink: LogSink,
                  types: Sequence[procfile.ProcessType], env: dict[str, str],
                  specs: Sequence[procfile.InstanceSpec], watchdog: Watchdog | None = None,
                  events: EventLog | None = None) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.sink = sink
-        self.types = {t.name: t for t in types}
-        self.type_order = [t.name for t in types]
-        self.env = env
+        self.settings, self.registry, self.sink = settings, registry, sink
         loop = asyncio.get_running_loop()
+
+        def report(message: str) -> None:  # from the writer thread: log it on the loop
+            loop.call_soon_threadsafe(sink.system, message)
+
         self.records = Recorder(
-            registry, lambda msg: loop.call_soon_threadsafe(sink.system, msg),
+            registry, report,
             # From the writer thread: list() copies the values in one step.
             truth=lambda: [i.record() for i in list(self.instances.values())])
         self.watchdog = watchdog
@@ -76,21 +83,25 @@ class Supervisor(Verbs, Membership):
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
                           settings.ready_timeout, watchdog, self._spawn, self._ours, events,
                           self.preload)
-        self.instances: dict[str, Instance] = {}
-        #: Instances of ours not in the name table: a replacement starting, an old
-        #: instance stopping (see devcluster.supervisor.reload). They die with the cluster too.
-        self.outside: set[Instance] = set()
-        #: devcluster.toml's per-type tables as last applied (a reload diffs against them).
-        self.tables: Any = {}
+        tables: Any = {}
         with contextlib.suppress(DevclusterError):
-            self.tables = rolling.project_tables(settings.procfile)
+            tables = rolling.project_tables(settings.procfile)
+        self.crew = Crew(settings, registry, sink, self.records, self.rt, self.preload,
+                         self._spawn, {t.name: t for t in types}, [t.name for t in types],
+                         env, tables)
+        # The crew's own table, set and event (never rebound): the names the life of
+        # the cluster below reads most.
+        self.instances, self.outside = self.crew.instances, self.crew.outside
+        self.stopping = self.crew.stopping
+        self.done = asyncio.Event()
+        self.verbs = Verbs(self.crew, lambda grace, who: self.request_shutdown(grace, who),
+                           self.done)
+        self.membership = Membership(self.crew)
         for spec in specs:
-            self._add(spec)
+            self.crew.add(spec)
         # Preloaded types: their fork servers import while we finish starting up.
         for first in {i.spec.process_type: i for i in reversed(self.instances.values())}.values():
             first.warm_preload()
-        self.stopping = asyncio.Event()
-        self.done = asyncio.Event()
         self._interrupts = 0
         self.started = time.monotonic()
         self._tg: asyncio.TaskGroup | None = None
@@ -98,8 +109,6 @@ class Supervisor(Verbs, Membership):
         self._early_stop: tuple[float | None, str] | None = None
         #: Who asked for the shutdown (None while none was asked for).
         self.stopped_by: str | None = None
-        # scale and reload add and remove instances across awaits: one at a time.
-        self._membership = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.settings.procfile} {len(self.instances)} instances>"
@@ -111,6 +120,34 @@ class Supervisor(Verbs, Membership):
     @property
     def state_dir(self) -> Path:
         return self.settings.state_dir
+
+    # -- what the control plane calls (Supervised): the collaborators' verbs ---------------
+
+    async def infos(self, chosen: Iterable[Instance] | None = None) -> list[InstanceInfo]:
+        """Every instance (or ``chosen``) in the one schema."""
+        return await self.crew.infos(chosen)
+
+    async def act(self, verb: str, names: Sequence[str], all_: bool = False, *,
+                  signal_name: str = "", wait: bool = False,
+                  timeout: float = defaults.CONTROL_WAIT,
+                  who: str = "") -> tuple[list[InstanceInfo], list[str]]:
+        """See :meth:`Verbs.act`."""
+        return await self.verbs.act(verb, names, all_, signal_name=signal_name, wait=wait,
+                                    timeout=timeout, who=who)
+
+    async def down(self, grace: float | None = None, who: str = "") -> list[InstanceInfo]:
+        """See :meth:`Verbs.down`."""
+        return await self.verbs.down(grace, who)
+
+    async def scale(self, counts: dict[str, int], *, wait: bool = False,
+                    timeout: float = defaults.CONTROL_WAIT, who: str = "") -> list[InstanceInfo]:
+        """See :meth:`Membership.scale`."""
+        return await self.membership.scale(counts, wait=wait, timeout=timeout, who=who)
+
+    async def reload(self, names: Sequence[str] = (), all_: bool = False, *, who: str = "",
+                     progress: rolling.Emit | None = None) -> rolling.ReloadResult:
+        """See :meth:`Membership.reload`."""
+        return await self.membership.reload(names, all_, who=who, progress=progress)
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A task owned by :meth:`run`'s task group (no task of ours is left unowned)."""
@@ -159,7 +196,7 @@ class Supervisor(Verbs, Membership):
         """Start every instance; a type with ``depends_on`` waits (in a task of ours)
         until every instance of its dependencies serves (:func:`core.start_plan`)."""
         plan = core.start_plan(((i.name, i.spec.process_type) for i in self.instances.values()),
-                               {t: self._depends_on(t) for t in self.types})
+                               {t: self._depends_on(t) for t in self.crew.types})
         for inst in self.instances.values():
             if inst.spec.process_type in plan.waiting:
                 inst.held = True
@@ -172,14 +209,10 @@ class Supervisor(Verbs, Membership):
         conf = self.settings.types.get(ptype)
         return conf.depends_on if conf is not None else ()
 
-    def _of_types(self, types: Iterable[str]) -> list[Instance]:
-        wanted = set(types)
-        return [i for i in self.instances.values() if i.spec.process_type in wanted]
-
     async def _start_after(self, ptype: str, deps: tuple[str, ...]) -> None:
         """Start ``ptype`` once every instance of ``deps`` serves; if one gave up instead
         (failed, exited, not ready in time), do not start it and say why."""
-        needed = self._of_types(deps)
+        needed = self.crew.of_types(deps)
 
         async def settled() -> None:
             for dep in needed:  # a dependency waiting on its own dependencies is unsettled
@@ -192,7 +225,7 @@ class Supervisor(Verbs, Membership):
         finally:
             done.cancel()
             stop.cancel()
-        mine = [i for i in self._of_types([ptype]) if i.held]
+        mine = [i for i in self.crew.of_types([ptype]) if i.held]
         outcome = core.dependency_outcome({d.name: d.state for d in needed},
                                           self.stopping.is_set())
         if not outcome.start:
@@ -313,7 +346,7 @@ class Supervisor(Verbs, Membership):
         finally:
             stop_wait.cancel()
         settled.cancel()
-        await self._written()
+        await self.crew.written()
         if on_settled is not None:
             await on_settled()
         await self.stopping.wait()
@@ -331,7 +364,7 @@ class Supervisor(Verbs, Membership):
         st = self.settings
         if await self.wait_settled(settle_budget(st.types, st.waves, st.ready_timeout) + 60):
             seconds = time.monotonic() - began
-            await self._written()  # "ready" means the registry says so too
+            await self.crew.written()  # "ready" means the registry says so too
             self._report_ready(seconds)
 
     def _report_ready(self, seconds: float) -> None:
@@ -345,7 +378,7 @@ class Supervisor(Verbs, Membership):
         """Signal handler: only schedules work (first: graceful, second: forced)."""
         if sig is signal.SIGHUP:
             if not self.stopping.is_set() and self._tg is not None:
-                self._spawn(self._hangup())
+                self._spawn(self.membership.hangup())
             return
         self._interrupts += 1
         if self._interrupts == 1:
@@ -353,4 +386,3 @@ class Supervisor(Verbs, Membership):
         else:
             self.sink.system("forced shutdown: SIGKILL to every instance")
             self.force()
-
