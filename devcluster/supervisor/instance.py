@@ -31,7 +31,7 @@ from devcluster.config.project import TypeSettings
 from devcluster.events import Event, EventKind, EventLog
 from devcluster.registry import Record, State
 from devcluster.schema import InstanceInfo, uptime
-from devcluster.supervisor import core, probes, process
+from devcluster.supervisor import core, probes, process, readiness
 from devcluster.supervisor.core import (  # noqa: F401  the restart constants, where they were
     BACKOFF_CAP,
     BACKOFF_FIRST,
@@ -42,7 +42,6 @@ from devcluster.supervisor.core import (  # noqa: F401  the restart constants, w
 from devcluster.supervisor.lifecycle import Lifecycle
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.preload import Preloader
-from devcluster.supervisor.readiness import Readiness
 from devcluster.supervisor.recorder import Recorder, landed
 from devcluster.supervisor.watchdog import Watchdog
 
@@ -86,7 +85,7 @@ class Runtime:
             self.events.append(Event(time.time(), kind, name, **fields))
 
 
-class Instance(Lifecycle, Readiness):
+class Instance(Lifecycle):
     """A supervised instance. Build it with a spec; drive it with start/stop/kill/pause."""
 
     def __init__(self, spec: InstanceSpec, policy: Policy, rt: Runtime,
@@ -315,13 +314,38 @@ class Instance(Lifecycle, Readiness):
         process.signal_group(self.pid, signal.SIGCONT)
         self._set(self._before_pause)
         ready = self._ready_task
-        if self.state is State.STARTING and self._proc is not None and (
+        if self._before_pause is State.STARTING and self._proc is not None and (
                 ready is None or ready.done()):
             # Frozen while starting, its readiness clock ran out: give it a fresh one.
             self.ready_timed_out = False
             if self._run_group is not None:
                 self._ready_task = self._run_group.create_task(self._become_ready(self._proc))
         return True
+
+    async def _become_ready(self, proc: process.Child) -> None:
+        """Wait until this run serves (:func:`readiness.wait_ready`), then say so: serving,
+        or not ready within its ready timeout (it keeps running: settled, not serving)."""
+        began = time.monotonic()
+        ready = self.conf.ready if self.conf is not None else None
+        outcome = await readiness.wait_ready(readiness.ReadyCheck(
+            ready, self.ready_timeout, self.port,
+            "PORT" in self.spec.command and not self.shared_port, self.address, self._env,
+            self.rt.cwd, self._news, self._log_probe), proc)
+        if outcome.port is not None:
+            self.port, self.address = outcome.port, f"127.0.0.1:{outcome.port}"
+        if proc.returncode is not None or self.state is not State.STARTING:
+            return  # it exited, or was paused or stopped meanwhile: not ours to judge
+        if outcome.ok:
+            self.ready_how = outcome.reason
+            self._apply(self.machine.served(time.monotonic()))
+            self.rt.sink.system(f"{self.name} serving on {self.address or 'no port'} "
+                                f"({outcome.reason}, {1000 * (time.monotonic() - began):.0f} ms)")
+            return
+        self.ready_timed_out = True
+        why = outcome.reason.partition(": ")[2] if outcome.reason.startswith("not ready after") \
+            else outcome.reason
+        self.rt.sink.system(f"{self.name} not ready after {self.ready_timeout:g}s ({why})")
+        self._changed.set()
 
     def force_kill(self) -> None:
         """SIGKILL the whole group now (second Ctrl-C, supervisor teardown)."""

@@ -90,7 +90,7 @@ def test_the_boot_reader_sees_no_dependency_when_there_is_none() -> None:
 def test_preboot_and_the_registry_agree_on_which_records_may_have_a_process() -> None:
     """backoff has no process (it waits between runs): a crashed run's record in
     backoff leaves nothing to kill, so it does not stop instances starting ahead."""
-    assert RUNNING_STATES == {s.value for s in State if s.running}
+    assert {s.value for s in State if s.running} == RUNNING_STATES
     assert State.BACKOFF.value not in RUNNING_STATES
 
 
