@@ -23,11 +23,12 @@ from devcluster.errors import DevclusterError, UnknownInstanceError
 from devcluster.events import EventKind
 from devcluster.registry import Record, Registry
 from devcluster.schema import InstanceInfo
-from devcluster.supervisor.instance import DRAIN_DELAY, Instance, Runtime
+from devcluster.supervisor.instance import DRAIN_DELAY, Instance
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.preload import Preloader
 from devcluster.supervisor.recorder import Recorder, landed
 from devcluster.supervisor.request import UpRequest
+from devcluster.supervisor.shared import Runtime
 
 #: Creates a task owned by the supervisor's task group.
 Spawner = Callable[[Coroutine[Any, Any, Any]], "asyncio.Task[Any]"]

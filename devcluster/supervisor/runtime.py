@@ -37,12 +37,13 @@ from devcluster.schema import InstanceInfo
 from devcluster.supervisor import core, preboot, process
 from devcluster.supervisor import reload as rolling
 from devcluster.supervisor.crew import Crew
-from devcluster.supervisor.instance import Instance, Runtime
+from devcluster.supervisor.instance import Instance
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.membership import Membership
 from devcluster.supervisor.preload import Preloader
 from devcluster.supervisor.recorder import Recorder, landed
 from devcluster.supervisor.request import UpRequest
+from devcluster.supervisor.shared import Runtime
 from devcluster.supervisor.triggers import lifeline, signals
 from devcluster.supervisor.verbs import Verbs
 from devcluster.supervisor.watchdog import Watchdog
@@ -101,7 +102,7 @@ class Supervisor:
             self.crew.add(spec)
         # Preloaded types: their fork servers import while we finish starting up.
         for first in {i.spec.process_type: i for i in reversed(self.instances.values())}.values():
-            first.warm_preload()
+            first.life.warm_preload()
         self._interrupts = 0
         self.started = time.monotonic()
         self._tg: asyncio.TaskGroup | None = None
