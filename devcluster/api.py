@@ -15,8 +15,6 @@ Starting it: :mod:`devcluster.launch`; reaching a cluster without one: :mod:`dev
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +38,7 @@ from devcluster.errors import (
     UsageError,
     from_payload,
 )
-from devcluster.launch import Launch
+from devcluster.launch import Ask, Launcher, longest_grace, not_ready_message, resolve
 from devcluster.registry import Registry, Snapshot, State, open_registry
 from devcluster.registry.record import parse_weight
 from devcluster.schema import InstanceInfo
@@ -117,7 +115,7 @@ class ReloadError(DevclusterError):
             self.exit_code = 2
 
 
-class Cluster(Launch):
+class Cluster:
     """A devcluster cluster: start it, play with its instances, stop it."""
 
     def __init__(
@@ -176,8 +174,8 @@ class Cluster(Launch):
         self.console_port = console_port
         #: What :meth:`up` runs: flags over the project file (None before it).
         self.resolved: Resolved | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lifeline: int | None = None
+        #: The daemon process (up) and its lifeline: started by up, waited for by down.
+        self._launcher = Launcher()
         #: What the supervisor reported while starting (e.g. stale state it cleaned).
         self.notes: list[str] = []
         self._registry: Registry | None = None
@@ -189,6 +187,15 @@ class Cluster(Launch):
     def owned(self) -> bool:
         """Whether the cluster stops when this process ends (the constructor's ``owned``)."""
         return self.tied
+
+    def _resolve(self) -> Resolved:
+        """Flags over ``devcluster.toml`` (a bad file raises here: nothing has started)."""
+        resolved = self.resolved = resolve(self.procfile, self.config, self._flags,
+                                           self.scale_counts, self.restart_policies)
+        self.grace = longest_grace(resolved)  # what down() waits (+10 s)
+        self.ready_timeout = resolved.ready_timeout
+        self.registry_url = resolved.registry
+        return resolved
 
     @classmethod
     def attach(cls, where: str | Path = "Procfile", **options: Unpack[ClusterOptions]) -> Self:
@@ -229,17 +236,19 @@ class Cluster(Launch):
             raise ClusterRunningError(
                 f"a cluster is already running in {self.state_dir} (supervisor pid {pid}); "
                 "stop it with `devcluster down` or use another --state-dir")
-        payload = self._start_daemon()
-        if "error" in payload:  # the daemon could not start: its error, as data
-            raise from_payload(payload["error"])
-        states: dict[str, dict[str, Any]] = payload["instances"]
-        self.notes = list(payload.get("notes", []))
-        if payload.get("stopped_by"):  # `down` (or a signal) while it started
+        report = self._launcher.start(
+            Ask(self.procfile, self.state_dir, self.env_files, self.config, self.tied,
+                self.watch, self.console, self.console_port), resolved)
+        if report.error is not None:  # the daemon could not start: its error, as data
+            raise from_payload(report.error)
+        states = {name: dict(info) for name, info in report.instances.items()}
+        self.notes = list(report.notes)
+        if report.stopped_by:  # `down` (or a signal) while it started
             raise DevclusterError(f"the cluster was stopped while it started (asked by "
-                                  f"{payload['stopped_by']}); its instances are stopping")
+                                  f"{report.stopped_by}); its instances are stopping")
         bad = {n: s for n, s in states.items() if s["state"] != State.SERVING.value}
         if bad:
-            raise NotReadyError(self._not_ready_message(bad), states)
+            raise NotReadyError(not_ready_message(self.state_dir, bad), states)
         return states
 
     def down(self, grace: float | None = None) -> None:
@@ -249,16 +258,7 @@ class Cluster(Launch):
                 control.down(grace)
         except NoClusterError:
             pass
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=(self.grace if grace is None else grace) + 10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()  # the supervisor hung: PDEATHSIG takes its children
-                self._proc.wait()
-            self._proc = None
-        if self._lifeline is not None:
-            os.close(self._lifeline)
-            self._lifeline = None
+        self._launcher.wait((self.grace if grace is None else grace) + 10)
         if self._registry is not None:
             self._registry.close()
 

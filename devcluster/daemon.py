@@ -25,16 +25,13 @@ if __name__ == "__main__":  # `up -d`: preloaded types' fork servers import whil
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from devcluster import defaults
 from devcluster.config import procfile
-from devcluster.config.plan import types_from_json
 from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError, to_payload
 from devcluster.events import EventLog, fresh_log
 from devcluster.registry import FileRegistry, Registry, open_registry
@@ -42,7 +39,8 @@ from devcluster.registry.liveness import alive
 from devcluster.statedir import Claim, hold_lock
 from devcluster.supervisor import preboot, process
 from devcluster.supervisor.logs import LogSink
-from devcluster.supervisor.runtime import Settings, Supervisor
+from devcluster.supervisor.request import ReadyReport, UpRequest
+from devcluster.supervisor.runtime import Supervisor
 from devcluster.supervisor.watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -58,17 +56,18 @@ class ReadyPipe:
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
 
-    def send(self, payload: dict[str, Any]) -> None:
+    def send(self, report: ReadyReport) -> None:
+        """Write ``report`` (once; later reports are dropped) and close the pipe."""
         if self.fd is None:
             return
         fd, self.fd = self.fd, None  # once: the number may be reused after close
         with contextlib.suppress(OSError):
-            os.write(fd, (json.dumps(payload) + "\n").encode())
+            os.write(fd, (report.to_json() + "\n").encode())
         with contextlib.suppress(OSError):
             os.close(fd)
 
 
-async def serve(settings: Settings, console: TextIO | None, ready: ReadyPipe | None = None) -> int:
+async def serve(settings: UpRequest, console: TextIO | None, ready: ReadyPipe | None = None) -> int:
     """``devcluster up``: returns the exit status; user mistakes raise DevclusterError."""
     ready = ready or ReadyPipe(settings.ready_fd)
     process.watch_children_with_pidfds()
@@ -91,7 +90,7 @@ async def serve(settings: Settings, console: TextIO | None, ready: ReadyPipe | N
     return 0
 
 
-async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.ProcessType],
+async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.ProcessType],
                env: dict[str, str], specs: Sequence[procfile.InstanceSpec],
                ready: ReadyPipe, claim: Claim, events: EventLog | None = None) -> None:
     registry: Registry
@@ -125,8 +124,8 @@ async def _run(settings: Settings, sink: LogSink, types: Sequence[procfile.Proce
 
         async def settled() -> None:
             infos = await sup.infos()
-            ready.send({"instances": {i.name: i.to_dict() for i in infos}, "notes": notes,
-                        "stopped_by": sup.stopped_by})
+            ready.send(ReadyReport(instances={i.name: i.to_dict() for i in infos},
+                                   notes=tuple(notes), stopped_by=sup.stopped_by))
 
         try:
             async with _web_console(settings, notes):
@@ -154,7 +153,7 @@ def _watcher(sup: Supervisor) -> list[Callable[[], Coroutine[Any, Any, None]]]:
 
 
 @contextlib.asynccontextmanager
-async def _web_console(settings: Settings, notes: list[str]) -> AsyncIterator[None]:
+async def _web_console(settings: UpRequest, notes: list[str]) -> AsyncIterator[None]:
     """The web console (``up -d --console``) in a thread of this process, for as long as
     the cluster runs; started after the control plane, whose verbs it calls."""
     if not settings.console:
@@ -272,32 +271,8 @@ def _check_ports(specs: Sequence[procfile.InstanceSpec]) -> None:
         raise error
 
 
-def settings_json(**fields: Any) -> str:
-    """Encode :class:`~devcluster.supervisor.runtime.Settings` fields for the daemon."""
-    return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items()})
-
-
-def _settings(raw: dict[str, Any]) -> Settings:
-    from devcluster.config.policy import Policy
-
-    return Settings(
-        procfile=Path(raw["procfile"]), state_dir=Path(raw["state_dir"]),
-        env_files=tuple(Path(p) for p in raw.get("env_files", ())),
-        scale=dict(raw.get("scale", {})), base_port=int(raw["base_port"]),
-        grace=float(raw["grace"]), ready_timeout=float(raw["ready_timeout"]),
-        restart={k: Policy(v) for k, v in raw.get("restart", {}).items()},
-        ready_fd=raw.get("ready_fd"), lifeline_fd=raw.get("lifeline_fd"),
-        lock_fd=raw.get("lock_fd"),
-        registry=raw.get("registry"),
-        watch=None if raw.get("watch") is None else tuple(Path(p) for p in raw["watch"]),
-        console=bool(raw.get("console", False)), console_port=int(raw.get("console_port", 0)),
-        config=Path(raw["config"]) if raw.get("config") else None,
-        types=types_from_json(raw.get("types", {})),
-        waves=tuple(tuple(w) for w in raw.get("waves", ())))
-
-
 def main(argv: list[str]) -> int:
-    """Settings: JSON on stdin (or, for hand use, as the one argument).
+    """The request (:meth:`UpRequest.to_json`) on stdin (or, for hand use, as the one argument).
 
     A leading ``--state-dir DIR`` is a label for whoever looks at the process list."""
     if argv[:1] == ["--state-dir"]:
@@ -306,16 +281,16 @@ def main(argv: list[str]) -> int:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)  # the settings pipe is done with; instances must not inherit it
     os.close(null)
-    settings = _settings(json.loads(text))
+    settings = UpRequest.from_json(text)
     ready = ReadyPipe(settings.ready_fd)
     try:
         return asyncio.run(serve(settings, None, ready))
     except DevclusterError as e:
-        ready.send({"error": to_payload(e)})
+        ready.send(ReadyReport(error=to_payload(e)))
         print(f"devcluster: error: {e}", file=sys.stderr, flush=True)  # for post-mortems
         return e.exit_code
     except Exception as e:
-        ready.send({"error": to_payload(e)})
+        ready.send(ReadyReport(error=to_payload(e)))
         raise  # the traceback goes to logs/supervisor.out
 
 

@@ -55,6 +55,13 @@ _PR_SET_PDEATHSIG = 1
 _MAX_MESSAGE = 1 << 20
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved once, before any fork
 Handler = Callable[[int, Any], Any] | int | None
+#: Private CPython functions an instance needs to start and end as ``python -m``/``python
+#: FILE`` would (no public API does either): checked before anything is imported, so a
+#: Python that changed them fails loudly at once, not inside an instance. Present in
+#: CPython 3.11, 3.12 and 3.13 (tests/supervisor/test_forkserver_private.py asks every
+#: python found); preload's end-to-end tests run on 3.11.
+PRIVATE_NEEDS = (("runpy", "_run_module_as_main"), ("threading", "_shutdown"),
+                 ("atexit", "_run_exitfuncs"))
 
 
 def _send(sock: socket.socket, **message: Any) -> None:
@@ -89,10 +96,28 @@ def _dispositions() -> dict[int, Handler]:
     return found
 
 
+def missing_private() -> str | None:
+    """Why this interpreter cannot run preloaded instances (a private function of
+    :data:`PRIVATE_NEEDS` is gone), else None."""
+    import runpy
+
+    lost = [f"{mod}.{name}" for mod, name in PRIVATE_NEEDS
+            if not callable(getattr({"runpy": runpy, "threading": threading,
+                                     "atexit": atexit}[mod], name, None))]
+    if not lost:
+        return None
+    version = ".".join(map(str, sys.version_info[:3]))
+    return (f"this Python ({version}) has no {', '.join(lost)}, which preload relies on; "
+            "remove preload from devcluster.toml or run CPython 3.11 to 3.13")
+
+
 def serve(sock: socket.socket, parent: int, modules: Sequence[str]) -> int:
     """Import ``modules``, say ready, fork an instance per request until EOF."""
     fresh = _dispositions()
     began = time.monotonic()
+    lost = missing_private()
+    if lost:
+        return _refuse(sock, lost)
     for name in modules:
         try:
             importlib.import_module(name)
@@ -262,7 +287,8 @@ def _run(argv: list[str]) -> None:
             sys.path[0] = os.path.dirname(os.path.realpath(words[0]))
             sys.argv = list(words)
             path = os.path.abspath(words[0])  # as the interpreter (3.9+) names it
-            main.__file__, main.__cached__ = path, None
+            main.__file__ = path
+            main.__dict__["__cached__"] = None  # not a ModuleType attribute to typeshed
             main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
             with open(path, "rb") as f:
                 source = f.read()

@@ -1,44 +1,98 @@
 """The life cycle of one instance's process: spawn, output, exit, restart policy.
 
-:class:`Lifecycle` is a part of :class:`~devcluster.supervisor.instance.Instance` (a mixin: the
-methods run on the instance itself, still the one object that changes its state). One
-run spawns the command, pumps its output, has it probed for readiness
-(:mod:`devcluster.supervisor.readiness`), waits for its exit and sweeps what it left; after an
-exit by itself, the restart policy decides whether and when it runs again.
+:class:`Life` is a collaborator of :class:`~devcluster.supervisor.instance.Instance`: it owns
+what belongs to the instance's current process (the process, its pid and start time,
+its output, why it is being ended) and runs it: one run spawns the command, pumps its
+output, has it probed for readiness, waits for its exit and sweeps what it left; after
+an exit by itself, the restart rules (:mod:`devcluster.supervisor.core`) decide whether
+and when it runs again. It changes no state itself: it asks its :class:`Owner`, the
+instance, still the one object that does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import psutil
 
-from devcluster.config.policy import Policy
-from devcluster.config.procfile import command_argv, instance_environment
+from devcluster.config.procfile import InstanceSpec, command_argv, instance_environment
+from devcluster.config.project import TypeSettings
 from devcluster.events import EventKind
 from devcluster.registry import State
-from devcluster.supervisor import probes, process
+from devcluster.supervisor import core, probes, process
+from devcluster.supervisor.core import MAX_FAILURES
 from devcluster.supervisor.preload import Forked, PreloadError
+from devcluster.supervisor.shared import Runtime
 
-if TYPE_CHECKING:
-    from devcluster.supervisor.instance import Instance
-
-#: Restart backoff: 0.5 s doubling, capped; reset once an instance served this long.
-BACKOFF_FIRST, BACKOFF_CAP, BACKOFF_RESET_AFTER = 0.5, 30.0, 10.0
-#: Consecutive failed runs after which the restart policy gives up (state ``failed``).
-MAX_FAILURES = 5
+#: Lines of its own output an instance keeps, to say why it failed (a replacement
+#: shares its log file with the instance it replaces).
+RECENT_LINES = 20
 
 
-class Lifecycle:
-    """_lifecycle (run, restart, run...), one run, its output pump, the exit policy."""
+class Owner(Protocol):
+    """What a life cycle needs of its instance."""
 
-    async def _lifecycle(self: Instance) -> None:
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def asker(self) -> str | None:
+        """Who asked for the verb in progress (events name them)."""
+
+    def new_run(self) -> None:
+        """A run begins: forget how the last one became ready."""
+
+    def set_state(self, state: State) -> None: ...
+
+    def apply(self, commands: Sequence[core.Command]) -> float | None:
+        """Carry out the core's commands; the backoff to wait, if one was armed."""
+
+    async def become_ready(self, proc: process.Child) -> None: ...
+
+
+class Life:
+    """One instance's process, run after run (:meth:`run`)."""
+
+    def __init__(self, owner: Owner, spec: InstanceSpec, conf: TypeSettings | None,
+                 rt: Runtime, machine: core.Machine) -> None:
+        self.owner, self.spec, self.conf, self.rt, self.machine = owner, spec, conf, rt, machine
+        self.proc: process.Child | None = None
+        self.ps: psutil.Process | None = None
+        self.pid: int | None = None
+        self.started_at: float | None = None
+        self.last_exit = ""
+        #: Why we are ending the process (STOPPED, KILLED); None: it ends by itself.
+        self.intent: State | None = None
+        #: The last lines of this process's own output.
+        self.recent: collections.deque[str] = collections.deque(maxlen=RECENT_LINES)
+        #: Set by each output line: wakes a readiness probe between polls.
+        self.news = asyncio.Event()
+        self.env: dict[str, str] = {}
+        """What the current process (and an exec probe) runs with."""
+        self.log_probe: probes.LogProbe | None = None  # fed every output line
+        self.run_group: asyncio.TaskGroup | None = None  # owns this run's pump and probe
+        self.ready_task: asyncio.Task[None] | None = None
+
+    @property
+    def grace(self) -> float:
+        return self.rt.grace if self.conf is None else self.conf.grace
+
+    @property
+    def ready_timeout(self) -> float:
+        return self.rt.ready_timeout if self.conf is None else self.conf.ready_timeout
+
+    async def run(self) -> None:
         """Run the process; after an exit by itself, apply the restart policy."""
         while True:
             returncode = await self._run_once()
@@ -47,106 +101,107 @@ class Lifecycle:
             delay = self._after_exit(returncode)
             if delay is None:
                 return
-            self.rt.sink.system(f"{self.name} restarting in {delay:g}s "
-                                f"(failure {self.failures} of {MAX_FAILURES})")
+            self.rt.sink.system(f"{self.owner.name} restarting in {delay:g}s "
+                                f"(failure {self.machine.failures} of {MAX_FAILURES})")
             await asyncio.sleep(delay)
 
-    async def _run_once(self: Instance) -> int | None:
+    async def _run_once(self) -> int | None:
         """Spawn, pump output, probe readiness, wait for exit. None when it never ran."""
-        self._intent = None
-        self.ready_timed_out = False
-        self.ready_how = None
-        again = self._spawned_once
-        if again:
-            self.restarts += 1
-        self._spawned_once = True
-        env = self._environment()
+        self.intent = None
+        self.owner.new_run()
+        again = self.machine.begin_run()
+        env = self.env = self.environment()
         argv = command_argv(self.spec.command, env)
-        self._env = env  # what an exec probe runs with
         ready = self.conf.ready if self.conf is not None else None
         # Before the spawn: the log probe must see the very first line.
-        self._log_probe = probes.LogProbe(ready.arg) if ready and ready.kind == "log" else None
+        self.log_probe = probes.LogProbe(ready.arg) if ready and ready.kind == "log" else None
         try:
             proc = await self._spawn_process(argv, env)
-        except PreloadError as e:
-            self.last_exit = f"preload failed: {e}"
-            self.rt.sink.system(f"{self.name} failed: {self.last_exit}; fix preload in "
-                                "devcluster.toml or remove it")
-            self.pid = None
-            self._set(State.FAILED)
+        except (PreloadError, OSError) as e:
+            self._cannot_run(argv, e)
             return None
-        except OSError as e:
-            self.last_exit = f"cannot run {argv[0]!r}: {e.strerror or e}"
-            self.rt.sink.system(f"{self.name} failed: {self.last_exit}; fix the Procfile line")
-            self.pid = None
-            self._set(State.FAILED)
-            return None
-        self._proc, self.pid = proc, proc.pid
-        self.rt.event(EventKind.STARTED, self.name, new=proc.pid, who=self.asker)
-        if again:
-            self.rt.event(EventKind.RESTARTED, self.name, new=self.restarts,
-                          who=self.asker or "restart policy")
-        if self.rt.watchdog is not None:
-            self.rt.watchdog.track(proc.pid)
-        try:
-            self._ps = psutil.Process(proc.pid)
-            self.started_at = self._ps.create_time()
-            self._ps.cpu_percent(None)
-        except psutil.Error:
-            self._ps, self.started_at = None, time.time()
-        self.serving_since = None
-        self._set(State.STARTING)
-        how = "forked, preloaded" if isinstance(proc, Forked) else "pid"
-        self.rt.sink.system(f"{self.name} started ({how} {proc.pid}): {self.spec.command}")
+        self._started(proc, again)
         async with asyncio.TaskGroup() as run:
-            self._run_group = run
+            self.run_group = run
             pump = run.create_task(self._pump(proc))
-            self._ready_task = run.create_task(self._become_ready(proc))
+            probing = self.ready_task = run.create_task(self.owner.become_ready(proc))
             returncode = await self._wait_exit(proc)
-            self.rt.event(EventKind.EXITED, self.name, who=self.asker,
+            self.rt.event(EventKind.EXITED, self.owner.name, who=self.owner.asker,
                           code=returncode if returncode >= 0 else None,
                           signal=process.describe_exit(returncode).removeprefix("signal ")
                           if returncode < 0 else None)
-            self._ready_task.cancel()
+            probing.cancel()
             # The leader is gone; sweep whatever it left in its group and what it
             # daemonized out of it (adopted: we are a subreaper), then drain the pipe.
             process.signal_group(proc.pid, signal.SIGKILL)
-            await asyncio.to_thread(process.sweep, self.rt.ours(), self.name)
+            await asyncio.to_thread(process.sweep, self.rt.ours(), self.owner.name)
             if self.rt.watchdog is not None:
                 self.rt.watchdog.forget(proc.pid)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(pump), 2.0)
             pump.cancel()
-        self._run_group = None
+        self.run_group = None
         self.last_exit = process.describe_exit(returncode)
         return returncode
 
-    def _environment(self: Instance) -> dict[str, str]:
+    def _cannot_run(self, argv: Sequence[str], e: PreloadError | OSError) -> None:
+        name = self.owner.name
+        if isinstance(e, PreloadError):
+            self.last_exit = f"preload failed: {e}"
+            self.rt.sink.system(f"{name} failed: {self.last_exit}; fix preload in "
+                                "devcluster.toml or remove it")
+        else:
+            self.last_exit = f"cannot run {argv[0]!r}: {e.strerror or e}"
+            self.rt.sink.system(f"{name} failed: {self.last_exit}; fix the Procfile line")
+        self.pid = None
+        self.owner.set_state(State.FAILED)
+
+    def _started(self, proc: process.Child, again: bool) -> None:
+        """The process exists: record it, track it, and say so."""
+        name, asker = self.owner.name, self.owner.asker
+        self.proc, self.pid = proc, proc.pid
+        self.rt.event(EventKind.STARTED, name, new=proc.pid, who=asker)
+        if again:
+            self.rt.event(EventKind.RESTARTED, name, new=self.machine.restarts,
+                          who=asker or "restart policy")
+        if self.rt.watchdog is not None:
+            self.rt.watchdog.track(proc.pid)
+        try:
+            ps = self.ps = psutil.Process(proc.pid)
+            self.started_at = ps.create_time()
+            ps.cpu_percent(None)
+        except psutil.Error:
+            self.ps, self.started_at = None, time.time()
+        self.owner.apply(self.machine.spawned())
+        how = "forked, preloaded" if isinstance(proc, Forked) else "pid"
+        self.rt.sink.system(f"{name} started ({how} {proc.pid}): {self.spec.command}")
+
+    def environment(self) -> dict[str, str]:
         """The environment of this instance's next process."""
         return instance_environment(self.spec, str(Path(sys.executable).parent),
                                     self.conf.env if self.conf is not None else {},
-                                    self.grace, self.port)
+                                    self.grace, self.owner.port)
 
-    def warm_preload(self: Instance) -> None:
+    def warm_preload(self) -> None:
         """Start the fork server of this instance's type now (a preloaded type): its
         imports then overlap the rest of the supervisor's start-up."""
         modules = self.conf.preload if self.conf is not None else ()
         if modules and self.rt.preload is not None:
-            env = self._environment()
+            env = self.environment()
             self.rt.preload.warm(self.spec.process_type, modules,
                                  command_argv(self.spec.command, env), env, str(self.rt.cwd),
                                  self.ready_timeout)
 
-    async def _spawn_process(self: Instance, argv: list[str],
-                             env: dict[str, str]) -> process.Child:
+    async def _spawn_process(self, argv: list[str], env: dict[str, str]) -> process.Child:
         """Exec ``argv``, or fork it from its type's fork server (``preload``)."""
         modules = self.conf.preload if self.conf is not None else ()
         if modules and self.rt.preload is not None:
             return await self.rt.preload.spawn(self.spec.process_type, modules, argv, env,
-                                               str(self.rt.cwd), self.ready_timeout, self.name)
+                                               str(self.rt.cwd), self.ready_timeout,
+                                               self.owner.name)
         return await process.spawn(argv, env, str(self.rt.cwd))
 
-    async def _wait_exit(self: Instance, proc: process.Child) -> int:
+    async def _wait_exit(self, proc: process.Child) -> int:
         """Wait for the process to exit; if cancelled (the supervisor's task group is
         failing), stop it first (SIGINT, grace, SIGKILL), as trio's run_process does."""
         try:
@@ -161,7 +216,7 @@ class Lifecycle:
                 process.signal_group(proc.pid, signal.SIGKILL)
             raise
 
-    async def _pump(self: Instance, proc: process.Child) -> None:
+    async def _pump(self, proc: process.Child) -> None:
         assert proc.stdout is not None
         while True:
             try:
@@ -172,34 +227,22 @@ class Lifecycle:
                 return
             text = line.decode("utf-8", "replace")
             self.recent.append(text.rstrip("\r\n"))
-            self.rt.sink.line(self.name, text)
-            self._news.set()  # a readiness probe napping between polls looks now
-            if self._log_probe is not None:
-                self._log_probe.feed(text)
+            self.rt.sink.line(self.owner.name, text)
+            self.news.set()  # a readiness probe napping between polls looks now
+            if self.log_probe is not None:
+                self.log_probe.feed(text)
 
-    def _after_exit(self: Instance, returncode: int) -> float | None:
+    def _after_exit(self, returncode: int) -> float | None:
         """Set the state after an exit; return the restart delay, or None to stay down."""
-        self._proc = None
-        intent, self._intent = self._intent, None
-        if intent is not None:
-            self.rt.sink.system(f"{self.name} {intent.value} ({self.last_exit})")
-            self._set(intent)
-            return None
-        served = self.serving_since is not None and \
-            time.monotonic() - self.serving_since >= BACKOFF_RESET_AFTER
-        if served:
-            self.failures = 0
-        failed = returncode != 0
-        self.rt.sink.system(f"{self.name} exited by itself ({self.last_exit})")
-        if self.policy is Policy.NO or (self.policy is Policy.ON_FAILURE and not failed):
-            self._set(State.EXITED)
-            return None
-        self.failures += 1
-        if self.failures >= MAX_FAILURES:
-            self.rt.sink.system(f"{self.name} failed {self.failures} times in a row; giving up "
-                                f"(fix it, then `devcluster start {self.name}`)")
-            self._set(State.FAILED)
-            return None
-        self._set(State.BACKOFF)
-        return min(BACKOFF_FIRST * 2 ** (self.failures - 1), BACKOFF_CAP)
-
+        self.proc = None
+        intent, self.intent = self.intent, None
+        verdict = self.machine.exited(returncode, intent, time.monotonic())
+        name = self.owner.name
+        if verdict.reason == "asked":
+            self.rt.sink.system(f"{name} {verdict.state.value} ({self.last_exit})")
+        else:
+            self.rt.sink.system(f"{name} exited by itself ({self.last_exit})")
+        if verdict.state is State.FAILED:
+            self.rt.sink.system(f"{name} failed {verdict.failures} times in a row; giving "
+                                f"up (fix it, then `devcluster start {name}`)")
+        return self.owner.apply(core.commands(verdict))

@@ -19,10 +19,17 @@ async def exited(pid: int) -> bool:
         return False
     loop = asyncio.get_running_loop()
     gone: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+    loop.add_reader(fd, wake, gone)
     try:
         await gone
     finally:
         loop.remove_reader(fd)
         os.close(fd)
     return True
+
+
+def wake(future: asyncio.Future[None]) -> None:
+    """Resolve ``future`` unless it is already (a reader or writer callback may run
+    again before it is removed)."""
+    if not future.done():
+        future.set_result(None)

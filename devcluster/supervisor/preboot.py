@@ -22,10 +22,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from devcluster import defaults
 from devcluster.config.preloadcheck import python_command
+from devcluster.schema import RUNNING_STATES
+from devcluster.supervisor.request import BootView, boot_view
+
+if TYPE_CHECKING:
+    from devcluster.config.procfile import InstanceSpec
 
 #: Per-instance variables the fork server's own environment leaves out.
 _PER_INSTANCE = ("PORT", "PS", defaults.ENV_INSTANCE)
@@ -43,8 +48,6 @@ Launched = tuple["subprocess.Popen[bytes]", socket.socket]
 _settings_text: str | None = None
 _started: dict[Key, Launched] = {}
 _prespawned: dict[str, Prespawned] = {}
-#: States of a registry record whose process may still run (a crashed run's).
-_RUNNING = ("starting", "serving", "draining", "backoff", "paused")
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ def begin(argv: Sequence[str]) -> None:
     args = list(argv[2:] if argv[:1] == ["--state-dir"] else argv)
     _settings_text = args[0] if args else sys.stdin.read()
     with contextlib.suppress(Exception):
-        _launch_all(json.loads(_settings_text))
+        _launch_all(boot_view(_settings_text))
 
 
 def asked_ahead() -> bool:
@@ -139,47 +142,47 @@ def request(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bytes:
     return json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
 
 
-def _launch_all(raw: Mapping[str, Any]) -> None:
-    types = {name: t for name, t in raw.get("types", {}).items() if t.get("preload")}
+def _launch_all(view: BootView) -> None:
+    types = view.preloaded
     if not types or not sys.platform.startswith("linux"):
         return
     from devcluster.config import procfile
     ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # before any child
-    path = Path(raw["procfile"])
-    _, _, specs = procfile.load(path, [Path(p) for p in raw.get("env_files", ())],
-                                raw.get("scale", {}), int(raw["base_port"]))
-    cwd = str(path.parent.resolve())
-    ahead = _may_start_ahead(raw, specs)
+    _, _, specs = procfile.load(view.procfile, view.env_files, view.scale, view.base_port)
+    cwd = str(view.procfile.parent.resolve())
+    ahead = _may_start_ahead(view, specs)
     sent: dict[Key, int] = {}
     for spec in specs:
         conf = types.get(spec.process_type)
         if conf is None:
             continue
         env = procfile.instance_environment(spec, str(Path(sys.executable).parent),
-                                            conf.get("env", {}), float(conf["grace"]))
+                                            conf.env, conf.grace)
         argv = procfile.command_argv(spec.command, env)
-        found = server_key(spec.process_type, conf["preload"], argv, env, cwd)
+        found = server_key(spec.process_type, conf.preload, argv, env, cwd)
         if found is None:
             continue
         key = found[0]
         if key not in _started:
-            _started[key] = launch(found[1], found[2], conf["preload"], env, cwd)
+            _started[key] = launch(found[1], found[2], conf.preload, env, cwd)
         if ahead and sent.get(key, 0) >= 0:
             sent[key] = _ask(key, spec.name, argv, env, cwd, sent.get(key, 0))
 
 
-def _may_start_ahead(raw: Mapping[str, Any], specs: Sequence[Any]) -> bool:
+def _may_start_ahead(view: BootView, specs: Sequence[InstanceSpec]) -> bool:
     """Instances may be forked before the supervisor is up unless something could make
     them fail where a later start would not: a crashed run's processes (the supervisor
     kills them first), a port already taken (the supervisor reports it), a start that
     waits on ``depends_on``."""
-    if any(t.get("depends_on") for t in raw.get("types", {}).values()):
+    if view.depends:
         return False
-    if raw.get("registry") is None:
-        with contextlib.suppress(OSError, ValueError):
-            text = (Path(raw["state_dir"]) / "registry.json").read_text()
+    if view.registry is None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            text = (view.state_dir / "registry.json").read_text()
             records = json.loads(text).get("instances", {}).values()
-            if any(r.get("state") in _RUNNING for r in records):
+            # The supervisor's own rule (daemon.clean_stale): a record whose process may
+            # still run. `backoff` has none: its process is gone, nothing to kill first.
+            if any(r.get("state") in RUNNING_STATES for r in records):
                 return False
     for spec in specs:
         if spec.port and "PORT" in spec.command:

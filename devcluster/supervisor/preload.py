@@ -138,8 +138,7 @@ class ForkServer:
                     break
                 except BlockingIOError:
                     writable: asyncio.Future[None] = loop.create_future()
-                    loop.add_writer(self.sock.fileno(),
-                                    lambda f=writable: f.done() or f.set_result(None))
+                    loop.add_writer(self.sock.fileno(), pidfd.wake, writable)
                     try:
                         await writable
                     finally:
@@ -221,7 +220,7 @@ async def _read_all(fd: int) -> bytes:
     data = b""
     while True:
         readable: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, lambda f=readable: f.done() or f.set_result(None))
+        loop.add_reader(fd, pidfd.wake, readable)
         try:
             await readable
         finally:
@@ -275,8 +274,8 @@ class Preloader:
         """Start ``argv`` (``python -m ...``/``python FILE.py``) by forking the type's
         fork server; PreloadError (one line) when it cannot. An instance ``name`` already
         asked for with the same request (preboot) is taken over instead."""
-        early = self._asked.pop(name, None) if name else None
-        if early is not None:
+        early = self._asked.pop(name, None) if name is not None else None
+        if early is not None and name is not None:
             answer = self._answers.pop(name)
             if (early.argv, dict(early.env), early.cwd) == (tuple(argv), dict(env), cwd):
                 try:

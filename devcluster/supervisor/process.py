@@ -104,16 +104,22 @@ def become_subreaper() -> bool:
     """
     if _prctl is None:
         return False
-    return _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return bool(_prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
 class Child(Protocol):
     """What the supervisor needs of an instance's process: an exec'd one
     (asyncio.subprocess.Process) or one forked by a fork server (devcluster.supervisor.preload)."""
 
-    pid: int
-    returncode: int | None
-    stdout: asyncio.StreamReader | None
+    # Read-only here: the process object itself sets its return code.
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
 
     async def wait(self) -> int: ...
 

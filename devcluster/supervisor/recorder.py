@@ -17,6 +17,7 @@ aside) or missing the records of running instances is rewritten from it.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -202,3 +203,13 @@ def _names(batch: list[_Op]) -> set[str]:
 def _known(snap: Snapshot, changes: Changes) -> Changes:
     # An instance removed by scale or reload may have a last state change queued.
     return {n: f for n, f in changes.items() if n in snap.records}
+
+
+async def landed(written: Future[None], timeout: float) -> bool:
+    """Wait up to ``timeout`` for a write :class:`Recorder` queued (its future); False if
+    it failed or hangs. Stopping and draining wait on it, never for long."""
+    try:
+        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(written)), timeout)
+    except Exception:  # the writer reported it; stopping goes on
+        return False
+    return True

@@ -35,10 +35,11 @@ from devcluster.config import procfile
 from devcluster.config.policy import Policy
 from devcluster.errors import DevclusterError, UsageError
 from devcluster.registry import State
-from devcluster.supervisor.instance import DRAIN_DELAY, Instance, _landed
+from devcluster.supervisor.instance import DRAIN_DELAY, Instance
+from devcluster.supervisor.recorder import landed
 
 if TYPE_CHECKING:
-    from devcluster.supervisor.runtime import Supervisor
+    from devcluster.supervisor.crew import Crew
 
 #: Lines of a failed replacement's own output the report carries.
 FAILED_LOG_LINES = 10
@@ -212,7 +213,7 @@ def _with_port(spec: procfile.InstanceSpec, port: int) -> procfile.InstanceSpec:
 
 # -- one instance ---------------------------------------------------------------------
 
-async def replace(sup: Supervisor, old: Instance, spec: procfile.InstanceSpec,
+async def replace(sup: Crew, old: Instance, spec: procfile.InstanceSpec,
                   emit: Emit) -> Step:
     """Replace the running ``old`` by a process of ``spec``; raise ReplacementFailedError
     (after stopping the replacement) if it does not serve: ``old`` is then untouched."""
@@ -244,7 +245,7 @@ async def replace(sup: Supervisor, old: Instance, spec: procfile.InstanceSpec,
                   f"{ready_ms:.0f} ms; switching the registry, stopping pid {old.pid}"))
     written = new.publish()
     if written is not None:
-        await _landed(written, sup.settings.grace)
+        await landed(written, sup.settings.grace)
     try:
         await old.stop(drain=DRAIN_DELAY, announce=False)
     finally:
@@ -275,7 +276,7 @@ def _failure(old: Instance, new: Instance, same: bool, began: float) -> Replacem
     return error
 
 
-async def restart_stopped(sup: Supervisor, old: Instance, spec: procfile.InstanceSpec,
+async def restart_stopped(sup: Crew, old: Instance, spec: procfile.InstanceSpec,
                           emit: Emit) -> str | None:
     """An instance that does not run: give it the new spec and start it (nothing to
     protect). Returns why it does not serve, None when it does."""
@@ -291,7 +292,7 @@ async def restart_stopped(sup: Supervisor, old: Instance, spec: procfile.Instanc
 
 # -- a whole reload -------------------------------------------------------------------
 
-async def run(sup: Supervisor, targets: Collection[str], emit: Emit) -> ReloadResult:
+async def run(sup: Crew, targets: Collection[str], emit: Emit) -> ReloadResult:
     """Apply the files' diff and replace ``targets`` (instance names) too, rolling."""
     st = sup.settings
     result = ReloadResult()
@@ -327,7 +328,7 @@ async def run(sup: Supervisor, targets: Collection[str], emit: Emit) -> ReloadRe
     return result
 
 
-async def _one(sup: Supervisor, name: str, spec: procfile.InstanceSpec, result: ReloadResult,
+async def _one(sup: Crew, name: str, spec: procfile.InstanceSpec, result: ReloadResult,
                emit: Emit) -> bool:
     """Reload one instance; False (and the result says why) if the reload must stop."""
     old = sup.instances[name]

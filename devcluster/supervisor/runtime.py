@@ -7,9 +7,11 @@ whose exit path always stops every instance. It knows nothing of the control pla
 :mod:`devcluster.control.plane` calls its verbs through a small protocol, and
 :mod:`devcluster.daemon` wires the two together.
 
-This module holds the cluster's life (start in waves, settle, shut down, signals); the
-control verbs are :mod:`devcluster.supervisor.verbs` and membership (scale, reload, adding and
-removing instances) is :mod:`devcluster.supervisor.membership`, both parts of the one class.
+This module holds the cluster's life (start in waves, settle, shut down, signals); its
+state is a :class:`~devcluster.supervisor.crew.Crew`, on which two collaborators work: the
+control verbs (:mod:`devcluster.supervisor.verbs`) and membership (scale, reload:
+:mod:`devcluster.supervisor.membership`). The rules (restart, waves, stop order) are
+:mod:`devcluster.supervisor.core`'s.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,18 +29,21 @@ import psutil
 from devcluster import defaults
 from devcluster.config import procfile
 from devcluster.config.plan import settle_budget
-from devcluster.config.project import TypeSettings
 from devcluster.errors import DevclusterError
 from devcluster.events import EventKind, EventLog, follow_registry
 from devcluster.registry import Registry, State
 from devcluster.registry.inotify import WatchStop
-from devcluster.supervisor import preboot, process
+from devcluster.schema import InstanceInfo
+from devcluster.supervisor import core, preboot, process
 from devcluster.supervisor import reload as rolling
-from devcluster.supervisor.instance import Instance, Policy, Runtime, _landed
+from devcluster.supervisor.crew import Crew
+from devcluster.supervisor.instance import Instance
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.membership import Membership
 from devcluster.supervisor.preload import Preloader
-from devcluster.supervisor.recorder import Recorder
+from devcluster.supervisor.recorder import Recorder, landed
+from devcluster.supervisor.request import UpRequest
+from devcluster.supervisor.shared import Runtime
 from devcluster.supervisor.triggers import lifeline, signals
 from devcluster.supervisor.verbs import Verbs
 from devcluster.supervisor.watchdog import Watchdog
@@ -49,59 +53,30 @@ T = TypeVar("T")
 _DRAIN_WRITE_WAIT = 0.5
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything ``devcluster up`` was asked for."""
-
-    procfile: Path
-    state_dir: Path
-    env_files: tuple[Path, ...] = ()
-    scale: dict[str, int] = field(default_factory=dict)
-    base_port: int = defaults.BASE_PORT
-    grace: float = defaults.GRACE
-    ready_timeout: float = defaults.READY_TIMEOUT
-    restart: dict[str, Policy] = field(default_factory=dict)
-    ready_fd: int | None = None
-    """A pipe to write one JSON line to once every instance has settled (``up -d``)."""
-    registry: str | None = None
-    """``etcd://host:port/prefix`` to register into etcd; None: the state dir's file."""
-    lock_fd: int | None = None
-    """The state dir's lock file, already locked by the process that started us."""
-    lifeline_fd: int | None = None
-    """A pipe whose other end the starting process holds: EOF (it exited, however it
-    died) shuts the cluster down gracefully. Unlike PDEATHSIG it is not tied to the
-    thread that started us."""
-    watch: tuple[Path, ...] | None = None
-    """``up --watch``: reload when these change (empty: the Procfile's directory)."""
-    console: bool = False
-    """Serve the web console for as long as the cluster runs (``up -d --console``)."""
-    console_port: int = 0
-    """The console's port on 127.0.0.1; 0: a free one."""
-    config: Path | None = None
-    """The ``devcluster.toml`` these settings were read from (None: no file)."""
-    types: Mapping[str, TypeSettings] = field(default_factory=dict)
-    """Per process type, flags over the file (:func:`devcluster.config.project.resolve`). A type
-    not here runs with the settings above and the default readiness probe."""
-    waves: tuple[tuple[str, ...], ...] = ()
-    """Start order from ``depends_on``: () starts every type at once."""
+#: The daemon's settings: :class:`~devcluster.supervisor.request.UpRequest` (this name stays
+#: until the CLI builds an UpRequest; see devcluster.supervisor.request).
+Settings = UpRequest
 
 
-class Supervisor(Verbs, Membership):
-    """The running cluster: build it inside a running loop, then :meth:`run` it."""
+class Supervisor:
+    """The running cluster: build it inside a running loop, then :meth:`run` it.
 
-    def __init__(self, settings: Settings, registry: Registry, sink: LogSink,
+    Its state is a :class:`Crew` (``crew``); the control verbs (:class:`Verbs`) and
+    membership (:class:`Membership`) are collaborators working on that crew, and the
+    supervisor offers their verbs to the control plane (``Supervised``)."""
+
+    def __init__(self, settings: UpRequest, registry: Registry, sink: LogSink,
                  types: Sequence[procfile.ProcessType], env: dict[str, str],
                  specs: Sequence[procfile.InstanceSpec], watchdog: Watchdog | None = None,
                  events: EventLog | None = None) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.sink = sink
-        self.types = {t.name: t for t in types}
-        self.type_order = [t.name for t in types]
-        self.env = env
+        self.settings, self.registry, self.sink = settings, registry, sink
         loop = asyncio.get_running_loop()
+
+        def report(message: str) -> None:  # from the writer thread: log it on the loop
+            loop.call_soon_threadsafe(sink.system, message)
+
         self.records = Recorder(
-            registry, lambda msg: loop.call_soon_threadsafe(sink.system, msg),
+            registry, report,
             # From the writer thread: list() copies the values in one step.
             truth=lambda: [i.record() for i in list(self.instances.values())])
         self.watchdog = watchdog
@@ -109,21 +84,25 @@ class Supervisor(Verbs, Membership):
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
                           settings.ready_timeout, watchdog, self._spawn, self._ours, events,
                           self.preload)
-        self.instances: dict[str, Instance] = {}
-        #: Instances of ours not in the name table: a replacement starting, an old
-        #: instance stopping (see devcluster.supervisor.reload). They die with the cluster too.
-        self.outside: set[Instance] = set()
-        #: devcluster.toml's per-type tables as last applied (a reload diffs against them).
-        self.tables: Any = {}
+        tables: Any = {}
         with contextlib.suppress(DevclusterError):
-            self.tables = rolling.project_tables(settings.procfile)
+            tables = rolling.project_tables(settings.procfile)
+        self.crew = Crew(settings, registry, sink, self.records, self.rt, self.preload,
+                         self._spawn, {t.name: t for t in types}, [t.name for t in types],
+                         env, tables)
+        # The crew's own table, set and event (never rebound): the names the life of
+        # the cluster below reads most.
+        self.instances, self.outside = self.crew.instances, self.crew.outside
+        self.stopping = self.crew.stopping
+        self.done = asyncio.Event()
+        self.verbs = Verbs(self.crew, lambda grace, who: self.request_shutdown(grace, who),
+                           self.done)
+        self.membership = Membership(self.crew)
         for spec in specs:
-            self._add(spec)
+            self.crew.add(spec)
         # Preloaded types: their fork servers import while we finish starting up.
         for first in {i.spec.process_type: i for i in reversed(self.instances.values())}.values():
-            first.warm_preload()
-        self.stopping = asyncio.Event()
-        self.done = asyncio.Event()
+            first.life.warm_preload()
         self._interrupts = 0
         self.started = time.monotonic()
         self._tg: asyncio.TaskGroup | None = None
@@ -131,8 +110,6 @@ class Supervisor(Verbs, Membership):
         self._early_stop: tuple[float | None, str] | None = None
         #: Who asked for the shutdown (None while none was asked for).
         self.stopped_by: str | None = None
-        # scale and reload add and remove instances across awaits: one at a time.
-        self._membership = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.settings.procfile} {len(self.instances)} instances>"
@@ -144,6 +121,34 @@ class Supervisor(Verbs, Membership):
     @property
     def state_dir(self) -> Path:
         return self.settings.state_dir
+
+    # -- what the control plane calls (Supervised): the collaborators' verbs ---------------
+
+    async def infos(self, chosen: Iterable[Instance] | None = None) -> list[InstanceInfo]:
+        """Every instance (or ``chosen``) in the one schema."""
+        return await self.crew.infos(chosen)
+
+    async def act(self, verb: str, names: Sequence[str], all_: bool = False, *,
+                  signal_name: str = "", wait: bool = False,
+                  timeout: float = defaults.CONTROL_WAIT,
+                  who: str = "") -> tuple[list[InstanceInfo], list[str]]:
+        """See :meth:`Verbs.act`."""
+        return await self.verbs.act(verb, names, all_, signal_name=signal_name, wait=wait,
+                                    timeout=timeout, who=who)
+
+    async def down(self, grace: float | None = None, who: str = "") -> list[InstanceInfo]:
+        """See :meth:`Verbs.down`."""
+        return await self.verbs.down(grace, who)
+
+    async def scale(self, counts: dict[str, int], *, wait: bool = False,
+                    timeout: float = defaults.CONTROL_WAIT, who: str = "") -> list[InstanceInfo]:
+        """See :meth:`Membership.scale`."""
+        return await self.membership.scale(counts, wait=wait, timeout=timeout, who=who)
+
+    async def reload(self, names: Sequence[str] = (), all_: bool = False, *, who: str = "",
+                     progress: rolling.Emit | None = None) -> rolling.ReloadResult:
+        """See :meth:`Membership.reload`."""
+        return await self.membership.reload(names, all_, who=who, progress=progress)
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A task owned by :meth:`run`'s task group (no task of ours is left unowned)."""
@@ -190,30 +195,25 @@ class Supervisor(Verbs, Membership):
 
     def start_all(self) -> None:
         """Start every instance; a type with ``depends_on`` waits (in a task of ours)
-        until every instance of its dependencies serves."""
-        waiting: dict[str, tuple[str, ...]] = {}
+        until every instance of its dependencies serves (:func:`core.start_plan`)."""
+        plan = core.start_plan(((i.name, i.spec.process_type) for i in self.instances.values()),
+                               {t: self._depends_on(t) for t in self.crew.types})
         for inst in self.instances.values():
-            deps = self._depends_on(inst.spec.process_type)
-            if deps:
+            if inst.spec.process_type in plan.waiting:
                 inst.held = True
-                waiting[inst.spec.process_type] = deps
-            else:
-                inst.start()
-        for ptype, deps in waiting.items():
+        for name in plan.now:
+            self.instances[name].start()
+        for ptype, deps in plan.waiting.items():
             self._spawn(self._start_after(ptype, deps))
 
     def _depends_on(self, ptype: str) -> tuple[str, ...]:
         conf = self.settings.types.get(ptype)
         return conf.depends_on if conf is not None else ()
 
-    def _of_types(self, types: Iterable[str]) -> list[Instance]:
-        wanted = set(types)
-        return [i for i in self.instances.values() if i.spec.process_type in wanted]
-
     async def _start_after(self, ptype: str, deps: tuple[str, ...]) -> None:
         """Start ``ptype`` once every instance of ``deps`` serves; if one gave up instead
         (failed, exited, not ready in time), do not start it and say why."""
-        needed = self._of_types(deps)
+        needed = self.crew.of_types(deps)
 
         async def settled() -> None:
             for dep in needed:  # a dependency waiting on its own dependencies is unsettled
@@ -226,16 +226,15 @@ class Supervisor(Verbs, Membership):
         finally:
             done.cancel()
             stop.cancel()
-        mine = [i for i in self._of_types([ptype]) if i.held]
-        bad = [d for d in needed if d.state is not State.SERVING]
-        if self.stopping.is_set():
+        mine = [i for i in self.crew.of_types([ptype]) if i.held]
+        outcome = core.dependency_outcome({d.name: d.state for d in needed},
+                                          self.stopping.is_set())
+        if not outcome.start:
             for inst in mine:
-                inst.held = False
-            return
-        if bad:
-            why = f"dependency {bad[0].name} did not serve ({bad[0].state.value})"
-            for inst in mine:
-                inst.not_started(why)
+                if outcome.why is None:
+                    inst.held = False
+                else:
+                    inst.not_started(outcome.why)
             return
         self.sink.system(f"{ptype}: {', '.join(deps)} serving; starting {len(mine)} instance(s)")
         for inst in mine:
@@ -270,7 +269,7 @@ class Supervisor(Verbs, Membership):
             running = [i for i in group if i.running]
             drained = self.records.update_many({i.name: {"state": State.DRAINING.value}
                                                 for i in running})
-            await _landed(drained, _DRAIN_WRITE_WAIT)  # never wait on the registry for long
+            await landed(drained, _DRAIN_WRITE_WAIT)  # never wait on the registry for long
             await asyncio.gather(*(i.stop(grace, announce=False) for i in group))
         # Replacements and replaced instances of a reload in progress go too.
         await asyncio.gather(*(i.stop(grace, announce=False) for i in self.outside))
@@ -282,15 +281,10 @@ class Supervisor(Verbs, Membership):
         self.done.set()
 
     def _stop_order(self) -> list[list[Instance]]:
-        """Instances in groups to stop one after the other: the start waves reversed
-        (without ``depends_on``, one group: all at once). Types in no wave go first."""
-        waves = self.settings.waves
-        if len(waves) <= 1:
-            return [list(self.instances.values())]
-        placed = {t for wave in waves for t in wave}
-        groups = [[i for i in self.instances.values() if i.spec.process_type not in placed]]
-        groups += [self._of_types(wave) for wave in reversed(waves)]
-        return [g for g in groups if g]
+        """Instances in groups to stop one after the other (:func:`core.stop_order`)."""
+        groups = core.stop_order([(i.name, i.spec.process_type) for i in self.instances.values()],
+                                 self.settings.waves)
+        return [[self.instances[name] for name in group] for group in groups]
 
     def force(self) -> None:
         """Second Ctrl-C (and the exit path): SIGKILL every process group now."""
@@ -353,7 +347,7 @@ class Supervisor(Verbs, Membership):
         finally:
             stop_wait.cancel()
         settled.cancel()
-        await self._written()
+        await self.crew.written()
         if on_settled is not None:
             await on_settled()
         await self.stopping.wait()
@@ -371,7 +365,7 @@ class Supervisor(Verbs, Membership):
         st = self.settings
         if await self.wait_settled(settle_budget(st.types, st.waves, st.ready_timeout) + 60):
             seconds = time.monotonic() - began
-            await self._written()  # "ready" means the registry says so too
+            await self.crew.written()  # "ready" means the registry says so too
             self._report_ready(seconds)
 
     def _report_ready(self, seconds: float) -> None:
@@ -385,7 +379,7 @@ class Supervisor(Verbs, Membership):
         """Signal handler: only schedules work (first: graceful, second: forced)."""
         if sig is signal.SIGHUP:
             if not self.stopping.is_set() and self._tg is not None:
-                self._spawn(self._hangup())
+                self._spawn(self.membership.hangup())
             return
         self._interrupts += 1
         if self._interrupts == 1:
@@ -393,4 +387,3 @@ class Supervisor(Verbs, Membership):
         else:
             self.sink.system("forced shutdown: SIGKILL to every instance")
             self.force()
-

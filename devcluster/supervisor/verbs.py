@@ -1,90 +1,57 @@
-"""The control verbs of the supervisor: look instances up, act on them, describe them.
+"""The control verbs of the supervisor: act on instances, stop the cluster.
 
-:class:`Verbs` is a part of :class:`~devcluster.supervisor.runtime.Supervisor` (a mixin: the
-methods run on the supervisor itself, which owns every instance). The control plane
-calls these through its ``Supervised`` protocol; nothing here knows of it.
+:class:`Verbs` is a collaborator of :class:`~devcluster.supervisor.runtime.Supervisor`: it
+works on the cluster's :class:`~devcluster.supervisor.crew.Crew` and is given the one thing
+of the supervisor's own it needs (starting the shutdown). The control plane calls these
+through the supervisor and its ``Supervised`` protocol; nothing here knows of it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
 
 from devcluster import defaults
-from devcluster.config import procfile
 from devcluster.config.signals import parse_signal
-from devcluster.errors import DevclusterError, UnknownInstanceError
+from devcluster.errors import DevclusterError
 from devcluster.events import EventKind
-from devcluster.registry import Record
 from devcluster.schema import InstanceInfo
-from devcluster.supervisor.instance import DRAIN_DELAY, Instance, _landed
-
-if TYPE_CHECKING:
-    from devcluster.supervisor.runtime import Supervisor
+from devcluster.supervisor.crew import Crew
+from devcluster.supervisor.instance import DRAIN_DELAY, Instance
 
 _DONE = {"kill": "killed", "stop": "stopped", "start": "started", "restart": "restarted",
          "pause": "paused", "resume": "resumed"}
 
 
 class Verbs:
-    """select, infos, act (kill/stop/start/restart/pause/resume) and down."""
+    """act (kill/stop/start/restart/pause/resume) and down."""
 
-    # -- lookup ------------------------------------------------------------------------
-
-    def select(self: Supervisor, names: Iterable[str], all_: bool = False) -> list[Instance]:
-        """Instances named, or all of a process type, or every one; unknown -> error."""
-        if all_:
-            return list(self.instances.values())
-        chosen: dict[str, Instance] = {}
-        for name in names:
-            procfile.check_name(name)
-            if name in self.instances:
-                chosen[name] = self.instances[name]
-                continue
-            of_type = [i for i in self.instances.values() if i.spec.process_type == name]
-            if not of_type:
-                raise UnknownInstanceError(name, list(self.instances))
-            chosen.update((i.name, i) for i in of_type)
-        return list(chosen.values())
-
-    async def infos(self: Supervisor, chosen: Iterable[Instance] | None = None) -> list[InstanceInfo]:
-        """Instances in the one schema (every one by default); the registry is read in a
-        thread, once, for weight and enabled (None if it cannot be read)."""
-        chosen = list(self.instances.values() if chosen is None else chosen)
-        # Unreadable (corrupt, deleted): answer from memory, with what we last wrote.
-        last = self.records.last
-        records: dict[str, Record] = dict(last.records) if last is not None else {}
-        with contextlib.suppress(DevclusterError, OSError):
-            records = dict((await asyncio.to_thread(self.registry.snapshot)).records)
-        now = time.time()
-        return [i.info(records.get(i.name), now) for i in chosen]
-
-    async def _written(self: Supervisor) -> None:
-        """Wait (bounded) until every registry write queued so far landed, so a control
-        client reading the registry right after a reply sees what the reply says."""
-        await _landed(self.records.flush(), self.settings.grace)
+    def __init__(self, crew: Crew, shutdown: Callable[[float | None, str], None],
+                 done: asyncio.Event) -> None:
+        self.crew = crew
+        self._shutdown = shutdown
+        """Starts the graceful shutdown of the whole cluster (grace, who asked)."""
+        self._done = done
+        """Set once every instance stopped."""
 
     # -- verbs (the control plane calls these) ------------------------------------------
 
-    async def act(self: Supervisor, verb: str, names: Sequence[str], all_: bool = False, *,
+    async def act(self, verb: str, names: Sequence[str], all_: bool = False, *,
                   signal_name: str = "", wait: bool = False,
                   timeout: float = defaults.CONTROL_WAIT,
                   who: str = "") -> tuple[list[InstanceInfo], list[str]]:
         """kill/stop/start/restart/pause/resume instances; (their infos, unchanged names)."""
         do, wanted = self._verb(verb, signal_name)
-        chosen = self.select(names, all_)
+        chosen = self.crew.select(names, all_)
         targets = "--all" if all_ else " ".join(names)
         sig = parse_signal(signal_name or "SIGKILL").name if verb == "kill" else ""
         label = f"kill ({sig})" if sig else verb
         who = who or "a control client"
-        self.sink.system(f"{label} {targets} (asked by {who})")
+        self.crew.sink.system(f"{label} {targets} (asked by {who})")
         unchanged: list[str] = []
 
         async def one(inst: Instance) -> None:
-            self.rt.event(EventKind.ASKED, inst.name, who=who, detail=f"{verb} {sig}".rstrip())
+            self.crew.rt.event(EventKind.ASKED, inst.name, who=who, detail=f"{verb} {sig}".rstrip())
             inst.asker = who  # the state changes and exits it causes name the asker
             try:
                 result = do(inst)
@@ -97,17 +64,17 @@ class Verbs:
                 inst.asker = None
 
         await asyncio.gather(*(one(i) for i in chosen))
-        await self._written()
-        failed = {i.name: self.records.failures[i.name] for i in chosen
-                  if i.name in self.records.failures}
+        await self.crew.written()
+        failed = {i.name: self.crew.records.failures[i.name] for i in chosen
+                  if i.name in self.crew.records.failures}
         if failed:  # the action happened; the registry does not say so
             name, why = next(iter(failed.items()))
             others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
             raise DevclusterError(f"{_DONE.get(verb, verb)} {name}{others}, but could not "
                                   f"record it in the registry: {why}")
-        return await self.infos(chosen), unchanged
+        return await self.crew.infos(chosen), unchanged
 
-    def _verb(self: Supervisor, verb: str, signal_name: str) -> tuple[
+    def _verb(self, verb: str, signal_name: str) -> tuple[
             Callable[[Instance], Awaitable[bool] | bool], Callable[[Instance], bool] | None]:
         """(what ``verb`` does to one instance, what to wait for with ``wait``)."""
         settled: Callable[[Instance], bool] = lambda i: i.settled  # noqa: E731
@@ -131,9 +98,9 @@ class Verbs:
             raise DevclusterError(f"unknown action {verb!r}")
         return verbs[verb]
 
-    async def down(self: Supervisor, grace: float | None = None, who: str = "") -> list[InstanceInfo]:
+    async def down(self, grace: float | None = None, who: str = "") -> list[InstanceInfo]:
         """Stop the whole cluster; returns once every instance is stopped."""
-        self.request_shutdown(grace, who or "control client")
-        await self.done.wait()
-        return await self.infos()
+        self._shutdown(grace, who or "control client")
+        await self._done.wait()
+        return await self.crew.infos()
 

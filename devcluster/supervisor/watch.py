@@ -159,7 +159,7 @@ class Watcher:
     async def reload_for(self, changed: Sequence[str]) -> None:
         """One reload for a batch of changed paths (changes meanwhile queue one more)."""
         sup = self.sup
-        globs = {t: tuple(getattr(sup.tables.get(t), "watch", ()) or ()) for t in sup.type_order}
+        globs = {t: tuple(getattr(sup.crew.tables.get(t), "watch", ()) or ()) for t in sup.crew.type_order}
         running = {i.spec.process_type for i in sup.instances.values()}
         names = [t for t in types_for(changed, globs) if t in running]
         config = [c for c in changed if Path(c).name in CONFIG_FILES]
