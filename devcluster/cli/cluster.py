@@ -24,7 +24,7 @@ from devcluster.errors import UsageError
 
 if TYPE_CHECKING:
     from devcluster.config.policy import Policy
-    from devcluster.supervisor.runtime import Settings
+    from devcluster.supervisor.request import UpRequest
 
 
 @dataclass(frozen=True)
@@ -93,24 +93,18 @@ def up(at: Place, env: list[str], scale: list[str], port: int | None, grace: flo
     return _detached(flags, as_json) if detach else _foreground(flags)
 
 
-def settings_for(flags: UpFlags) -> Settings:
-    """The supervisor's settings for a foreground ``up``: the one place the CLI builds them
-    (the project file's values under the flags, as :func:`devcluster.config.plan.plan`
-    merges them)."""
-    from devcluster.config.plan import plan
-    from devcluster.config.project import Flags
-    from devcluster.supervisor.runtime import Settings
+def settings_for(flags: UpFlags) -> UpRequest:
+    """What a foreground ``up`` asks of its supervisor: the same request, built the same
+    way, as the background supervisor of ``up -d`` and of the Python API gets."""
+    from devcluster import launch
 
     at = flags.at
-    r = plan(at.procfile, Flags(port=flags.port, grace=flags.grace,
-                                ready_timeout=flags.ready_timeout, registry=at.registry_url,
-                                scale=flags.scale, restart=flags.restart), flags.config)
-    return Settings(procfile=at.procfile.absolute(), state_dir=at.state_dir,
-                    env_files=flags.env, scale=dict(r.scale), base_port=r.port,
-                    grace=r.grace, ready_timeout=r.ready_timeout, restart=dict(r.restart),
-                    registry=r.registry,
-                    config=flags.config.absolute() if flags.config else None,
-                    types=r.types, waves=r.waves, watch=flags.watch)
+    resolved = launch.resolve(at.procfile, flags.config,
+                              (flags.port, flags.grace, flags.ready_timeout, at.registry_url),
+                              flags.scale, flags.restart)
+    ask = launch.Ask(procfile=at.procfile.absolute(), state_dir=at.state_dir, env_files=flags.env,
+                     config=flags.config.absolute() if flags.config else None, watch=flags.watch)
+    return launch.request(ask, resolved)
 
 
 def _foreground(flags: UpFlags) -> int:

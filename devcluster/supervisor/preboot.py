@@ -178,7 +178,7 @@ def _may_start_ahead(view: BootView, specs: Sequence[InstanceSpec]) -> bool:
         return False
     if view.registry is None:
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            text = (view.state_dir / "registry.json").read_text()
+            text = defaults.layout(view.state_dir).registry.read_text()
             records = json.loads(text).get("instances", {}).values()
             # The supervisor's own rule (daemon.clean_stale): a record whose process may
             # still run. `backoff` has none: its process is gone, nothing to kill first.

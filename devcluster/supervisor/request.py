@@ -121,11 +121,6 @@ class UpRequest:
             waves=tuple(tuple(w) for w in raw.get("waves", ())))
 
 
-#: The name the CLI builds today (``cli/fastup.py``, ``cli/cluster.py``); the lead switches
-#: them to :class:`UpRequest` at merge, then this alias goes.
-Settings = UpRequest
-
-
 @dataclass(frozen=True)
 class PreloadedType:
     """One preloaded type as :func:`boot_view` reads it (``types`` of the request)."""

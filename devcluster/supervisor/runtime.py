@@ -53,11 +53,6 @@ T = TypeVar("T")
 _DRAIN_WRITE_WAIT = 0.5
 
 
-#: The daemon's settings: :class:`~devcluster.supervisor.request.UpRequest` (this name stays
-#: until the CLI builds an UpRequest; see devcluster.supervisor.request).
-Settings = UpRequest
-
-
 class Supervisor:
     """The running cluster: build it inside a running loop, then :meth:`run` it.
 

@@ -12,7 +12,7 @@ from devcluster.config.policy import Policy
 from devcluster.config.project import Ready, TypeSettings
 from devcluster.registry import State
 from devcluster.schema import RUNNING_STATES
-from devcluster.supervisor.request import ReadyReport, Settings, UpRequest, boot_view
+from devcluster.supervisor.request import ReadyReport, UpRequest, boot_view
 
 
 def _full() -> UpRequest:
@@ -61,12 +61,6 @@ def test_a_request_is_frozen_and_copies_what_it_is_given() -> None:
         request.scale["api"] = 3  # type: ignore[index]
     with pytest.raises(dataclasses.FrozenInstanceError):
         request.grace = 1.0  # type: ignore[misc]
-
-
-def test_settings_stays_a_name_for_the_request_until_the_cli_switches() -> None:
-    from devcluster.supervisor import runtime
-
-    assert Settings is UpRequest and runtime.Settings is UpRequest
 
 
 def test_the_boot_reader_reads_the_same_fields() -> None:
