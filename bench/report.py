@@ -405,7 +405,7 @@ def command_rows(raw: Mapping[str, Any]) -> list[Row]:
         anchor = "-" if honcho is None else (
             f"{honcho['cpu_s'] * 1000:.0f} ms CPU ({honcho['wall_s'] * 1000:.0f} ms wall)")
         ratio = _ratio(fig["cpu_s"], honcho["cpu_s"] if honcho else None)
-        goal = "<= 2.0x" if name in ("ps", "registry", "weight", "kill") else "-"
+        goal = "<= 2.0x" if name != "--version" else "-"  # every everyday command
         met = "-" if goal == "-" or honcho is None else _verdict(
             fig["cpu_s"] <= 2 * honcho["cpu_s"], f"{fig['cpu_s'] / honcho['cpu_s']:.2f}x")
         rows.append(Row("9", f"`devcluster {name}` as a command vs `honcho --version` "
