@@ -9,7 +9,7 @@ Groups, in the order they run (each is also a command of its own):
 * ``client`` (3, 4): ``bench.client_throughput`` vs grpc's round_robin;
 * ``failover`` (5): ``bench.failover`` vs grpc's round_robin;
 * ``weights`` (6, 7): ``bench.weights`` (anchor for 7: round_robin over repeated addresses);
-* ``commands`` (9): ``bench.commands``: ps, registry, weight, kill vs ``honcho --version``;
+* ``commands`` (9): ``bench.commands``: every everyday command vs ``honcho --version``;
 * ``pause`` (10): ``bench.pause``: a 10 s freeze, sequential and 8 in flight, vs round_robin.
 
 A full run (every group, full sizes) also rewrites README.md's Performance table from
