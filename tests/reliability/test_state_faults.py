@@ -172,7 +172,7 @@ def test_a_daemonizing_instance_is_restarted_by_its_policy(
     write_procfile("bg: sh -c 'sleep 300 & exit 0'")
     up = run_cli(*UP, "--restart", "bg=always", "--ready-timeout", "1")
     assert up.returncode == 1
-    from conftest import wait_until
+    from tests.conftest import wait_until
 
     wait_until(lambda: ps_rows(run_cli)["bg"]["restarts"] >= 1, 5.0, "bg to be restarted")
     assert run_cli("down").returncode == 0
@@ -190,7 +190,7 @@ def _remove(state_dir: Path) -> None:
 
 def test_state_dir_deleted_then_ps_and_down(greeters: Path, run_cli: Cli) -> None:
 
-    from conftest import wait_until
+    from tests.conftest import wait_until
 
     pids = [r["pid"] for r in ps_rows(run_cli).values()]
     _remove(greeters)
@@ -212,7 +212,7 @@ def test_state_dir_deleted_then_ps_and_down(greeters: Path, run_cli: Cli) -> Non
 def test_an_old_supervisor_never_touches_a_newer_run(greeters: Path, run_cli: Cli) -> None:
     import signal
 
-    from conftest import wait_until
+    from tests.conftest import wait_until
 
     old = supervisor_of(greeters)
     old_pids = [r["pid"] for r in ps_rows(run_cli).values()]
@@ -265,7 +265,7 @@ def test_a_shared_state_dir_keeps_its_mode(run_cli: Cli, write_procfile: Callabl
 
 def test_down_during_up_stops_what_is_starting_and_says_so(
         run_cli: Cli, write_procfile: Callable[..., Path], tmp_path: Path) -> None:
-    from conftest import cli_env, devcluster_argv, wait_until
+    from tests.conftest import cli_env, devcluster_argv, wait_until
 
     from devcluster.statedir import running_pid
 
