@@ -44,7 +44,7 @@ from devcluster.supervisor.runtime import Supervisor
 from devcluster.supervisor.watchdog import Watchdog
 
 if TYPE_CHECKING:
-    from devcluster.control.plane import ControlServer
+    from devcluster.control.server import ControlServer
 
 #: Longest the exit path waits for queued registry writes before giving up on them.
 _LAST_WRITES_WAIT = 2.0
@@ -117,7 +117,7 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
             # The instances are spawned: their interpreters boot while we import grpc
             # for the control plane and wait for the registry's first write.
             await asyncio.wrap_future(reset)
-            from devcluster.control.plane import ControlServer
+            from devcluster.control.server import ControlServer
 
             keeper.control = ControlServer(sup, defaults.layout(settings.state_dir).socket)
             await keeper.control.start()

@@ -26,7 +26,7 @@ def verb(at: Place, verb: str, names: Sequence[str], all_: bool, as_json: bool,
 
         parse_signal(signal)
         kw = {"signal": signal}
-    from devcluster.control.plane import ControlClient, as_dict
+    from devcluster.control.client import ControlClient, as_dict
 
     with ControlClient(at.state_dir) as control:
         reply = control.act(verb, list(names), all_=all_, **kw)
@@ -38,7 +38,7 @@ def verb(at: Place, verb: str, names: Sequence[str], all_: bool, as_json: bool,
 def scale(at: Place, counts: Sequence[str], no_wait: bool, as_json: bool) -> views.Output:
     """Grow or shrink process types; the instances after."""
     from devcluster.config.procfile import parse_scale
-    from devcluster.control.plane import ControlClient, as_dict
+    from devcluster.control.client import ControlClient, as_dict
 
     wanted = parse_scale(list(counts))
     with ControlClient(at.state_dir) as control:

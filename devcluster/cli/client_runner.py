@@ -7,8 +7,8 @@ registry of a running cluster, a ``static:///`` list (devcluster's balancer, no
 cluster needed) or a grpc target (grpc's own resolver and policy); lines and
 summary look the same in all three.
 
->>> from rich.console import Console                                    # doctest: +SKIP
->>> summary = run_client(ClientOptions("server", count=6, interval=0), Console())  # doctest: +SKIP
+>>> from devcluster.cli.views import Terminal                           # doctest: +SKIP
+>>> summary = run_client(ClientOptions("server", count=6, interval=0), Terminal())  # doctest: +SKIP
   1  server1  127.0.0.1:50051  0.7 ms  Hello world-1 from server1
   ...
 >>> summary.instances["server1"].calls                                  # doctest: +SKIP
@@ -28,12 +28,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import grpc
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
 from devcluster.cli.targets import Target, parse_target, resolve_policy
+from devcluster.cli.views import Terminal, table
 from devcluster.client.calls import CallInfo
 from devcluster.client.channel import BalancedChannel
 from devcluster.client.direct import GrpcTargetChannel
@@ -160,9 +158,9 @@ class Summary:
 
 
 class _Printer:
-    """Turns CallInfo into lines (rich) or JSON objects, one call at a time."""
+    """Turns CallInfo into lines or JSON objects, one call at a time."""
 
-    def __init__(self, console: Console, as_json: bool, channel: Channel) -> None:
+    def __init__(self, console: Terminal, as_json: bool, channel: Channel) -> None:
         self.console = console
         self.as_json = as_json
         self.channel = channel
@@ -175,7 +173,7 @@ class _Printer:
     def call(self, info: CallInfo) -> None:
         with self.lock:
             if self.as_json:
-                self.console.out(json.dumps(info.to_dict()), highlight=False)
+                self.console.print(json.dumps(info.to_dict()))
                 return
             seq = f"{info.seq:>3}"
             # One line per run of identical failed attempts (a dead last instance
@@ -184,39 +182,37 @@ class _Printer:
             nexts = [name for (name, _), _n in runs[1:]] + [info.instance] if runs else []
             for ((name, code), n), nxt in zip(runs, nexts, strict=True):
                 times = f" x{n}" if n > 1 else ""
-                self.console.print(f"[red]{seq}  {escape(name)}  {self._address(name)}  {code}"
-                                   f"{times}  retried on {escape(nxt)}[/red]", highlight=False)
+                self.console.print(f"{seq}  {name}  {self._address(name)}  {code}{times}  "
+                                   f"retried on {nxt}", "red")
             # The address is empty when nobody was tried, or for a grpc target (grpc
             # does not say which address served): the column stays, blank.
             if info.ok:
-                self.console.print(f"{seq}  [bold]{escape(info.instance)}[/bold]  "
-                                   f"{info.address}  {info.latency_ms:.1f} ms  "
-                                   f"{escape(info.message)}", highlight=False)
+                self.console.print(f"{seq}  {self.console.paint(info.instance, 'bold')}  "
+                                   f"{info.address}  {info.latency_ms:.1f} ms  {info.message}")
             else:
-                self.console.print(f"[red]{seq}  {escape(info.instance)}  {info.address}  "
-                                   f"{info.code}  {info.latency_ms:.1f} ms  "
-                                   f"{escape(info.message)}  (failed; next call goes on)[/red]",
-                                   highlight=False)
+                self.console.print(f"{seq}  {info.instance}  {info.address}  {info.code}  "
+                                   f"{info.latency_ms:.1f} ms  {info.message}  "
+                                   "(failed; next call goes on)", "red")
 
     def summary(self, summary: Summary) -> None:
         if self.as_json:
-            self.console.out(json.dumps({"summary": summary.to_dict()}), highlight=False)
+            self.console.print(json.dumps({"summary": summary.to_dict()}))
             return
-        table = Table(title=f"{summary.calls} calls, {summary.failures} failed")
-        for col in ("instance", "calls", "share", "weight share", "p50 ms", "p99 ms",
-                    "failures"):
-            table.add_column(col, justify="left" if col == "instance" else "right")
+        columns = ("instance", "calls", "share", "weight share", "p50 ms", "p99 ms", "failures")
+        rows = []
         for name, s in sorted(summary.instances.items()):
             ws = summary.weight_share(name)
-            table.add_row(escape(name), str(s.calls), f"{summary.share(name):.1%}",
-                          "-" if ws is None else f"{ws:.1%}",
-                          f"{_pct(s.latencies, 0.5):.1f}", f"{_pct(s.latencies, 0.99):.1f}",
-                          f"[red]{s.failures}[/red]" if s.failures else "0")
-        table.add_section()
-        table.add_row("all", str(summary.calls - summary.failures), "", "",
-                      f"{_pct(summary.latencies, 0.5):.1f}",
-                      f"{_pct(summary.latencies, 0.99):.1f}", str(summary.failures))
-        self.console.print(table)
+            rows.append([(name, ""), (str(s.calls), ""), (f"{summary.share(name):.1%}", ""),
+                         ("-" if ws is None else f"{ws:.1%}", ""),
+                         (f"{_pct(s.latencies, 0.5):.1f}", ""),
+                         (f"{_pct(s.latencies, 0.99):.1f}", ""),
+                         (str(s.failures), "red" if s.failures else "")])
+        total = [("all", ""), (str(summary.calls - summary.failures), ""), ("", ""), ("", ""),
+                 (f"{_pct(summary.latencies, 0.5):.1f}", ""),
+                 (f"{_pct(summary.latencies, 0.99):.1f}", ""), (str(summary.failures), "")]
+        self.console.print(table(columns, rows, self.console.colour, right=columns[1:],
+                                 title=f"{summary.calls} calls, {summary.failures} failed",
+                                 footer=[total]))
 
 
 def open_channel(opts: ClientOptions, on_call: Callable[[CallInfo], None] | None = None,
@@ -247,7 +243,7 @@ def _weights(channel: Channel, served_as: dict[str, str]) -> dict[str, int]:
             for name, weight in channel.balancer.weights().items()}
 
 
-def run_client(opts: ClientOptions, console: Console,
+def run_client(opts: ClientOptions, console: Terminal,
                stop: threading.Event | None = None, *,
                on_call: Callable[[CallInfo], None] | None = None,
                show_summary: bool = True) -> Summary:
@@ -257,7 +253,7 @@ def run_client(opts: ClientOptions, console: Console,
     ``on_call`` also gets every call as printed (a script watching a run);
     ``show_summary=False`` leaves out the closing table.
 
-    >>> run_client(ClientOptions("server", count=3, interval=0), Console()).calls  # doctest: +SKIP
+    >>> run_client(ClientOptions("server", count=3, interval=0), Terminal()).calls  # doctest: +SKIP
     3
     """
     stop = stop or threading.Event()

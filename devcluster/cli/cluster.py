@@ -176,7 +176,7 @@ def _console(wanted: bool, directory: Path, registry: str | None, port: int) -> 
 
 def down(at: Place, grace: float | None, as_json: bool) -> views.Output:
     """Stop the running cluster gracefully; return when the supervisor has exited."""
-    from devcluster.control.plane import ControlClient, as_dict
+    from devcluster.control.client import ControlClient, as_dict
     from devcluster.statedir import running_pid
 
     pid = running_pid(at.state_dir)

@@ -24,10 +24,9 @@ from typing import Any, cast
 
 import grpc
 import psutil
-from rich.console import Console
-from rich.table import Table
 
 from devcluster.api import Cluster
+from devcluster.cli.views import Terminal, check_mark, table
 from devcluster.client import BalancedChannel, CallInfo
 
 BUNDLED_PROCFILE = Path(__file__).parent.parent / "data" / "Procfile"
@@ -47,7 +46,7 @@ class StepResult:
 class _Client:
     """Calls SayHello in a background thread, printing each call, tagging it by step."""
 
-    def __init__(self, channel: BalancedChannel, console: Console, interval: float) -> None:
+    def __init__(self, channel: BalancedChannel, console: Terminal, interval: float) -> None:
         from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
 
         # The generated stub is untyped: say what it is once, here.
@@ -79,7 +78,7 @@ class _Client:
                 else:
                     step.failures += 1
             self.lock.notify_all()
-        self.console.print(_line(info), markup=False, style=None if info.ok else "red")
+        self.console.print(_line(info), "" if info.ok else "red")
 
     def calls_since(self, mark: int) -> list[CallInfo]:
         with self.lock:
@@ -127,7 +126,7 @@ def _shares_ok(calls: Counter[str], weights: dict[str, int], tolerance: float) -
 class Demo:
     """The scripted story. ``run()`` returns True when every step behaved."""
 
-    def __init__(self, console: Console, speed: float = 1.0, port: int | None = None,
+    def __init__(self, console: Terminal, speed: float = 1.0, port: int | None = None,
                  procfile: Path = BUNDLED_PROCFILE) -> None:
         self.console = console
         self.speed = speed
@@ -139,17 +138,16 @@ class Demo:
         time.sleep(seconds / self.speed)  # narration pacing only, never a correctness wait
 
     def say(self, title: str, command: str | None = None) -> StepResult:
-        self.console.rule(f"[bold]{title}")
+        self.console.rule(title)
         if command:
-            self.console.print(f"[cyan]$ {command}[/cyan]")
+            self.console.print(f"$ {command}", "cyan")
         step = StepResult(title)
         self.results.append(step)
         return step
 
     def judge(self, step: StepResult, ok: bool, verdict: str) -> None:
         step.ok, step.verdict = ok, verdict
-        mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
-        self.console.print(f"{mark} {verdict}")
+        self.console.print(f"{self.console.paint(*check_mark(ok))} {verdict}")
         self.pause(0.8)
 
     def run(self) -> bool:
@@ -314,14 +312,11 @@ class Demo:
         _wait(lambda: any(i.name == name and i.ejected for i in channel.instances()), timeout)
 
     def _table(self) -> None:
-        table = Table(title="devcluster demo", header_style="bold")
-        for col in ("step", "server1", "server2", "server3", "failed", "ok"):
-            table.add_column(col, justify="left" if col == "step" else "right")
-        for r in self.results:
-            table.add_row(r.title.strip(), *(str(r.calls[n]) for n in
-                                              ("server1", "server2", "server3")),
-                          str(r.failures), "[green]✓[/green]" if r.ok else "[red]✗[/red]")
-        self.console.print(table)
+        columns = ("step", "server1", "server2", "server3", "failed", "ok")
+        rows = ([(r.title.strip(), ""), *((str(r.calls[n]), "") for n in columns[1:4]),
+                 (str(r.failures), ""), check_mark(r.ok)] for r in self.results)
+        self.console.print(table(columns, rows, self.console.colour, right=columns[1:],
+                                 title="devcluster demo"))
 
 
 def _wait(pred: Callable[[], bool], timeout: float) -> bool:
@@ -334,6 +329,6 @@ def _wait(pred: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-def run_demo(console: Console, speed: float = 1.0) -> bool:
+def run_demo(console: Terminal, speed: float = 1.0) -> bool:
     """Entry point of ``devcluster demo``."""
     return Demo(console, speed).run()

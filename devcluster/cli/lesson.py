@@ -23,13 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from devcluster.api import Cluster
 from devcluster.cli.client_runner import ClientOptions, run_client
 from devcluster.cli.demo import BUNDLED_PROCFILE
+from devcluster.cli.views import Terminal, check_mark, table
 from devcluster.client.calls import CallInfo
 
 NAMES = ("server1", "server2", "server3")
@@ -62,7 +60,7 @@ class LessonStep:
 class _Background:
     """``run_client`` in a thread until stopped; every call kept, waitable."""
 
-    def __init__(self, opts: ClientOptions, console: Console) -> None:
+    def __init__(self, opts: ClientOptions, console: Terminal) -> None:
         self.opts = opts
         self.console = console
         self.infos: list[CallInfo] = []
@@ -112,7 +110,7 @@ def _last_all(calls: Sequence[CallInfo], n: int, pred: Callable[[CallInfo], bool
 class Lesson:
     """The article, replayed. ``run()`` returns True when every step held."""
 
-    def __init__(self, console: Console, speed: float = 1.0,
+    def __init__(self, console: Terminal, speed: float = 1.0,
                  procfile: Path = BUNDLED_PROCFILE) -> None:
         self.console = console
         self.speed = speed
@@ -129,23 +127,23 @@ class Lesson:
     def say(self, title: str, article: str, *commands: str, beyond: bool = False,
             ) -> LessonStep:
         """Open a step: its title, what the article says (or what we add), its commands."""
-        self.console.rule(f"[bold]{escape(title)}")
+        self.console.rule(title)
         source = "Beyond the article:" if beyond else "The article:"
-        self.console.print(f"[italic]{source}[/italic] {escape(article)}")
+        self.console.print(f"{self.console.paint(source, 'italic')} {article}")
         for command in commands:
-            self.console.print(f"[cyan]$ {escape(command)}[/cyan]")
+            self.console.print(f"$ {command}", "cyan")
         step = LessonStep(title)
         self.results.append(step)
         return step
 
     def meanwhile(self, command: str) -> None:
         """Show a command typed in a second terminal while a client runs."""
-        self.console.print(f"[cyan]$ {escape(command)}[/cyan]   [dim](second terminal)[/dim]")
+        self.console.print(f"{self.console.paint(f'$ {command}', 'cyan')}   "
+                           f"{self.console.paint('(second terminal)', 'dim')}")
 
     def judge(self, step: LessonStep, ok: bool, verdict: str) -> None:
         step.ok, step.verdict = ok, verdict
-        mark = "[green]✓[/green]" if ok else "[red]✗[/red]"
-        self.console.print(f"{mark} {escape(verdict)}")
+        self.console.print(f"{self.console.paint(*check_mark(ok))} {verdict}")
         self.pause(0.6)
 
     def client(self, step: LessonStep, count: int, **opts: object) -> list[CallInfo]:
@@ -349,15 +347,13 @@ class Lesson:
                    "server3 serves again" if back else "server3 did not come back in time")
 
     def _table(self, elapsed: float) -> None:
-        table = Table(title=f"devcluster demo --lesson ({elapsed:.1f} s)", header_style="bold")
-        for col in ("step", *NAMES, "failed", "ok"):
-            table.add_column(col, justify="left" if col == "step" else "right")
-        for r in self.results:
-            table.add_row(escape(r.title), *(str(r.calls[n]) for n in NAMES),
-                          str(r.failures), "[green]✓[/green]" if r.ok else "[red]✗[/red]")
-        self.console.print(table)
+        columns = ("step", *NAMES, "failed", "ok")
+        rows = ([(r.title, ""), *((str(r.calls[n]), "") for n in NAMES), (str(r.failures), ""),
+                 check_mark(r.ok)] for r in self.results)
+        self.console.print(table(columns, rows, self.console.colour, right=columns[1:],
+                                 title=f"devcluster demo --lesson ({elapsed:.1f} s)"))
 
 
-def run_lesson(console: Console, speed: float = 1.0) -> bool:
+def run_lesson(console: Terminal, speed: float = 1.0) -> bool:
     """Entry point of ``devcluster demo --lesson``."""
     return Lesson(console, speed).run()

@@ -14,7 +14,7 @@ def ps(at: Place, as_json: bool) -> views.Output:
     if at.is_etcd:
         snap = at.registry().snapshot()
         return views.instances([views.record_row(r) for r in snap.records.values()])
-    from devcluster.control.plane import ControlClient, as_dict
+    from devcluster.control.client import ControlClient, as_dict
 
     with ControlClient(at.state_dir) as control:
         return views.instances([as_dict(i) for i in control.ps().instances])

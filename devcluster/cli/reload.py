@@ -13,7 +13,7 @@ from devcluster.cli.place import Place
 def reload(at: Place, names: Sequence[str], all_: bool, as_json: bool) -> int:
     """Rolling reload, its progress printed as it happens; exit 1 if a replacement did
     not serve, 2 if the reload was refused as a usage mistake."""
-    from devcluster.control.plane import ControlClient
+    from devcluster.control.client import ControlClient
 
     def progress(kind: str, instance: str, text: str) -> None:
         if not as_json:

@@ -1,29 +1,15 @@
 """``client`` and ``demo``: the balancing client and the narrated story.
 
-Both draw with rich (per-call lines, closing tables), loaded only when they run."""
+Both write to a :class:`~devcluster.cli.views.Terminal` (per-call lines, closing tables):
+the one output stack of every command."""
 
 from __future__ import annotations
-
-import sys
-from typing import TYPE_CHECKING
 
 from devcluster.cli import views
 from devcluster.cli.interrupt import stop_on_signals
 from devcluster.cli.place import Place
+from devcluster.cli.views import terminal
 from devcluster.errors import DevclusterError, UsageError
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-
-def terminal(stderr: bool = False) -> Console:
-    """A rich console that never reads text as markup by accident; tables piped to a
-    file or a script are not cut at 80 columns."""
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, highlight=False, soft_wrap=True,
-                   width=None if stream.isatty() else 200)
 
 
 def client(at: Place, service: str | None, name: str, count: int | None, interval: float,

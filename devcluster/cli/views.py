@@ -2,15 +2,16 @@
 which writes a command's :class:`Output` as text or as JSON (``--json``).
 
 Plain aligned text and ANSI colour, no rich: rich costs a command more CPU than its work
-(issue 25). Colour follows NO_COLOR / FORCE_COLOR / "is it a terminal", as the log
-stream does. (The long-running stories, ``client`` and ``demo``, draw their tables with
-rich, loaded only when they run; so does ``top``, through textual.)
+(issue 25), and one stack means one look. Colour follows NO_COLOR / FORCE_COLOR / "is it a
+terminal", as the log stream does. The long-running stories (``client``, ``demo``) write
+to a :class:`Terminal`; only ``top`` draws with rich, through textual.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from typing import Any, TextIO
 STATE_STYLE = {"serving": "green", "starting": "yellow", "draining": "yellow",
                "paused": "magenta", "backoff": "yellow", "failed": "red", "killed": "red",
                "exited": "red", "stopped": "dim"}
-_ANSI = {"green": "32", "yellow": "33", "magenta": "35", "red": "31", "dim": "2", "bold": "1"}
+_ANSI = {"green": "32", "yellow": "33", "magenta": "35", "red": "31", "cyan": "36", "dim": "2",
+         "bold": "1", "italic": "3"}
 
 INSTANCE_COLUMNS = ("NAME", "STATE", "PID", "ADDRESS", "WEIGHT", "UPTIME", "RESTARTS", "CPU%",
                     "RSS")
@@ -61,10 +63,15 @@ def known(value: object, fmt: str = "{}") -> str:
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[tuple[str, str]]], colour: bool,
-          right: Iterable[str] = ()) -> str:
-    """Columns two spaces apart, a bold header; each cell is ``(text, style)``."""
+          right: Iterable[str] = (), title: str = "",
+          footer: Sequence[Sequence[tuple[str, str]]] = ()) -> str:
+    """Columns two spaces apart, a bold header; each cell is ``(text, style)``.
+
+    ``title`` goes on its own line above; ``footer`` rows (a total) below a dashed line."""
     body = [list(row) for row in rows]
-    widths = [max([len(c), *(len(row[i][0]) for row in body)]) for i, c in enumerate(columns)]
+    ends = [list(row) for row in footer]
+    widths = [max([len(c), *(len(row[i][0]) for row in body + ends)])
+              for i, c in enumerate(columns)]
     right = set(right)
 
     def line(cells: Sequence[tuple[str, str]]) -> str:
@@ -75,8 +82,50 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[tuple[str, str]]], col
                        else paint(text, style, colour) + pad)
         return "  ".join(out).rstrip()
 
-    header = line([(c, "bold") for c in columns])
-    return "\n".join([header, *(line(row) for row in body)])
+    lines = [paint(title, "bold", colour)] if title else []
+    lines += [line([(c, "bold") for c in columns]), *(line(row) for row in body)]
+    if ends:
+        lines += ["  ".join("-" * w for w in widths), *(line(row) for row in ends)]
+    return "\n".join(lines)
+
+
+def check_mark(ok: bool) -> tuple[str, str]:
+    """A step's verdict as a cell: a green tick or a red cross."""
+    return ("✓", "green") if ok else ("✗", "red")
+
+
+class Terminal:
+    """Where ``client`` and ``demo`` write as they go: lines, rules and tables on one
+    stream, coloured when :func:`use_colour` says so. Tests pass a StringIO.
+
+    Lines are written whole and flushed: a piped run shows each call as it happens."""
+
+    def __init__(self, stream: TextIO | None = None, colour: bool | None = None,
+                 width: int | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.colour = use_colour(self.stream) if colour is None else colour
+        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.width = width or (shutil.get_terminal_size().columns if tty else 80)
+
+    def paint(self, text: str, style: str) -> str:
+        return paint(text, style, self.colour)
+
+    def print(self, text: str = "", style: str = "") -> None:
+        """One line (or several), all of it in ``style``."""
+        self.stream.write(self.paint(text, style) + "\n")
+        self.stream.flush()
+
+    def rule(self, title: str) -> None:
+        """A step's heading: ``──── title ────`` across the width."""
+        text = f" {title} "
+        left = max(2, (self.width - len(text)) // 2)
+        right = max(2, self.width - len(text) - left)
+        self.print("─" * left + self.paint(text, "bold") + "─" * right)
+
+
+def terminal(stderr: bool = False) -> Terminal:
+    """The Terminal of stdout (or stderr: ``demo --json`` keeps stdout for its JSON)."""
+    return Terminal(sys.stderr if stderr else sys.stdout)
 
 
 def state_text(row: Mapping[str, Any]) -> str:

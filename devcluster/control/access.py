@@ -18,7 +18,7 @@ from devcluster.schema import InstanceInfo
 
 if TYPE_CHECKING:
     from devcluster._proto import control_pb2 as pb
-    from devcluster.control.plane import ControlClient
+    from devcluster.control.client import ControlClient
 
 __all__ = ["control_client", "instance_dict", "instance_info", "set_metadata", "set_weight"]
 
@@ -49,14 +49,14 @@ def set_metadata(registry: Registry, name: str,
 
 def control_client(state_dir: Path) -> ControlClient:
     """A ControlClient for ``state_dir`` (grpc is imported here, not by this module)."""
-    from devcluster.control.plane import ControlClient
+    from devcluster.control.client import ControlClient
 
     return ControlClient(state_dir)
 
 
 def instance_info(inst: pb.Instance) -> InstanceInfo:
     """A control-plane Instance as an :class:`InstanceInfo`."""
-    from devcluster.control.plane import from_pb
+    from devcluster.control.client import from_pb
 
     return from_pb(inst)
 
