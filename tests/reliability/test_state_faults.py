@@ -265,9 +265,8 @@ def test_a_shared_state_dir_keeps_its_mode(run_cli: Cli, write_procfile: Callabl
 
 def test_down_during_up_stops_what_is_starting_and_says_so(
         run_cli: Cli, write_procfile: Callable[..., Path], tmp_path: Path) -> None:
-    from tests.conftest import cli_env, devcluster_argv, wait_until
-
     from devcluster.statedir import running_pid
+    from tests.conftest import cli_env, devcluster_argv, wait_until
 
     # `slow` never listens, so `up -d` is certainly still waiting when `down` comes.
     write_procfile(f"greeter: {GREETER}", "slow: python -c 'import time; time.sleep(60)'")
