@@ -27,8 +27,8 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, TextIO
 
 from devcluster import defaults
 from devcluster.config import procfile
@@ -38,6 +38,7 @@ from devcluster.registry import FileRegistry, Registry, open_registry
 from devcluster.registry.liveness import alive
 from devcluster.statedir import Claim, hold_lock
 from devcluster.supervisor import preboot, process
+from devcluster.supervisor.duty import Duty
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.request import ReadyReport, UpRequest
 from devcluster.supervisor.runtime import Supervisor
@@ -129,7 +130,8 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
 
         try:
             async with _web_console(settings, notes):
-                await sup.run(settled, [keeper.run, *_watcher(sup)], on_started=started)
+                await sup.run(settled, [("keeping the state dir", keeper.run), *_watcher(sup)],
+                              on_started=started)
         finally:
             if keeper.control is not None:
                 await keeper.control.stop(remove=not keeper.lost)
@@ -143,13 +145,13 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
             registry.close()  # etcd: revoke the lease, so our records go at once
 
 
-def _watcher(sup: Supervisor) -> list[Callable[[], Coroutine[Any, Any, None]]]:
+def _watcher(sup: Supervisor) -> list[tuple[str, Duty]]:
     """``up --watch``: the file watcher, a duty of the cluster (none without --watch)."""
     if sup.settings.watch is None:
         return []
     from devcluster.supervisor.watch import Watcher
 
-    return [Watcher(sup, sup.settings.watch).run]
+    return [("the file watcher", Watcher(sup, sup.settings.watch).run)]
 
 
 @contextlib.asynccontextmanager

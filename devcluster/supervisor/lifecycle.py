@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import signal
 import sys
 import time
@@ -35,6 +36,11 @@ from devcluster.supervisor.shared import Runtime
 #: Lines of its own output an instance keeps, to say why it failed (a replacement
 #: shares its log file with the instance it replaces).
 RECENT_LINES = 20
+
+#: Errors of a spawn that say the machine is short of something for now, not that the
+#: command is wrong: the instance is retried under its restart policy (EMFILE: a flood of
+#: connections to the console once failed instances for good this way).
+TRANSIENT_SPAWN_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
 
 
 class Owner(Protocol):
@@ -118,6 +124,8 @@ class Life:
         try:
             proc = await self._spawn_process(argv, env)
         except (PreloadError, OSError) as e:
+            if isinstance(e, OSError) and e.errno in TRANSIENT_SPAWN_ERRORS:
+                return self._could_not_start_now(e)
             self._cannot_run(argv, e)
             return None
         self._started(proc, again)
@@ -143,6 +151,14 @@ class Life:
         self.run_group = None
         self.last_exit = process.describe_exit(returncode)
         return returncode
+
+    def _could_not_start_now(self, e: OSError) -> int:
+        """The machine is short of something (file descriptors, processes, memory): not
+        the Procfile's fault. Count it as a failed run, so the restart policy and its
+        backoff try again, instead of failing the instance for good."""
+        self.last_exit = f"could not start: {e.strerror or e}"
+        self.pid = None
+        return 1
 
     def _cannot_run(self, argv: Sequence[str], e: PreloadError | OSError) -> None:
         name = self.owner.name

@@ -37,6 +37,7 @@ from devcluster.schema import InstanceInfo
 from devcluster.supervisor import core, preboot, process
 from devcluster.supervisor import reload as rolling
 from devcluster.supervisor.crew import Crew
+from devcluster.supervisor.duty import Duty, guarded
 from devcluster.supervisor.instance import Instance
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.membership import Membership
@@ -288,12 +289,14 @@ class Supervisor:
         process.sweep(self._ours())
 
     async def run(self, on_settled: Callable[[], Awaitable[None]] | None = None,
-                  duties: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+                  duties: Sequence[tuple[str, Duty]] = (),
                   on_started: Callable[[], Awaitable[None]] | None = None) -> None:
         """Start every instance, serve until told to stop, stop them all.
 
-        Every task (life cycles, probes, shutdown, reload) belongs to one task group. A
-        task that fails cancels the others; each instance then stops its process on the
+        Every task (life cycles, probes, shutdown, reload) belongs to one task group. The
+        ``duties`` (named aids such as the state dir's keeper) run guarded
+        (:func:`~devcluster.supervisor.duty.guarded`): their errors are said and retried,
+        never fatal. Any other task that fails cancels the others; each instance then stops its process on the
         way out, and what is left is SIGKILLed here: nothing outlives this call.
         ``on_settled`` runs once every instance settled (or shutdown began);
         ``on_started`` once every instance without dependencies has been spawned (what
@@ -319,7 +322,7 @@ class Supervisor:
             self.done.set()
 
     async def _serve(self, on_settled: Callable[[], Awaitable[None]] | None,
-                     duties: Sequence[Callable[[], Coroutine[Any, Any, None]]],
+                     duties: Sequence[tuple[str, Duty]],
                      on_started: Callable[[], Awaitable[None]] | None = None) -> None:
         began = time.monotonic()
         if self._early_stop is not None:
@@ -333,8 +336,10 @@ class Supervisor:
             await asyncio.sleep(0)
         if on_started is not None:
             await on_started()
-        background = [self._spawn(duty()) for duty in
-                      (self._reap_adopted, self._record_registry, *duties)]
+        own = [("collecting adopted orphans", self._reap_adopted),
+               ("following the registry into the timeline", self._record_registry)]
+        background = [self._spawn(guarded(name, duty, self.sink.system))
+                      for name, duty in (*own, *duties)]
         settled = self._spawn(self._settle(began))
         stop_wait = asyncio.ensure_future(self.stopping.wait())
         try:
