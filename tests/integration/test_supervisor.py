@@ -198,11 +198,11 @@ def test_grace_expiry_sigkills_the_whole_group(
 
 def test_down_with_zero_grace_kills_at_once(make_cluster: MakeCluster, tmp_path: Path) -> None:
     # Regression: 0 read as "not given" (proto3 has no unset double) -> the default grace.
-    cluster = make_cluster([write_stubborn(tmp_path)], grace=1.5)
+    cluster = make_cluster([write_stubborn(tmp_path)], grace=60)
     began = time.monotonic()
     cluster.down(grace=0)
     took = time.monotonic() - began
-    assert took < 0.8, f"down(grace=0) took {took:.1f}s"
+    assert took < 30, f"down(grace=0) took {took:.1f}s: it waited for the default grace"
 
 
 # -- crashes ---------------------------------------------------------------------------
