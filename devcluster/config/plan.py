@@ -62,3 +62,18 @@ def settle_budget(types: Mapping[str, TypeSettings], waves: Iterable[Iterable[st
     for wave in waves:
         total += max((types[t].ready_timeout for t in wave if t in types), default=ready_timeout)
     return max(total, ready_timeout)
+
+
+def flags_to_json(flags: Flags) -> dict[str, Any]:
+    """The flags as JSON (the daemon's request carries them for its reloads)."""
+    return {"port": flags.port, "grace": flags.grace, "ready_timeout": flags.ready_timeout,
+            "registry": flags.registry, "scale": dict(flags.scale),
+            "restart": {k: v.value for k, v in flags.restart.items()}}
+
+
+def flags_from_json(raw: Mapping[str, Any]) -> Flags:
+    """What :func:`flags_to_json` wrote."""
+    return Flags(port=raw.get("port"), grace=raw.get("grace"),
+                 ready_timeout=raw.get("ready_timeout"), registry=raw.get("registry"),
+                 scale={k: int(v) for k, v in raw.get("scale", {}).items()},
+                 restart={k: Policy(v) for k, v in raw.get("restart", {}).items()})

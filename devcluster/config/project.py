@@ -307,6 +307,8 @@ class Resolved:
     restart: Mapping[str, Policy]
     types: Mapping[str, TypeSettings]
     waves: tuple[tuple[str, ...], ...]
+    flags: Flags = field(default_factory=lambda: Flags())
+    """What the flags said (a reload puts them over the edited file again)."""
 
 
 def resolve(project: Project | None, flags: Flags, types: Iterable[str],
@@ -347,7 +349,7 @@ def resolve(project: Project | None, flags: Flags, types: Iterable[str],
         registry=flags.registry or env_registry or cluster.registry,
         scale=MappingProxyType(scale), restart=MappingProxyType(restart),
         types=MappingProxyType(per_type),
-        waves=tuple(tuple(w) for w in start_order(project, names)))
+        waves=tuple(tuple(w) for w in start_order(project, names)), flags=flags)
 
 
 def _first(*values: Any) -> Any:

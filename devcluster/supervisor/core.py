@@ -158,6 +158,24 @@ def stop_order(instances: Sequence[tuple[str, str]],
     return [g for g in groups if g]
 
 
+# -- reload: how many instances of each type ---------------------------------------------
+
+def reload_counts(files_before: Mapping[str, int], files_after: Mapping[str, int],
+                  running: Mapping[str, int]) -> dict[str, int]:
+    """How many instances of each type a reload wants, for the types the files name now.
+
+    ``files_*``: the count the files (and the flags of ``up``) give each type, before and
+    after the edit; ``running``: how many run now (a runtime ``scale`` changed that). A
+    type keeps its running count unless the files changed its count or it is new: an
+    edit elsewhere must not undo ``scale greeter=5``.
+
+    >>> reload_counts({"a": 1, "b": 2}, {"a": 1, "b": 3, "c": 1}, {"a": 4, "b": 2})
+    {'a': 4, 'b': 3, 'c': 1}
+    """
+    return {t: n if t not in files_before or files_before[t] != n else running.get(t, n)
+            for t, n in files_after.items()}
+
+
 # -- one instance as a state machine --------------------------------------------------
 
 @dataclass(frozen=True)

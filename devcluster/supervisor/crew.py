@@ -50,6 +50,9 @@ class Crew:
     env: dict[str, str]
     tables: Any = None
     """devcluster.toml's per-type tables as last applied (a reload diffs against them)."""
+    file_counts: dict[str, int] = field(default_factory=dict)
+    """What the files (and ``up``'s flags) gave each type at the last load: a reload
+    changes a type's count only when this changed (a runtime ``scale`` survives)."""
     instances: dict[str, Instance] = field(default_factory=dict)
     outside: set[Instance] = field(default_factory=set)
     """Instances of ours not in the name table: a replacement starting, an old instance

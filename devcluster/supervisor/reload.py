@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import socket
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -35,11 +35,14 @@ from devcluster.config import procfile
 from devcluster.config.policy import Policy
 from devcluster.errors import DevclusterError, UsageError
 from devcluster.registry import State
+from devcluster.supervisor import core
 from devcluster.supervisor.instance import DRAIN_DELAY, Instance
 from devcluster.supervisor.recorder import landed
 
 if TYPE_CHECKING:
+    from devcluster.config.project import Resolved
     from devcluster.supervisor.crew import Crew
+    from devcluster.supervisor.request import UpRequest
 
 #: Lines of a failed replacement's own output the report carries.
 FAILED_LOG_LINES = 10
@@ -118,23 +121,43 @@ class Desired:
     specs: dict[str, procfile.InstanceSpec]
     tables: Mapping[str, Any]
     """Per type, its ``[process.<type>]`` table (line numbers left out), for the diff."""
+    resolved: Resolved | None = None
+    """The flags of ``up`` over the edited file (None: the flags are not known)."""
+    counts: Mapping[str, int] = field(default_factory=dict)
+    """What the files and the flags give each type (before a runtime ``scale``)."""
 
 
-def load_desired(path: Path, env_files: Sequence[Path], scale: Mapping[str, int],
-                 base_port: int) -> Desired:
-    """Read every file a reload applies; raise (and change nothing) when one is bad."""
-    types, env, specs = procfile.load(path, env_files, scale, base_port)
-    return Desired(types, env, {s.name: s for s in specs}, project_tables(path))
+def load_desired(st: UpRequest, counts_before: Mapping[str, int],
+                 running: Mapping[str, Collection[str]]) -> Desired:
+    """Read every file a reload applies; raise (and change nothing) when one is bad.
+
+    ``counts_before``: what the files gave each type at the last load; ``running``: the
+    names of each type's instances now. A type keeps its running count unless the
+    files changed it (:func:`~devcluster.supervisor.core.reload_counts`)."""
+    from devcluster.config.plan import plan
+
+    resolved = None if st.flags is None else plan(st.procfile, st.flags, st.config)
+    explicit = resolved.scale if resolved is not None else st.scale
+    names = procfile.parse_procfile(procfile.read_text(st.procfile, "Procfile"),
+                                    str(st.procfile))
+    files = {t.name: explicit.get(t.name, 1) for t in names}
+    counts = core.reload_counts(counts_before, files, {t: len(n) for t, n in running.items()})
+    dotted = {t for t, members in running.items() if any("." in n for n in members)}
+    scale = {t: n for t, n in counts.items() if t in explicit or t in dotted or n != 1}
+    types, env, specs = procfile.load(st.procfile, st.env_files, scale, st.base_port)
+    return Desired(types, env, {s.name: s for s in specs}, project_tables(st.procfile),
+                   resolved, files)
 
 
 def project_tables(path: Path) -> Mapping[str, Any]:
-    """``devcluster.toml``'s per-type tables beside ``path`` (empty without the file)."""
+    """``devcluster.toml``'s per-type tables beside ``path`` (empty without the file), less
+    what a reload applies without replacing an instance (``scale``, ``weight``)."""
     from devcluster.config.project import find_project
 
     project = find_project(path)
     if project is None:
         return MappingProxyType({})
-    return MappingProxyType({n: dataclasses.replace(p, line=0)
+    return MappingProxyType({n: dataclasses.replace(p, line=0, scale=None, weight=None)
                              for n, p in project.processes.items()})
 
 
@@ -294,18 +317,17 @@ async def restart_stopped(sup: Crew, old: Instance, spec: procfile.InstanceSpec,
 
 async def run(sup: Crew, targets: Collection[str], emit: Emit) -> ReloadResult:
     """Apply the files' diff and replace ``targets`` (instance names) too, rolling."""
-    st = sup.settings
     result = ReloadResult()
     try:
-        desired = await asyncio.to_thread(load_desired, st.procfile, st.env_files, st.scale,
-                                          st.base_port)
+        desired = await asyncio.to_thread(load_desired, sup.settings, sup.file_counts,
+                                          _members(sup))
     except DevclusterError as e:
         result.error, result.usage_error = str(e), isinstance(e, UsageError)
         emit(Progress("failed", "", f"reload refused: {e}; the cluster keeps running as it was"))
         return result
     change = diff({n: i.spec for n, i in sup.instances.items()}, desired.specs,
                   changed_tables(sup.tables, desired.tables))
-    sup.adopt_config(desired.types, desired.env, desired.tables)
+    _adopt(sup, desired, emit)
     await sup.preload.refresh()  # preloaded code may have changed: import it afresh
     emit(Progress("plan", "", f"reload: {len(change.added)} added, {len(change.removed)} "
                   f"removed, {len(change.changed)} changed"))
@@ -321,11 +343,47 @@ async def run(sup: Crew, targets: Collection[str], emit: Emit) -> ReloadResult:
         if not await _one(sup, name, desired.specs[name], result, emit):
             return result
     for name in change.removed:
+        why = _why_removed(desired, sup.instances[name].spec.process_type)
         await sup.remove_instance(name)
         result.stopped.append(name)
-        emit(Progress("removed", name, f"{name}: gone from the Procfile; stopped"))
+        emit(Progress("removed", name, f"{name}: {why}; stopped"))
     emit(Progress("done", "", _summary(result)))
     return result
+
+
+def _members(sup: Crew) -> dict[str, list[str]]:
+    """Each process type's instance names now (a type scaled to 0 has none)."""
+    members: dict[str, list[str]] = {t: [] for t in sup.types}
+    for name, inst in sup.instances.items():
+        members.setdefault(inst.spec.process_type, []).append(name)
+    return members
+
+
+def _why_removed(desired: Desired, ptype: str) -> str:
+    return "gone from the Procfile" if ptype not in desired.counts else "scaled down in the files"
+
+
+def _adopt(sup: Crew, desired: Desired, emit: Emit) -> None:
+    """Take the files' settings; a changed ``weight`` reaches the registry at once (the
+    instances keep running: a weight needs no restart)."""
+    sup.adopt_config(desired.types, desired.env, desired.tables)
+    sup.file_counts = dict(desired.counts)
+    if desired.resolved is None:
+        return
+    before, r = sup.settings.types, desired.resolved
+    sup.settings = dataclasses.replace(sup.settings, types=r.types, scale=r.scale,
+                                       restart=r.restart, waves=r.waves)
+    changes: dict[str, dict[str, Any]] = {}
+    for ptype, conf in r.types.items():
+        old = before.get(ptype)
+        if old is None or old.weight == conf.weight:
+            continue
+        for inst in sup.of_types([ptype]):
+            changes[inst.name] = {"weight": conf.weight}
+        emit(Progress("weight", ptype, f"{ptype}: weight {old.weight} -> {conf.weight} "
+                      "(devcluster.toml)"))
+    if changes:
+        sup.records.update_many(changes)
 
 
 async def _one(sup: Crew, name: str, spec: procfile.InstanceSpec, result: ReloadResult,

@@ -25,7 +25,7 @@ from devcluster import defaults
 
 if TYPE_CHECKING:
     from devcluster.config.policy import Policy
-    from devcluster.config.project import TypeSettings
+    from devcluster.config.project import Flags, TypeSettings
 
 
 def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
@@ -67,6 +67,9 @@ class UpRequest:
     not here runs with the settings above and the default readiness probe."""
     waves: tuple[tuple[str, ...], ...] = ()
     """Start order from ``depends_on``: () starts every type at once."""
+    flags: Flags | None = None
+    """What the flags said, apart from the file (a reload puts them over the edited
+    ``devcluster.toml`` again); None: no flag is known, the values above stand."""
 
     def __post_init__(self) -> None:
         # Callers pass lists and dicts (the CLI, the API): store read-only copies, so a
@@ -82,7 +85,7 @@ class UpRequest:
 
     def to_json(self) -> str:
         """One JSON object (the daemon's stdin): :meth:`from_json` gives this back."""
-        from devcluster.config.plan import types_to_json
+        from devcluster.config.plan import flags_to_json, types_to_json
 
         return json.dumps({
             "procfile": str(self.procfile), "state_dir": str(self.state_dir),
@@ -95,12 +98,13 @@ class UpRequest:
             "watch": None if self.watch is None else [str(p) for p in self.watch],
             "console": self.console, "console_port": self.console_port,
             "config": None if self.config is None else str(self.config),
-            "types": types_to_json(self.types), "waves": [list(w) for w in self.waves]})
+            "types": types_to_json(self.types), "waves": [list(w) for w in self.waves],
+            "flags": None if self.flags is None else flags_to_json(self.flags)})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> UpRequest:
         """The request :meth:`to_json` wrote (KeyError/ValueError when it is not one)."""
-        from devcluster.config.plan import types_from_json
+        from devcluster.config.plan import flags_from_json, types_from_json
         from devcluster.config.policy import Policy
 
         raw = json.loads(text)
@@ -118,7 +122,8 @@ class UpRequest:
             console_port=int(raw.get("console_port", 0)),
             config=Path(raw["config"]) if raw.get("config") else None,
             types=types_from_json(raw.get("types", {})),
-            waves=tuple(tuple(w) for w in raw.get("waves", ())))
+            waves=tuple(tuple(w) for w in raw.get("waves", ())),
+            flags=None if raw.get("flags") is None else flags_from_json(raw["flags"]))
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ class Supervisor:
                  types: Sequence[procfile.ProcessType], env: dict[str, str],
                  specs: Sequence[procfile.InstanceSpec], watchdog: Watchdog | None = None,
                  events: EventLog | None = None) -> None:
-        self.settings, self.registry, self.sink = settings, registry, sink
+        self.registry, self.sink = registry, sink
         loop = asyncio.get_running_loop()
 
         def report(message: str) -> None:  # from the writer thread: log it on the loop
@@ -86,6 +86,7 @@ class Supervisor:
         self.crew = Crew(settings, registry, sink, self.records, self.rt, self.preload,
                          self._spawn, {t.name: t for t in types}, [t.name for t in types],
                          env, tables)
+        self.crew.file_counts = {t.name: settings.scale.get(t.name, 1) for t in types}
         # The crew's own table, set and event (never rebound): the names the life of
         # the cluster below reads most.
         self.instances, self.outside = self.crew.instances, self.crew.outside
@@ -109,6 +110,11 @@ class Supervisor:
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.settings.procfile} {len(self.instances)} instances>"
+
+    @property
+    def settings(self) -> UpRequest:
+        """What the cluster runs with now: the crew's (a reload re-reads the files' part)."""
+        return self.crew.settings
 
     @property
     def procfile(self) -> Path:

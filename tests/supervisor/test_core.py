@@ -246,3 +246,18 @@ def test_the_core_does_no_io() -> None:
     imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
                  if isinstance(n, ast.ImportFrom)}
     assert not imported & {"asyncio", "os", "psutil", "subprocess", "time", "signal"}
+
+
+# -- reload counts --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("before", "after", "running", "wanted"), [
+    ({"g": 3}, {"g": 3}, {"g": 5}, {"g": 5}),        # a runtime scale up survives
+    ({"g": 3}, {"g": 3}, {"g": 0}, {"g": 0}),        # ... and a scale to 0
+    ({"g": 3}, {"g": 2}, {"g": 5}, {"g": 2}),        # the file changed the count: it wins
+    ({"g": 1}, {"g": 1, "new": 2}, {"g": 1}, {"g": 1, "new": 2}),  # a new type: its count
+    ({"g": 1, "old": 1}, {"g": 1}, {"g": 1, "old": 1}, {"g": 1}),  # a removed type: gone
+])
+def test_reload_counts_keep_a_runtime_scale_unless_the_files_changed_it(
+        before: dict[str, int], after: dict[str, int], running: dict[str, int],
+        wanted: dict[str, int]) -> None:
+    assert core.reload_counts(before, after, running) == wanted

@@ -9,7 +9,7 @@ from types import MappingProxyType
 import pytest
 
 from devcluster.config.policy import Policy
-from devcluster.config.project import Ready, TypeSettings
+from devcluster.config.project import Flags, Ready, TypeSettings
 from devcluster.registry import State
 from devcluster.schema import RUNNING_STATES
 from devcluster.supervisor.request import ReadyReport, UpRequest, boot_view
@@ -26,7 +26,9 @@ def _full() -> UpRequest:
         ready_timeout=12.0, restart={"api": Policy.NO}, ready_fd=7, registry="etcd://h:1/x",
         lock_fd=8, lifeline_fd=9, watch=(Path("/p/src"),), console=True, console_port=8081,
         config=Path("/p/devcluster.toml"), types={"api": api, "db": TypeSettings()},
-        waves=(("db",), ("api",)))
+        waves=(("db",), ("api",)),
+        flags=Flags(port=6000, grace=4.0, ready_timeout=None, registry="etcd://h:1/x",
+                    scale={"api": 3}, restart={"api": Policy.NO}))
 
 
 def test_a_request_survives_its_json_round_trip() -> None:

@@ -1,0 +1,53 @@
+"""A reload applies the files' counts and weights, and keeps what a runtime `scale` did
+(issue 26: `scale greeter=5; reload` stopped greeter.4 and greeter.5 as "gone from the
+Procfile"; a weight edited in devcluster.toml and reloaded kept the old weight)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from devcluster.api import Cluster
+from tests.conftest import wait_until
+
+GREETER = "python -m devcluster.greeter --port $PORT"
+
+
+def serving(cluster: Cluster) -> dict[str, int | None]:
+    return {i.name: i.pid for i in cluster.instances if i.state == "serving"}
+
+
+def test_reload_keeps_a_runtime_scale_and_applies_the_files_counts_and_weights(
+        make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    toml = tmp_path / "devcluster.toml"
+    toml.write_text("[process.greeter]\nscale = 3\n")
+    cluster = make_cluster([f"greeter: {GREETER}", f"other: {GREETER}"])
+    assert sorted(serving(cluster)) == ["greeter.1", "greeter.2", "greeter.3", "other"]
+
+    cluster.scale({"greeter": 5})
+    before = serving(cluster)
+    result = cluster.reload()  # nothing in the files changed the count: 5 stay
+    assert serving(cluster) == before
+    assert not result["stopped"] and not result["started"]
+
+    cluster.scale({"greeter": 1})
+    cluster.reload()
+    assert sorted(serving(cluster)) == ["greeter.1", "other"]
+
+    # A weight edited in the file reaches the registry; the instance is not replaced.
+    pid = serving(cluster)["greeter.1"]
+    toml.write_text("[process.greeter]\nscale = 3\nweight = 7\n")
+    result = cluster.reload()
+    assert not result["reloaded"], "a weight change needs no restart"
+    weights = {n: r.weight for n, r in cluster.registry.snapshot().records.items()}
+    assert weights["greeter.1"] == 7 and weights["other"] != 7
+    assert serving(cluster)["greeter.1"] == pid
+
+    # The file's count changed (3 -> 2): it applies, over the runtime count of 1.
+    toml.write_text("[process.greeter]\nscale = 2\nweight = 7\n")
+    result = cluster.reload()
+    assert result["started"] == ["greeter.2"]
+    wait_until(lambda: sorted(serving(cluster)) == ["greeter.1", "greeter.2", "other"], 20,
+               "the file's new count to serve")
+    assert serving(cluster)["greeter.1"] == pid
+    assert {n: r.weight for n, r in cluster.registry.snapshot().records.items()}["greeter.2"] == 7
