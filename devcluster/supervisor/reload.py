@@ -252,7 +252,9 @@ async def replace(sup: Crew, old: Instance, spec: procfile.InstanceSpec,
     try:
         new.start()
         await new.wait_until(lambda i: i.settled, sup.settings.ready_timeout + 5)
-        if new.state is not State.SERVING or sup.stopping.is_set():
+        if sup.stopping.is_set():
+            raise _interrupted(old)
+        if new.state is not State.SERVING:
             raise _failure(old, new, same, began)
     except BaseException:
         await new.stop(announce=False)
@@ -278,6 +280,14 @@ async def replace(sup: Crew, old: Instance, spec: procfile.InstanceSpec,
     emit(Progress("stopped", name, f"{name}: replaced pid {old.pid} by {new.pid} in "
                   f"{step.total_ms:.0f} ms ({new.address})"))
     return step
+
+
+def _interrupted(old: Instance) -> ReplacementFailedError:
+    """The cluster began shutting down during a replacement: nobody keeps serving."""
+    error = ReplacementFailedError(f"reload stopped at {old.name}: the cluster is shutting "
+                                   "down (`devcluster down` or a signal); nothing was replaced")
+    error.instance, error.log = old.name, ()
+    return error
 
 
 def _failure(old: Instance, new: Instance, same: bool, began: float) -> ReplacementFailedError:

@@ -4,10 +4,11 @@ Procfile"; a weight edited in devcluster.toml and reloaded kept the old weight).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from devcluster.api import Cluster
+from devcluster.api import Cluster, ReloadError
 from tests.conftest import wait_until
 
 GREETER = "python -m devcluster.greeter --port $PORT"
@@ -51,3 +52,25 @@ def test_reload_keeps_a_runtime_scale_and_applies_the_files_counts_and_weights(
                "the file's new count to serve")
     assert serving(cluster)["greeter.1"] == pid
     assert {n: r.weight for n, r in cluster.registry.snapshot().records.items()}["greeter.2"] == 7
+
+
+def test_a_reload_cut_short_by_down_says_so(make_cluster: Callable[..., Cluster]) -> None:
+    # Issue 26: `reload` during `down` said "greeter.3 keeps serving" while it stopped.
+    cluster = make_cluster([f"slow: sh -c 'sleep 1.5; exec {GREETER}'"])
+    errors: list[BaseException] = []
+
+    def reload() -> None:
+        try:
+            cluster.reload(all=True)
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=reload)
+    thread.start()
+    log = cluster.state_dir / "logs" / "devcluster.log"
+    wait_until(lambda: "starting a replacement" in log.read_text(), 20, "the replacement")
+    cluster.down()
+    thread.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], ReloadError), errors
+    assert "the cluster is shutting down" in str(errors[0])
+    assert "keeps serving" not in str(errors[0])
