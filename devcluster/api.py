@@ -35,10 +35,18 @@ from devcluster.errors import (
     ClusterRunningError,
     DevclusterError,
     NoClusterError,
+    NotReadyError,
     UsageError,
     from_payload,
 )
-from devcluster.launch import Ask, Launcher, longest_grace, not_ready_message, resolve
+from devcluster.launch import (
+    Ask,
+    Launcher,
+    longest_grace,
+    not_ready_message,
+    require_serving,
+    resolve,
+)
 from devcluster.registry import Registry, Snapshot, State, open_registry
 from devcluster.registry.record import parse_weight
 from devcluster.schema import InstanceInfo
@@ -92,14 +100,6 @@ class ClusterOptions(TypedDict, total=False):
     console: bool
     console_port: int
     config: str | Path | None
-
-
-class NotReadyError(DevclusterError):
-    """``up`` finished with instances that do not serve; the cluster keeps running."""
-
-    def __init__(self, message: str, states: dict[str, dict[str, Any]]) -> None:
-        super().__init__(message)
-        self.states = states
 
 
 class ReloadError(DevclusterError):
@@ -406,7 +406,10 @@ class Cluster:
         names = [names] if isinstance(names, str) else list(names)
         with self.control() as control:
             reply = control.act(verb, names, who=self.asker(), **kw)
-        return [instance_info(i) for i in reply.instances]
+        infos = [instance_info(i) for i in reply.instances]
+        if kw.get("wait"):
+            require_serving(self.state_dir, [i.to_dict() for i in infos], verb)
+        return infos
 
     # ``name`` everywhere below: an instance (``greeter.2``), a process type (``greeter``:
     # all its instances) or a list of them. Each returns the instances it acted on, as
@@ -425,11 +428,13 @@ class Cluster:
         return self._act("stop", name)
 
     def start(self, name: str | Sequence[str], wait: bool = True) -> list[InstanceInfo]:
-        """Start stopped (or failed) instances; ``wait``: until they serve or fail."""
+        """Start stopped (or failed) instances; ``wait``: until they serve or fail (then
+        NotReadyError names those that do not serve, why, and their last log lines)."""
         return self._act("start", name, wait=wait)
 
     def restart(self, name: str | Sequence[str], wait: bool = True) -> list[InstanceInfo]:
-        """Stop then start the instances; ``wait``: until they serve again or fail."""
+        """Stop then start the instances; ``wait``: until they serve again or fail (then
+        NotReadyError, as :meth:`start`)."""
         return self._act("restart", name, wait=wait)
 
     def pause(self, name: str | Sequence[str]) -> list[InstanceInfo]:
@@ -443,15 +448,18 @@ class Cluster:
     def scale(self, counts: Mapping[str, int] | None = None, /, wait: bool = True,
               **kw: int) -> list[InstanceInfo]:
         """Set how many instances each process type runs (new ones start, the highest
-        numbers stop); ``wait``: until the new ones serve. Returns every instance of the
-        types scaled.
+        numbers stop); ``wait``: until the new ones serve (one that failed raises
+        NotReadyError). Returns every instance of the types scaled.
 
         >>> cluster.scale(greeter=3)                            # doctest: +SKIP
         """
         wanted = {**(counts or {}), **kw}
         with self.control() as control:
             reply = control.scale(wanted, wait=wait, who=self.asker())
-        return [instance_info(i) for i in reply.instances]
+        infos = [instance_info(i) for i in reply.instances]
+        if wait:
+            require_serving(self.state_dir, [i.to_dict() for i in infos], "scale")
+        return infos
 
     def reload(self, names: str | Sequence[str] = (), all: bool = False,
                on_progress: Callable[[str, str, str], None] | None = None) -> dict[str, Any]:

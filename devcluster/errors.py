@@ -21,6 +21,7 @@ __all__ = [
     "CorruptRegistryError",
     "DevclusterError",
     "NoClusterError",
+    "NotReadyError",
     "ProcfileError",
     "RegistryError",
     "UnknownInstanceError",
@@ -38,6 +39,17 @@ class DevclusterError(Exception):
     instance: str | None = None
     #: Last lines of the log that explain it (e.g. of the instance), oldest first.
     log: tuple[str, ...] = ()
+
+
+class NotReadyError(DevclusterError):
+    """Instances asked to serve (``up``, ``start``, ``restart``, ``scale``) ended without
+    serving; the cluster keeps running. ``states``: each instance's row, by name."""
+
+    states: dict[str, dict[str, Any]] = {}  # an error rebuilt from its payload has none
+
+    def __init__(self, message: str, states: dict[str, dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.states = states
 
 
 class UsageError(DevclusterError):

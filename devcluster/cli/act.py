@@ -4,6 +4,7 @@ no supervisor needed)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,7 +33,23 @@ def verb(at: Place, verb: str, names: Sequence[str], all_: bool, as_json: bool,
         reply = control.act(verb, list(names), all_=all_, **kw)
     rows = [as_dict(i) for i in reply.instances]
     unchanged = list(reply.unchanged)
-    return views.Output(rows, lambda _colour: "\n".join(views.action_lines(rows, unchanged)))
+    text = "\n".join(views.action_lines(rows, unchanged))
+    return _checked(at, views.Output(rows, text), verb if kw.get("wait") else None)
+
+
+def _checked(at: Place, output: views.Output, verb: str | None) -> views.Output:
+    """``output``, exit 1 with one error line when the waited-for ``verb`` left an
+    instance not serving (``--json`` too: a script must not go ahead on it)."""
+    if verb is None:
+        return output
+    from devcluster.errors import NotReadyError
+    from devcluster.launch import require_serving
+
+    try:
+        require_serving(at.state_dir, output.data, verb)
+    except NotReadyError as e:
+        return dataclasses.replace(output, code=e.exit_code, error=str(e))
+    return output
 
 
 def scale(at: Place, counts: Sequence[str], no_wait: bool, as_json: bool) -> views.Output:
@@ -43,7 +60,8 @@ def scale(at: Place, counts: Sequence[str], no_wait: bool, as_json: bool) -> vie
     wanted = parse_scale(list(counts))
     with ControlClient(at.state_dir) as control:
         reply = control.scale(wanted, wait=not no_wait)
-    return views.instances([as_dict(i) for i in reply.instances])
+    return _checked(at, views.instances([as_dict(i) for i in reply.instances]),
+                    None if no_wait else "scale")
 
 
 def weight(at: Place, name: str, value: str, as_json: bool) -> views.Output:

@@ -207,11 +207,13 @@ def note(message: str) -> None:
 class Output:
     """What a command answers: ``data`` for ``--json``, ``text`` for a person.
 
-    ``text`` is a string or a function of "use colour"; ``code`` is the exit status."""
+    ``text`` is a string or a function of "use colour"; ``code`` is the exit status;
+    ``error``, when set, is said on stderr after the answer (:func:`error_line`)."""
 
     data: Any
     text: str | Callable[[bool], str] | None = None
     code: int = 0
+    error: str | None = None
 
 
 def instances(rows: Sequence[Mapping[str, Any]]) -> Output:
@@ -229,4 +231,7 @@ def render(output: Output | int | None, as_json: bool) -> int:
         text = output.text if isinstance(output.text, str) else output.text(use_colour(sys.stdout))
         if text:
             print(text)
+    if output.error is not None:
+        sys.stdout.flush()
+        error_line(output.error)
     return output.code

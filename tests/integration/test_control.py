@@ -358,9 +358,11 @@ def test_start_after_failed_resets_the_policy(make_cluster: MakeCluster,
     cluster = make_cluster([CRASH], start=False, restart={"crash": "no"})
     with pytest.raises(NotReadyError):
         cluster.up()
-    [row] = cluster.start("crash")
-    assert row.state == "exited"
-    assert row.restarts == 1
+    with pytest.raises(NotReadyError) as caught:  # started, and crashed again
+        cluster.start("crash")
+    row = caught.value.states["crash"]
+    assert row["state"] == "exited"
+    assert row["restarts"] == 1
 
 
 # -- scale -----------------------------------------------------------------------------
