@@ -72,6 +72,8 @@ class EventKind(enum.StrEnum):
     """A balancing channel sends calls to an ejected instance again."""
     FAILOVER = "failover"
     """A call failed on the instance (``code``) and went on to ``new``."""
+    FORKSERVER = "forkserver"
+    """A preloaded type's fork server died and a new one started (``old``/``new``: pids)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ _DESCRIBE: dict[EventKind, str] = {
     EventKind.EJECTED: "ejected by a channel",
     EventKind.READMITTED: "readmitted by a channel",
     EventKind.FAILOVER: "failed {code}, call went on to {new}",
+    EventKind.FORKSERVER: "{detail}",
 }
 
 

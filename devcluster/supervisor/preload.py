@@ -24,7 +24,7 @@ import json
 import os
 import socket
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from devcluster.defaults import READY_TIMEOUT
 from devcluster.supervisor import pidfd, preboot
@@ -116,6 +116,18 @@ class ForkServer:
                 waiter = self._waiting.popleft()
                 if not waiter.done():  # a cancelled caller's instance is swept as an orphan
                     waiter.set_result(json.loads(data))
+
+    @property
+    def alive(self) -> bool:
+        """Neither its socket closed nor its process gone."""
+        return self._gone is None and self.proc.poll() is None
+
+    def discard(self) -> None:
+        """Let go of a server that died: its socket, its exit status."""
+        self._lost(self._gone or f"the fork server (pid {self.proc.pid}) exited")
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.proc.poll()
 
     def _lost(self, why: str) -> None:
         self._gone = why
@@ -239,6 +251,14 @@ def _close(early: preboot.Prespawned) -> None:
     os.close(early.sync_fd)
 
 
+def _dead(task: asyncio.Task[ForkServer] | None) -> int | None:
+    """The pid of the fork server ``task`` started, if it ran and has died since."""
+    if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    server = task.result()
+    return None if server.alive else server.proc.pid
+
+
 class Preloader:
     """The fork servers of one supervisor, one per preloaded process type, started on
     the type's first instance start (concurrent starts share the one being started)."""
@@ -253,6 +273,9 @@ class Preloader:
         self._asked = dict(asked or {})
         self._answers = {name: loop.create_future() for name in self._asked}
         self._servers: dict[preboot.Key, asyncio.Task[ForkServer]] = {}
+        #: Told (type, old pid, new pid) when a fork server that died is replaced: a
+        #: killed fork server is started again on the type's next spawn.
+        self.on_restart: Callable[[str, int, int], None] | None = None
         for key, found in (launched or {}).items():
             mine = sorted((a.position, name) for name, a in self._asked.items() if a.key == key)
             answers = [self._answers[name] for _, name in mine]
@@ -285,8 +308,14 @@ class Preloader:
                     raise
                 return await ForkServer.finish(answer, early.out_fd, early.sync_fd)
             _close(early)  # asked otherwise: it exits when it finds its pipes closed
-        server = await asyncio.shield(self._server(ptype, modules, argv, env, cwd, timeout))
-        return await server.fork(argv, env, cwd)
+        for last in (False, True):  # a server that died under the request: once more
+            server = await asyncio.shield(self._server(ptype, modules, argv, env, cwd, timeout))
+            try:
+                return await server.fork(argv, env, cwd)
+            except PreloadError:
+                if last or server.alive:
+                    raise
+        raise AssertionError("unreachable")
 
     def warm(self, ptype: str, modules: Sequence[str], argv: Sequence[str],
              env: Mapping[str, str], cwd: str, timeout: float) -> None:
@@ -304,6 +333,10 @@ class Preloader:
                                "MODULE` or `python FILE.py` once variables are expanded)")
         key, python, path0 = found
         task = self._servers.get(key)
+        dead = _dead(task)
+        if dead is not None and task is not None:
+            task.result().discard()
+            task = None
         if task is None or (task.done() and (task.cancelled() or task.exception())):
             try:
                 launched = preboot.launch(python, path0, modules, env, cwd)
@@ -311,6 +344,8 @@ class Preloader:
                 raise PreloadError(f"cannot start the fork server ({e})") from None
             task = self._servers[key] = asyncio.ensure_future(
                 ForkServer.greet(launched, modules, timeout))
+            if dead is not None and self.on_restart is not None:
+                self.on_restart(ptype, dead, launched[0].pid)
         return task
 
     async def refresh(self) -> None:

@@ -77,6 +77,7 @@ class Supervisor:
             truth=lambda: [i.record() for i in list(self.instances.values())])
         self.watchdog = watchdog
         self.preload = Preloader(*preboot.started())  # launched early by the daemon
+        self.preload.on_restart = self._fork_server_restarted
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
                           settings.ready_timeout, watchdog, self._spawn, self._ours, events,
                           self.preload)
@@ -158,6 +159,11 @@ class Supervisor:
             coro.close()
             raise RuntimeError("the supervisor is not running")
         return self._tg.create_task(coro)
+
+    def _fork_server_restarted(self, ptype: str, old: int, new: int) -> None:
+        why = f"the fork server of {ptype} (pid {old}) exited; started a new one (pid {new})"
+        self.sink.system(why)
+        self.rt.event(EventKind.FORKSERVER, None, old=old, new=new, detail=why)
 
     def _ours(self) -> set[int]:
         """Pids we started (instance leaders, the watchdog): never adopted orphans."""

@@ -125,6 +125,43 @@ def test_kill_restart_stop_and_down_of_preloaded_instances(
     wait_until(lambda: all_gone([sup, *pids, *servers]), 5.0, "every process of the cluster")
 
 
+def test_a_killed_fork_server_is_started_again_on_the_next_spawn(
+        make_cluster: Callable[..., Any], say_hello: Callable[..., Any], tmp_path: Path,
+        wait_until: Callable[..., Any], all_gone: Callable[..., bool], run_cli: Cli) -> None:
+    # Issue 26: after `kill -9` of the fork server, restart, start, scale and the
+    # restart policy all failed with "the fork server (pid N) exited", exiting 0.
+    (tmp_path / "devcluster.toml").write_text(PRELOAD_GREETER)
+    cluster = make_cluster([f"greeter: {GREETER}"], scale={"greeter": 2})
+    sup = supervisor_pid(cluster.state_dir)
+
+    def fork_servers() -> list[int]:
+        return [p.pid for p in psutil.Process(sup).children()
+                if "forkserver.py" in " ".join(p.cmdline())]
+
+    [first] = fork_servers()
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: all_gone([first]), 5.0, "the fork server to die")
+
+    result = run_cli("restart", "greeter.2")
+    assert result.returncode == 0, result.stderr
+    again = cluster.instance("greeter.2")
+    assert again.state == "serving" and say_hello(again.address)[1] == "greeter.2"
+    [second] = fork_servers()
+    assert second != first
+    said = [e.describe() for e in cluster.events() if e.kind == "forkserver"]
+    assert said == [f"supervisor the fork server of greeter (pid {first}) exited; started a "
+                    f"new one (pid {second})"]
+
+    # The restart policy and scale use it too (and so would a second death).
+    crashed = cluster.instance("greeter.1").pid
+    os.kill(crashed, signal.SIGKILL)  # a crash, not the `kill` verb: the policy restarts it
+    wait_until(lambda: cluster.instance("greeter.1").pid not in (None, crashed)
+               and cluster.instance("greeter.1").state == "serving", 20,
+               "greeter.1 to be restarted by its policy")
+    assert {i.state for i in cluster.scale(greeter=3)} == {"serving"}
+    assert fork_servers() == [second]
+
+
 def test_supervisor_sigkill_leaves_no_preloaded_orphan(
         make_cluster: Callable[..., Any], tmp_path: Path, wait_until: Callable[..., Any],
         all_gone: Callable[..., bool]) -> None:
