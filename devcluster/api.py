@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from devcluster.client.options import ChannelOptions
     from devcluster.control.plane import ControlClient
     from devcluster.events import Event
+    from devcluster.xds.bootstrap import ClientSetup
 
 __all__ = [
     "STATE_DIR_NAME",
@@ -294,6 +295,18 @@ class Cluster:
             return layout(self.state_dir).console_url.read_text().strip() or None
         except FileNotFoundError:
             return None
+
+    def xds(self) -> ClientSetup:
+        """How any gRPC client follows this cluster over xDS: ``bootstrap`` (the file for
+        ``$GRPC_XDS_BOOTSTRAP``), ``server_uri``, ``listeners`` (dial ``xds:///NAME``) and
+        ``bootstrap_config`` (the same, inline). NoClusterError when none runs.
+
+        >>> os.environ["GRPC_XDS_BOOTSTRAP"] = cluster.xds().bootstrap   # doctest: +SKIP
+        >>> grpc.insecure_channel("xds:///greeter")                      # doctest: +SKIP
+        """
+        from devcluster.xds.bootstrap import running_setup
+
+        return running_setup(self.state_dir, self.registry)
 
     def control(self) -> ControlClient:
         """A client of the supervisor's control plane (close it, or use ``with``);

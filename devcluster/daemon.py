@@ -108,6 +108,7 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
     sup = Supervisor(settings, registry, sink, types, env, specs, watchdog, events)
     sup.records.before_write = lambda: _check_claim(claim)
     keeper = _Keeper(claim, sup, sink, isinstance(registry, FileRegistry))
+    xds = XdsPlane(settings, sink)
     try:
         # Queued before any spawn (the writer keeps order: it lands before their states);
         # awaited once they are spawned: a registry that cannot be written at start is
@@ -122,8 +123,10 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
 
             keeper.control = ControlServer(sup, defaults.layout(settings.state_dir).socket)
             await keeper.control.start()
+            xds.begin()  # envoy's protos import while the instances boot
 
         async def settled() -> None:
+            await xds.ready()  # `devcluster xds` answers once `up -d` returned
             infos = await sup.infos()
             ready.send(ReadyReport(instances={i.name: i.to_dict() for i in infos},
                                    notes=tuple(notes), stopped_by=sup.stopped_by))
@@ -133,6 +136,7 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
                 await sup.run(settled, [("keeping the state dir", keeper.run), *_watcher(sup)],
                               on_started=started)
         finally:
+            await xds.stop(remove=not keeper.lost)
             if keeper.control is not None:
                 await keeper.control.stop(remove=not keeper.lost)
     finally:
@@ -177,6 +181,56 @@ async def _web_console(settings: UpRequest, notes: list[str]) -> AsyncIterator[N
         await asyncio.to_thread(console.stop)
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+class XdsPlane:
+    """The cluster's xDS control plane: ADS on 127.0.0.1 (a free port), following the
+    registry (either backend), and the bootstrap file that tells any gRPC client where
+    it is. Started once the instances are spawned (it costs nothing on the path to
+    ready); a failure is said and the cluster runs on without it."""
+
+    def __init__(self, settings: UpRequest, sink: LogSink) -> None:
+        self.settings, self.sink = settings, sink
+        self.path = defaults.layout(settings.state_dir).xds_bootstrap
+        self._stack = contextlib.AsyncExitStack()
+        self._task: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        self._task = asyncio.ensure_future(self._start())
+
+    async def _start(self) -> None:
+        from devcluster.xds.bootstrap import write_bootstrap
+        from devcluster.xds.server import serve
+
+        spec = self.settings.registry
+        # A registry object of its own: the xDS watch runs in a thread of its own.
+        registry = (open_registry(spec) if spec and spec.startswith("etcd://")
+                    else FileRegistry(self.settings.state_dir))
+        server = await self._stack.enter_async_context(serve(registry))
+        await asyncio.to_thread(write_bootstrap, self.path, server.port)
+        self.sink.system(f"xDS: ADS on 127.0.0.1:{server.port}; clients: "
+                         f"GRPC_XDS_BOOTSTRAP={self.path} (see `devcluster xds`)")
+
+    async def ready(self) -> None:
+        """Wait (bounded) until it serves; say why not, once, if it cannot."""
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), defaults.XDS_START_WAIT)
+        except Exception as e:  # an aid: the cluster runs without it
+            self.sink.system(f"xDS: not serving ({e!r}); the cluster runs without it")
+            self._task.cancel()
+
+    async def stop(self, remove: bool = True) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        if remove:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        with contextlib.suppress(Exception):
+            await self._stack.aclose()
 
 
 class StateDirLostError(DevclusterError):

@@ -31,6 +31,8 @@ MIN_PORT, MAX_PORT = 1, 65535
 MIN_WEIGHT, MAX_WEIGHT, DEFAULT_WEIGHT = 0, 1000, 1
 #: Seconds a control client waits for a change it asked for (``start --wait``...).
 CONTROL_WAIT = 30.0
+#: How long `up` waits for its xDS server to listen before it reports ready without it.
+XDS_START_WAIT = 10.0
 
 #: Environment variables devcluster reads.
 ENV_HOME = "DEVCLUSTER_HOME"
@@ -65,6 +67,8 @@ SOCKET_FILE = "control.sock"
 EVENTS_FILE = "events.jsonl"
 EVENTS_PREVIOUS_FILE = "events.1.jsonl"
 CONSOLE_URL_FILE = "console.url"
+#: The bootstrap file gRPC clients read ($GRPC_XDS_BOOTSTRAP) to find the cluster's xDS server.
+XDS_BOOTSTRAP_FILE = "xds-bootstrap.json"
 LOG_DIR = "logs"
 DAEMON_OUT_FILE = "supervisor.out"
 CLIENTS_DIR = "clients"
@@ -160,6 +164,11 @@ class Layout:
     def console_url(self) -> Path:
         """The URL (token included, so 0600) of a background cluster's web console."""
         return self.root / CONSOLE_URL_FILE
+
+    @property
+    def xds_bootstrap(self) -> Path:
+        """The running cluster's xDS bootstrap (gRFC A27): where its ADS server listens."""
+        return self.root / XDS_BOOTSTRAP_FILE
 
     @property
     def logs(self) -> Path:

@@ -23,6 +23,7 @@ replace its files (:func:`prepare`). It holds:
 | `logs/devcluster.log` | the supervisor | text lines, each prefixed by its instance's name | every instance's output, merged, and the supervisor's own lines |
 | `logs/supervisor.out` | a background supervisor (`up -d`, the API) | text | its own stdout/stderr (a traceback if it crashed) |
 | `console.url` | a supervisor with `--console` | one line: the URL with its token (0600) | where the web console is |
+| `xds-bootstrap.json` | the supervisor, once its xDS server listens; removed when it stops | JSON, gRPC's xDS bootstrap (gRFC A27): `xds_servers[0].server_uri` and `node` | what `$GRPC_XDS_BOOTSTRAP` points at: any gRPC client dialling `xds:///SERVICE` follows the cluster |
 
 Every name is a constant here (:data:`REGISTRY_FILE`...), every path a property of
 :func:`layout` (``layout(state_dir).registry``...): nothing else spells a file name.
@@ -61,6 +62,7 @@ from devcluster.defaults import (
     STATE_DIR_NAME,
     SUPERVISOR_LOCK_FILE,
     SYSTEM_LOG,
+    XDS_BOOTSTRAP_FILE,
     Layout,
     instance_of_log,
     layout,
@@ -88,6 +90,7 @@ __all__ = [
     "STATE_DIR_NAME",
     "SUPERVISOR_LOCK_FILE",
     "SYSTEM_LOG",
+    "XDS_BOOTSTRAP_FILE",
     "Claim",
     "Layout",
     "hold_lock",

@@ -46,3 +46,14 @@ def registry(at: Place, as_json: bool) -> views.Output:
         {"revision": snap.revision, "instances": {r.name: r.to_dict() for r in records}},
         lambda colour: views.records_table(f"{where} (revision {snap.revision})", records, colour))
 
+
+def xds(at: Place, as_json: bool) -> views.Output:
+    """How to point any gRPC client at the cluster: the bootstrap, the server, the listeners."""
+    from devcluster.xds.bootstrap import running_setup
+
+    reg = at.registry()
+    try:
+        setup = running_setup(at.state_dir, reg)
+    finally:
+        reg.close()
+    return views.Output(setup.to_dict(), setup.exports())

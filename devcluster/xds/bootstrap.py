@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from devcluster.registry import Registry
 
 #: The ``node.id`` a client presents when none is given (logs name it on a NACK).
 DEFAULT_NODE_ID = "devcluster-client"
@@ -43,3 +49,58 @@ def write_bootstrap(path: str | os.PathLike[str], port: int, host: str = "127.0.
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+@dataclass(frozen=True)
+class ClientSetup:
+    """How to point a gRPC client at a running cluster (``devcluster xds``, ``Cluster.xds()``)."""
+
+    bootstrap: str
+    """The bootstrap file's absolute path: ``export GRPC_XDS_BOOTSTRAP=...``."""
+    server_uri: str
+    """Where the cluster's ADS server listens (``127.0.0.1:PORT``)."""
+    listeners: tuple[str, ...]
+    """The listener names, one per service: a client dials ``xds:///NAME``."""
+    bootstrap_config: str
+    """The same bootstrap inline (``GRPC_XDS_BOOTSTRAP_CONFIG``), for clients without files."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bootstrap": self.bootstrap, "server_uri": self.server_uri,
+                "listeners": list(self.listeners), "bootstrap_config": self.bootstrap_config}
+
+    def exports(self) -> str:
+        """Shell lines a person pastes: the variable, then what to dial."""
+        dial = ", ".join(f"xds:///{n}" for n in self.listeners) or "(no service registered yet)"
+        return (f"export GRPC_XDS_BOOTSTRAP={shlex.quote(self.bootstrap)}\n"
+                f"# or, without the file:\n"
+                f"export GRPC_XDS_BOOTSTRAP_CONFIG={shlex.quote(self.bootstrap_config)}\n"
+                f"# xDS server: {self.server_uri}; dial: {dial}")
+
+
+def client_setup(path: str | os.PathLike[str], services: Iterable[str]) -> ClientSetup | None:
+    """What :func:`write_bootstrap` wrote at ``path`` (None: no such file, so no running
+    cluster serves xDS there) and the listener of each of ``services``."""
+    target = Path(path).absolute()
+    try:
+        text = target.read_text()
+        config = json.loads(text)
+        uri = str(config["xds_servers"][0]["server_uri"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return ClientSetup(str(target), uri, tuple(sorted(set(services))),
+                       json.dumps(config, separators=(",", ":")))
+
+
+def running_setup(state_dir: Path, registry: Registry) -> ClientSetup:
+    """:class:`ClientSetup` of the cluster running in ``state_dir`` (whose registry is
+    ``registry``); NoClusterError when none serves xDS there."""
+    from devcluster.defaults import layout
+    from devcluster.errors import NoClusterError
+
+    snap = registry.snapshot()
+    setup = client_setup(layout(state_dir).xds_bootstrap,
+                         (r.service for r in snap.records.values()))
+    if setup is None:
+        raise NoClusterError(f"no cluster serves xDS in {state_dir}; start one with "
+                             "`devcluster up -d` (its supervisor serves xDS)")
+    return setup
