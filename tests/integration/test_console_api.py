@@ -212,7 +212,7 @@ def test_instances_are_ps_json_rows(console: Console, cluster: Cluster) -> None:
     answer = request(console, "GET", "/api/instances")
     assert answer.status == 200
     rows = answer.json()
-    ps = cluster.ps()
+    ps = [i.to_dict() for i in cluster.ps()]
     assert [r["name"] for r in rows] == ["server1", "server2", "server3"]
     assert [sorted(r) for r in rows] == [sorted(r) for r in ps]
     assert [r["pid"] for r in rows] == [r["pid"] for r in ps]

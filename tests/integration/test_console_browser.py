@@ -202,7 +202,7 @@ def test_the_page_scales_a_type_to_zero_and_back(make_cluster: Callable[..., Clu
         page.wait_for_function("() => types.includes('greeter')")
         page.fill(f"{scale} input", "1")
         page.click(f"{scale} button")
-        wait_until(lambda: [r["state"] for r in cluster.ps()] == ["serving"], 20,
+        wait_until(lambda: [r.state for r in cluster.ps()] == ["serving"], 20,
                    "greeter scaled back to 1")
         # (named greeter.1 now: a type scaled from 0 numbers its instances)
         page.wait_for_selector('tr[data-name^="greeter"][data-state="serving"]')

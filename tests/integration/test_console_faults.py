@@ -312,7 +312,7 @@ def test_scale_to_zero_and_back(cluster: Cluster, wait_until: Any) -> None:
             wait_until(lambda: cluster.ps() == [], 20, "server scaled to 0")
             assert scale(2) == 200  # was 404: "unknown process type 'server'"
             assert "server" in console.view.process_types()
-            wait_until(lambda: [r["state"] for r in cluster.ps()] == ["serving"] * 2, 20,
+            wait_until(lambda: [r.state for r in cluster.ps()] == ["serving"] * 2, 20,
                        "server scaled back to 2")
         finally:
             cluster.scale(server=1)

@@ -342,10 +342,10 @@ class Chaos:
         if kind == "kill":
             reply = c.kill(name)
             self.killed[name] = rows[name]["pid"]
-            for row in reply:
-                if row["name"] == name and row["state"] != "killed":
+            for info in reply:
+                if info.name == name and info.state != "killed":
                     self.result.killed_violations.append(
-                        f"kill {name} replied state {row['state']}, not killed")
+                        f"kill {name} replied state {info.state}, not killed")
         elif kind == "stop":
             c.stop(name)
         elif kind == "start":
@@ -428,7 +428,7 @@ def run_soak(root: Path, seed: int,
             result.rss_samples.append((time.monotonic() - began, rss))
             if not result.rss_warm and time.monotonic() - began >= WARM_UP_S:
                 result.rss_warm = rss
-            rows = {r["name"]: r for r in cluster.ps()}
+            rows = {r.name: r.to_dict() for r in cluster.ps()}
             chaos.check_killed(rows)
             result.min_usable_seen = min(result.min_usable_seen,
                                          sum(map(Chaos.usable, rows.values())))
@@ -457,7 +457,7 @@ def run_soak(root: Path, seed: int,
         if client.unexpected:
             result.action_errors.extend(f"client raised {e!r}" for e in client.unexpected)
         client = None
-        rows = {r["name"]: r for r in cluster.ps()}
+        rows = {r.name: r.to_dict() for r in cluster.ps()}
         chaos.check_killed(rows)
         check_registry()
         result.rss_end = supervisor.memory_info().rss
