@@ -151,7 +151,7 @@ def test_bad_input(console: Console, cluster: Cluster, caplog: pytest.LogCapture
     # the console logged no traceback (it may share the supervisor's log)
     assert not [r for r in caplog.records if r.exc_info], caplog.text
     # nothing was changed by a refused request
-    assert [r["state"] for r in cluster.ps()] == ["serving"] * 3
+    assert [r.state for r in cluster.ps()] == ["serving"] * 3
     assert {r.weight for r in cluster.registry.snapshot().records.values()} == {1}
 
 

@@ -34,7 +34,7 @@ def test_a_verb_that_leaves_an_instance_broken_exits_1(
     assert result.returncode == 1
     assert json.loads(result.stdout)[0]["state"] == "exited"  # the answer is still data
 
-    with pytest.raises(NotReadyError, match="scale: not serving: .*api.2 exited"):
+    with pytest.raises(NotReadyError, match=r"scale: not serving: .*api\.2 exited"):
         cluster.scale(api=2)
     with pytest.raises(NotReadyError, match="start: not serving: api") as caught:
         cluster.start("api")
