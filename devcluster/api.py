@@ -43,13 +43,12 @@ from devcluster.launch import (
     Ask,
     Launcher,
     longest_grace,
-    not_ready_message,
-    require_serving,
     resolve,
 )
 from devcluster.registry import Registry, Snapshot, State, open_registry
 from devcluster.registry.record import parse_weight
 from devcluster.schema import InstanceInfo
+from devcluster.serving import not_ready_message, require_serving
 from devcluster.statedir import layout, running_pid
 from devcluster.supervisor.logs import tail
 

@@ -43,7 +43,7 @@ def _checked(at: Place, output: views.Output, verb: str | None) -> views.Output:
     if verb is None:
         return output
     from devcluster.errors import NotReadyError
-    from devcluster.launch import require_serving
+    from devcluster.serving import require_serving
 
     try:
         require_serving(at.state_dir, output.data, verb)

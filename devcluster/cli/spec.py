@@ -267,10 +267,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("xds", "look", "xds",
             "Print how to point any gRPC client (Go, Java, Node, C++, Python) at the cluster\n"
             "over xDS: the bootstrap file to export, the server, the xds:/// targets.",
-            "eval \"$(devcluster xds)\"   (then dial xds:///greeter)", registry=True,
+            "devcluster xds --json", registry=True,
             body="The supervisor serves ADS on 127.0.0.1 and writes the bootstrap file into the "
                  "state\ndir while the cluster runs; weights, drains, stops and restarts reach "
-                 "every xDS client.",
+                 "every xDS client.\nIn a shell: eval \"$(devcluster xds)\", then dial "
+                 "xds:///greeter.",
             json="bootstrap, server_uri, listeners, bootstrap_config."),
     Command("events", "events", "events",
             "Show (and with -f follow) the cluster's timeline: starts, exits with code or\n"
