@@ -60,6 +60,8 @@ class EventKind(enum.StrEnum):
     """The instance was enabled (``new`` True) or disabled (``new`` False)."""
     METADATA = "metadata"
     """The instance's registry metadata changed from ``old`` to ``new``."""
+    FAULT = "fault"
+    """A fault was set on the instance (``new``: what it does) or cleared (``new`` None)."""
     ADDED = "added"
     """The instance appeared in the registry (``up``, ``scale``, ``reload``)."""
     REMOVED = "removed"
@@ -150,6 +152,7 @@ _DESCRIBE: dict[EventKind, str] = {
     EventKind.WEIGHT: "weight {old} -> {new}",
     EventKind.ENABLED: "enabled {old} -> {new}",
     EventKind.METADATA: "metadata {old} -> {new}",
+    EventKind.FAULT: "fault {new}",
     EventKind.ADDED: "added",
     EventKind.REMOVED: "removed",
     EventKind.ASKED: "{detail}",
@@ -336,6 +339,9 @@ def _record_events(prev: Record | None, rec: Record, now: float, source: str) ->
     before_meta, after_meta = getattr(prev, "metadata", None), getattr(rec, "metadata", None)
     if before_meta != after_meta:
         add(EventKind.METADATA, old=_plain(before_meta), new=_plain(after_meta))
+    before_fault, after_fault = getattr(prev, "fault", None), getattr(rec, "fault", None)
+    if before_fault != after_fault:
+        add(EventKind.FAULT, new=after_fault.describe() if after_fault else "cleared")
     return out
 
 
@@ -344,11 +350,12 @@ def _plain(value: Any) -> Any:
 
 
 #: Kinds only the registry can tell: anyone may write them, not only the supervisor.
-REGISTRY_KINDS = frozenset({EventKind.WEIGHT, EventKind.ENABLED, EventKind.METADATA})
+REGISTRY_KINDS = frozenset({EventKind.WEIGHT, EventKind.ENABLED, EventKind.METADATA,
+                            EventKind.FAULT})
 
 
 def follow_registry(registry: Registry, log: EventLog, stop: threading.Event) -> None:
-    """Append the weight, enable and metadata changes of ``registry`` to ``log`` until
+    """Append the weight, enable, metadata and fault changes of ``registry`` to ``log`` until
     ``stop`` (blocking: run it in a thread). Starts from the registry as it is now."""
     seen: Snapshot | None = None
     for snap in registry.watch(stop):

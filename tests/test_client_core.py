@@ -16,6 +16,7 @@ from devcluster.client.attempts import (
     PROBE_FIRST,
     PROBE_MAX,
     Attempts,
+    Delay,
     GiveUp,
     Probe,
     Send,
@@ -344,3 +345,52 @@ def test_a_probe_stops_when_the_registry_retires_the_process(recorder: Recorder)
 def test_every_policy_is_one_table_entry_with_a_summary() -> None:
     for name, cls in POLICIES.items():
         assert type(make_picker(name)) is cls and cls.summary
+
+
+# -- faults (devcluster fault): the core decides, the driver only sleeps --------------------
+
+def draws(*values: float):
+    it = iter(values)
+    return lambda: next(it)
+
+
+def test_a_fault_aborts_only_the_calls_of_its_instance(recorder: Recorder) -> None:
+    from devcluster.faults import Fault
+
+    b = balancer(recorder, record("s1", fault=Fault(abort_code=7, abort_percent=50)),
+                 record("s2"))
+    hit = Attempts(b, 1.0, rand=draws(0.9, 0.2))  # s1 first (by name): no delay, aborted
+    action = hit.start()
+    assert type(action) is GiveUp and action.error is not None
+    assert action.error.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "s1" in action.error.details() and hit.info(action.error.code()).instance == "s1"
+    assert not b.instances()[0].ejected  # an injected abort says nothing of the instance
+    assert type(Attempts(b, 1.0, rand=draws()).start()) is Send  # s2: no fault, no draw
+    spared = Attempts(b, 1.0, rand=draws(0.9, 0.7))  # s1 again, the 50 % spares it
+    assert spared.start().inst.name == "s1"
+
+
+def test_a_fault_delays_then_aborts_within_the_deadline(recorder: Recorder) -> None:
+    from devcluster.faults import Fault
+
+    clock = Clock()
+    fault = Fault(delay_s=0.3, delay_percent=100, abort_code=14, abort_percent=100)
+    b = balancer(recorder, record("s1", fault=fault))
+    call = Attempts(b, 1.0, clock=clock, rand=draws(0.0, 0.0))
+    assert call.start() == Delay(by_name(b, "s1"), 0.3)
+    clock.advance(0.3)
+    after = call.delayed()
+    assert type(after) is GiveUp and after.error.code() is UNAVAILABLE
+    # A delay longer than the deadline: the call waits out its deadline, then fails so.
+    b = balancer(recorder, record("s1", fault=Fault(delay_s=5, delay_percent=100)))
+    call = Attempts(b, 0.5, clock=clock, rand=draws(0.0, 0.5))
+    assert call.start() == Delay(by_name(b, "s1"), 0.5)
+    clock.advance(0.5)
+    late = call.delayed()
+    assert type(late) is GiveUp and late.error.code() is DEADLINE
+    # Delayed, not aborted: the attempt goes out with what is left of the deadline.
+    call = Attempts(b, 10.0, clock=clock, rand=draws(0.0, 0.5))
+    assert type(call.start()) is Delay
+    clock.advance(5)
+    sent = call.delayed()
+    assert type(sent) is Send and sent.timeout == pytest.approx(5.0)

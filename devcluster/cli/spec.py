@@ -152,6 +152,15 @@ def _weight(p: argparse.ArgumentParser) -> None:
     p.add_argument("value", metavar="WEIGHT", help="Integer 0..1000; 0 drains.")
 
 
+def _fault(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="TARGET", help="An instance, a process type or a service.")
+    p.add_argument("--delay", metavar="DURATION[:PERCENT]",
+                   help="Delay calls: 200ms, 1.5s or 2 (seconds); percent default 100.")
+    p.add_argument("--abort", metavar="CODE[:PERCENT]",
+                   help="Fail calls with a gRPC status (UNAVAILABLE or 14); percent default 100.")
+    p.add_argument("--clear", action="store_true", help="Remove the fault.")
+
+
 def _name(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="Instance or process type.")
 
@@ -295,6 +304,14 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "Set the weight of an instance in the registry (works without a supervisor).",
             "devcluster weight server1 5   (server1 then gets 5/7 of the calls of three)",
             _weight, registry=True),
+    Command("fault", "act", "fault",
+            "Delay or fail a share of the calls an instance (or a type, or a service) serves.",
+            "devcluster fault greeter.2 --delay 200ms:50 --abort UNAVAILABLE:10", _fault,
+            registry=True,
+            body="Stored in the registry: xDS clients (HTTPFault) and devcluster's balanced\n"
+                 "clients apply it alike; ps, top, the console and events show it.\n"
+                 "On one instance, only the calls it serves are hit. --clear removes it.",
+            json="The records after, with their fault."),
     Command("enable", "act", "enable", "Let an instance receive calls again.",
             "devcluster enable server3", _name, registry=True, fixed={"verb": "enable"}),
     Command("disable", "act", "enable", "Take an instance out of rotation (it keeps running).",

@@ -132,6 +132,8 @@ def state_text(row: Mapping[str, Any]) -> str:
     state = str(row["state"]) + (" (disabled)" if row.get("enabled") is False else "")
     if row.get("last_exit") and row["state"] in {"exited", "failed", "killed", "backoff"}:
         state += f" ({row['last_exit']})"
+    if row.get("fault"):
+        state += f" (fault: {row['fault']})"
     return state
 
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
-from devcluster.client.attempts import PENDING, Action, Attempts, GiveUp, Send, Wait
+from devcluster.client.attempts import PENDING, Action, Attempts, Delay, GiveUp, Send, Wait
 from devcluster.client.balancer import Balancer, Instance
 from devcluster.client.calls import BalancedRpcError, NoUsableInstanceError
 from devcluster.client.multi import Driver, Lost, Multi
@@ -127,6 +127,10 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
                 if type(action) is Wait:
                     await channel.wait(action)
                     action = attempts.resume()
+                    continue
+                if type(action) is Delay:
+                    await asyncio.sleep(action.seconds)
+                    action = attempts.delayed()
                     continue
                 if type(action) is GiveUp:
                     raise self._give_up(action, error)
@@ -283,6 +287,8 @@ class AioStreamingCall(Multi):
         channel: AioDriver = self._channel
         attempts = channel.attempts(kwargs.get("timeout"), replayable=False)
         action = attempts.start()
+        if type(action) is Delay:  # a call must be returned at once: only the abort applies
+            action = attempts.delayed()
         if type(action) is not Send:
             error = action.error if type(action) is GiveUp and action.error is not None \
                 else NoUsableInstanceError(channel.balancer.why_unusable())

@@ -10,13 +10,14 @@ lookup and the call itself.
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, Protocol, cast
 
 import grpc
 
-from devcluster.client.attempts import PENDING, Action, Attempts, GiveUp, Send, Wait
+from devcluster.client.attempts import PENDING, Action, Attempts, Delay, GiveUp, Send, Wait
 from devcluster.client.balancer import Instance
 from devcluster.client.calls import BalancedCall, GrpcCall
 from devcluster.client.multi import Driver, Lost, Multi
@@ -109,6 +110,10 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
                 channel.wait(action)
                 action = attempts.resume()
                 continue
+            if type(action) is Delay:
+                time.sleep(action.seconds)
+                action = attempts.delayed()
+                continue
             assert type(action) is GiveUp  # PENDING comes only from inside _hedged
             failure = action.error or error
             assert failure is not None
@@ -166,9 +171,13 @@ class _Streaming(Multi):
         channel: SyncDriver = self._channel
         attempts = channel.attempts(timeout, replayable=False)
         action = attempts.start()
-        while type(action) is Wait:
-            channel.wait(action)
-            action = attempts.resume()
+        while type(action) is Wait or type(action) is Delay:
+            if isinstance(action, Delay):
+                time.sleep(action.seconds)
+                action = attempts.delayed()
+            else:
+                channel.wait(action)
+                action = attempts.resume()
         if type(action) is GiveUp:
             assert action.error is not None  # no attempt was made
             self._report(attempts, action.error.code(), action.error.details())

@@ -384,4 +384,5 @@ class Instance:
             cpu_percent=cpu, rss_bytes=rss, uss_bytes=uss, last_exit=self.last_exit or None,
             started_at=self.started_at,
             metadata=dict(record.metadata) if record else None,
-            ready=self.ready_how if running and self.state is not State.STARTING else None)
+            ready=self.ready_how if running and self.state is not State.STARTING else None,
+            fault=record.fault.describe() if record and record.fault else None)
