@@ -23,6 +23,13 @@ from pathlib import Path
 GRACE = 5.0
 #: Seconds an instance gets to answer its readiness probe (``--ready-timeout``).
 READY_TIMEOUT = 30.0
+#: Continuous health checks of a serving instance (``health_period``, ``health_failures``
+#: per type in devcluster.toml): its readiness probe every HEALTH_PERIOD seconds (0: no
+#: checks); HEALTH_FAILURES misses in a row make it ``unhealthy``, one success serving
+#: again. Each check waits at most HEALTH_TIMEOUT (or the period, if shorter).
+HEALTH_PERIOD = 1.0
+HEALTH_FAILURES = 2
+HEALTH_TIMEOUT = 0.5
 #: Foreman's base port: ``$PORT`` of the first instance (``--port``).
 BASE_PORT = 5000
 #: The lowest and highest port an instance may be given.

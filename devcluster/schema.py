@@ -21,7 +21,7 @@ __all__ = ["RUNNING_STATES", "InstanceInfo", "process_type_of", "uptime"]
 
 #: States with a process behind them (``devcluster.registry.State.running``), as strings:
 #: this module is read by every path, the etcd view included, and imports nothing.
-RUNNING_STATES = frozenset({"starting", "serving", "draining", "paused"})
+RUNNING_STATES = frozenset({"starting", "serving", "draining", "paused", "unhealthy"})
 
 
 class _RecordLike(Protocol):

@@ -19,8 +19,8 @@ from typing import Any, TextIO
 
 #: The colour of each state (names of the terminal's standard colours).
 STATE_STYLE = {"serving": "green", "starting": "yellow", "draining": "yellow",
-               "paused": "magenta", "backoff": "yellow", "failed": "red", "killed": "red",
-               "exited": "red", "stopped": "dim"}
+               "paused": "magenta", "unhealthy": "red", "backoff": "yellow", "failed": "red",
+               "killed": "red", "exited": "red", "stopped": "dim"}
 _ANSI = {"green": "32", "yellow": "33", "magenta": "35", "red": "31", "cyan": "36", "dim": "2",
          "bold": "1", "italic": "3"}
 

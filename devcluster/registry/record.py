@@ -39,6 +39,9 @@ class State(enum.StrEnum):
     """Crashed too often in a row; the restart policy gave up."""
     PAUSED = "paused"
     """Frozen with SIGSTOP. Shown by ``ps`` only; the registry keeps advertising it."""
+    UNHEALTHY = "unhealthy"
+    """Serving, but it missed ``health_failures`` health checks in a row (a hung
+    server): clients route no calls to it until one check succeeds again."""
 
     @property
     def running(self) -> bool:
@@ -46,7 +49,8 @@ class State(enum.StrEnum):
         return self in _RUNNING
 
 
-_RUNNING = frozenset({State.STARTING, State.SERVING, State.DRAINING, State.PAUSED})
+_RUNNING = frozenset({State.STARTING, State.SERVING, State.DRAINING, State.PAUSED,
+                      State.UNHEALTHY})
 
 #: States with no process behind them.
 DOWN_STATES = frozenset({State.STOPPED, State.EXITED, State.KILLED, State.BACKOFF, State.FAILED})

@@ -33,7 +33,7 @@ COLUMNS = (("name", "NAME"), ("state", "STATE"), ("pid", "PID"), ("address", "AD
            ("weight", "WEIGHT"), ("enabled", "ENABLED"), ("restarts", "RESTARTS"),
            ("uptime", "UPTIME"), ("cpu", "CPU%"), ("rss", "RSS"), ("calls", "CALLS/S"),
            ("failed", "FAILED/S"), ("share", "SHARE"))
-_RUNNING = {"starting", "serving", "draining", "paused"}
+_RUNNING = {"starting", "serving", "draining", "paused", "unhealthy"}
 
 
 def cells(row: dict[str, Any], traffic: dict[str, Any], total: float) -> dict[str, Any]:

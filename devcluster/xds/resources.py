@@ -70,6 +70,7 @@ DRAINING: Final[int] = health_check_pb2.DRAINING
 HEALTH: Final[Mapping[State, int]] = MappingProxyType({
     State.SERVING: HEALTHY,
     State.PAUSED: HEALTHY,
+    State.UNHEALTHY: UNHEALTHY,
     State.DRAINING: DRAINING,
     State.STOPPED: UNHEALTHY,
     State.KILLED: UNHEALTHY,
