@@ -71,6 +71,7 @@ class ReadyPipe:
 async def serve(settings: UpRequest, console: TextIO | None, ready: ReadyPipe | None = None) -> int:
     """``devcluster up``: returns the exit status; user mistakes raise DevclusterError."""
     ready = ready or ReadyPipe(settings.ready_fd)
+    host = _advertise_host()  # a bad value fails before anything starts
     process.watch_children_with_pidfds()
     types, env, specs = procfile.load(settings.procfile, settings.env_files, settings.scale,
                                       settings.base_port)
@@ -83,7 +84,7 @@ async def serve(settings: UpRequest, console: TextIO | None, ready: ReadyPipe | 
         sink = LogSink(where.logs, console)
         events = fresh_log(settings.state_dir)  # one timeline per `up`; the last one kept
         try:
-            await _run(settings, sink, types, env, specs, ready, claim, events)
+            await _run(settings, sink, types, env, specs, ready, claim, events, host)
             sink.system("bye")
         finally:
             events.close()
@@ -91,9 +92,17 @@ async def serve(settings: UpRequest, console: TextIO | None, ready: ReadyPipe | 
     return 0
 
 
+def _advertise_host() -> str:
+    try:
+        return defaults.advertise_host()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.ProcessType],
                env: dict[str, str], specs: Sequence[procfile.InstanceSpec],
-               ready: ReadyPipe, claim: Claim, events: EventLog | None = None) -> None:
+               ready: ReadyPipe, claim: Claim, events: EventLog | None = None,
+               host: str = defaults.ADVERTISE_HOST) -> None:
     registry: Registry
     notes: list[str] = []
     if settings.registry and settings.registry.startswith("etcd://"):
@@ -105,7 +114,7 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
         _check_ports(specs)
     process.become_subreaper()  # what instances daemonize stays ours to find and stop
     watchdog = Watchdog()
-    sup = Supervisor(settings, registry, sink, types, env, specs, watchdog, events)
+    sup = Supervisor(settings, registry, sink, types, env, specs, watchdog, events, host)
     sup.records.before_write = lambda: _check_claim(claim)
     keeper = _Keeper(claim, sup, sink, isinstance(registry, FileRegistry))
     xds = XdsPlane(settings, sink)

@@ -14,7 +14,9 @@ PosixPath('/srv/app/.devcluster/control.sock')
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,12 @@ ENV_HOME = "DEVCLUSTER_HOME"
 """The state dir itself (relative paths: to the working directory)."""
 ENV_REGISTRY = "DEVCLUSTER_REGISTRY"
 """``etcd://host:port[/prefix]``: register into etcd instead of the state dir's file."""
+ENV_ADVERTISE_HOST = "DEVCLUSTER_ADVERTISE_HOST"
+"""The host part of every address the supervisor registers (default ADVERTISE_HOST):
+this machine's address as other machines reach it, when they share an etcd registry.
+The instances must then listen on it (or on 0.0.0.0)."""
+#: The host of a registered address when ``$DEVCLUSTER_ADVERTISE_HOST`` is unset.
+ADVERTISE_HOST = "127.0.0.1"
 #: Environment variables devcluster sets for every instance.
 ENV_INSTANCE = "DEVCLUSTER_INSTANCE"
 ENV_GRACE = "DEVCLUSTER_GRACE"
@@ -107,6 +115,29 @@ def registry_url(explicit: str | None = None, environ: Mapping[str, str] | None 
     """``explicit`` > ``$DEVCLUSTER_REGISTRY`` > None (the state dir's file)."""
     env = os.environ if environ is None else environ
     return explicit or env.get(ENV_REGISTRY) or None
+
+
+def advertise_host(environ: Mapping[str, str] | None = None) -> str:
+    """``$DEVCLUSTER_ADVERTISE_HOST`` (stripped; IPv6 in brackets), else ADVERTISE_HOST.
+
+    ValueError (naming the variable and the fix) when it is no host name or IP address.
+
+    >>> advertise_host({}), advertise_host({ENV_ADVERTISE_HOST: "fd00::5"})
+    ('127.0.0.1', '[fd00::5]')
+    """
+    env = os.environ if environ is None else environ
+    host = env.get(ENV_ADVERTISE_HOST, "").strip()
+    if not host:
+        return ADVERTISE_HOST
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+            raise ValueError(f"${ENV_ADVERTISE_HOST} is {host!r}, not a host name or IP "
+                             f"address; set it to this machine's address as others reach "
+                             f"it, e.g. 10.0.0.5") from None
+        return host
+    return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
 @dataclass(frozen=True)

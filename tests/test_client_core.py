@@ -283,7 +283,7 @@ def test_a_hedge_goes_to_the_next_instance_and_the_first_answer_wins(
     assert isinstance(first, Send) and first.hedge_in == 0.1
     clock.advance(0.1)
     second = call.hedge(first.inst)
-    assert second == Send(by_name(b, "s2"), pytest.approx(0.9))
+    assert second == Send(by_name(b, "s2"), pytest.approx(0.9), 0.1)
     assert first.inst.ejected == "hung (1 calls in a row unanswered)"
     call.succeeded(second.inst)  # type: ignore[union-attr]
     info = call.info(OK)
@@ -299,6 +299,53 @@ def test_a_hedge_that_fails_waits_for_the_original(recorder: Recorder) -> None:
     assert call.failed(second.inst, UNAVAILABLE, reached=True) is PENDING
     call.succeeded(first.inst)  # type: ignore[union-attr]
     assert call.info(OK).retried == [("s2", "UNAVAILABLE")]
+
+
+def test_hedging_goes_on_while_every_attempt_hangs(recorder: Recorder) -> None:
+    # A partitioned peer drops packets: its attempts neither answer nor fail. Two of
+    # them in a row must not sink the call while a third instance answers.
+    clock = Clock()
+    b = balancer(recorder, eject_after=1)
+    call = Attempts(b, 1.0, hedge_after=0.1, clock=clock)
+    first = call.start()
+    assert isinstance(first, Send) and first.inst.name == "s1"
+    clock.advance(0.1)
+    second = call.hedge(first.inst)
+    assert second is not None and second.inst.name == "s2" and second.hedge_in == 0.1
+    clock.advance(0.1)
+    third = call.hedge(second.inst)
+    assert third == Send(by_name(b, "s3"), pytest.approx(0.8), 0.1)
+    assert call.hedge(third.inst) is None  # no one else is left
+    call.succeeded(third.inst)
+    info = call.info(OK)
+    assert info.ok and info.instance == "s3"
+    assert info.retried == [("s1", "DEADLINE_EXCEEDED"), ("s2", "DEADLINE_EXCEEDED")]
+
+
+def test_an_attempt_failing_while_the_others_hang_fails_over_at_once(
+        recorder: Recorder) -> None:
+    clock = Clock()
+    b = balancer(recorder)
+    call = Attempts(b, 1.0, hedge_after=0.1, clock=clock)
+    first = call.start()
+    clock.advance(0.1)
+    second = call.hedge(first.inst)  # type: ignore[union-attr]
+    assert second is not None and second.inst.name == "s2"
+    # s2 is unreachable (no answer header): with s1 hanging past its hedge delay,
+    # waiting for s1 would spend the deadline; s3 gets the call now.
+    retry = call.failed(second.inst, UNAVAILABLE, reached=False)
+    assert retry == Send(by_name(b, "s3"), pytest.approx(0.9), 0.1)
+    call.succeeded(by_name(b, "s3"))
+    assert call.info(OK).retried == [("s2", "UNAVAILABLE"), ("s1", "DEADLINE_EXCEEDED")]
+
+
+def test_a_hung_attempt_counts_once_toward_ejection(recorder: Recorder) -> None:
+    b = balancer(recorder, record("s1"), record("s2"), eject_after=2)
+    call = Attempts(b, 1.0, hedge_after=0.1, clock=Clock())
+    first = call.start()
+    assert call.hedge(first.inst) is not None  # type: ignore[union-attr]
+    assert call.hedge(first.inst) is None  # type: ignore[union-attr]  # s2 is busy
+    assert first.inst.timeouts == 1 and first.inst.ejected is None  # type: ignore[union-attr]
 
 
 def test_no_hedge_when_the_deadline_is_shorter_or_no_one_else_is_there(

@@ -183,21 +183,30 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
         return failure
 
     async def _hedged(self, send: Send) -> tuple[Any, Any, Instance] | Lost:
-        """Await ``send``'s attempt, plus the hedge the core asks for after ``hedge_in``."""
+        """Await ``send``'s attempt, plus each further one the core asks for: a hedge
+        when the latest stays unanswered for its ``hedge_in``, a failover when one
+        fails while the others hang."""
         attempts = self._attempts
-        pending: dict[asyncio.Future[Any], tuple[Instance, Any]] = {
-            asyncio.ensure_future(self._call): (send.inst, self._call)}
-        wait: float | None = send.hedge_in
+        pending: dict[asyncio.Future[Any], tuple[Instance, Any]] = {}
+        loop = asyncio.get_running_loop()
+        due: float | None = None
+
+        def launch(s: Send, call: Any) -> None:
+            nonlocal due
+            pending[asyncio.ensure_future(call)] = (s.inst, call)
+            due = None if s.hedge_in is None else loop.time() + s.hedge_in
+
+        launch(send, self._call)
         try:
             while True:
-                done, _ = await asyncio.wait(pending, timeout=wait,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    pending, timeout=None if due is None else max(0.0, due - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED)
                 if not done:
-                    wait = None
-                    extra = attempts.hedge(send.inst)
+                    due = None
+                    extra = attempts.hedge(self._send.inst)
                     if extra is not None:
-                        call = self._begin(extra)
-                        pending[asyncio.ensure_future(call)] = (extra.inst, call)
+                        launch(extra, self._begin(extra))
                     continue
                 for fut in done:
                     inst, call = pending.pop(fut)
@@ -209,7 +218,9 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
                         raise error
                     action = attempts.failed(inst, error.code(), bool(error.initial_metadata()),
                                              cancelled=self._cancelled)
-                    if action is not PENDING:
+                    if type(action) is Send and pending:
+                        launch(action, self._begin(action))  # failing over while others hang
+                    elif action is not PENDING:
                         return Lost(action, error)
         finally:
             for fut, (_inst, call) in pending.items():  # the losers

@@ -7,13 +7,15 @@ an :class:`Attempts` returns, and does only the I/O they name::
     attempts = Attempts(balancer, timeout, hedge_after=0.1)
     action = attempts.start()
     # Send(inst, timeout, hedge_in): call inst with that timeout; if it has not
-    #     answered after hedge_in s, ask attempts.hedge(inst) for a second Send.
+    #     answered after hedge_in s, ask attempts.hedge(inst) for a further Send
+    #     (which has a hedge_in of its own: hedge again while nothing answers).
     # Wait(seconds, generation): no instance now; wait for the view to change (or
     #     the seconds), then attempts.resume().
     # Delay(inst, seconds): a fault on inst (devcluster fault): sleep, then
     #     attempts.delayed() for the Send (or the GiveUp the fault or deadline says).
     # GiveUp(error): the call fails with error (None: the last attempt's own).
     # PENDING: another attempt is still in flight; its outcome decides.
+    # (failed() may also return a Send while others are in flight: start it too.)
     # An answer:  attempts.succeeded(inst)            -> the call is done
     # A failure:  attempts.failed(inst, code, reached) -> the next action
 
@@ -273,7 +275,7 @@ class Attempts:
             self._exclude = set()
         self._exclude.add(inst.name)
         if in_flight:
-            return PENDING  # a hedge still runs: its outcome decides
+            return self._while_others_run(inst, retry)
         self.inst = inst
         if retry and self._replayable:
             other = self._balancer.next_after(inst.name, self._exclude)
@@ -292,27 +294,50 @@ class Attempts:
         else:
             self.failed(inst, code, reached, cancelled=cancelled)
 
-    def hedge(self, inst: Instance) -> Send | None:
-        """``inst`` has not answered for ``hedge_in``: a second attempt, or None.
+    def _while_others_run(self, inst: Instance, retry: bool) -> Send | _Pending:
+        """An attempt failed while others are in flight: fail over now if every one of
+        them already went unanswered past the hedge delay (a partitioned peer hangs
+        instead of failing, so waiting for it would spend the whole deadline);
+        otherwise the ones in flight decide."""
+        stalled = self._stalled or ()
+        if retry and self._replayable and all(i in stalled for i in self._in_flight):
+            other = self._spare(inst.name)
+            if other is not None:
+                send = self._send(other)
+                if type(send) is Send:
+                    return send
+        return PENDING
 
-        The silence counts as a timeout toward ejecting ``inst``; the second
-        attempt goes to the next instance in name order not yet in this call.
+    def _spare(self, after: str) -> Instance | None:
+        """The next instance after ``after`` in name order neither in flight nor failed."""
+        busy = {i.name for i in self._in_flight}.union(self._exclude or ())
+        return self._balancer.next_after(after, busy)
+
+    def hedge(self, inst: Instance) -> Send | None:
+        """``inst`` has not answered for ``hedge_in``: a further attempt, or None.
+
+        The silence counts as a timeout toward ejecting ``inst`` (once per call);
+        the new attempt goes to the next instance in name order not yet in this
+        call, and carries its own ``hedge_in``: while every attempt so far hangs
+        (a network partition), the call keeps hedging to further instances.
         """
         if inst not in self._in_flight:
             return None
-        self._balancer.stalled(inst)
         if self._stalled is None:
             self._stalled = []
-        self._stalled.append(inst)
-        busy = {i.name for i in self._in_flight}.union(self._exclude or ())
-        other = self._balancer.next_after(inst.name, busy)
+        if inst not in self._stalled:
+            self._balancer.stalled(inst)
+            self._stalled.append(inst)
+        other = self._spare(inst.name)
         if other is None:
             return None
         timeout = self.remaining()
         if timeout is not None and timeout <= 0:
             return None
         self._in_flight.append(other)
-        return Send(other, timeout)
+        hedge = self._hedge_after
+        late = hedge is not None and timeout is not None and timeout <= hedge
+        return Send(other, timeout, None if late else hedge)
 
     # -- what the caller is told --------------------------------------------------------
 

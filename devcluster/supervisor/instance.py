@@ -62,7 +62,7 @@ class Instance:
         self.held = False
         self.state = State.STOPPED
         self.port = spec.port
-        self.address = f"127.0.0.1:{spec.port}" if spec.port else ""
+        self.address = f"{rt.advertise_host}:{spec.port}" if spec.port else ""
         self.ready_timed_out = False
         self._before_pause = State.SERVING
         self._task: asyncio.Task[None] | None = None
@@ -356,7 +356,7 @@ class Instance:
             "PORT" in self.spec.command and not self.shared_port, self.address, self.life.env,
             self.rt.cwd, self.life.news, self.life.log_probe), proc)
         if outcome.port is not None:
-            self.port, self.address = outcome.port, f"127.0.0.1:{outcome.port}"
+            self.port, self.address = outcome.port, f"{self.rt.advertise_host}:{outcome.port}"
         if proc.returncode is not None or self.state is not State.STARTING:
             return  # it exited, or was paused or stopped meanwhile: not ours to judge
         if outcome.ok:

@@ -65,7 +65,8 @@ class Supervisor:
     def __init__(self, settings: UpRequest, registry: Registry, sink: LogSink,
                  types: Sequence[procfile.ProcessType], env: dict[str, str],
                  specs: Sequence[procfile.InstanceSpec], watchdog: Watchdog | None = None,
-                 events: EventLog | None = None) -> None:
+                 events: EventLog | None = None,
+                 advertise_host: str = defaults.ADVERTISE_HOST) -> None:
         self.registry, self.sink = registry, sink
         loop = asyncio.get_running_loop()
 
@@ -81,7 +82,7 @@ class Supervisor:
         self.preload.on_restart = self._fork_server_restarted
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
                           settings.ready_timeout, watchdog, self._spawn, self._ours, events,
-                          self.preload)
+                          self.preload, advertise_host)
         tables: Any = {}
         with contextlib.suppress(DevclusterError):
             tables = rolling.project_tables(settings.procfile)
