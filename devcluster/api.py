@@ -534,7 +534,7 @@ class Cluster:
         >>> with cluster.fault("greeter.2", delay="200ms:50", abort="UNAVAILABLE:10"):  # doctest: +SKIP
         ...     run_the_scenario()
         """
-        from devcluster.faults import parse
+        from devcluster.registry.faults import parse
 
         return self._set_fault(target, parse(target, delay, abort))
 
@@ -543,7 +543,7 @@ class Cluster:
         self._set_fault(target, None)
 
     def _set_fault(self, target: str, fault: Any) -> FaultSet:
-        from devcluster.faults import targets
+        from devcluster.registry.faults import targets
 
         snap = self.registry.snapshot()
         names = targets({r.name: r.service for r in snap.records.values()}, target)

@@ -402,7 +402,7 @@ def draws(*values: float):
 
 
 def test_a_fault_aborts_only_the_calls_of_its_instance(recorder: Recorder) -> None:
-    from devcluster.faults import Fault
+    from devcluster.registry.faults import Fault
 
     b = balancer(recorder, record("s1", fault=Fault(abort_code=7, abort_percent=50)),
                  record("s2"))
@@ -418,7 +418,7 @@ def test_a_fault_aborts_only_the_calls_of_its_instance(recorder: Recorder) -> No
 
 
 def test_a_fault_delays_then_aborts_within_the_deadline(recorder: Recorder) -> None:
-    from devcluster.faults import Fault
+    from devcluster.registry.faults import Fault
 
     clock = Clock()
     fault = Fault(delay_s=0.3, delay_percent=100, abort_code=14, abort_percent=100)

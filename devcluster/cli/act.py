@@ -81,7 +81,7 @@ def fault(at: Place, target: str, delay: str | None, abort: str | None, clear: b
           as_json: bool) -> views.Output:
     """Set (or ``--clear``) a fault on an instance, a process type or a service."""
     from devcluster.config.procfile import check_name
-    from devcluster.faults import parse, targets
+    from devcluster.registry.faults import parse, targets
 
     check_name(target)
     if clear and (delay is not None or abort is not None):

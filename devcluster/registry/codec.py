@@ -29,7 +29,7 @@ from typing import Any
 
 from devcluster import defaults
 from devcluster.errors import CorruptRegistryError
-from devcluster.faults import Fault
+from devcluster.registry.faults import Fault
 from devcluster.registry.record import RECORD_FIELDS, Record, Snapshot, State
 
 #: The schema version this module writes and the only one it reads.

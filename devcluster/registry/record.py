@@ -14,7 +14,7 @@ from typing import Any
 from devcluster import defaults
 from devcluster.defaults import DEFAULT_WEIGHT
 from devcluster.errors import UsageError
-from devcluster.faults import Fault
+from devcluster.registry.faults import Fault
 
 __all__ = ["DOWN_STATES", "RECORD_FIELDS", "Record", "Snapshot", "State", "parse_weight"]
 

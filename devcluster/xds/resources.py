@@ -39,7 +39,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
-from devcluster.faults import Fault
+from devcluster.registry.faults import Fault
 from devcluster.registry.record import Record, Snapshot, State
 
 #: A protobuf message (the envoy and protobuf modules ship no type information).

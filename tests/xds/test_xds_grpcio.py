@@ -215,7 +215,7 @@ def test_a_fault_on_one_instance_hits_only_its_calls_and_keeps_the_weights(greet
     """The route splits while one instance has a fault: its share of the calls (its weight
     over the routed total) is aborted, the others' calls are untouched, and clearing the
     fault brings back one cluster."""
-    from devcluster.faults import Fault
+    from devcluster.registry.faults import Fault
 
     greeters.start_many("greeter.1", "greeter.2", "greeter.3")
     greeters.registry.update("greeter.1", weight=2)
