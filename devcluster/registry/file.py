@@ -15,6 +15,7 @@ inode, which would blind a watch on the file itself.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -254,7 +255,7 @@ class FileRegistry(Registry):
     def _publish(self, text: str) -> None:
         tmp = defaults.layout(self._dir).registry_tmp
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = _open_tmp(tmp)
             with open(fd, "wb") as f:
                 f.write(text.encode("utf-8"))
                 f.flush()
@@ -271,7 +272,7 @@ class FileRegistry(Registry):
         # A fresh descriptor per call: flock excludes per open file description, so
         # this also serialises threads of one process.
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as e:
             raise RegistryError(f"cannot open registry lock {self.lock_path}: {e.strerror}") from e
         try:
@@ -327,6 +328,19 @@ class FileRegistry(Registry):
         from devcluster.registry import filewatch
 
         return filewatch.awatch(self)
+
+
+def _open_tmp(tmp: Path) -> int:
+    """The temp file, never through a link planted at its name (only the lock holder
+    writes it, so a link there is no writer's: it is removed and the file created)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        return os.open(tmp, flags, 0o644)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+    tmp.unlink()
+    return os.open(tmp, flags | os.O_EXCL, 0o644)
 
 
 _REVISION = re.compile(rb'"revision"\s*:\s*(\d{1,18})')
