@@ -13,7 +13,7 @@ rename, which replaces a planted link. It holds:
 | Path | Written by | Format (version) | What it is |
 |---|---|---|---|
 | `registry.json` | every registry writer (supervisor, `weight`, `enable`, tests) | JSON `{"version", "revision", "instances"}` (`version` 1; other versions are refused) | the file registry: one record per instance; `revision` grows on every write |
-| `registry.lock` | registry writers | empty; `flock`ed, never replaced | serialises registry writers |
+| `registry.lock` | registry writers | the last revision written (20 digits); `flock`ed, never replaced | serialises registry writers; a registry deleted or moved aside continues past that revision |
 | `.registry.json.tmp` | the registry writer holding the lock | as `registry.json` | written, fsynced, then `os.replace`d onto `registry.json` |
 | `registry.json.corrupt-YYYYmmdd-HHMMSS[-N]` | a fresh `up` (or `recover()`) finding `registry.json` unreadable | whatever it was | the unreadable registry, moved aside, never deleted |
 | `private/` | `up` (and the API), before anything else | a directory of yours, 0700 (made 0700 again if its mode was opened up) | holds what no other user may read, replace or plant a link at; refused if it is a symbolic link or another user's |
