@@ -9,7 +9,7 @@ dir's lock. Leaving :func:`serve` always stops the instances, then the control s
 ``python -m devcluster.daemon < SETTINGS_JSON`` is the background supervisor of ``up -d``
 and of the Python API: no terminal (the merged log goes to ``logs/devcluster.log``),
 with the web console in a thread if asked (its URL, token included, in the state
-dir's ``console.url``, 0600, and in the ready report's notes). It reports how start-up
+dir's ``private/console.url``, 0600, and in the ready report's notes). It reports how start-up
 went on a pipe as data: every instance in the one schema, or the error (type, message,
 instance, last log lines). It skips the CLI's imports (typer, rich): its start-up is on
 the path of every ``up -d``.
