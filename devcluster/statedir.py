@@ -168,8 +168,8 @@ def _refuse_foreign(path: Path, st: os.stat_result, what: str) -> None:
     """Refuse a directory another user owns, or whose files other users could replace."""
     if st.st_uid != os.getuid():
         raise DevclusterError(
-            f"{what} {path} belongs to uid {st.st_uid}, not you (uid {os.getuid()}), who "
-            f"could replace or read its files; {_OWN}")
+            f"{what} {path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): its "
+            f"owner could read or replace what devcluster keeps there; {_OWN}")
     if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
         raise DevclusterError(
             f"{what} {path} is writable by other users (mode "
@@ -204,7 +204,7 @@ def _own_dir(path: Path, *, private: bool) -> None:
 def _refuse_links(where: Layout) -> None:
     """One line for a symbolic link where a file is written in place (open_nofollow would
     refuse it later, with less to say). Files published by rename replace a link."""
-    fixed = [where.lock, where.registry_lock, where.daemon_out, where.log(None)]
+    fixed = [where.lock, where.registry_lock, where.daemon_out]
     try:
         logs = [p for p in where.logs.iterdir() if p.name.endswith(".log")]
     except OSError:
