@@ -9,7 +9,7 @@ dir's lock. Leaving :func:`serve` always stops the instances, then the control s
 ``python -m devcluster.daemon < SETTINGS_JSON`` is the background supervisor of ``up -d``
 and of the Python API: no terminal (the merged log goes to ``logs/devcluster.log``),
 with the web console in a thread if asked (its URL, token included, in the state
-dir's ``console.url``, 0600, and in the ready report's notes). It reports how start-up
+dir's ``private/console.url``, 0600, and in the ready report's notes). It reports how start-up
 went on a pipe as data: every instance in the one schema, or the error (type, message,
 instance, last log lines). It skips the CLI's imports (typer, rich): its start-up is on
 the path of every ``up -d``.
@@ -36,7 +36,7 @@ from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError,
 from devcluster.events import EventLog, fresh_log
 from devcluster.registry import FileRegistry, Registry, open_registry
 from devcluster.registry.liveness import alive
-from devcluster.statedir import Claim, hold_lock
+from devcluster.statedir import Claim, hold_lock, write_replacing
 from devcluster.supervisor import preboot, process
 from devcluster.supervisor.duty import Duty
 from devcluster.supervisor.logs import LogSink
@@ -130,7 +130,7 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
             await asyncio.wrap_future(reset)
             from devcluster.control.server import ControlServer
 
-            keeper.control = ControlServer(sup, defaults.layout(settings.state_dir).socket)
+            keeper.control = ControlServer(sup, defaults.layout(settings.state_dir))
             await keeper.control.start()
             xds.begin()  # envoy's protos import while the instances boot
 
@@ -180,10 +180,8 @@ async def _web_console(settings: UpRequest, notes: list[str]) -> AsyncIterator[N
     path = defaults.layout(settings.state_dir).console_url
     try:
         url = await asyncio.to_thread(console.start)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the token is a key
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(url + "\n")
+        # By rename, 0600 (the token is a key): a planted link is replaced, not followed.
+        await asyncio.to_thread(write_replacing, path, url + "\n", 0o600)
         notes.append(f"console: {url}")
         yield
     finally:

@@ -9,7 +9,7 @@ Procfile): what it holds, in what format and version, is described in
 only because the registry may import nothing of ours but this leaf and the errors.
 
 >>> layout(state_dir(Path("/srv/app/Procfile"), None, environ={})).socket
-PosixPath('/srv/app/.devcluster/control.sock')
+PosixPath('/srv/app/.devcluster/private/control.sock')
 """
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ REGISTRY_LOCK_FILE = "registry.lock"
 REGISTRY_TMP_FILE = f".{REGISTRY_FILE}.tmp"
 #: A corrupt registry file moved aside: ``registry.json.corrupt-YYYYmmdd-HHMMSS[-N]``.
 REGISTRY_CORRUPT_PREFIX = f"{REGISTRY_FILE}.corrupt-"
+#: The user's own 0700 subdirectory: the lock, the control socket, the console URL, the
+#: xDS bootstrap (what another user must never replace, read or plant a link at).
+PRIVATE_DIR = "private"
 SUPERVISOR_LOCK_FILE = "supervisor.lock"
 SOCKET_FILE = "control.sock"
 EVENTS_FILE = "events.jsonl"
@@ -165,14 +168,19 @@ class Layout:
         return self.root / f"{REGISTRY_CORRUPT_PREFIX}{stamp}{f'-{n}' if n else ''}"
 
     @property
+    def private(self) -> Path:
+        """The user's own subdirectory (0700): lock, socket, console URL, xDS bootstrap."""
+        return self.root / PRIVATE_DIR
+
+    @property
     def lock(self) -> Path:
         """The supervisor's lock (its pid inside)."""
-        return self.root / SUPERVISOR_LOCK_FILE
+        return self.private / SUPERVISOR_LOCK_FILE
 
     @property
     def socket(self) -> Path:
         """The control plane's socket (a symlink to :meth:`bound_socket`, or the socket)."""
-        return self.root / SOCKET_FILE
+        return self.private / SOCKET_FILE
 
     def bound_socket(self, pid: int) -> Path:
         """The socket a supervisor of pid ``pid`` binds: ``control-PID.sock``."""
@@ -201,12 +209,12 @@ class Layout:
     @property
     def console_url(self) -> Path:
         """The URL (token included, so 0600) of a background cluster's web console."""
-        return self.root / CONSOLE_URL_FILE
+        return self.private / CONSOLE_URL_FILE
 
     @property
     def xds_bootstrap(self) -> Path:
         """The running cluster's xDS bootstrap (gRFC A27): where its ADS server listens."""
-        return self.root / XDS_BOOTSTRAP_FILE
+        return self.private / XDS_BOOTSTRAP_FILE
 
     @property
     def logs(self) -> Path:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devcluster.defaults import EVENTS_FILE, EVENTS_FORMAT_VERSION, EVENTS_PREVIOUS_FILE
+from devcluster.statedir import open_nofollow
 
 if TYPE_CHECKING:
     import threading
@@ -163,6 +164,10 @@ _DESCRIBE: dict[EventKind, str] = {
 }
 
 
+#: How the timeline is opened: appended to, never through a link (open_nofollow).
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+
+
 class EventLog:
     """Appends events to ``<state_dir>/events.jsonl``, one JSON object per line.
 
@@ -176,7 +181,7 @@ class EventLog:
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.path = Path(state_dir) / EVENTS_FILE
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd: int | None = open_nofollow(self.path, _APPEND, 0o600)
 
     def __repr__(self) -> str:
         return f"EventLog({str(self.path)!r})"
@@ -192,8 +197,7 @@ class EventLog:
     def reopen(self) -> None:
         """Open the path again (the state dir was deleted and re-created under us)."""
         if self._fd is not None:
-            old, self._fd = self._fd, os.open(self.path, os.O_WRONLY | os.O_APPEND
-                                              | os.O_CREAT, 0o600)
+            old, self._fd = self._fd, open_nofollow(self.path, _APPEND, 0o600)
             with contextlib.suppress(OSError):
                 os.close(old)
 

@@ -90,14 +90,21 @@ class Launcher:
         """Start ``python -m devcluster.daemon`` with the state dir's lock, the ready pipe
         and (``ask.tied``) the lifeline; send it its request; wait for its one line: what
         it started (or its error), as data."""
-        from devcluster.statedir import prepare, take_lock
+        from devcluster.statedir import open_nofollow, prepare, take_lock
 
         prepare(ask.state_dir)  # never changes the mode of a directory it did not create
+        where = defaults.layout(ask.state_dir)  # prepare() made its logs/ and private/
+        try:
+            out = open(where.daemon_out, "ab", opener=open_nofollow)  # noqa: SIM115
+        except OSError as e:
+            raise DevclusterError(f"cannot write {where.daemon_out} ({e.strerror})") from None
         # Lock the state dir now and hand the lock to the daemon (the same open file):
         # from this moment `down` sees a cluster starting, and two `up -d` cannot race.
-        lock = take_lock(ask.state_dir)
-        where = defaults.layout(ask.state_dir)
-        where.logs.mkdir(exist_ok=True)
+        try:
+            lock = take_lock(ask.state_dir)
+        except BaseException:
+            out.close()
+            raise
         read_fd, write_fd = os.pipe()
         passed = [write_fd, lock.fileno()]
         lifeline = None
@@ -106,7 +113,6 @@ class Launcher:
             # end closes and the cluster shuts down gracefully.
             lifeline, self.lifeline = os.pipe()
             passed.append(lifeline)
-        out = open(where.daemon_out, "ab")  # noqa: SIM115
         try:
             proc = self.proc = subprocess.Popen(
                 # --state-dir only labels the process (`ps`, the pytest plugin's leak guard

@@ -101,7 +101,7 @@ def _up(p: argparse.ArgumentParser) -> None:
     p.add_argument("--console", action="store_true",
                    help="Also serve the web console (see `devcluster console`) while the "
                         "cluster runs; its URL is printed first (with -d: when up returns, "
-                        "and kept in the state dir's console.url).")
+                        "and kept in the state dir's private/console.url).")
     p.add_argument("--console-port", type=int, default=0, metavar="PORT",
                    help="Port of --console on 127.0.0.1 (default: a free one).")
     p.add_argument("--watch", action="store_true",
