@@ -4,7 +4,8 @@ Three greeters start; a balancing client calls them in the background and prints
 every call; then, step by step: equal shares, ``weight server1 5``, ``kill server2``
 (no failed call), ``start server2`` (it rejoins), ``pause server3`` (ejected after at
 most 2 failed calls) and ``resume server3``, the same pause with hedging on (no failed
-call at all), ``disable server3``, graceful shutdown.
+call at all), a fault on server2 (slow, then failing half its calls), ``disable
+server3``, graceful shutdown.
 Each step checks what it showed; the exit status is 0 only if every check held, so
 the demo doubles as a smoke test.
 """
@@ -175,7 +176,7 @@ class Demo:
                         client.stop.set()
                         client.thread.join(5)
             finally:
-                step = self.say("8. Graceful shutdown", "devcluster down")
+                step = self.say("9. Graceful shutdown", "devcluster down")
                 cluster.down()
                 left = [p for p in locals().get("pids", []) if psutil.pid_exists(p)]
                 self.judge(step, not left, "every instance drained, stopped, and gone"
@@ -206,6 +207,7 @@ class Demo:
         self._crash(cluster, client)
         self._freeze(cluster, channel, client)
         self._hedged_freeze(cluster, channel, client)
+        self._faults(cluster, client)
         self._disable(cluster, channel, client)
 
     def _shares(self, cluster: Cluster, channel: BalancedChannel, client: _Client) -> None:
@@ -274,8 +276,37 @@ class Demo:
             client.step = None
         self.judge(step, back, "server3 answered a health probe and is back in rotation")
 
+    def _faults(self, cluster: Cluster, client: _Client) -> None:
+        """A fault injected on server2: slow, then failing half its calls. The client
+        applies it before it sends, as gRPC's fault filter does for xDS clients: the
+        delayed calls still succeed, the aborted ones fail with the status asked for and
+        are never retried elsewhere (a fault is there to test the caller's own handling)."""
+        step = self.say("7. Make server2 slow (an injected fault)",
+                        "devcluster fault server2 --delay 300ms")
+        cluster.fault("server2", delay="300ms")
+        calls = self._step_calls(client, step, 21)
+        slow = [c.latency_ms for c in calls if c.ok and c.instance == "server2"]
+        fast = [c.latency_ms for c in calls if c.ok and c.instance != "server2"]
+        self.judge(step, step.failures == 0 and bool(slow) and min(slow) >= 300
+                   and bool(fast) and max(fast) < 300,
+                   f"server2's {len(slow)} calls took {min(slow, default=0):.0f} ms or more, "
+                   f"the others at most {max(fast, default=0):.0f} ms; none failed")
+
+        step = self.say("7b. Make half of server2's calls fail",
+                        "devcluster fault server2 --abort UNAVAILABLE:50")
+        cluster.fault("server2", abort="UNAVAILABLE:50")
+        calls = self._step_calls(client, step, 42)
+        failed = [c for c in calls if not c.ok]
+        cluster.clear_fault("server2")
+        only_server2 = all(c.instance == "server2" and c.code == "UNAVAILABLE" for c in failed)
+        served = step.calls["server2"]
+        self.judge(step, bool(failed) and only_server2 and not any(c.retried for c in failed),
+                   f"{len(failed)} of server2's {len(failed) + served} calls failed "
+                   "UNAVAILABLE (not retried: the caller sees the fault); the others' none"
+                   if only_server2 else f"failures elsewhere: {[c.instance for c in failed]}")
+
     def _disable(self, cluster: Cluster, channel: BalancedChannel, client: _Client) -> None:
-        step = self.say("7. Take server3 out of rotation", "devcluster disable server3")
+        step = self.say("8. Take server3 out of rotation", "devcluster disable server3")
         cluster.disable("server3")
         _wait(lambda: "server3" not in channel.balancer.weights(), 5)
         self._step_calls(client, step, 14)
