@@ -27,11 +27,12 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from devcluster import defaults
 from devcluster.config import procfile
+from devcluster.config.project import XdsGroup, find_project
 from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError, to_payload
 from devcluster.events import EventLog, fresh_log
 from devcluster.registry import FileRegistry, Registry, open_registry
@@ -207,16 +208,24 @@ class XdsPlane:
 
     async def _start(self) -> None:
         from devcluster.xds.bootstrap import write_bootstrap
+        from devcluster.xds.resources import Group, Options
         from devcluster.xds.server import serve
 
         spec = self.settings.registry
         # A registry object of its own: the xDS watch runs in a thread of its own.
         registry = (open_registry(spec) if spec and spec.startswith("etcd://")
                     else FileRegistry(self.settings.state_dir))
-        server = await self._stack.enter_async_context(serve(registry))
-        await asyncio.to_thread(write_bootstrap, self.path, server.port)
+        groups = {name: Group(g.types, g.where) for name, g in self._groups().items()}
+        server = await self._stack.enter_async_context(
+            serve(registry, options=Options(groups=groups)))
+        await asyncio.to_thread(write_bootstrap, self.path, server.port, groups=groups)
         self.sink.system(f"xDS: ADS on 127.0.0.1:{server.port}; clients: "
                          f"GRPC_XDS_BOOTSTRAP={self.path} (see `devcluster xds`)")
+
+    def _groups(self) -> Mapping[str, XdsGroup]:
+        """The ``[xds.<name>]`` groups of the cluster's devcluster.toml (checked by up)."""
+        project = find_project(self.settings.procfile, self.settings.config)
+        return project.xds if project is not None else {}
 
     async def ready(self) -> None:
         """Wait (bounded) until it serves; say why not, once, if it cannot."""

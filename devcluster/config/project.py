@@ -103,12 +103,25 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class XdsGroup:
+    """An ``[xds.<name>]`` table: an extra xDS listener (``xds:///<name>``) over the
+    instances of ``types`` (all types if empty) whose metadata has every ``where`` pair."""
+
+    name: str
+    line: int
+    types: tuple[str, ...] = ()
+    where: Mapping[str, str] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
 class Project:
     """A parsed, checked ``devcluster.toml``."""
 
     source: str
     cluster: ClusterSettings = ClusterSettings()
     processes: Mapping[str, ProcessSettings] = field(default_factory=dict)
+    xds: Mapping[str, XdsGroup] = field(default_factory=dict)
+    """The ``[xds.<name>]`` groups (extra xDS listeners), by name."""
     lines: Mapping[KeyPath, int] = field(default_factory=dict, repr=False, compare=False)
 
     def line(self, *path: str) -> int:
@@ -129,12 +142,15 @@ def parse_project(text: str, source: str) -> Project:
         raise ProjectError(f"{source}:{line}: not valid TOML ({reason}); fix the syntax "
                            "(strings need quotes, tables are [name])") from None
     ctx = Context(source, key_lines(text))
-    ctx.known(data, (), ("cluster", "process"))
+    ctx.known(data, (), ("cluster", "process", "xds"))
     cluster = _cluster(ctx, ctx.table(data.get("cluster", {}), ("cluster",)))
     processes = {}
     for name, table in ctx.table(data.get("process", {}), ("process",)).items():
         processes[name] = _process(ctx, name, table)
-    project = Project(source, cluster, MappingProxyType(processes), ctx.lines)
+    groups = {name: _xds_group(ctx, name, table)
+              for name, table in ctx.table(data.get("xds", {}), ("xds",)).items()}
+    project = Project(source, cluster, MappingProxyType(processes),
+                      xds=MappingProxyType(groups), lines=ctx.lines)
     cycle = check.find_cycle({n: p.depends_on for n, p in processes.items()})
     if cycle:
         raise ctx.error(("process", cycle[0], "depends_on"),
@@ -205,6 +221,22 @@ def _process(ctx: Context, name: str, value: Any) -> ProcessSettings:
         liveness=check.boolean(ctx, table, (*here, "liveness")))
 
 
+def _xds_group(ctx: Context, name: str, value: Any) -> XdsGroup:
+    here = ("xds", name)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ctx.error(here, "is not a listener name; use letters, digits, '-' and '_'")
+    table = ctx.table(value, here)
+    ctx.known(table, here, ("types", "where"))
+    group = XdsGroup(name=name, line=line_of(ctx.lines, here),
+                     types=check.names(ctx, table, (*here, "types"), check.TYPE_NAME,
+                                       "a process type name"),
+                     where=check.metadata(ctx, table, (*here, "where")))
+    if not group.types and not group.where:
+        raise ctx.error(here, 'selects every instance; say types = ["T", ...] and/or '
+                        'where = { key = "value" }')
+    return group
+
+
 def _ready(ctx: Context, table: Mapping[str, Any], path: KeyPath) -> Ready | None:
     if "ready" not in table:
         return None
@@ -243,6 +275,13 @@ def check_types(project: Project, types: Iterable[str]) -> None:
                     f"{project.source}:{project.line('process', name, 'depends_on')}: "
                     f"process.{name}.depends_on names {dep!r}, not a Procfile type; "
                     f"{_types_hint(dep, known)}")
+    for group in project.xds.values():
+        for ptype in group.types:
+            if ptype not in known:
+                raise ProjectError(
+                    f"{project.source}:{project.line('xds', group.name, 'types')}: "
+                    f"xds.{group.name}.types names {ptype!r}, not a Procfile type; "
+                    f"{_types_hint(ptype, known)}")
 
 
 def _types_hint(word: str, known: list[str]) -> str:

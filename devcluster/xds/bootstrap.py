@@ -22,26 +22,35 @@ if TYPE_CHECKING:
 DEFAULT_NODE_ID = "devcluster-client"
 
 
-def bootstrap(port: int, host: str = "127.0.0.1", node_id: str = DEFAULT_NODE_ID) -> dict[str, Any]:
+#: Where the bootstrap names the ``[xds.<name>]`` listeners (node metadata: gRPC sends
+#: it to the server and reads nothing in it), so ``devcluster xds`` can list them.
+GROUPS_KEY = "devcluster_groups"
+
+
+def bootstrap(port: int, host: str = "127.0.0.1", node_id: str = DEFAULT_NODE_ID,
+              groups: Iterable[str] = ()) -> dict[str, Any]:
     """The bootstrap JSON (gRFC A27) for an ADS server at ``host:port``, insecure, xDS v3."""
+    node: dict[str, Any] = {"id": node_id, "locality": {"region": "devcluster"}}
+    if groups:
+        node["metadata"] = {GROUPS_KEY: sorted(groups)}
     return {
         "xds_servers": [{
             "server_uri": f"{host}:{port}",
             "channel_creds": [{"type": "insecure"}],
             "server_features": ["xds_v3"],
         }],
-        "node": {"id": node_id, "locality": {"region": "devcluster"}},
+        "node": node,
     }
 
 
 def write_bootstrap(path: str | os.PathLike[str], port: int, host: str = "127.0.0.1",
-                    node_id: str = DEFAULT_NODE_ID) -> Path:
+                    node_id: str = DEFAULT_NODE_ID, groups: Iterable[str] = ()) -> Path:
     """Write :func:`bootstrap` to ``path`` atomically (a reader never sees half a file)."""
     target = Path(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(bootstrap(port, host, node_id), f, indent=2)
+            json.dump(bootstrap(port, host, node_id, groups), f, indent=2)
             f.write("\n")
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
@@ -85,9 +94,10 @@ def client_setup(path: str | os.PathLike[str], services: Iterable[str]) -> Clien
         text = target.read_text()
         config = json.loads(text)
         uri = str(config["xds_servers"][0]["server_uri"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        groups = [str(g) for g in config["node"].get("metadata", {}).get(GROUPS_KEY, [])]
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None
-    return ClientSetup(str(target), uri, tuple(sorted(set(services))),
+    return ClientSetup(str(target), uri, tuple(sorted({*services, *groups})),
                        json.dumps(config, separators=(",", ":")))
 
 

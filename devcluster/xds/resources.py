@@ -124,6 +124,26 @@ class Outlier:
 
 
 @dataclass(frozen=True)
+class Group:
+    """An extra listener over some instances of any services (``[xds.<name>]``): those of
+    ``types`` (every type if empty) whose metadata has every ``where`` pair.
+
+    >>> Group(("greeter",), {"version": "v2"}).matches(Record("greeter.2", "greeter", "",
+    ...     metadata={"version": "v2"}))
+    True
+    """
+
+    types: tuple[str, ...] = ()
+    where: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def matches(self, record: Record) -> bool:
+        head, dot, number = record.name.rpartition(".")
+        ptype = head if dot and head and number.isdigit() else record.name
+        return (not self.types or ptype in self.types) and all(
+            record.metadata.get(k) == v for k, v in self.where.items())
+
+
+@dataclass(frozen=True)
 class Options:
     """How resources are built; the defaults suit a developer's cluster."""
 
@@ -133,6 +153,9 @@ class Options:
     """Fault per service name; a service absent here gets no fault filter."""
     rds: bool = False
     """Send the RouteConfiguration over RDS instead of inline in the Listener."""
+    groups: Mapping[str, Group] = field(default_factory=lambda: MappingProxyType({}))
+    """Extra listeners by name (``xds:///canary``): a group named like a service
+    replaces it."""
 
 
 #: Resources by type URL, then by name.
@@ -150,6 +173,8 @@ def build(snapshot: Snapshot, options: Options = Options()) -> dict[str, dict[st
     by_service: dict[str, list[Record]] = {}
     for record in snapshot.records.values():
         by_service.setdefault(record.service, []).append(record)
+    for name, group in options.groups.items():
+        by_service[name] = [r for r in snapshot.records.values() if group.matches(r)]
     for service, records in sorted(by_service.items()):
         whole, parts = split(service, records, options.faults.get(service))
         route = route_configuration(service, options, parts)

@@ -188,3 +188,16 @@ def test_a_fault_on_one_instance_splits_the_route_by_weight():
     res = r.build(snap(rec("greeter.1"), rec("greeter.2", fault=fault, state=State.STOPPED)))
     assert route_of(res).cluster == "greeter"
     assert manager(res[r.LISTENER]["greeter"]).http_filters[0].name != r.FAULT_FILTER
+
+
+def test_a_group_is_a_listener_over_the_instances_it_selects():
+    options = r.Options(groups={"canary": r.Group(("greeter",), {"version": "v2"})})
+    res = r.build(snap(rec("greeter.1"), rec("greeter.2", metadata={"version": "v2"}),
+                       rec("server1", metadata={"version": "v2"})), options)
+    assert set(res[r.LISTENER]) == {"canary", "greeter", "server"}
+    assert set(localities(snap(rec("greeter.1"), rec("greeter.2", metadata={"version": "v2"})),
+                          "greeter")) == {"greeter.1", "greeter.2"}
+    canary = res[r.ENDPOINT]["canary"]
+    assert [e.lb_endpoints[0].endpoint.hostname for e in canary.endpoints] == ["greeter.2"]
+    empty = r.build(snap(rec("greeter.1")), options)  # nothing selected yet: still there
+    assert "canary" in empty[r.LISTENER] and not empty[r.ENDPOINT]["canary"].endpoints
