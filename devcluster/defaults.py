@@ -53,6 +53,17 @@ HANDOFF_CONNECTION_AGE_MS = 500
 #: ``up --watch``: how long a burst of saves is gathered into one reload (ms without a
 #: further change), and the longest a burst may be gathered for.
 WATCH_STEP_MS, WATCH_DEBOUNCE_MS = 50, 1600
+#: ``up --watch`` never watches directories of these names (beyond watchfiles' own
+#: list: .git, .venv, __pycache__, node_modules...), nor files whose names match these
+#: globs: a log written by a reload would change and so reload again, forever. The
+#: state dir (any dir named like it), virtualenvs and the supervisor's own stdout and
+#: stderr files are ignored too, whatever their names.
+WATCH_IGNORE_DIRS = ("venv", ".nox", ".ruff_cache", "site-packages")
+WATCH_IGNORE_NAMES = ("*.log",)
+#: Seconds between ``up --watch``'s looks at what it watches: a directory deleted and
+#: re-created (or a new one beside the Procfile) is watched again within this
+#: (inotify forgets a deleted directory, and says nothing of one made anew).
+WATCH_RECHECK_S = 1.0
 
 # The state dir's names (documented in devcluster.statedir, which re-exports them).
 STATE_DIR_NAME = ".devcluster"
