@@ -29,6 +29,10 @@ BASE_PORT = 5000
 MIN_PORT, MAX_PORT = 1, 65535
 #: Weights a registry record may carry; a fresh record gets DEFAULT_WEIGHT.
 MIN_WEIGHT, MAX_WEIGHT, DEFAULT_WEIGHT = 0, 1000, 1
+#: Seconds the supervisor waits for an instance that ignores ``$PORT`` to open a port
+#: that speaks HTTP/2 (a gRPC server) when the ports it listens on do not: a server
+#: may open its metrics or admin listener before its gRPC port.
+GRPC_PORT_WAIT = 2.0
 #: Seconds a control client waits for a change it asked for (``start --wait``...).
 CONTROL_WAIT = 30.0
 #: How long `up` waits for its xDS server to listen before it reports ready without it.
