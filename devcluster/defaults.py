@@ -45,6 +45,10 @@ ENV_REGISTRY = "DEVCLUSTER_REGISTRY"
 """``etcd://host:port[/prefix]``: register into etcd instead of the state dir's file."""
 #: Environment variables devcluster sets for every instance.
 ENV_INSTANCE = "DEVCLUSTER_INSTANCE"
+ENV_SUPERVISOR = "DEVCLUSTER_SUPERVISOR"
+"""``<supervisor pid>.<its start, ns>``: which supervisor started the process. Its
+descendants inherit it, so the orphan watchdog finds them all after a SIGKILL of the
+supervisor, even those in a session of their own (``setsid``)."""
 ENV_GRACE = "DEVCLUSTER_GRACE"
 ENV_REUSEPORT = "DEVCLUSTER_REUSEPORT"
 """``1``: a reload may start this instance's replacement on the same port while it still
