@@ -44,6 +44,9 @@ from devcluster.errors import DevclusterError
 if TYPE_CHECKING:
     from devcluster.supervisor.runtime import Supervisor
 
+#: Directories never watched: watchfiles' own list, any state dir, and ours.
+IGNORE_DIRS = (*watchfiles.DefaultFilter.ignore_dirs, defaults.STATE_DIR_NAME,
+               *defaults.WATCH_IGNORE_DIRS)
 #: Files a reload re-reads anyway: their edits are applied as a diff, not as code.
 CONFIG_FILES = ("Procfile", ".env", "devcluster.toml")
 #: Changed paths named in one log line; the rest are counted.
@@ -77,7 +80,7 @@ class Filter(watchfiles.DefaultFilter):
 
     def __init__(self, ignore_paths: Sequence[Path], ignore_files: Sequence[str] = ()) -> None:
         super().__init__(
-            ignore_dirs=(*self.ignore_dirs, defaults.STATE_DIR_NAME, *defaults.WATCH_IGNORE_DIRS),
+            ignore_dirs=IGNORE_DIRS,
             ignore_entity_patterns=(*self.ignore_entity_patterns,
                                     *map(fnmatch.translate, defaults.WATCH_IGNORE_NAMES)),
             ignore_paths=[str(p) for p in ignore_paths])
@@ -141,12 +144,11 @@ def roots(base: Path, paths: Sequence[Path], state_dir: Path) -> tuple[list[Path
     """
     if paths:
         return [p.absolute() for p in paths if os.path.exists(p)], []
-    skip = {*Filter([]).ignore_dirs}
     try:
         children = sorted(base.iterdir())
     except OSError:  # the Procfile's directory itself is gone or unreadable
         return [], []
-    deep = [d for d in children if d.is_dir() and d.name not in skip
+    deep = [d for d in children if d.is_dir() and d.name not in IGNORE_DIRS
             and not is_virtualenv(d) and d.absolute() != state_dir.absolute()]
     return deep, [base]
 
@@ -212,12 +214,12 @@ class Watcher:
         """Watch ``now``'s roots; start over each time they change."""
         while True:
             moved = asyncio.Event()
-            where = self.filter_for(now)
+            keep = self.filter_for(now)
             async with asyncio.TaskGroup() as group:
                 if now.deep:
-                    group.create_task(self._collect(now.deep, True, where, moved))
+                    group.create_task(self._collect(now.deep, True, keep, moved))
                 if now.flat:
-                    group.create_task(self._collect(now.flat, False, where, moved))
+                    group.create_task(self._collect(now.flat, False, keep, moved))
                 checker = group.create_task(self._recheck(now, moved))
             now = checker.result()
 
@@ -237,13 +239,14 @@ class Watcher:
                 moved.set()
                 return later
 
-    async def _collect(self, paths: Sequence[Path], recursive: bool, where: Filter,
+    async def _collect(self, paths: Sequence[Path], recursive: bool, keep: Filter,
                        stop: asyncio.Event) -> None:
+        """Gather the changes under ``paths`` into ``pending`` until ``stop``."""
         mine = {str(p) for p in paths}
         while not stop.is_set():
             try:
                 async for changes in watchfiles.awatch(
-                        *paths, watch_filter=where, recursive=recursive, stop_event=stop,
+                        *paths, watch_filter=keep, recursive=recursive, stop_event=stop,
                         step=defaults.WATCH_STEP_MS, debounce=defaults.WATCH_DEBOUNCE_MS,
                         ignore_permission_denied=self.skip_denied):
                     for change, path in sorted(changes, key=lambda c: c[1]):
