@@ -2,9 +2,9 @@
 
 Watched by default: the Procfile's directory. Ignored: ``.git``, the state dir,
 virtual environments, ``__pycache__``, ``node_modules`` (and watchfiles' own list),
-``*.log``, and the files the supervisor's own stdout and stderr go to: under
-``up --watch > up.log`` each reload's own lines would change ``up.log`` and reload
-again, forever.
+``*.log``, and the files the supervisor's own stdout and stderr go to (and those of
+the ``up -d`` that started it): under ``up --watch > up.log`` each reload's own lines
+would change ``up.log`` and reload again, forever.
 Which types reload for a file: those whose ``watch = ["src/**/*.py"]`` in
 ``devcluster.toml`` matches it, and every type without ``watch``. An edit of the
 Procfile, ``.env`` or ``devcluster.toml`` is applied as a diff (every reload does).
@@ -62,15 +62,19 @@ def is_virtualenv(path: Path) -> bool:
 
 
 def own_output() -> list[str]:
-    """The regular files this process's stdout and stderr write to, resolved
-    (``up --watch > up.log``); none off Linux (no ``/proc/self/fd``)."""
+    """The regular files this process's stdout and stderr write to, and its parent's:
+    the ``up`` that started a background supervisor (``up -d --watch > up.log``) writes
+    its report there once the cluster is ready. Resolved; none off Linux (no /proc)."""
+    parent = os.getppid()
     files = []
-    for fd in (1, 2):
-        try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                files.append(os.path.realpath(os.readlink(f"/proc/self/fd/{fd}")))
-        except OSError:  # closed, or no /proc: nothing to ignore
-            continue
+    for pid in ("self", *([str(parent)] if parent > 1 else [])):
+        for fd in (1, 2):
+            link = f"/proc/{pid}/fd/{fd}"
+            try:
+                if stat.S_ISREG(os.stat(link).st_mode):
+                    files.append(os.path.realpath(os.readlink(link)))
+            except OSError:  # closed, not ours to read, or no /proc: nothing to ignore
+                continue
     return files
 
 

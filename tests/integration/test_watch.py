@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +98,30 @@ def test_its_own_output_and_logs_in_the_watched_dir_do_not_reload(
     lines = _watch_lines(up.text())
     assert len(lines) == 2, lines
     assert not [line for line in lines if "up-0.out" in line or "server.log" in line], lines
+
+
+def test_the_report_of_up_d_in_the_watched_dir_does_not_reload(
+        tmp_path: Path, write_procfile: Callable[..., Path], run_cli: Callable[..., Any],
+        wait_until: Callable[..., Any]) -> None:
+    """`up -d --watch > up.out`: the report `up -d` writes once the cluster is ready is
+    not an edit (the supervisor ignores its parent's output files too)."""
+    write_procfile(f"greeter: {GREETER}")
+    env = {k: v for k, v in os.environ.items() if k != "DEVCLUSTER_HOME"}
+    with open(tmp_path / "up.out", "w") as out:
+        up = subprocess.run([sys.executable, "-m", "devcluster", "up", "-d", "--watch", "-p", "0",
+                             "--grace", "1"], cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env, timeout=60)
+    log = tmp_path / ".devcluster" / "logs" / "devcluster.log"
+    try:
+        assert up.returncode == 0, (tmp_path / "up.out").read_text()
+        assert (tmp_path / "up.out").read_text().strip(), "up -d wrote no report"
+        (tmp_path / "app.py").write_text("x = 1\n")
+        wait_until(lambda: "reload done" in log.read_text(), 20, "the reload for app.py")
+        lines = _watch_lines(log.read_text())
+        assert lines and not [line for line in lines if "up.out" in line], lines
+    finally:
+        down = run_cli("down")
+    assert down.returncode == 0, down.stdout + down.stderr
 
 
 def test_a_directory_deleted_and_made_again_is_watched_again(
