@@ -114,7 +114,7 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
     if not preboot.asked_ahead():  # else checked before they were asked for (preboot)
         _check_ports(specs)
     process.become_subreaper()  # what instances daemonize stays ours to find and stop
-    watchdog = Watchdog()
+    watchdog = Watchdog(process.mark_entry())  # also kills what carries our mark
     sup = Supervisor(settings, registry, sink, types, env, specs, watchdog, events, host)
     sup.records.before_write = lambda: _check_claim(claim)
     keeper = _Keeper(claim, sup, sink, isinstance(registry, FileRegistry))

@@ -38,6 +38,10 @@ BASE_PORT = 5000
 MIN_PORT, MAX_PORT = 1, 65535
 #: Weights a registry record may carry; a fresh record gets DEFAULT_WEIGHT.
 MIN_WEIGHT, MAX_WEIGHT, DEFAULT_WEIGHT = 0, 1000, 1
+#: Seconds the supervisor waits for an instance that ignores ``$PORT`` to open a port
+#: that speaks HTTP/2 (a gRPC server) when the ports it listens on do not: a server
+#: may open its metrics or admin listener before its gRPC port.
+GRPC_PORT_WAIT = 2.0
 #: Seconds a control client waits for a change it asked for (``start --wait``...).
 CONTROL_WAIT = 30.0
 #: How long `up` waits for its xDS server to listen before it reports ready without it.
@@ -56,6 +60,10 @@ The instances must then listen on it (or on 0.0.0.0)."""
 ADVERTISE_HOST = "127.0.0.1"
 #: Environment variables devcluster sets for every instance.
 ENV_INSTANCE = "DEVCLUSTER_INSTANCE"
+ENV_SUPERVISOR = "DEVCLUSTER_SUPERVISOR"
+"""``<supervisor pid>.<its start, ns>``: which supervisor started the process. Its
+descendants inherit it, so the orphan watchdog finds them all after a SIGKILL of the
+supervisor, even those in a session of their own (``setsid``)."""
 ENV_GRACE = "DEVCLUSTER_GRACE"
 ENV_REUSEPORT = "DEVCLUSTER_REUSEPORT"
 """``1``: a reload may start this instance's replacement on the same port while it still
@@ -68,6 +76,17 @@ HANDOFF_CONNECTION_AGE_MS = 500
 #: ``up --watch``: how long a burst of saves is gathered into one reload (ms without a
 #: further change), and the longest a burst may be gathered for.
 WATCH_STEP_MS, WATCH_DEBOUNCE_MS = 50, 1600
+#: ``up --watch`` never watches directories of these names (beyond watchfiles' own
+#: list: .git, .venv, __pycache__, node_modules...), nor files whose names match these
+#: globs: a log written by a reload would change and so reload again, forever. The
+#: state dir (any dir named like it), virtualenvs and the supervisor's own stdout and
+#: stderr files are ignored too, whatever their names.
+WATCH_IGNORE_DIRS = ("venv", ".nox", ".ruff_cache", "site-packages")
+WATCH_IGNORE_NAMES = ("*.log",)
+#: Seconds between ``up --watch``'s looks at what it watches: a directory deleted and
+#: re-created (or a new one beside the Procfile) is watched again within this
+#: (inotify forgets a deleted directory, and says nothing of one made anew).
+WATCH_RECHECK_S = 1.0
 
 # The state dir's names (documented in devcluster.statedir, which re-exports them).
 STATE_DIR_NAME = ".devcluster"

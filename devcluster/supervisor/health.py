@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from devcluster import defaults
 from devcluster.supervisor.process import listening_ports
 
 #: How the readiness probe got its answer (shown in the log).
@@ -24,7 +25,8 @@ Nap = Callable[[float], Awaitable[None]]
 
 
 async def find_port(pid: int, wanted: int, alive: Callable[[], bool], deadline: float,
-                    expect_wanted: bool = False, nap: Nap = asyncio.sleep) -> int | None:
+                    expect_wanted: bool = False, nap: Nap = asyncio.sleep,
+                    grpc_wait: float = defaults.GRPC_PORT_WAIT) -> int | None:
     """The port ``pid``'s tree listens on (``wanted`` if among them), None on deadline/exit.
 
     Polls: the kernel has no event for "a process started listening". The interval
@@ -35,7 +37,8 @@ async def find_port(pid: int, wanted: int, alive: Callable[[], bool], deadline: 
     it is the cheap probe, and the /proc scan (which walks every process to find the
     tree) runs only after a second, then once a second, for servers that listen
     elsewhere after all: at N=30 frequent scans slowed the greeters' start-up on two
-    cores.
+    cores. Among the ports found, :func:`pick_port` chooses (waiting up to
+    ``grpc_wait`` for a gRPC port to open after a side listener).
     """
     global _finding
     interval = 0.01
@@ -51,7 +54,9 @@ async def find_port(pid: int, wanted: int, alive: Callable[[], bool], deadline: 
             if time.monotonic() >= scan_at:
                 ports = listening_ports(pid)
                 if ports:
-                    return await pick_port(ports, wanted)
+                    return await pick_port(
+                        ports, wanted, lambda: listening_ports(pid) if alive() else [],
+                        min(grpc_wait, deadline - time.monotonic()), nap)
                 if cheap:
                     scan_at = time.monotonic() + 1.0
             await nap(interval)
@@ -74,15 +79,79 @@ _finding = 0
 _NOT_GRPC = ("UNAVAILABLE", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED")
 
 
-async def pick_port(ports: list[int], wanted: int) -> int:
-    """The address of an instance among the ports its tree listens on: the ``$PORT`` it
-    was given, else the one that speaks gRPC (health answers, even UNIMPLEMENTED),
-    else the lowest. A server with a side listener (metrics, admin) is then still
-    registered on its gRPC port."""
-    if wanted in ports:
-        return wanted
-    if len(ports) == 1:
-        return ports[0]
+async def pick_port(ports: list[int], wanted: int, rescan: Callable[[], list[int]] | None = None,
+                    wait: float = 0.0, nap: Nap = asyncio.sleep) -> int:
+    """The address of an instance among the ports its tree listens on (``ports``, not
+    empty): the ``$PORT`` it was given, else the one that speaks HTTP/2 as a gRPC server
+    does, else the lowest. A server with a side listener (metrics, admin) is then still
+    registered on its gRPC port.
+
+    A server may open its side listener first: while no port seen speaks HTTP/2,
+    ``rescan`` (the ports listened on now; [] once the process is gone) looks again for
+    up to ``wait`` seconds. A gRPC server answers the preface within a millisecond or
+    two, so one that listens on a single port is not slowed; a port that answered
+    otherwise is not asked again.
+    """
+    until = time.monotonic() + wait
+    interval = 0.02
+    said_no: set[int] = set()
+    while True:
+        if wanted in ports:
+            return wanted
+        asked = [p for p in ports if p not in said_no]
+        answers = await asyncio.gather(*(h2_answer(f"127.0.0.1:{p}") for p in asked))
+        said_no.update(p for p, answer in zip(asked, answers, strict=True) if answer is False)
+        h2 = [p for p, answer in zip(asked, answers, strict=True) if answer]
+        if h2:
+            return h2[0] if len(h2) == 1 else await _grpc_among(h2)
+        left = until - time.monotonic()
+        if rescan is None or left <= 0:
+            return ports[0]
+        await nap(min(interval, left))
+        interval = min(interval * 1.5, 0.2)
+        found = rescan()
+        if not found:  # gone, or stopped listening: no better answer is coming
+            return ports[0]
+        ports = found
+
+
+#: How long a port gets to answer HTTP/2's preface (a gRPC server: a millisecond or two).
+_H2_TIMEOUT = 0.5
+#: HTTP/2's client connection preface (RFC 9113 3.4): the magic, then an empty SETTINGS.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS = 4
+
+
+async def h2_answer(address: str, timeout: float = _H2_TIMEOUT) -> bool | None:
+    """Does ``address`` answer HTTP/2's connection preface with a SETTINGS frame on
+    stream 0, as a (plaintext) gRPC server does? True: it does; False: it said something
+    else (an HTTP/1 listener answers 400 or 505): not a gRPC server; None: no answer
+    (refused, closed, or silent within ``timeout``)."""
+    host, _, port = address.rpartition(":")
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)),
+                                                timeout)
+    except (TimeoutError, OSError):
+        return None
+    try:
+        writer.write(_H2_PREFACE)
+        head = await asyncio.wait_for(reader.readexactly(9), timeout)  # a frame's header
+    except asyncio.IncompleteReadError as e:
+        return False if e.partial else None
+    except (TimeoutError, OSError):
+        return None
+    finally:
+        writer.close()
+    return head[3] == _SETTINGS and head[5:9] == bytes(4)
+
+
+async def speaks_h2(port: int, timeout: float = _H2_TIMEOUT) -> bool:
+    """Does ``127.0.0.1:port`` answer like a gRPC server (:func:`h2_answer`)?"""
+    return await h2_answer(f"127.0.0.1:{port}", timeout) is True
+
+
+async def _grpc_among(ports: list[int]) -> int:
+    """The first of several HTTP/2 ports whose gRPC health answers (even UNIMPLEMENTED)."""
     for port in ports:
         ready, how = await check(f"127.0.0.1:{port}", timeout=0.3)
         if ready or not how.startswith(_NOT_GRPC):
@@ -117,9 +186,14 @@ async def wait_ready(address: str, alive: Callable[[], bool], deadline: float,
     """Probe until ready; returns how it became ready, or None (deadline, or it died).
 
     Polls the health Check: a server that is not yet SERVING says so at once, and the
-    Watch stream is not implemented by every server. After three non-gRPC failures
-    with the port open, the TCP fallback decides.
+    Watch stream is not implemented by every server. A port that answers HTTP/2's
+    preface with something else is ready by TCP at once; after three non-gRPC failures
+    with the port open (a server that answers nothing yet), the TCP fallback decides.
     """
+    if await h2_answer(address) is False and alive():
+        # Not a gRPC server (it answered HTTP/2's preface otherwise): health checks
+        # would only time out; the port answers, which is what TCP readiness asks.
+        return VIA_TCP
     failures = 0
     interval = 0.02
     while alive() and time.monotonic() < deadline:

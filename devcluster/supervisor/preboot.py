@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from devcluster import defaults
 from devcluster.config.preloadcheck import python_command
 from devcluster.schema import RUNNING_STATES
+from devcluster.supervisor import watchdog
 from devcluster.supervisor.request import BootView, boot_view
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ def server_env(env: Mapping[str, str]) -> dict[str, str]:
     """The fork server's environment: the type's, without what is per instance, and
     room for an instance's own environment to be shown in /proc."""
     own = {k: v for k, v in env.items() if k not in _PER_INSTANCE}
+    own[defaults.ENV_SUPERVISOR] = watchdog.mark()  # the orphan watchdog's to find
     own[_ENV_ROOM] = "." * (_ROOM_SPARE + sum(len(k) + len(v) + 2 for k, v in env.items()
                                               if k in _PER_INSTANCE))
     return own
@@ -139,7 +141,10 @@ def started() -> tuple[dict[Key, Launched], dict[str, Prespawned]]:
 
 def request(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> bytes:
     """One request to a fork server (see devcluster.supervisor.forkserver)."""
-    return json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
+    # The supervisor's mark (the orphan watchdog's to find): a forked instance's
+    # environment is the one asked for here, not the fork server's.
+    env = {**env, defaults.ENV_SUPERVISOR: watchdog.mark()}
+    return json.dumps({"argv": list(argv), "env": env, "cwd": cwd}).encode()
 
 
 def _launch_all(view: BootView) -> None:

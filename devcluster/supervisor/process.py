@@ -27,8 +27,8 @@ from typing import Protocol
 import psutil
 
 from devcluster.config.signals import parse_signal  # noqa: F401 - its home was here
-from devcluster.defaults import ENV_INSTANCE
-from devcluster.supervisor import pidfd
+from devcluster.defaults import ENV_INSTANCE, ENV_SUPERVISOR
+from devcluster.supervisor import pidfd, watchdog
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -52,10 +52,23 @@ def with_pdeathsig(argv: Sequence[str]) -> tuple[list[str], object]:
     return list(argv), _die_with_parent if _prctl is not None else None
 
 
+def marked(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with this supervisor's mark (``DEVCLUSTER_SUPERVISOR``): what an instance
+    starts inherits it, so the orphan watchdog finds it after the supervisor's death
+    wherever it went (``setsid``, a double fork)."""
+    return {**env, ENV_SUPERVISOR: watchdog.mark()}
+
+
+def mark_entry() -> str:
+    """The environment entry :func:`marked` adds (``NAME=VALUE``), for the watchdog."""
+    return f"{ENV_SUPERVISOR}={watchdog.mark()}"
+
+
 async def spawn(
     argv: Sequence[str], env: Mapping[str, str], cwd: str, die_with_parent: bool = True
 ) -> asyncio.subprocess.Process:
-    """Start ``argv`` in a new process group, stdout+stderr piped for the log stream."""
+    """Start ``argv`` in a new process group, stdout+stderr piped for the log stream,
+    its environment :func:`marked` as ours."""
     preexec = None
     if die_with_parent:
         argv, preexec = with_pdeathsig(argv)
@@ -64,7 +77,7 @@ async def spawn(
         raise FileNotFoundError(2, "command not found", argv[4])
     return await asyncio.create_subprocess_exec(
         *argv,
-        env=dict(env),
+        env=marked(env),
         cwd=cwd,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from devcluster import defaults
 from devcluster.config.project import Ready
 from devcluster.supervisor import health, probes, process
 
@@ -72,8 +73,11 @@ async def wait_ready(check: ReadyCheck, proc: process.Child) -> ReadyOutcome:
         ports = process.listening_ports(proc.pid) if result.ok and alive() else []
         port: int | None = await health.pick_port(ports, check.port) if ports else None
         return ReadyOutcome(result.ok, port, result.reason)
+    # A server said to speak HTTP or plain TCP has no gRPC port to wait for.
+    grpc = ready is None or ready.kind == "grpc"
     port = await health.find_port(proc.pid, check.port, alive, deadline,
-                                  expect_wanted=check.expect_wanted, nap=nap)
+                                  expect_wanted=check.expect_wanted, nap=nap,
+                                  grpc_wait=defaults.GRPC_PORT_WAIT if grpc else 0.0)
     if port is None:
         return ReadyOutcome(False, None, "nothing listening on any port")
     address = f"127.0.0.1:{port}"

@@ -170,3 +170,52 @@ def test_next_up_reports_the_stale_state_and_starts_normally(
         down = run_cli("down")
     assert down.returncode == 0, down.stdout + down.stderr
     wait_until(lambda: not processes_under(tmp_path), 5, "every process to be gone after down")
+
+
+#: A grandchild in a session (and process group) of its own: out of the instance's
+#: group, which is all the watchdog knew to kill (issue 26 item 15).
+SETSID_LINE = f"setsid sleep 1000 & exec {GREETER}"
+#: The same from a preloaded type: forked by its fork server, not exec'd.
+ESCAPEE = """\
+import runpy, subprocess, sys
+subprocess.Popen(["setsid", "sleep", "1000"])
+sys.argv = ["greeter"]
+runpy.run_module("devcluster.greeter", run_name="__main__")
+"""
+
+
+def _setsid_sleeper(supervisor: int) -> psutil.Process | None:
+    with contextlib.suppress(psutil.Error):
+        for proc in psutil.Process(supervisor).children(recursive=True):
+            if _cmdline(proc).startswith("sleep 1000"):
+                return proc
+    return None
+
+
+@pytest.mark.parametrize("how", ["exec", "preload"])
+def test_a_setsid_grandchild_dies_with_a_killed_supervisor(
+        how: str, tmp_path: Path, write_procfile: Callable[..., Path],
+        run_cli: Callable[..., Any], wait_until: Callable[..., Any]) -> None:
+    if how == "exec":
+        write_procfile(f"escapee: {SETSID_LINE}")
+    else:
+        (tmp_path / "escapee.py").write_text(ESCAPEE)
+        (tmp_path / "devcluster.toml").write_text('[process.escapee]\npreload = ["json"]\n')
+        write_procfile("escapee: python escapee.py")
+    up = run_cli("up", "-d", "--port", "0", "--grace", "1")
+    assert up.returncode == 0, up.stdout + up.stderr
+    supervisor = int((tmp_path / ".devcluster" / "supervisor.lock").read_text())
+    try:
+        if how == "preload":
+            assert "forked, preloaded" in run_cli("logs", "-n", "100").stdout
+        sleeper = wait_until(lambda: _setsid_sleeper(supervisor), 10, "the setsid'd sleep")
+        assert os.getsid(sleeper.pid) == sleeper.pid, "the grandchild has no session of its own"
+        assert os.getpgid(sleeper.pid) != os.getpgid(sleeper.ppid())
+    finally:
+        os.kill(supervisor, signal.SIGKILL)  # also when a check above failed
+    killed = time.monotonic()
+    wait_until(lambda: not _alive(supervisor), 2, "the supervisor to die")
+    wait_until(lambda: not _alive(sleeper.pid), 2.0,
+               "the setsid grandchild to be gone within 2 s of the supervisor's SIGKILL")
+    print(f"the setsid grandchild ({how}) gone {(time.monotonic() - killed) * 1000:.0f} ms "
+          "after the supervisor's SIGKILL")
