@@ -204,7 +204,7 @@ def test_a_setsid_grandchild_dies_with_a_killed_supervisor(
         write_procfile("escapee: python escapee.py")
     up = run_cli("up", "-d", "--port", "0", "--grace", "1")
     assert up.returncode == 0, up.stdout + up.stderr
-    supervisor = int((tmp_path / ".devcluster" / "supervisor.lock").read_text())
+    supervisor = int(layout(tmp_path / ".devcluster").lock.read_text())
     try:
         if how == "preload":
             assert "forked, preloaded" in run_cli("logs", "-n", "100").stdout
