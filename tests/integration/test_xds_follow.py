@@ -5,6 +5,10 @@ A real supervisor (the Cluster API, port 0) serves xDS; a grpcio client
 ``xds:///greeter`` with the cluster's bootstrap and nothing of devcluster in them. Each
 test shares one cluster of three greeters across its steps; every step starts from
 three serving instances of weight 1 and leaves them so.
+
+Shares are drawn at random per call by grpc (weighted_target, weighted clusters), so
+the bounds are about 3.5 standard deviations of a binomial share: 5 pp at 1000 calls
+of weight 5/7, 8 pp at 450 calls of an abort on 1/3 (measured: within 2 pp and 4 pp).
 """
 
 from __future__ import annotations
@@ -66,9 +70,9 @@ def weights_5_1_1(cluster: Cluster, client: XdsClient) -> None:
     client.ask(op="start")
     client.wait(present="greeter.1", since=time.time())  # a later call sees the weight
     client.ask(op="stop")
-    out = client.ask(op="count", n=700)
+    out = client.ask(op="count", n=1000)
     got = shares(out)
-    print(f"weights 5:1:1 over 700 calls: {got}")
+    print(f"weights 5:1:1 over 1000 calls: {got}")
     assert out["errors"] == {}
     for name, want in zip(NAMES, (5 / 7, 1 / 7, 1 / 7), strict=True):
         assert abs(got[name] - want) < 0.05, (name, got)
@@ -141,7 +145,7 @@ def fault_on_one_instance(cluster: Cluster, client: XdsClient) -> None:
         out = client.ask(op="count", n=600)
     denied = out["errors"].get("PERMISSION_DENIED", 0) / out["calls"]
     print(f"abort 100% on greeter.2 of 3: {denied:.3f} denied; served {out['counts']}")
-    assert set(out["errors"]) == {"PERMISSION_DENIED"} and abs(denied - 1 / 3) < 0.06
+    assert set(out["errors"]) == {"PERMISSION_DENIED"} and abs(denied - 1 / 3) < 0.08
     assert "greeter.2" not in out["counts"], "an aborted call reached the instance"
     # Cleared on leaving the block: every call succeeds again, greeter.2 serves its share.
     wait_for(lambda: client.ask(op="count", n=20)["errors"] == {}, 10, "the fault cleared")
@@ -169,9 +173,9 @@ def test_a_node_client_follows_weights_a_fault_and_a_stop(cluster: Cluster) -> N
     bootstrap = cluster.xds().bootstrap
 
     cluster.weight("greeter.1", 5)
-    out = NodeClient(bootstrap, 700).result()
+    out = NodeClient(bootstrap, 1000).result()
     got = shares(out)
-    print(f"node, weights 5:1:1 over 700 calls: {got}")
+    print(f"node, weights 5:1:1 over 1000 calls: {got}")
     assert out["errors"] == {}
     for name, want in zip(NAMES, (5 / 7, 1 / 7, 1 / 7), strict=True):
         assert abs(got[name] - want) < 0.05, (name, got)
@@ -179,14 +183,14 @@ def test_a_node_client_follows_weights_a_fault_and_a_stop(cluster: Cluster) -> N
 
     before = received(cluster, "greeter.2")
     with cluster.fault("greeter.2", abort="PERMISSION_DENIED:100"):
-        out = NodeClient(bootstrap, 600).result()
+        out = NodeClient(bootstrap, 450).result()
     denied = out["errors"].get("PERMISSION_DENIED", 0) / out["calls"]
     print(f"node, abort 100% on greeter.2 of 3: {denied:.3f} denied; served {out['counts']}")
-    assert set(out["errors"]) == {"PERMISSION_DENIED"} and abs(denied - 1 / 3) < 0.06
+    assert set(out["errors"]) == {"PERMISSION_DENIED"} and abs(denied - 1 / 3) < 0.08
     assert "greeter.2" not in out["counts"]
     assert received(cluster, "greeter.2") == before, "an aborted call reached greeter.2"
 
-    node = NodeClient(bootstrap, 900)
+    node = NodeClient(bootstrap, 600)
     try:
         start = received(cluster, "greeter.3")
         wait_for(lambda: received(cluster, "greeter.3") >= start + 20
@@ -197,4 +201,4 @@ def test_a_node_client_follows_weights_a_fault_and_a_stop(cluster: Cluster) -> N
         out = node.result()
     print(f"node, stop mid-run: {out}")
     assert out["errors"] == {}
-    assert 0 < out["counts"].get("greeter.3", 0) < 300  # a third of 900 would be 300
+    assert 0 < out["counts"].get("greeter.3", 0) < 200  # a third of 600 would be 200
