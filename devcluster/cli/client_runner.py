@@ -4,8 +4,8 @@ The CLI parses flags into :class:`ClientOptions` and calls :func:`run_client`;
 everything else (the calls, the lines, the closing table) happens here, so a
 script or a test gets exactly what the CLI prints. The calls go through the
 registry of a running cluster, a ``static:///`` list (devcluster's balancer, no
-cluster needed) or a grpc target (grpc's own resolver and policy); lines and
-summary look the same in all three.
+cluster needed), a grpc target (grpc's own resolver and policy) or grpc's own xDS
+client on the running cluster (``xds``); lines and summary look the same in all four.
 
 >>> from devcluster.cli.views import Terminal                           # doctest: +SKIP
 >>> summary = run_client(ClientOptions("server", count=6, interval=0), Terminal())  # doctest: +SKIP
@@ -36,6 +36,7 @@ from devcluster.client.calls import CallInfo
 from devcluster.client.channel import BalancedChannel
 from devcluster.client.direct import GrpcTargetChannel
 from devcluster.client.static import static_channel
+from devcluster.errors import UsageError
 from devcluster.registry.base import Registry
 
 Channel = BalancedChannel | GrpcTargetChannel
@@ -74,6 +75,10 @@ class ClientOptions:
     hedge: float | None = None
     where: Mapping[str, str] = field(default_factory=dict)
     """Only instances whose registry metadata has every pair (``--where``)."""
+    xds: bool = False
+    """Through grpc's own xDS client: ``xds:///service`` with the cluster's bootstrap
+    (``state_dir`` says which cluster; ``policy``, ``hedge``, ``where`` and ``target``
+    do not apply)."""
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -219,8 +224,17 @@ def open_channel(opts: ClientOptions, on_call: Callable[[CallInfo], None] | None
                  ) -> Channel:
     """The channel ``opts`` asks for: registry, static list, or a grpc target.
 
-    Raises UsageError for a malformed target or a policy the target cannot use.
+    Raises UsageError for a malformed target or a policy the target cannot use, or an
+    option that makes no sense with ``xds``.
     """
+    if opts.xds:
+        from devcluster.cli.xds_channel import XdsChannel, check_options
+
+        check_options(opts.policy, opts.hedge, opts.where, opts.target)
+        if opts.state_dir is None:
+            raise UsageError("--xds needs the running cluster's state dir (ClientOptions."
+                             "state_dir): its bootstrap file is there")
+        return XdsChannel(opts.state_dir, opts.service, opts.registry, on_call)
     target: Target | None = parse_target(opts.target) if opts.target is not None else None
     policy = resolve_policy(target, opts.policy)
     if target is None:

@@ -205,6 +205,11 @@ def _client(p: argparse.ArgumentParser) -> None:
                         "fixed list, devcluster's balancer, no cluster needed), or a grpc "
                         "target (ipv4:H:P,H:P / dns:///H:P / H:P) resolved and balanced by "
                         "grpc itself.")
+    p.add_argument("--xds", action="store_true",
+                   help="Call through grpc's own xDS client instead: xds:///SERVICE with the "
+                        "running cluster's bootstrap (see `devcluster xds`), balanced by its "
+                        "weights and health like any gRPC client's; not with --policy, "
+                        "--hedge, --where or --target.")
     _where(p)
 
 

@@ -14,12 +14,16 @@ from devcluster.errors import DevclusterError, UsageError
 
 def client(at: Place, service: str | None, name: str, count: int | None, interval: float,
            concurrency: int, timeout: float, policy: str | None, hedge: float | None,
-           target: str | None, as_json: bool, where: list[str]) -> int:
+           target: str | None, as_json: bool, where: list[str], xds: bool = False) -> int:
     """Call SayHello in a loop; exit 1 if a counted run had failures."""
     from devcluster.cli.client_runner import ClientOptions, run_client
     from devcluster.cli.targets import parse_target, resolve_policy
     from devcluster.config.check import parse_where
 
+    if xds:  # first: its line names the option that clashes, whatever else is wrong
+        from devcluster.cli.xds_channel import check_options
+
+        check_options(policy, hedge, where, target)
     matching = parse_where(where)
     # A bad target or policy is a usage error before anything starts.
     parsed = parse_target(target) if target is not None else None
@@ -48,7 +52,7 @@ def client(at: Place, service: str | None, name: str, count: int | None, interva
     opts = ClientOptions(service=service, name=name, count=count, interval=interval,
                          concurrency=concurrency, timeout=timeout, json=as_json, policy=policy,
                          state_dir=directory, target=target, hedge=hedge, where=matching,
-                         registry=shared)
+                         registry=shared, xds=xds)
     with stop_on_signals():
         summary = run_client(opts, terminal())
     return 1 if count is not None and summary.failures else 0

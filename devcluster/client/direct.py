@@ -28,20 +28,22 @@ UNNAMED = "?"
 
 
 class GrpcTargetChannel(grpc.Channel):  # type: ignore[misc]  # grpc ships no types
-    """``grpc.insecure_channel(target)`` with grpc's ``policy``; ``on_call`` per unary call.
+    """``grpc.insecure_channel(target)`` with grpc's ``policy`` (None: the resolver's);
+    ``on_call`` per unary call.
 
     Streaming calls and ``future()`` go straight through, unreported.
     """
 
-    def __init__(self, target: str, policy: str = "pick_first", *,
+    def __init__(self, target: str, policy: str | None = "pick_first", *,
                  on_call: Callable[[CallInfo], None] | None = None,
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         self.target = target
         self.policy = policy
         self.on_call = on_call
         self._seq = itertools.count(1)
-        self._channel = grpc.insecure_channel(
-            target, options=[("grpc.lb_policy_name", policy), *options])
+        # None: the policy the resolver's service config names (xds:/// has its own).
+        chosen = [("grpc.lb_policy_name", policy)] if policy is not None else []
+        self._channel = grpc.insecure_channel(target, options=[*chosen, *options])
 
     def __repr__(self) -> str:
         return f"<GrpcTargetChannel {self.target!r} policy={self.policy}>"

@@ -6,51 +6,20 @@ weights and stops; `down` removes the bootstrap."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from devcluster.api import Cluster
 from devcluster.errors import NoClusterError
 from devcluster.statedir import layout
-from tests._servers import ROOT
+from tests._xds import XdsClient
 
-CLIENT = ROOT / "tests" / "xds" / "_xds_client.py"
 GREETER = "python -m devcluster.greeter --port $PORT"
 Cli = Callable[..., subprocess.CompletedProcess[str]]
-
-
-class XdsClient:
-    """tests/xds/_xds_client.py in a subprocess: JSON commands in, JSON answers out."""
-
-    def __init__(self, bootstrap: str, log: Path) -> None:
-        env = {**os.environ, "GRPC_XDS_BOOTSTRAP": bootstrap, "PYTHONPATH": str(ROOT)}
-        with open(log, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, str(CLIENT), "xds:///greeter"],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=err, text=True, cwd=ROOT, env=env)
-        assert self.proc.stdout is not None
-        assert json.loads(self.proc.stdout.readline() or '{"ready": false}')["ready"]
-
-    def ask(self, **cmd: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, f"the xDS client exited with {self.proc.poll()}"
-        out: dict[str, Any] = json.loads(line)
-        return out
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 @pytest.fixture
