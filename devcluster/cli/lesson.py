@@ -192,7 +192,7 @@ class Lesson:
                 if step.ok:
                     self._story(cluster)
             finally:
-                step = self.say("10. Shut down", "on Ctrl-C each server stops taking calls, "
+                step = self.say("11. Shut down", "on Ctrl-C each server stops taking calls, "
                                 "finishes the ones in flight and exits.", "devcluster down")
                 cluster.down()
                 left = [p for p in pids if psutil.pid_exists(p)]
@@ -345,6 +345,37 @@ class Lesson:
             step.count(bg.since(mark))
         self.judge(step, back and step.failures == 0,
                    "server3 serves again" if back else "server3 did not come back in time")
+        self._xds_step(cluster)
+
+    def _xds_step(self, cluster: Cluster) -> None:
+        """The step the article did not have: no resolver, no balancer written by hand."""
+        step = self.say(
+            "10. Any client, no code: xDS",
+            "the article's Go client needed a hand-written resolver and balancer; gRPC's "
+            "own xDS client (Go, Java, C++, Node, Python) takes the same weights, drains and "
+            "failover from the control plane devcluster runs.",
+            'eval "$(devcluster xds)"', "devcluster weight server1 5",
+            "devcluster client --xds", beyond=True)
+        cluster.start("server2")  # killed in step 7
+        cluster.weight("server1", 5)
+        xds = {"state_dir": cluster.state_dir, "service": "server", "xds": True}
+        with self.background(**xds) as bg:
+            # The weight may reach the client after its first picks: judge calls after it.
+            bg.wait(lambda calls: len(calls) >= 5)
+            shares = bg.calls(70, bg.mark())
+            share = sum(1 for i in shares if i.ok and i.instance == "server1") / max(1, len(shares))
+            self.meanwhile("devcluster stop server2")
+            cluster.stop("server2")
+            mark = bg.mark()
+            after = bg.calls(14, mark)
+            step.count(bg.since(0))
+        drained = len(after) == 14 and not any(i.instance == "server2" for i in after)
+        # grpc's weighted picks are random: 5/7 = 71 % give or take a few calls in 70.
+        self.judge(step, len(shares) == 70 and 0.55 < share < 0.87 and drained
+                   and step.failures == 0,
+                   f"server1 got {share:.0%} of 70 calls (5/7 = 71%, grpc picks at random); "
+                   f"server2 stopped with no failed call and got none after; no devcluster "
+                   "code in the client")
 
     def _table(self, elapsed: float) -> None:
         columns = ("step", *NAMES, "failed", "ok")

@@ -15,7 +15,8 @@ from pathlib import Path
 STEPS = ("0. Three instances of one service", "1. One address", "2. The comma-separated list",
          "3. A static resolver, default policy", "4. round_robin",
          "5. A registry-backed resolver", "6. Weighted round robin",
-         "7. An instance crashes", "8. An instance hangs", "9. It recovers", "10. Shut down")
+         "7. An instance crashes", "8. An instance hangs", "9. It recovers",
+         "10. Any client, no code: xDS", "11. Shut down")
 
 
 def test_lesson_runs_every_step_and_exits_0(tmp_path: Path) -> None:
