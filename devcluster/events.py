@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -76,6 +77,21 @@ class EventKind(enum.StrEnum):
     """A preloaded type's fork server died and a new one started (``old``/``new``: pids)."""
 
 
+#: Seconds since the epoch of 10000-01-01, the first time ``datetime`` cannot show.
+_YEAR_10000 = 253_402_300_800.0
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not JSON")
+
+
 @dataclass(frozen=True)
 class Event:
     """One thing that happened to a cluster, at ``time`` (seconds since the epoch).
@@ -114,12 +130,19 @@ class Event:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
         values["kind"] = EventKind(values["kind"])
-        values["time"] = float(values["time"])
+        try:
+            values["time"] = float(values["time"])
+        except OverflowError:  # a 400-digit integer
+            raise ValueError(f"time {values['time']!r} is not a time") from None
+        if not 0 <= values["time"] < _YEAR_10000:  # what datetime can show; not inf or nan
+            raise ValueError(f"time {values['time']!r} is not a time")
         return cls(**values)
 
     @classmethod
     def from_json(cls, line: str) -> Event:
-        return cls.from_dict(json.loads(line))
+        """The event of one line; ValueError for a line that is not one, or that holds a
+        number JSON cannot carry back out (``1e400``, ``NaN``, ``Infinity``)."""
+        return cls.from_dict(json.loads(line, parse_float=_finite, parse_constant=_no_constant))
 
     def describe(self) -> str:
         """One line for people, without the time: ``server2 exited (signal SIGKILL)``."""

@@ -167,10 +167,12 @@ def parse_scale(items: Sequence[str]) -> dict[str, int]:
         name, sep, count = item.partition("=")
         if not sep or not name:
             raise UsageError(f"bad scale {item!r}; expected TYPE=N, e.g. greeter=3")
-        try:
-            value = int(count)
-        except ValueError:
-            raise UsageError(f"bad scale {item!r}: {count!r} is not a whole number") from None
+        digits = count.strip().lstrip("+-")
+        # ASCII digits only: int() also reads "١٢" (Arabic-Indic digits) and "1_0".
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+            raise UsageError(f"bad scale {item!r}: {count!r} is not a whole number "
+                             "(digits 0-9)")
+        value = int(count)
         if value < 0:
             raise UsageError(f"bad scale {item!r}: the count must be 0 or more")
         out[name] = value

@@ -50,6 +50,9 @@ from devcluster.config.tomllines import KeyPath, key_lines, line_of
 #: The file looked for beside the Procfile.
 PROJECT_FILE = "devcluster.toml"
 
+#: The UTF-8 byte order mark, as a decoded str.
+BOM = "\ufeff"
+
 #: The kinds of readiness probe, in the order the docs list them.
 READY_KINDS = ("grpc", "http", "tcp", "exec", "log")
 
@@ -117,6 +120,10 @@ class Project:
 
 def parse_project(text: str, source: str) -> Project:
     """Parse and check ``text`` (the contents of ``source``); raise ProjectError."""
+    # A UTF-8 byte order mark (Notepad and other Windows editors write one) means
+    # nothing in UTF-8 and cannot be seen in an editor: read past it, as Python's
+    # utf-8-sig codec does; the file itself is left as it is.
+    text = text.removeprefix(BOM)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -125,7 +132,13 @@ def parse_project(text: str, source: str) -> Project:
         line = where.group(1) if where else str(max(1, text.count("\n")))
         raise ProjectError(f"{source}:{line}: not valid TOML ({reason}); fix the syntax "
                            "(strings need quotes, tables are [name])") from None
+    except ValueError:  # tomllib's int() of a number over 4,300 digits
+        long = re.search(r"[0-9_]{4300,}", text)
+        line = text.count("\n", 0, long.start()) + 1 if long else 1
+        raise ProjectError(f"{source}:{line}: not valid TOML (a number of over 4300 digits); "
+                           "no setting takes a number that long") from None
     ctx = Context(source, key_lines(text))
+    check.no_null_bytes(ctx, data, ())
     ctx.known(data, (), ("cluster", "process"))
     cluster = _cluster(ctx, ctx.table(data.get("cluster", {}), ("cluster",)))
     processes = {}

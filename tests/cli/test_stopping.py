@@ -105,6 +105,20 @@ def test_following_stops_on_sigint_with_sigint_ignored(
     assert "Traceback" not in follower.text()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_call_with_an_interval_stops_on_a_signal_with_sigint_ignored(
+        sig: signal.Signals, registry_dir: Path, start: Callable[..., Running]) -> None:
+    """Issue 26 item 14: every command heeds SIGINT (the runner restores it), not only
+    those that were fixed one by one; `call -n N --interval S` ran on after kill -INT."""
+    proto = Path(__file__).parents[1] / "protos" / "echo.proto"
+    caller = start("call", "echo.Echo/Say", "--proto", str(proto), "-n", "1000",
+                   "--interval", "0.2", "--timeout", "0.2")
+    caller.wait_for("  2  ")  # calls are being made (each fails: nothing listens)
+    caller.proc.send_signal(sig)
+    assert caller.proc.wait(15) == 130
+    assert "Traceback" not in caller.text()
+
+
 def test_ctrl_c_during_up_detached_says_the_cluster_keeps_running(
         tmp_path: Path, start: Callable[..., Running],
         devcluster_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
