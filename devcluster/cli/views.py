@@ -44,13 +44,20 @@ def paint(text: str, style: str, colour: bool) -> str:
 
 
 def uptime(seconds: float | None) -> str:
+    """``59s``, ``1m00s``, ``2h05m``: whole seconds elapsed, as a clock shows them (floored
+    first, so 119.7 s is ``1m59s``, never ``1m60s``).
+
+    >>> [uptime(s) for s in (None, 59.7, 119.7, 3599.9, 7500)]
+    ['-', '59s', '1m59s', '59m59s', '2h05m']
+    """
     if not seconds:
         return "-"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
-    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def mib(n: int | None) -> str:
