@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from devcluster.cli.views import Terminal, check_mark, table, uptime
+from devcluster.cli.views import Terminal, check_mark, state_text, table, uptime
 
 
 def test_table_has_a_title_aligned_columns_and_a_total_below_a_dashed_line() -> None:
@@ -44,3 +44,16 @@ def test_no_cli_module_imports_rich() -> None:
 def test_uptime_is_whole_seconds_elapsed_never_60(seconds: float | None, shown: str) -> None:
     """Issue 26 item 16: `ps` showed 1m60s and 59m60s (each part rounded on its own)."""
     assert uptime(seconds) == shown
+
+
+def test_a_long_last_exit_keeps_the_ps_cell_short() -> None:
+    """Issue 26 item 16: a preload error made `ps` 230 columns wide; the cell shows the
+    reason's first clause (the whole text is in `ps --json` and the log)."""
+    row = {"state": "failed", "enabled": True,
+           "last_exit": "preload failed: importing 'mymodule' started threads (2 Python, 3 "
+                        "in all: Thread-1 (wait)); a fork copies only one of them (gRPC "
+                        "forbids threads, channels and servers before a fork): preload only "
+                        "modules that start nothing when imported"}
+    assert state_text(row) == "failed (preload failed: importing 'mymodule' started threads...)"
+    assert state_text({**row, "last_exit": "x" * 300}) == f"failed ({'x' * 53}...)"
+    assert state_text({**row, "last_exit": "exit 1"}) == "failed (exit 1)"
