@@ -85,7 +85,11 @@ def read_text(path: Path, what: str) -> str:
     if b"\0" in data:
         raise ProcfileError(f"{what} {path} is not a text file (it contains NUL bytes)")
     try:
-        return data.decode("utf-8")
+        # A UTF-8 byte order mark (Notepad and other Windows editors write one) means
+        # nothing in UTF-8 and no editor shows it: read past it, as Python's utf-8-sig
+        # codec does (it made line 1 "illegal characters" or "Invalid statement").
+        # The file itself is left as it is.
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ProcfileError(
             f"{what} {path} is not UTF-8 text (bad byte at offset {e.start})") from None

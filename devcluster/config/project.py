@@ -50,9 +50,6 @@ from devcluster.config.tomllines import KeyPath, key_lines, line_of
 #: The file looked for beside the Procfile.
 PROJECT_FILE = "devcluster.toml"
 
-#: The UTF-8 byte order mark, as a decoded str.
-BOM = "\ufeff"
-
 #: The kinds of readiness probe, in the order the docs list them.
 READY_KINDS = ("grpc", "http", "tcp", "exec", "log")
 
@@ -120,10 +117,6 @@ class Project:
 
 def parse_project(text: str, source: str) -> Project:
     """Parse and check ``text`` (the contents of ``source``); raise ProjectError."""
-    # A UTF-8 byte order mark (Notepad and other Windows editors write one) means
-    # nothing in UTF-8 and cannot be seen in an editor: read past it, as Python's
-    # utf-8-sig codec does; the file itself is left as it is.
-    text = text.removeprefix(BOM)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
