@@ -171,9 +171,8 @@ def parse_scale(items: Sequence[str]) -> dict[str, int]:
         name, sep, count = item.partition("=")
         if not sep or not name:
             raise UsageError(f"bad scale {item!r}; expected TYPE=N, e.g. greeter=3")
-        digits = count.strip().lstrip("+-")
         # ASCII digits only: int() also reads "١٢" (Arabic-Indic digits) and "1_0".
-        if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        if not re.fullmatch(r"[+-]?[0-9]{1,18}", count.strip()):
             raise UsageError(f"bad scale {item!r}: {count!r} is not a whole number "
                              "(digits 0-9)")
         value = int(count)
