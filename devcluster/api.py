@@ -43,13 +43,12 @@ from devcluster.launch import (
     Ask,
     Launcher,
     longest_grace,
-    not_ready_message,
-    require_serving,
     resolve,
 )
 from devcluster.registry import Registry, Snapshot, State, open_registry
 from devcluster.registry.record import parse_weight
 from devcluster.schema import InstanceInfo
+from devcluster.serving import not_ready_message, require_serving
 from devcluster.statedir import layout, running_pid
 from devcluster.supervisor.logs import tail
 
@@ -67,6 +66,7 @@ __all__ = [
     "STATE_DIR_NAME",
     "Cluster",
     "ClusterOptions",
+    "FaultSet",
     "NotReadyError",
     "ReloadError",
     "control_client",
@@ -525,6 +525,31 @@ class Cluster:
                 return
             time.sleep(0.01)
 
+    def fault(self, target: str, *, delay: str | None = None,
+              abort: str | None = None) -> FaultSet:
+        """Delay or fail a share of the calls ``target`` (an instance, a process type or
+        a service) serves, as ``devcluster fault`` does: xDS clients and the balanced
+        clients alike. Used as a context manager, the fault is cleared on exit.
+
+        >>> with cluster.fault("greeter.2", delay="200ms:50", abort="UNAVAILABLE:10"):  # doctest: +SKIP
+        ...     run_the_scenario()
+        """
+        from devcluster.registry.faults import parse
+
+        return self._set_fault(target, parse(target, delay, abort))
+
+    def clear_fault(self, target: str) -> None:
+        """Remove the fault of ``target`` (an instance, a process type or a service)."""
+        self._set_fault(target, None)
+
+    def _set_fault(self, target: str, fault: Any) -> FaultSet:
+        from devcluster.registry.faults import targets
+
+        snap = self.registry.snapshot()
+        names = targets({r.name: r.service for r in snap.records.values()}, target)
+        self.registry.update_many({n: {"fault": fault} for n in names})
+        return FaultSet(self, target, tuple(names))
+
     def meta(self, name: str, **changes: str | None) -> dict[str, str]:
         """Set metadata keys of an instance (``None`` removes one); its metadata now.
 
@@ -532,3 +557,23 @@ class Cluster:
         {'zone': 'b'}
         """
         return dict(set_metadata(self.registry, name, changes).metadata)
+
+
+class FaultSet:
+    """A fault :meth:`Cluster.fault` set: ``names`` are the instances it hits; as a
+    context manager it clears the fault on exit (on an error too)."""
+
+    def __init__(self, cluster: Cluster, target: str, names: tuple[str, ...]) -> None:
+        self.cluster, self.target, self.names = cluster, target, names
+
+    def clear(self) -> None:
+        self.cluster.clear_fault(self.target)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.clear()
+
+    def __repr__(self) -> str:
+        return f"<FaultSet {self.target}: {', '.join(self.names)}>"

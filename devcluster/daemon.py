@@ -9,7 +9,7 @@ dir's lock. Leaving :func:`serve` always stops the instances, then the control s
 ``python -m devcluster.daemon < SETTINGS_JSON`` is the background supervisor of ``up -d``
 and of the Python API: no terminal (the merged log goes to ``logs/devcluster.log``),
 with the web console in a thread if asked (its URL, token included, in the state
-dir's ``console.url``, 0600, and in the ready report's notes). It reports how start-up
+dir's ``private/console.url``, 0600, and in the ready report's notes). It reports how start-up
 went on a pipe as data: every instance in the one schema, or the error (type, message,
 instance, last log lines). It skips the CLI's imports (typer, rich): its start-up is on
 the path of every ``up -d``.
@@ -36,7 +36,7 @@ from devcluster.errors import CorruptRegistryError, DevclusterError, UsageError,
 from devcluster.events import EventLog, fresh_log
 from devcluster.registry import FileRegistry, Registry, open_registry
 from devcluster.registry.liveness import alive
-from devcluster.statedir import Claim, hold_lock
+from devcluster.statedir import Claim, hold_lock, write_replacing
 from devcluster.supervisor import preboot, process
 from devcluster.supervisor.duty import Duty
 from devcluster.supervisor.logs import LogSink
@@ -71,6 +71,7 @@ class ReadyPipe:
 async def serve(settings: UpRequest, console: TextIO | None, ready: ReadyPipe | None = None) -> int:
     """``devcluster up``: returns the exit status; user mistakes raise DevclusterError."""
     ready = ready or ReadyPipe(settings.ready_fd)
+    host = _advertise_host()  # a bad value fails before anything starts
     process.watch_children_with_pidfds()
     types, env, specs = procfile.load(settings.procfile, settings.env_files, settings.scale,
                                       settings.base_port)
@@ -83,7 +84,7 @@ async def serve(settings: UpRequest, console: TextIO | None, ready: ReadyPipe | 
         sink = LogSink(where.logs, console)
         events = fresh_log(settings.state_dir)  # one timeline per `up`; the last one kept
         try:
-            await _run(settings, sink, types, env, specs, ready, claim, events)
+            await _run(settings, sink, types, env, specs, ready, claim, events, host)
             sink.system("bye")
         finally:
             events.close()
@@ -91,9 +92,17 @@ async def serve(settings: UpRequest, console: TextIO | None, ready: ReadyPipe | 
     return 0
 
 
+def _advertise_host() -> str:
+    try:
+        return defaults.advertise_host()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.ProcessType],
                env: dict[str, str], specs: Sequence[procfile.InstanceSpec],
-               ready: ReadyPipe, claim: Claim, events: EventLog | None = None) -> None:
+               ready: ReadyPipe, claim: Claim, events: EventLog | None = None,
+               host: str = defaults.ADVERTISE_HOST) -> None:
     registry: Registry
     notes: list[str] = []
     if settings.registry and settings.registry.startswith("etcd://"):
@@ -105,7 +114,7 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
         _check_ports(specs)
     process.become_subreaper()  # what instances daemonize stays ours to find and stop
     watchdog = Watchdog()
-    sup = Supervisor(settings, registry, sink, types, env, specs, watchdog, events)
+    sup = Supervisor(settings, registry, sink, types, env, specs, watchdog, events, host)
     sup.records.before_write = lambda: _check_claim(claim)
     keeper = _Keeper(claim, sup, sink, isinstance(registry, FileRegistry))
     xds = XdsPlane(settings, sink)
@@ -121,7 +130,7 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
             await asyncio.wrap_future(reset)
             from devcluster.control.server import ControlServer
 
-            keeper.control = ControlServer(sup, defaults.layout(settings.state_dir).socket)
+            keeper.control = ControlServer(sup, defaults.layout(settings.state_dir))
             await keeper.control.start()
             xds.begin()  # envoy's protos import while the instances boot
 
@@ -172,10 +181,8 @@ async def _web_console(settings: UpRequest, notes: list[str]) -> AsyncIterator[N
     path = defaults.layout(settings.state_dir).console_url
     try:
         url = await asyncio.to_thread(console.start)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the token is a key
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(url + "\n")
+        # By rename, 0600 (the token is a key): a planted link is replaced, not followed.
+        await asyncio.to_thread(write_replacing, path, url + "\n", 0o600)
         notes.append(f"console: {url}")
         yield
     finally:

@@ -9,12 +9,14 @@ Procfile): what it holds, in what format and version, is described in
 only because the registry may import nothing of ours but this leaf and the errors.
 
 >>> layout(state_dir(Path("/srv/app/Procfile"), None, environ={})).socket
-PosixPath('/srv/app/.devcluster/control.sock')
+PosixPath('/srv/app/.devcluster/private/control.sock')
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,13 @@ from pathlib import Path
 GRACE = 5.0
 #: Seconds an instance gets to answer its readiness probe (``--ready-timeout``).
 READY_TIMEOUT = 30.0
+#: Continuous health checks of a serving instance (``health_period``, ``health_failures``
+#: per type in devcluster.toml): its readiness probe every HEALTH_PERIOD seconds (0: no
+#: checks); HEALTH_FAILURES misses in a row make it ``unhealthy``, one success serving
+#: again. Each check waits at most HEALTH_TIMEOUT (or the period, if shorter).
+HEALTH_PERIOD = 1.0
+HEALTH_FAILURES = 2
+HEALTH_TIMEOUT = 0.5
 #: Foreman's base port: ``$PORT`` of the first instance (``--port``).
 BASE_PORT = 5000
 #: The lowest and highest port an instance may be given.
@@ -42,6 +51,12 @@ ENV_HOME = "DEVCLUSTER_HOME"
 """The state dir itself (relative paths: to the working directory)."""
 ENV_REGISTRY = "DEVCLUSTER_REGISTRY"
 """``etcd://host:port[/prefix]``: register into etcd instead of the state dir's file."""
+ENV_ADVERTISE_HOST = "DEVCLUSTER_ADVERTISE_HOST"
+"""The host part of every address the supervisor registers (default ADVERTISE_HOST):
+this machine's address as other machines reach it, when they share an etcd registry.
+The instances must then listen on it (or on 0.0.0.0)."""
+#: The host of a registered address when ``$DEVCLUSTER_ADVERTISE_HOST`` is unset.
+ADVERTISE_HOST = "127.0.0.1"
 #: Environment variables devcluster sets for every instance.
 ENV_INSTANCE = "DEVCLUSTER_INSTANCE"
 ENV_GRACE = "DEVCLUSTER_GRACE"
@@ -65,6 +80,9 @@ REGISTRY_LOCK_FILE = "registry.lock"
 REGISTRY_TMP_FILE = f".{REGISTRY_FILE}.tmp"
 #: A corrupt registry file moved aside: ``registry.json.corrupt-YYYYmmdd-HHMMSS[-N]``.
 REGISTRY_CORRUPT_PREFIX = f"{REGISTRY_FILE}.corrupt-"
+#: The user's own 0700 subdirectory: the lock, the control socket, the console URL, the
+#: xDS bootstrap (what another user must never replace, read or plant a link at).
+PRIVATE_DIR = "private"
 SUPERVISOR_LOCK_FILE = "supervisor.lock"
 SOCKET_FILE = "control.sock"
 EVENTS_FILE = "events.jsonl"
@@ -105,6 +123,29 @@ def registry_url(explicit: str | None = None, environ: Mapping[str, str] | None 
     return explicit or env.get(ENV_REGISTRY) or None
 
 
+def advertise_host(environ: Mapping[str, str] | None = None) -> str:
+    """``$DEVCLUSTER_ADVERTISE_HOST`` (stripped; IPv6 in brackets), else ADVERTISE_HOST.
+
+    ValueError (naming the variable and the fix) when it is no host name or IP address.
+
+    >>> advertise_host({}), advertise_host({ENV_ADVERTISE_HOST: "fd00::5"})
+    ('127.0.0.1', '[fd00::5]')
+    """
+    env = os.environ if environ is None else environ
+    host = env.get(ENV_ADVERTISE_HOST, "").strip()
+    if not host:
+        return ADVERTISE_HOST
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", host):
+            raise ValueError(f"${ENV_ADVERTISE_HOST} is {host!r}, not a host name or IP "
+                             f"address; set it to this machine's address as others reach "
+                             f"it, e.g. 10.0.0.5") from None
+        return host
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
 @dataclass(frozen=True)
 class Layout:
     """The files of one state dir."""
@@ -130,14 +171,19 @@ class Layout:
         return self.root / f"{REGISTRY_CORRUPT_PREFIX}{stamp}{f'-{n}' if n else ''}"
 
     @property
+    def private(self) -> Path:
+        """The user's own subdirectory (0700): lock, socket, console URL, xDS bootstrap."""
+        return self.root / PRIVATE_DIR
+
+    @property
     def lock(self) -> Path:
         """The supervisor's lock (its pid inside)."""
-        return self.root / SUPERVISOR_LOCK_FILE
+        return self.private / SUPERVISOR_LOCK_FILE
 
     @property
     def socket(self) -> Path:
         """The control plane's socket (a symlink to :meth:`bound_socket`, or the socket)."""
-        return self.root / SOCKET_FILE
+        return self.private / SOCKET_FILE
 
     def bound_socket(self, pid: int) -> Path:
         """The socket a supervisor of pid ``pid`` binds: ``control-PID.sock``."""
@@ -166,12 +212,12 @@ class Layout:
     @property
     def console_url(self) -> Path:
         """The URL (token included, so 0600) of a background cluster's web console."""
-        return self.root / CONSOLE_URL_FILE
+        return self.private / CONSOLE_URL_FILE
 
     @property
     def xds_bootstrap(self) -> Path:
         """The running cluster's xDS bootstrap (gRFC A27): where its ADS server listens."""
-        return self.root / XDS_BOOTSTRAP_FILE
+        return self.private / XDS_BOOTSTRAP_FILE
 
     @property
     def logs(self) -> Path:

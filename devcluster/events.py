@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devcluster.defaults import EVENTS_FILE, EVENTS_FORMAT_VERSION, EVENTS_PREVIOUS_FILE
+from devcluster.statedir import open_nofollow
 
 if TYPE_CHECKING:
     import threading
@@ -61,6 +62,8 @@ class EventKind(enum.StrEnum):
     """The instance was enabled (``new`` True) or disabled (``new`` False)."""
     METADATA = "metadata"
     """The instance's registry metadata changed from ``old`` to ``new``."""
+    FAULT = "fault"
+    """A fault was set on the instance (``new``: what it does) or cleared (``new`` None)."""
     ADDED = "added"
     """The instance appeared in the registry (``up``, ``scale``, ``reload``)."""
     REMOVED = "removed"
@@ -173,6 +176,7 @@ _DESCRIBE: dict[EventKind, str] = {
     EventKind.WEIGHT: "weight {old} -> {new}",
     EventKind.ENABLED: "enabled {old} -> {new}",
     EventKind.METADATA: "metadata {old} -> {new}",
+    EventKind.FAULT: "fault {new}",
     EventKind.ADDED: "added",
     EventKind.REMOVED: "removed",
     EventKind.ASKED: "{detail}",
@@ -181,6 +185,10 @@ _DESCRIBE: dict[EventKind, str] = {
     EventKind.FAILOVER: "failed {code}, call went on to {new}",
     EventKind.FORKSERVER: "{detail}",
 }
+
+
+#: How the timeline is opened: appended to, never through a link (open_nofollow).
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 
 
 class EventLog:
@@ -196,7 +204,7 @@ class EventLog:
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.path = Path(state_dir) / EVENTS_FILE
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd: int | None = open_nofollow(self.path, _APPEND, 0o600)
 
     def __repr__(self) -> str:
         return f"EventLog({str(self.path)!r})"
@@ -212,8 +220,7 @@ class EventLog:
     def reopen(self) -> None:
         """Open the path again (the state dir was deleted and re-created under us)."""
         if self._fd is not None:
-            old, self._fd = self._fd, os.open(self.path, os.O_WRONLY | os.O_APPEND
-                                              | os.O_CREAT, 0o600)
+            old, self._fd = self._fd, open_nofollow(self.path, _APPEND, 0o600)
             with contextlib.suppress(OSError):
                 os.close(old)
 
@@ -359,6 +366,9 @@ def _record_events(prev: Record | None, rec: Record, now: float, source: str) ->
     before_meta, after_meta = getattr(prev, "metadata", None), getattr(rec, "metadata", None)
     if before_meta != after_meta:
         add(EventKind.METADATA, old=_plain(before_meta), new=_plain(after_meta))
+    before_fault, after_fault = getattr(prev, "fault", None), getattr(rec, "fault", None)
+    if before_fault != after_fault:
+        add(EventKind.FAULT, new=after_fault.describe() if after_fault else "cleared")
     return out
 
 
@@ -367,11 +377,12 @@ def _plain(value: Any) -> Any:
 
 
 #: Kinds only the registry can tell: anyone may write them, not only the supervisor.
-REGISTRY_KINDS = frozenset({EventKind.WEIGHT, EventKind.ENABLED, EventKind.METADATA})
+REGISTRY_KINDS = frozenset({EventKind.WEIGHT, EventKind.ENABLED, EventKind.METADATA,
+                            EventKind.FAULT})
 
 
 def follow_registry(registry: Registry, log: EventLog, stop: threading.Event) -> None:
-    """Append the weight, enable and metadata changes of ``registry`` to ``log`` until
+    """Append the weight, enable, metadata and fault changes of ``registry`` to ``log`` until
     ``stop`` (blocking: run it in a thread). Starts from the registry as it is now."""
     seen: Snapshot | None = None
     for snap in registry.watch(stop):

@@ -16,14 +16,13 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from devcluster import defaults
 from devcluster.config.project import Resolved
-from devcluster.errors import DevclusterError, NotReadyError, UsageError
+from devcluster.errors import DevclusterError, UsageError
 from devcluster.supervisor.logs import tail
 from devcluster.supervisor.request import ReadyReport, UpRequest
 
@@ -91,14 +90,21 @@ class Launcher:
         """Start ``python -m devcluster.daemon`` with the state dir's lock, the ready pipe
         and (``ask.tied``) the lifeline; send it its request; wait for its one line: what
         it started (or its error), as data."""
-        from devcluster.statedir import prepare, take_lock
+        from devcluster.statedir import open_nofollow, prepare, take_lock
 
         prepare(ask.state_dir)  # never changes the mode of a directory it did not create
+        where = defaults.layout(ask.state_dir)  # prepare() made its logs/ and private/
+        try:
+            out = open(where.daemon_out, "ab", opener=open_nofollow)  # noqa: SIM115
+        except OSError as e:
+            raise DevclusterError(f"cannot write {where.daemon_out} ({e.strerror})") from None
         # Lock the state dir now and hand the lock to the daemon (the same open file):
         # from this moment `down` sees a cluster starting, and two `up -d` cannot race.
-        lock = take_lock(ask.state_dir)
-        where = defaults.layout(ask.state_dir)
-        where.logs.mkdir(exist_ok=True)
+        try:
+            lock = take_lock(ask.state_dir)
+        except BaseException:
+            out.close()
+            raise
         read_fd, write_fd = os.pipe()
         passed = [write_fd, lock.fileno()]
         lifeline = None
@@ -107,7 +113,6 @@ class Launcher:
             # end closes and the cluster shuts down gracefully.
             lifeline, self.lifeline = os.pipe()
             passed.append(lifeline)
-        out = open(where.daemon_out, "ab")  # noqa: SIM115
         try:
             proc = self.proc = subprocess.Popen(
                 # --state-dir only labels the process (`ps`, the pytest plugin's leak guard
@@ -173,31 +178,3 @@ class Launcher:
         if self.lifeline is not None:
             os.close(self.lifeline)
             self.lifeline = None
-
-
-def not_ready_message(state_dir: Path, bad: Mapping[str, Mapping[str, Any]]) -> str:
-    """``NotReadyError``'s message: each instance that does not serve, why, its last log."""
-    parts = []
-    for name, s in bad.items():
-        why = s.get("last_exit") or ("not answering" if s["state"] == "starting" else "")
-        log = tail(defaults.layout(state_dir).log(name), 3)
-        last = f"; last log: {' / '.join(log)}" if log else ""
-        parts.append(f"{name} {s['state']}{f' ({why})' if why else ''}{last}")
-    return "not serving: " + "; ".join(parts)
-
-
-#: After ``scale`` (every instance of the types scaled is in the answer): the states
-#: that say an instance asked to serve does not. ``stopped``, ``paused`` and the like
-#: were asked for by someone and are no failure of the scale.
-_SCALE_FAILED = frozenset({"failed", "exited", "killed", "backoff", "starting"})
-
-
-def require_serving(state_dir: Path, rows: Sequence[Mapping[str, Any]], verb: str) -> None:
-    """Raise NotReadyError (exit 1) when a waited-for ``start``, ``restart`` or ``scale``
-    left an instance not serving: a script's ``devcluster restart X && run_tests`` must
-    not go ahead on a broken instance."""
-    bad = {str(r["name"]): r for r in rows
-           if (r["state"] in _SCALE_FAILED if verb == "scale" else r["state"] != "serving")}
-    if bad:
-        raise NotReadyError(f"{verb}: " + not_ready_message(state_dir, bad),
-                            {str(r["name"]): dict(r) for r in rows})

@@ -21,7 +21,7 @@ __all__ = ["RUNNING_STATES", "InstanceInfo", "process_type_of", "uptime"]
 
 #: States with a process behind them (``devcluster.registry.State.running``), as strings:
 #: this module is read by every path, the etcd view included, and imports nothing.
-RUNNING_STATES = frozenset({"starting", "serving", "draining", "paused"})
+RUNNING_STATES = frozenset({"starting", "serving", "draining", "paused", "unhealthy"})
 
 
 class _RecordLike(Protocol):
@@ -106,6 +106,10 @@ class InstanceInfo:
     server without the health service), or the probe of devcluster.toml (``health of
     'echo.Echo': SERVING``, ``GET /healthz: 200``...); None when not known or not yet."""
 
+    fault: str | None = None
+    """The fault injected into the calls it serves (``devcluster fault``), described:
+    ``delay 200ms 50%, abort UNAVAILABLE 10%``; None: none (or registry unread)."""
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON object, keys in the documented order."""
         return asdict(self)
@@ -164,7 +168,8 @@ class InstanceInfo:
             address=record.address or None, port=int(port) if port.isdigit() else None,
             weight=record.weight, enabled=record.enabled, restarts=record.restarts,
             uptime_s=uptime(state, record.started_at, now), started_at=record.started_at,
-            metadata=dict(record.metadata))
+            metadata=dict(record.metadata),
+            fault=fault.describe() if (fault := getattr(record, "fault", None)) else None)
 
 
 

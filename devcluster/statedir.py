@@ -4,26 +4,32 @@ supervisor's lock.
 
 The state dir is ``--state-dir`` > ``$DEVCLUSTER_HOME`` > ``.devcluster`` beside the
 Procfile (:func:`state_dir`); it is created 0700 and refused when other users could
-replace its files (:func:`prepare`). It holds:
+replace its files, or when it (or its ``logs/`` or ``private/``) is another user's
+(:func:`prepare`). What no one else may touch (the lock, the control socket, the console
+URL, the xDS bootstrap) is in ``private/``, 0700. Every file devcluster writes in place
+is opened with ``O_NOFOLLOW`` (:func:`open_nofollow`); the others are published by
+rename, which replaces a planted link. It holds:
 
 | Path | Written by | Format (version) | What it is |
 |---|---|---|---|
 | `registry.json` | every registry writer (supervisor, `weight`, `enable`, tests) | JSON `{"version", "revision", "instances"}` (`version` 1; other versions are refused) | the file registry: one record per instance; `revision` grows on every write |
-| `registry.lock` | registry writers | empty; `flock`ed, never replaced | serialises registry writers |
+| `registry.lock` | registry writers | the last revision written (20 digits); `flock`ed, never replaced | serialises registry writers; a registry deleted or moved aside continues past that revision |
 | `.registry.json.tmp` | the registry writer holding the lock | as `registry.json` | written, fsynced, then `os.replace`d onto `registry.json` |
 | `registry.json.corrupt-YYYYmmdd-HHMMSS[-N]` | a fresh `up` (or `recover()`) finding `registry.json` unreadable | whatever it was | the unreadable registry, moved aside, never deleted |
-| `supervisor.lock` | the supervisor (taken by `up -d` and inherited) | its pid as text; `flock`ed | held while a supervisor runs: `running_pid()` |
-| `control.sock` | the supervisor | gRPC `devcluster.Control` over a unix socket (0600) | symlink to `control-PID.sock` (or the socket itself) |
-| `control-PID.sock` | the supervisor of pid PID | as `control.sock` | the socket actually bound (a path of this run, so a stale one is never reused) |
+| `private/` | `up` (and the API), before anything else | a directory of yours, 0700 (made 0700 again if its mode was opened up) | holds what no other user may read, replace or plant a link at; refused if it is a symbolic link or another user's |
+| `private/supervisor.lock` | the supervisor (taken by `up -d` and inherited) | its pid as text; `flock`ed | held while a supervisor runs: `running_pid()` |
+| `private/control.sock` | the supervisor | gRPC `devcluster.Control` over a unix socket (0600) | symlink to `control-PID.sock` (or the socket itself) |
+| `private/control-PID.sock` | the supervisor of pid PID | as `control.sock` | the socket actually bound (a path of this run, so a stale one is never reused) |
 | `events.jsonl` | the supervisor | JSON lines, one event each (`version` 1; lines without it are from before versions and read the same) | the timeline of the current (or last) run |
 | `events.1.jsonl` | the supervisor, at start | as `events.jsonl` | the timeline of the run before (rotated) |
 | `clients/<pid>-<n>.json` | each balancing client, at most once a second | JSON `{"version", "pid", "id", "label", "started_at", "updated_at", "interval", "instances"}` (`version` 1; files without it are read the same) | calls/s, failures, p50 and ejections per instance, for `top` and the console; a dead client's file is pruned |
 | `clients/.<pid>-<n>.json.tmp` | the client | as above | the temp file of an atomic write |
+| `logs/` | `up` (and the API) | a directory of yours (or a link to one), 0755 | refused if another user's or writable by others without the sticky bit |
 | `logs/<name>.log` | the supervisor | text lines | one instance's stdout/stderr (`devcluster.instance.log` for an instance named `devcluster`) |
 | `logs/devcluster.log` | the supervisor | text lines, each prefixed by its instance's name | every instance's output, merged, and the supervisor's own lines |
 | `logs/supervisor.out` | a background supervisor (`up -d`, the API) | text | its own stdout/stderr (a traceback if it crashed) |
-| `console.url` | a supervisor with `--console` | one line: the URL with its token (0600) | where the web console is |
-| `xds-bootstrap.json` | the supervisor, once its xDS server listens; removed when it stops | JSON, gRPC's xDS bootstrap (gRFC A27): `xds_servers[0].server_uri` and `node` | what `$GRPC_XDS_BOOTSTRAP` points at: any gRPC client dialling `xds:///SERVICE` follows the cluster |
+| `private/console.url` | a supervisor with `--console` | one line: the URL with its token (0600; written as `.console.url.tmp`, then renamed) | where the web console is |
+| `private/xds-bootstrap.json` | the supervisor, once its xDS server listens; removed when it stops | JSON, gRPC's xDS bootstrap (gRFC A27): `xds_servers[0].server_uri` and `node` | what `$GRPC_XDS_BOOTSTRAP` points at: any gRPC client dialling `xds:///SERVICE` follows the cluster |
 
 Every name is a constant here (:data:`REGISTRY_FILE`...), every path a property of
 :func:`layout` (``layout(state_dir).registry``...): nothing else spells a file name.
@@ -31,12 +37,13 @@ The names are defined in :mod:`devcluster.defaults`, the leaf the registry may i
 and re-exported here, where they are documented; import them from here.
 
 >>> layout(state_dir(Path("/srv/app/Procfile"), None, environ={})).socket
-PosixPath('/srv/app/.devcluster/control.sock')
+PosixPath('/srv/app/.devcluster/private/control.sock')
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -53,6 +60,7 @@ from devcluster.defaults import (
     EVENTS_FORMAT_VERSION,
     EVENTS_PREVIOUS_FILE,
     LOG_DIR,
+    PRIVATE_DIR,
     REGISTRY_CORRUPT_PREFIX,
     REGISTRY_FILE,
     REGISTRY_FORMAT_VERSION,
@@ -81,6 +89,7 @@ __all__ = [
     "EVENTS_FORMAT_VERSION",
     "EVENTS_PREVIOUS_FILE",
     "LOG_DIR",
+    "PRIVATE_DIR",
     "REGISTRY_CORRUPT_PREFIX",
     "REGISTRY_FILE",
     "REGISTRY_FORMAT_VERSION",
@@ -97,12 +106,14 @@ __all__ = [
     "instance_of_log",
     "layout",
     "log_file_name",
+    "open_nofollow",
     "prepare",
     "running_pid",
     "socket_path",
     "state_dir",
     "take_lock",
     "temp_beside",
+    "write_replacing",
 ]
 
 
@@ -114,10 +125,25 @@ def socket_path(state_dir: Path) -> Path:
 def prepare(state_dir: Path) -> bool:
     """Create the state dir (0700) if missing, else check that it is safe; True if created.
 
-    An existing directory's mode is never changed (it may be shared, like /tmp). One
-    whose files other users could replace (writable by them without the sticky bit)
-    is refused: the control socket and the registry would not be ours to trust.
+    Then its ``private/`` (0700) and ``logs/`` subdirectories. An existing state dir's
+    mode is never changed (it may be shared, like /tmp). A state dir, ``logs/`` or
+    ``private/`` that another user owns, or whose files other users could replace
+    (writable by them without the sticky bit), is refused in one line; so is a symbolic
+    link planted where devcluster writes a file in place (the lock, the logs).
     """
+    created = _make_root(state_dir)
+    where = layout(state_dir)
+    _own_dir(where.private, private=True)
+    _own_dir(where.logs, private=False)
+    _refuse_links(where)
+    return created
+
+
+#: The fix named by every refusal of a directory that is not the user's own.
+_OWN = "use your own --state-dir (devcluster creates a missing one 0700)"
+
+
+def _make_root(state_dir: Path) -> bool:
     try:
         state_dir.parent.mkdir(parents=True, exist_ok=True)
         state_dir.mkdir(mode=0o700)
@@ -134,12 +160,92 @@ def prepare(state_dir: Path) -> bool:
     if not stat.S_ISDIR(st.st_mode):
         raise DevclusterError(f"cannot use {state_dir} as the state dir (not a directory); "
                               "pass --state-dir DIR with a directory")
+    _refuse_foreign(state_dir, st, "state dir")
+    return False
+
+
+def _refuse_foreign(path: Path, st: os.stat_result, what: str) -> None:
+    """Refuse a directory another user owns, or whose files other users could replace."""
+    if st.st_uid != os.getuid():
+        raise DevclusterError(
+            f"{what} {path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): its "
+            f"owner could read or replace what devcluster keeps there; {_OWN}")
     if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
         raise DevclusterError(
-            f"state dir {state_dir} is writable by other users (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}), who could replace its files; pass --state-dir "
-            "with a directory only you can write (devcluster creates a missing one 0700)")
-    return False
+            f"{what} {path} is writable by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}), who could replace its files; {_OWN}")
+
+
+def _own_dir(path: Path, *, private: bool) -> None:
+    """Create ``path`` (0700 if ``private``) or check an existing one: ours, not open to
+    others' writes; ``private/`` must be a real directory, and is made 0700 again if its
+    mode was opened up (it is ours). ``logs/`` may be a link to a directory of ours."""
+    try:
+        path.mkdir(mode=0o700 if private else 0o755)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise DevclusterError(f"cannot create {path} ({e.strerror}); "
+                              "pass --state-dir DIR with a directory you can write") from None
+    try:
+        st = path.lstat() if private else path.stat()
+    except OSError as e:
+        raise DevclusterError(f"cannot use {path} ({e.strerror}); {_OWN}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"
+        raise DevclusterError(f"cannot use {path} ({kind}); remove it or {_OWN}")
+    what = "private dir" if private else "log dir"
+    if private and st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(path, 0o700)  # ours: closed again rather than refused
+        return
+    _refuse_foreign(path, st, what)
+
+
+def _refuse_links(where: Layout) -> None:
+    """One line for a symbolic link where a file is written in place (open_nofollow would
+    refuse it later, with less to say). Files published by rename replace a link."""
+    fixed = [where.lock, where.registry_lock, where.daemon_out]
+    try:
+        logs = [p for p in where.logs.iterdir() if p.name.endswith(".log")]
+    except OSError:
+        logs = []
+    for path in [*fixed, *logs]:
+        if path.is_symlink():
+            raise DevclusterError(f"{path} is a symbolic link, which devcluster never writes "
+                                  f"through; remove it, or {_OWN}")
+
+
+def open_nofollow(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a symbolic link at ``path`` itself (``O_NOFOLLOW``,
+    ``O_CLOEXEC``): every file devcluster writes in place in the state dir is opened so.
+    It fits ``open(path, "a", opener=open_nofollow)``. A link there raises OSError
+    (ELOOP) whose ``strerror`` says so and how to fix it."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise OSError(errno.ELOOP, "a symbolic link, which devcluster never writes through; "
+                      "remove it", os.fspath(path)) from None
+
+
+def write_replacing(path: Path, text: str, mode: int = 0o600) -> None:
+    """Publish ``text`` at ``path`` by writing a temp file beside it and renaming it over:
+    a link planted at ``path`` is replaced, never written through; readers see the old
+    file or the new one."""
+    tmp = temp_beside(path)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
@@ -164,7 +270,7 @@ class Claim:
     def mine(self) -> bool:
         """The lock file at the state dir's path is the one we hold."""
         try:
-            return _identity(os.stat(layout(self.state_dir).lock)) == self.identity
+            return _identity(os.lstat(layout(self.state_dir).lock)) == self.identity
         except OSError:
             return False
 
@@ -190,8 +296,18 @@ def take_lock(state_dir: Path) -> IO[str]:
     try:
         return _take(state_dir)
     except OSError as e:
-        raise DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror}); "
-                              "pass --state-dir DIR with a directory you can write") from None
+        raise _cannot_use(state_dir, e) from None
+
+
+def _cannot_use(state_dir: Path, e: OSError) -> DevclusterError:
+    if e.errno == errno.ELOOP:
+        return DevclusterError(f"{e.filename} is {e.strerror}, or {_OWN}")
+    return DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror}); "
+                           "pass --state-dir DIR with a directory you can write")
+
+
+def _lock_opener(path: str, flags: int) -> int:
+    return open_nofollow(path, flags, 0o600)
 
 
 def _take(state_dir: Path, inherited: int | None = None) -> IO[str]:
@@ -200,7 +316,7 @@ def _take(state_dir: Path, inherited: int | None = None) -> IO[str]:
     if inherited is not None:
         f = open(inherited, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
     else:
-        f = open(layout(state_dir).lock, "a+", encoding="utf-8")  # noqa: SIM115
+        f = open(layout(state_dir).lock, "a+", encoding="utf-8", opener=_lock_opener)  # noqa: SIM115
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -226,8 +342,7 @@ def hold_lock(state_dir: Path, inherited: int | None = None) -> Iterator[Claim]:
     try:
         f = _take(state_dir, inherited)
     except OSError as e:
-        raise DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror}); "
-                              "pass --state-dir DIR with a directory you can write") from None
+        raise _cannot_use(state_dir, e) from None
     claim = Claim(state_dir, f)
     try:
         yield claim
@@ -239,7 +354,7 @@ def running_pid(state_dir: Path) -> int | None:
     """The pid of the supervisor holding the state dir's lock, else None."""
     path = layout(state_dir).lock
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", opener=open_nofollow) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -249,5 +364,4 @@ def running_pid(state_dir: Path) -> int | None:
     except (FileNotFoundError, PermissionError):
         return None
     except OSError as e:  # e.g. the state dir is a file
-        raise DevclusterError(f"cannot use {state_dir} as the state dir ({e.strerror}); "
-                              "pass --state-dir DIR with a directory") from None
+        raise _cannot_use(state_dir, e) from None

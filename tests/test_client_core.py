@@ -16,6 +16,7 @@ from devcluster.client.attempts import (
     PROBE_FIRST,
     PROBE_MAX,
     Attempts,
+    Delay,
     GiveUp,
     Probe,
     Send,
@@ -282,7 +283,7 @@ def test_a_hedge_goes_to_the_next_instance_and_the_first_answer_wins(
     assert isinstance(first, Send) and first.hedge_in == 0.1
     clock.advance(0.1)
     second = call.hedge(first.inst)
-    assert second == Send(by_name(b, "s2"), pytest.approx(0.9))
+    assert second == Send(by_name(b, "s2"), pytest.approx(0.9), 0.1)
     assert first.inst.ejected == "hung (1 calls in a row unanswered)"
     call.succeeded(second.inst)  # type: ignore[union-attr]
     info = call.info(OK)
@@ -298,6 +299,53 @@ def test_a_hedge_that_fails_waits_for_the_original(recorder: Recorder) -> None:
     assert call.failed(second.inst, UNAVAILABLE, reached=True) is PENDING
     call.succeeded(first.inst)  # type: ignore[union-attr]
     assert call.info(OK).retried == [("s2", "UNAVAILABLE")]
+
+
+def test_hedging_goes_on_while_every_attempt_hangs(recorder: Recorder) -> None:
+    # A partitioned peer drops packets: its attempts neither answer nor fail. Two of
+    # them in a row must not sink the call while a third instance answers.
+    clock = Clock()
+    b = balancer(recorder, eject_after=1)
+    call = Attempts(b, 1.0, hedge_after=0.1, clock=clock)
+    first = call.start()
+    assert isinstance(first, Send) and first.inst.name == "s1"
+    clock.advance(0.1)
+    second = call.hedge(first.inst)
+    assert second is not None and second.inst.name == "s2" and second.hedge_in == 0.1
+    clock.advance(0.1)
+    third = call.hedge(second.inst)
+    assert third == Send(by_name(b, "s3"), pytest.approx(0.8), 0.1)
+    assert call.hedge(third.inst) is None  # no one else is left
+    call.succeeded(third.inst)
+    info = call.info(OK)
+    assert info.ok and info.instance == "s3"
+    assert info.retried == [("s1", "DEADLINE_EXCEEDED"), ("s2", "DEADLINE_EXCEEDED")]
+
+
+def test_an_attempt_failing_while_the_others_hang_fails_over_at_once(
+        recorder: Recorder) -> None:
+    clock = Clock()
+    b = balancer(recorder)
+    call = Attempts(b, 1.0, hedge_after=0.1, clock=clock)
+    first = call.start()
+    clock.advance(0.1)
+    second = call.hedge(first.inst)  # type: ignore[union-attr]
+    assert second is not None and second.inst.name == "s2"
+    # s2 is unreachable (no answer header): with s1 hanging past its hedge delay,
+    # waiting for s1 would spend the deadline; s3 gets the call now.
+    retry = call.failed(second.inst, UNAVAILABLE, reached=False)
+    assert retry == Send(by_name(b, "s3"), pytest.approx(0.9), 0.1)
+    call.succeeded(by_name(b, "s3"))
+    assert call.info(OK).retried == [("s2", "UNAVAILABLE"), ("s1", "DEADLINE_EXCEEDED")]
+
+
+def test_a_hung_attempt_counts_once_toward_ejection(recorder: Recorder) -> None:
+    b = balancer(recorder, record("s1"), record("s2"), eject_after=2)
+    call = Attempts(b, 1.0, hedge_after=0.1, clock=Clock())
+    first = call.start()
+    assert call.hedge(first.inst) is not None  # type: ignore[union-attr]
+    assert call.hedge(first.inst) is None  # type: ignore[union-attr]  # s2 is busy
+    assert first.inst.timeouts == 1 and first.inst.ejected is None  # type: ignore[union-attr]
 
 
 def test_no_hedge_when_the_deadline_is_shorter_or_no_one_else_is_there(
@@ -344,3 +392,52 @@ def test_a_probe_stops_when_the_registry_retires_the_process(recorder: Recorder)
 def test_every_policy_is_one_table_entry_with_a_summary() -> None:
     for name, cls in POLICIES.items():
         assert type(make_picker(name)) is cls and cls.summary
+
+
+# -- faults (devcluster fault): the core decides, the driver only sleeps --------------------
+
+def draws(*values: float):
+    it = iter(values)
+    return lambda: next(it)
+
+
+def test_a_fault_aborts_only_the_calls_of_its_instance(recorder: Recorder) -> None:
+    from devcluster.registry.faults import Fault
+
+    b = balancer(recorder, record("s1", fault=Fault(abort_code=7, abort_percent=50)),
+                 record("s2"))
+    hit = Attempts(b, 1.0, rand=draws(0.9, 0.2))  # s1 first (by name): no delay, aborted
+    action = hit.start()
+    assert type(action) is GiveUp and action.error is not None
+    assert action.error.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "s1" in action.error.details() and hit.info(action.error.code()).instance == "s1"
+    assert not b.instances()[0].ejected  # an injected abort says nothing of the instance
+    assert type(Attempts(b, 1.0, rand=draws()).start()) is Send  # s2: no fault, no draw
+    spared = Attempts(b, 1.0, rand=draws(0.9, 0.7))  # s1 again, the 50 % spares it
+    assert spared.start().inst.name == "s1"
+
+
+def test_a_fault_delays_then_aborts_within_the_deadline(recorder: Recorder) -> None:
+    from devcluster.registry.faults import Fault
+
+    clock = Clock()
+    fault = Fault(delay_s=0.3, delay_percent=100, abort_code=14, abort_percent=100)
+    b = balancer(recorder, record("s1", fault=fault))
+    call = Attempts(b, 1.0, clock=clock, rand=draws(0.0, 0.0))
+    assert call.start() == Delay(by_name(b, "s1"), 0.3)
+    clock.advance(0.3)
+    after = call.delayed()
+    assert type(after) is GiveUp and after.error.code() is UNAVAILABLE
+    # A delay longer than the deadline: the call waits out its deadline, then fails so.
+    b = balancer(recorder, record("s1", fault=Fault(delay_s=5, delay_percent=100)))
+    call = Attempts(b, 0.5, clock=clock, rand=draws(0.0, 0.5))
+    assert call.start() == Delay(by_name(b, "s1"), 0.5)
+    clock.advance(0.5)
+    late = call.delayed()
+    assert type(late) is GiveUp and late.error.code() is DEADLINE
+    # Delayed, not aborted: the attempt goes out with what is left of the deadline.
+    call = Attempts(b, 10.0, clock=clock, rand=draws(0.0, 0.5))
+    assert type(call.start()) is Delay
+    clock.advance(5)
+    sent = call.delayed()
+    assert type(sent) is Send and sent.timeout == pytest.approx(5.0)

@@ -12,6 +12,7 @@ This file is also the worker that stands in for a supervisor on another machine:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import signal
@@ -337,6 +338,30 @@ def test_a_lost_lease_is_renewed_and_the_records_put_back(
     reg.register(rec("c1"))  # and writes carry on, on the new lease
     reg.close()
     assert dict(viewer.snapshot().records) == {}
+
+
+def test_the_keepalive_tries_again_soon_after_etcd_was_unreachable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A supervisor cut off from etcd (a partition, etcd restarting) must not wait a
+    # whole beat once etcd answers again: records are kept, or put back, at once.
+    require_etcd()
+    with running_etcd(tmp_path / "etcd") as server, caplog.at_level(
+            logging.WARNING, logger="devcluster.registry.etcd"):
+        reg = EtcdRegistry(server.url("/retry"), lease_ttl=10, keepalive_every=4)
+        try:
+            reg.register(rec("a1"))
+            server.stop()
+            wait_until(lambda: "keep-alive failed" in caplog.text, timeout=8,
+                       what="the keep-alive to fail")
+            server.restart()
+            back = time.monotonic()
+            wait_until(lambda: "keep-alive works again" in caplog.text, timeout=8,
+                       what="the keep-alive to work again")
+            assert time.monotonic() - back < 1.5  # not the 4 s beat
+            assert list(reg.snapshot().records) == ["a1"]
+        finally:
+            reg.close()
 
 
 # -- ownership -----------------------------------------------------------------------

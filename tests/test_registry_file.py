@@ -231,6 +231,25 @@ def test_revision_continues_past_a_corrupt_file(reg: FileRegistry) -> None:
     assert reg.snapshot().revision == revision + 1
 
 
+def test_revision_continues_past_a_deleted_file(reg: FileRegistry) -> None:
+    """A registry deleted (by hand, or a corrupt one moved aside and then deleted) must
+    not start again at 1 either: a watcher that remembers revision N would take
+    revisions 1..N of the fresh file for old ones and skip them (issue 26 item 15)."""
+    reg.reset([rec("server1")])
+    for weight in range(2, 7):
+        reg.update("server1", weight=weight)
+    last = reg.snapshot().revision
+    reg.path.unlink()
+    assert reg.reset([rec("server1")]).revision == last + 1
+    reg.path.write_bytes(b"nonsense")
+    moved = reg.recover()
+    assert moved is not None
+    moved.unlink()  # nothing left to read a revision from but the lock
+    reg.register(rec("server2"))
+    assert reg.snapshot().revision == last + 2
+    assert reg.lock_path.read_text().strip().lstrip("0") == str(last + 2)
+
+
 # -- concurrency -------------------------------------------------------------------
 
 WORKERS, INCREMENTS = 8, 250

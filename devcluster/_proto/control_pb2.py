@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x65vcluster/control.proto\x12\ndevcluster\"\xc3\x04\n\x08Instance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x10\n\x03pid\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07\x61\x64\x64ress\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x06weight\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07\x65nabled\x18\x07 \x01(\x08H\x03\x88\x01\x01\x12\x10\n\x08restarts\x18\x08 \x01(\x05\x12\x17\n\nstarted_at\x18\t \x01(\x01H\x04\x88\x01\x01\x12\x18\n\x0b\x63pu_percent\x18\n \x01(\x01H\x05\x88\x01\x01\x12\x16\n\trss_bytes\x18\x0b \x01(\x03H\x06\x88\x01\x01\x12\x16\n\tuss_bytes\x18\x0c \x01(\x03H\x07\x88\x01\x01\x12\x16\n\tlast_exit\x18\r \x01(\tH\x08\x88\x01\x01\x12\x14\n\x0cprocess_type\x18\x0e \x01(\t\x12\x11\n\x04port\x18\x0f \x01(\x05H\t\x88\x01\x01\x12\x34\n\x08metadata\x18\x10 \x03(\x0b\x32\".devcluster.Instance.MetadataEntry\x12\x12\n\x05ready\x18\x11 \x01(\tH\n\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04_pidB\n\n\x08_addressB\t\n\x07_weightB\n\n\x08_enabledB\r\n\x0b_started_atB\x0e\n\x0c_cpu_percentB\x0c\n\n_rss_bytesB\x0c\n\n_uss_bytesB\x0c\n\n_last_exitB\x07\n\x05_portB\x08\n\x06_ready\"\x0b\n\tPsRequest\"o\n\x07PsReply\x12\'\n\tinstances\x18\x01 \x03(\x0b\x32\x14.devcluster.Instance\x12\x16\n\x0esupervisor_pid\x18\x02 \x01(\x05\x12\x10\n\x08procfile\x18\x03 \x01(\t\x12\x11\n\tstate_dir\x18\x04 \x01(\t\")\n\x0b\x44ownRequest\x12\r\n\x05grace\x18\x01 \x01(\x01\x12\x0b\n\x03who\x18\x02 \x01(\t\"4\n\tDownReply\x12\'\n\tinstances\x18\x01 \x03(\x0b\x32\x14.devcluster.Instance\"g\n\rActionRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0e\n\x06signal\x18\x03 \x01(\t\x12\x0c\n\x04wait\x18\x04 \x01(\x08\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x0b\n\x03who\x18\x06 \x01(\t\"I\n\x0b\x41\x63tionReply\x12\'\n\tinstances\x18\x01 \x03(\x0b\x32\x14.devcluster.Instance\x12\x11\n\tunchanged\x18\x02 \x03(\t\"\x9f\x01\n\x0cScaleRequest\x12\x34\n\x06\x63ounts\x18\x01 \x03(\x0b\x32$.devcluster.ScaleRequest.CountsEntry\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12\x0f\n\x07timeout\x18\x03 \x01(\x01\x12\x0b\n\x03who\x18\x04 \x01(\t\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"#\n\x10WaitReadyRequest\x12\x0f\n\x07timeout\x18\x01 \x01(\x01\"8\n\rReloadRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0b\n\x03who\x18\x03 \x01(\t\"\xbf\x01\n\nReloadStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07old_pid\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07new_pid\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0bold_address\x18\x04 \x01(\t\x12\x13\n\x0bnew_address\x18\x05 \x01(\t\x12\x11\n\tsame_port\x18\x06 \x01(\x08\x12\x10\n\x08ready_ms\x18\x07 \x01(\x01\x12\x10\n\x08total_ms\x18\x08 \x01(\x01\x42\n\n\x08_old_pidB\n\n\x08_new_pid\"\xf6\x01\n\x0cReloadResult\x12(\n\x08reloaded\x18\x01 \x03(\x0b\x32\x16.devcluster.ReloadStep\x12\x0f\n\x07started\x18\x02 \x03(\t\x12\x0f\n\x07stopped\x18\x03 \x03(\t\x12\x11\n\tunchanged\x18\x04 \x03(\t\x12\x13\n\x06\x66\x61iled\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05\x65rror\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x0busage_error\x18\x07 \x01(\x08\x12\x0b\n\x03log\x18\x08 \x03(\t\x12\'\n\tinstances\x18\t \x03(\x0b\x32\x14.devcluster.InstanceB\t\n\x07_failedB\x08\n\x06_error\"u\n\x0bReloadEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12-\n\x06result\x18\x04 \x01(\x0b\x32\x18.devcluster.ReloadResultH\x00\x88\x01\x01\x42\t\n\x07_result2\xb4\x05\n\x07\x43ontrol\x12\x32\n\x02Ps\x12\x15.devcluster.PsRequest\x1a\x13.devcluster.PsReply\"\x00\x12\x38\n\x04\x44own\x12\x17.devcluster.DownRequest\x1a\x15.devcluster.DownReply\"\x00\x12<\n\x04Kill\x12\x19.devcluster.ActionRequest\x1a\x17.devcluster.ActionReply\"\x00\x12<\n\x04Stop\x12\x19.devcluster.ActionRequest\x1a\x17.devcluster.ActionReply\"\x00\x12=\n\x05Start\x12\x19.devcluster.ActionRequest\x1a\x17.devcluster.ActionReply\"\x00\x12?\n\x07Restart\x12\x19.devcluster.ActionRequest\x1a\x17.devcluster.ActionReply\"\x00\x12=\n\x05Pause\x12\x19.devcluster.ActionRequest\x1a\x17.devcluster.ActionReply\"\x00\x12>\n\x06Resume\x12\x19.devcluster.ActionRequest\x1a\x17.devcluster.ActionReply\"\x00\x12<\n\x05Scale\x12\x18.devcluster.ScaleRequest\x1a\x17.devcluster.ActionReply\"\x00\x12@\n\tWaitReady\x12\x1c.devcluster.WaitReadyRequest\x1a\x13.devcluster.PsReply\"\x00\x12@\n\x06Reload\x12\x19.devcluster.ReloadRequest\x1a\x17.devcluster.ReloadEvent\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64\x65vcluster/control.proto\x12\ndevcluster\"\xe1\x04\n\x08Instance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x10\n\x03pid\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07\x61\x64\x64ress\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x06weight\x18\x06 \x01(\x05H\x02\x88\x01\x01\x12\x14\n\x07\x65nabled\x18\x07 \x01(\x08H\x03\x88\x01\x01\x12\x10\n\x08restarts\x18\x08 \x01(\x05\x12\x17\n\nstarted_at\x18\t \x01(\x01H\x04\x88\x01\x01\x12\x18\n\x0b\x63pu_percent\x18\n \x01(\x01H\x05\x88\x01\x01\x12\x16\n\trss_bytes\x18\x0b \x01(\x03H\x06\x88\x01\x01\x12\x16\n\tuss_bytes\x18\x0c \x01(\x03H\x07\x88\x01\x01\x12\x16\n\tlast_exit\x18\r \x01(\tH\x08\x88\x01\x01\x12\x14\n\x0cprocess_type\x18\x0e \x01(\t\x12\x11\n\x04port\x18\x0f \x01(\x05H\t\x88\x01\x01\x12\x34\n\x08metadata\x18\x10 \x03(\x0b\x32\".devcluster.Instance.MetadataEntry\x12\x12\n\x05ready\x18\x11 \x01(\tH\n\x88\x01\x01\x12\x12\n\x05\x66\x61ult\x18\x12 \x01(\tH\x0b\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04_pidB\n\n\x08_addressB\t\n\x07_weightB\n\n\x08_enabledB\r\n\x0b_started_atB\x0e\n\x0c_cpu_percentB\x0c\n\n_rss_bytesB\x0c\n\n_uss_bytesB\x0c\n\n_last_exitB\x07\n\x05_portB\x08\n\x06_readyB\x08\n\x06_fault\"\x0b\n\tPsRequest\"o\n\x07PsReply\x12\'\n\tinstances\x18\x01 \x03(\x0b\x32\x14.devcluster.Instance\x12\x16\n\x0esupervisor_pid\x18\x02 \x01(\x05\x12\x10\n\x08procfile\x18\x03 \x01(\t\x12\x11\n\tstate_dir\x18\x04 \x01(\t\")\n\x0b\x44ownRequest\x12\r\n\x05grace\x18\x01 \x01(\x01\x12\x0b\n\x03who\x18\x02 \x01(\t\"4\n\tDownReply\x12\'\n\tinstances\x18\x01 \x03(\x0b\x32\x14.devcluster.Instance\"g\n\rActionRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0e\n\x06signal\x18\x03 \x01(\t\x12\x0c\n\x04wait\x18\x04 \x01(\x08\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x0b\n\x03who\x18\x06 \x01(\t\"I\n\x0b\x41\x63tionReply\x12\'\n\tinstances\x18\x01 \x03(\x0b\x32\x14.devcluster.Instance\x12\x11\n\tunchanged\x18\x02 \x03(\t\"\x9f\x01\n\x0cScaleRequest\x12\x34\n\x06\x63ounts\x18\x01 \x03(\x0b\x32$.devcluster.ScaleRequest.CountsEntry\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12\x0f\n\x07timeout\x18\x03 \x01(\x01\x12\x0b\n\x03who\x18\x04 \x01(\t\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"#\n\x10WaitReadyRequest\x12\x0f\n\x07timeout\x18\x01 \x01(\x01\"8\n\rReloadRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\x12\x0b\n\x03who\x18\x03 \x01(\t\"\xbf\x01\n\nReloadStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07old_pid\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x14\n\x07new_pid\x18\x03 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0bold_address\x18\x04 \x01(\t\x12\x13\n\x0bnew_address\x18\x05 \x01(\t\x12\x11\n\tsame_port\x18\x06 \x01(\x08\x12\x10\n\x08ready_ms\x18\x07 \x01(\x01\x12\x10\n\x08total_ms\x18\x08 \x01(\x01\x42\n\n\x08_old_pidB\n\n\x08_new_pid\"\xf6\x01\n\x0cReloadResult\x12(\n\x08reloaded\x18\x01 \x03(\x0b\x32\x16.devcluster.ReloadStep\x12\x0f\n\x07started\x18\x02 \x03(\t\x12\x0f\n\x07stopped\x18\x03 \x03(\t\x12\x11\n\tunchanged\x18\x04 \x03(\t\x12\x13\n\x06\x66\x61iled\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05\x65rror\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x0busage_error\x18\x07 \x01(\x08\x12\x0b\n\x03log\x18\x08 \x03(\t\x12\'\n\tinstances\x18\t \x03(\x0b\x32\x14.devcluster.InstanceB\t\n\x07_failedB\x08\n\x06_error\"u\n\x0bReloadEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12-\n\x06result\x18\x04 \x01(\x0b\x32\x18.devcluster.ReloadResultH\x00\x88\x01\x01\x42\t\n\x07_result2\xb4\x05\n\x07\x43ontrol\x12\x32\n\x02Ps\x12\x15.devcluster.PsRequest\x1a\x13.devcluster.PsReply\"\x00\x12\x38\n\x04\x44own\x12\x17.devcluster.DownRequest\x1a\x15.devcluster.DownReply\"\x00\x12<\n\x04Kill\x12\x19.devcluster.ActionRequest\x1a\x17.devcluster.ActionReply\"\x00\x12<\n\x04Stop\x12\x19.devcluster.ActionRequest\x1a\x17.devcluster.ActionReply\"\x00\x12=\n\x05Start\x12\x19.devcluster.ActionRequest\x1a\x17.devcluster.ActionReply\"\x00\x12?\n\x07Restart\x12\x19.devcluster.ActionRequest\x1a\x17.devcluster.ActionReply\"\x00\x12=\n\x05Pause\x12\x19.devcluster.ActionRequest\x1a\x17.devcluster.ActionReply\"\x00\x12>\n\x06Resume\x12\x19.devcluster.ActionRequest\x1a\x17.devcluster.ActionReply\"\x00\x12<\n\x05Scale\x12\x18.devcluster.ScaleRequest\x1a\x17.devcluster.ActionReply\"\x00\x12@\n\tWaitReady\x12\x1c.devcluster.WaitReadyRequest\x1a\x13.devcluster.PsReply\"\x00\x12@\n\x06Reload\x12\x19.devcluster.ReloadRequest\x1a\x17.devcluster.ReloadEvent\"\x00\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,35 +36,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCALEREQUEST_COUNTSENTRY']._loaded_options = None
   _globals['_SCALEREQUEST_COUNTSENTRY']._serialized_options = b'8\001'
   _globals['_INSTANCE']._serialized_start=41
-  _globals['_INSTANCE']._serialized_end=620
-  _globals['_INSTANCE_METADATAENTRY']._serialized_start=438
-  _globals['_INSTANCE_METADATAENTRY']._serialized_end=485
-  _globals['_PSREQUEST']._serialized_start=622
-  _globals['_PSREQUEST']._serialized_end=633
-  _globals['_PSREPLY']._serialized_start=635
-  _globals['_PSREPLY']._serialized_end=746
-  _globals['_DOWNREQUEST']._serialized_start=748
-  _globals['_DOWNREQUEST']._serialized_end=789
-  _globals['_DOWNREPLY']._serialized_start=791
-  _globals['_DOWNREPLY']._serialized_end=843
-  _globals['_ACTIONREQUEST']._serialized_start=845
-  _globals['_ACTIONREQUEST']._serialized_end=948
-  _globals['_ACTIONREPLY']._serialized_start=950
-  _globals['_ACTIONREPLY']._serialized_end=1023
-  _globals['_SCALEREQUEST']._serialized_start=1026
-  _globals['_SCALEREQUEST']._serialized_end=1185
-  _globals['_SCALEREQUEST_COUNTSENTRY']._serialized_start=1140
-  _globals['_SCALEREQUEST_COUNTSENTRY']._serialized_end=1185
-  _globals['_WAITREADYREQUEST']._serialized_start=1187
-  _globals['_WAITREADYREQUEST']._serialized_end=1222
-  _globals['_RELOADREQUEST']._serialized_start=1224
-  _globals['_RELOADREQUEST']._serialized_end=1280
-  _globals['_RELOADSTEP']._serialized_start=1283
-  _globals['_RELOADSTEP']._serialized_end=1474
-  _globals['_RELOADRESULT']._serialized_start=1477
-  _globals['_RELOADRESULT']._serialized_end=1723
-  _globals['_RELOADEVENT']._serialized_start=1725
-  _globals['_RELOADEVENT']._serialized_end=1842
-  _globals['_CONTROL']._serialized_start=1845
-  _globals['_CONTROL']._serialized_end=2537
+  _globals['_INSTANCE']._serialized_end=650
+  _globals['_INSTANCE_METADATAENTRY']._serialized_start=458
+  _globals['_INSTANCE_METADATAENTRY']._serialized_end=505
+  _globals['_PSREQUEST']._serialized_start=652
+  _globals['_PSREQUEST']._serialized_end=663
+  _globals['_PSREPLY']._serialized_start=665
+  _globals['_PSREPLY']._serialized_end=776
+  _globals['_DOWNREQUEST']._serialized_start=778
+  _globals['_DOWNREQUEST']._serialized_end=819
+  _globals['_DOWNREPLY']._serialized_start=821
+  _globals['_DOWNREPLY']._serialized_end=873
+  _globals['_ACTIONREQUEST']._serialized_start=875
+  _globals['_ACTIONREQUEST']._serialized_end=978
+  _globals['_ACTIONREPLY']._serialized_start=980
+  _globals['_ACTIONREPLY']._serialized_end=1053
+  _globals['_SCALEREQUEST']._serialized_start=1056
+  _globals['_SCALEREQUEST']._serialized_end=1215
+  _globals['_SCALEREQUEST_COUNTSENTRY']._serialized_start=1170
+  _globals['_SCALEREQUEST_COUNTSENTRY']._serialized_end=1215
+  _globals['_WAITREADYREQUEST']._serialized_start=1217
+  _globals['_WAITREADYREQUEST']._serialized_end=1252
+  _globals['_RELOADREQUEST']._serialized_start=1254
+  _globals['_RELOADREQUEST']._serialized_end=1310
+  _globals['_RELOADSTEP']._serialized_start=1313
+  _globals['_RELOADSTEP']._serialized_end=1504
+  _globals['_RELOADRESULT']._serialized_start=1507
+  _globals['_RELOADRESULT']._serialized_end=1753
+  _globals['_RELOADEVENT']._serialized_start=1755
+  _globals['_RELOADEVENT']._serialized_end=1872
+  _globals['_CONTROL']._serialized_start=1875
+  _globals['_CONTROL']._serialized_end=2567
 # @@protoc_insertion_point(module_scope)

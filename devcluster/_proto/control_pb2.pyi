@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Instance(_message.Message):
-    __slots__ = ("name", "service", "state", "pid", "address", "weight", "enabled", "restarts", "started_at", "cpu_percent", "rss_bytes", "uss_bytes", "last_exit", "process_type", "port", "metadata", "ready")
+    __slots__ = ("name", "service", "state", "pid", "address", "weight", "enabled", "restarts", "started_at", "cpu_percent", "rss_bytes", "uss_bytes", "last_exit", "process_type", "port", "metadata", "ready", "fault")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class Instance(_message.Message):
     PORT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    FAULT_FIELD_NUMBER: _ClassVar[int]
     name: str
     service: str
     state: str
@@ -49,7 +50,8 @@ class Instance(_message.Message):
     port: int
     metadata: _containers.ScalarMap[str, str]
     ready: str
-    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., enabled: _Optional[bool] = ..., restarts: _Optional[int] = ..., started_at: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., uss_bytes: _Optional[int] = ..., last_exit: _Optional[str] = ..., process_type: _Optional[str] = ..., port: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ready: _Optional[str] = ...) -> None: ...
+    fault: str
+    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., state: _Optional[str] = ..., pid: _Optional[int] = ..., address: _Optional[str] = ..., weight: _Optional[int] = ..., enabled: _Optional[bool] = ..., restarts: _Optional[int] = ..., started_at: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., uss_bytes: _Optional[int] = ..., last_exit: _Optional[str] = ..., process_type: _Optional[str] = ..., port: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., ready: _Optional[str] = ..., fault: _Optional[str] = ...) -> None: ...
 
 class PsRequest(_message.Message):
     __slots__ = ()

@@ -43,7 +43,7 @@ def _checked(at: Place, output: views.Output, verb: str | None) -> views.Output:
     if verb is None:
         return output
     from devcluster.errors import NotReadyError
-    from devcluster.launch import require_serving
+    from devcluster.serving import require_serving
 
     try:
         require_serving(at.state_dir, output.data, verb)
@@ -75,6 +75,27 @@ def weight(at: Place, name: str, value: str, as_json: bool) -> views.Output:
 def enable(at: Place, verb: str, name: str, as_json: bool) -> views.Output:
     """``enable`` or ``disable``: in rotation or out of it."""
     return _write(at, name, {"enabled": verb == "enable"}, f"{verb}d")
+
+
+def fault(at: Place, target: str, delay: str | None, abort: str | None, clear: bool,
+          as_json: bool) -> views.Output:
+    """Set (or ``--clear``) a fault on an instance, a process type or a service."""
+    from devcluster.config.procfile import check_name
+    from devcluster.registry.faults import parse, targets
+
+    check_name(target)
+    if clear and (delay is not None or abort is not None):
+        raise UsageError("fault: --clear takes no --delay or --abort (say one or the other)")
+    wanted = None if clear else parse(target, delay, abort)
+    said = "fault cleared" if wanted is None else f"fault {wanted.describe()}"
+    reg = at.registry()
+    try:
+        names = targets({r.name: r.service for r in reg.snapshot().records.values()}, target)
+        records = reg.update_many({n: {"fault": wanted} for n in names}).records
+    finally:
+        reg.close()
+    return views.Output([records[n].to_dict() for n in names if n in records],
+                        "\n".join(f"{n}: {said}" for n in names))
 
 
 def _write(at: Place, name: str, change: Mapping[str, Any], said: str) -> views.Output:

@@ -102,7 +102,7 @@ def _up(p: argparse.ArgumentParser) -> None:
     p.add_argument("--console", action="store_true",
                    help="Also serve the web console (see `devcluster console`) while the "
                         "cluster runs; its URL is printed first (with -d: when up returns, "
-                        "and kept in the state dir's console.url).")
+                        "and kept in the state dir's private/console.url).")
     p.add_argument("--console-port", type=whole, default=0, metavar="PORT",
                    help="Port of --console on 127.0.0.1 (default: a free one).")
     p.add_argument("--watch", action="store_true",
@@ -151,6 +151,15 @@ def _scale(p: argparse.ArgumentParser) -> None:
 def _weight(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="Instance or process type.")
     p.add_argument("value", metavar="WEIGHT", help="Integer 0..1000; 0 drains.")
+
+
+def _fault(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="TARGET", help="An instance, a process type or a service.")
+    p.add_argument("--delay", metavar="DURATION[:PERCENT]",
+                   help="Delay calls: 200ms, 1.5s or 2 (seconds); percent default 100.")
+    p.add_argument("--abort", metavar="CODE[:PERCENT]",
+                   help="Fail calls with a gRPC status (UNAVAILABLE or 14); percent default 100.")
+    p.add_argument("--clear", action="store_true", help="Remove the fault.")
 
 
 def _name(p: argparse.ArgumentParser) -> None:
@@ -268,10 +277,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("xds", "look", "xds",
             "Print how to point any gRPC client (Go, Java, Node, C++, Python) at the cluster\n"
             "over xDS: the bootstrap file to export, the server, the xds:/// targets.",
-            "eval \"$(devcluster xds)\"   (then dial xds:///greeter)", registry=True,
+            "devcluster xds --json", registry=True,
             body="The supervisor serves ADS on 127.0.0.1 and writes the bootstrap file into the "
                  "state\ndir while the cluster runs; weights, drains, stops and restarts reach "
-                 "every xDS client.",
+                 "every xDS client.\nIn a shell: eval \"$(devcluster xds)\", then dial "
+                 "xds:///greeter.",
             json="bootstrap, server_uri, listeners, bootstrap_config."),
     Command("events", "events", "events",
             "Show (and with -f follow) the cluster's timeline: starts, exits with code or\n"
@@ -295,6 +305,14 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "Set the weight of an instance in the registry (works without a supervisor).",
             "devcluster weight server1 5   (server1 then gets 5/7 of the calls of three)",
             _weight, registry=True),
+    Command("fault", "act", "fault",
+            "Delay or fail a share of the calls an instance (or a type, or a service) serves.",
+            "devcluster fault greeter.2 --delay 200ms:50 --abort UNAVAILABLE:10", _fault,
+            registry=True,
+            body="Stored in the registry: xDS clients (HTTPFault) and devcluster's balanced\n"
+                 "clients apply it alike; ps, top, the console and events show it.\n"
+                 "On one instance, only the calls it serves are hit. --clear removes it.",
+            json="The records after, with their fault."),
     Command("enable", "act", "enable", "Let an instance receive calls again.",
             "devcluster enable server3", _name, registry=True, fixed={"verb": "enable"}),
     Command("disable", "act", "enable", "Take an instance out of rotation (it keeps running).",

@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 #: The colour of each state (names of the terminal's standard colours).
 STATE_STYLE = {"serving": "green", "starting": "yellow", "draining": "yellow",
-               "paused": "magenta", "backoff": "yellow", "failed": "red", "killed": "red",
-               "exited": "red", "stopped": "dim"}
+               "paused": "magenta", "unhealthy": "red", "backoff": "yellow", "failed": "red",
+               "killed": "red", "exited": "red", "stopped": "dim"}
 _ANSI = {"green": "32", "yellow": "33", "magenta": "35", "red": "31", "cyan": "36", "dim": "2",
          "bold": "1", "italic": "3"}
 
@@ -157,6 +157,8 @@ def state_text(row: Mapping[str, Any]) -> str:
             why = (clause if len(clause) <= LAST_EXIT_WIDTH - 3 else
                    why[:LAST_EXIT_WIDTH - 3].rstrip(" ,;:(")) + "..."
         state += f" ({why})"
+    if row.get("fault"):
+        state += f" (fault: {row['fault']})"
     return state
 
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
-from devcluster.client.attempts import PENDING, Action, Attempts, GiveUp, Send, Wait
+from devcluster.client.attempts import PENDING, Action, Attempts, Delay, GiveUp, Send, Wait
 from devcluster.client.balancer import Balancer, Instance
 from devcluster.client.calls import BalancedRpcError, NoUsableInstanceError
 from devcluster.client.multi import Driver, Lost, Multi
@@ -128,6 +128,10 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
                     await channel.wait(action)
                     action = attempts.resume()
                     continue
+                if type(action) is Delay:
+                    await asyncio.sleep(action.seconds)
+                    action = attempts.delayed()
+                    continue
                 if type(action) is GiveUp:
                     raise self._give_up(action, error)
                 if type(action) is Send:
@@ -179,21 +183,30 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
         return failure
 
     async def _hedged(self, send: Send) -> tuple[Any, Any, Instance] | Lost:
-        """Await ``send``'s attempt, plus the hedge the core asks for after ``hedge_in``."""
+        """Await ``send``'s attempt, plus each further one the core asks for: a hedge
+        when the latest stays unanswered for its ``hedge_in``, a failover when one
+        fails while the others hang."""
         attempts = self._attempts
-        pending: dict[asyncio.Future[Any], tuple[Instance, Any]] = {
-            asyncio.ensure_future(self._call): (send.inst, self._call)}
-        wait: float | None = send.hedge_in
+        pending: dict[asyncio.Future[Any], tuple[Instance, Any]] = {}
+        loop = asyncio.get_running_loop()
+        due: float | None = None
+
+        def launch(s: Send, call: Any) -> None:
+            nonlocal due
+            pending[asyncio.ensure_future(call)] = (s.inst, call)
+            due = None if s.hedge_in is None else loop.time() + s.hedge_in
+
+        launch(send, self._call)
         try:
             while True:
-                done, _ = await asyncio.wait(pending, timeout=wait,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    pending, timeout=None if due is None else max(0.0, due - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED)
                 if not done:
-                    wait = None
-                    extra = attempts.hedge(send.inst)
+                    due = None
+                    extra = attempts.hedge(self._send.inst)
                     if extra is not None:
-                        call = self._begin(extra)
-                        pending[asyncio.ensure_future(call)] = (extra.inst, call)
+                        launch(extra, self._begin(extra))
                     continue
                 for fut in done:
                     inst, call = pending.pop(fut)
@@ -205,7 +218,9 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
                         raise error
                     action = attempts.failed(inst, error.code(), bool(error.initial_metadata()),
                                              cancelled=self._cancelled)
-                    if action is not PENDING:
+                    if type(action) is Send and pending:
+                        launch(action, self._begin(action))  # failing over while others hang
+                    elif action is not PENDING:
                         return Lost(action, error)
         finally:
             for fut, (_inst, call) in pending.items():  # the losers
@@ -283,6 +298,8 @@ class AioStreamingCall(Multi):
         channel: AioDriver = self._channel
         attempts = channel.attempts(kwargs.get("timeout"), replayable=False)
         action = attempts.start()
+        if type(action) is Delay:  # a call must be returned at once: only the abort applies
+            action = attempts.delayed()
         if type(action) is not Send:
             error = action.error if type(action) is GiveUp and action.error is not None \
                 else NoUsableInstanceError(channel.balancer.why_unusable())

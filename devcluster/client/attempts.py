@@ -7,11 +7,15 @@ an :class:`Attempts` returns, and does only the I/O they name::
     attempts = Attempts(balancer, timeout, hedge_after=0.1)
     action = attempts.start()
     # Send(inst, timeout, hedge_in): call inst with that timeout; if it has not
-    #     answered after hedge_in s, ask attempts.hedge(inst) for a second Send.
+    #     answered after hedge_in s, ask attempts.hedge(inst) for a further Send
+    #     (which has a hedge_in of its own: hedge again while nothing answers).
     # Wait(seconds, generation): no instance now; wait for the view to change (or
     #     the seconds), then attempts.resume().
+    # Delay(inst, seconds): a fault on inst (devcluster fault): sleep, then
+    #     attempts.delayed() for the Send (or the GiveUp the fault or deadline says).
     # GiveUp(error): the call fails with error (None: the last attempt's own).
     # PENDING: another attempt is still in flight; its outcome decides.
+    # (failed() may also return a Send while others are in flight: start it too.)
     # An answer:  attempts.succeeded(inst)            -> the call is done
     # A failure:  attempts.failed(inst, code, reached) -> the next action
 
@@ -22,6 +26,7 @@ with plain values and a fake clock (tests/test_client_core.py).
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
@@ -75,6 +80,14 @@ class GiveUp(NamedTuple):
     error: BalancedRpcError | None
 
 
+class Delay(NamedTuple):
+    """A fault (``devcluster fault``) delays the attempt on ``inst``: sleep ``seconds``,
+    then call :meth:`Attempts.delayed` for the next action."""
+
+    inst: Instance
+    seconds: float
+
+
 class _Pending:
     __slots__ = ()
 
@@ -85,7 +98,10 @@ class _Pending:
 #: Another attempt of the call is still in flight: wait for its outcome.
 PENDING: Final = _Pending()
 
-Action = Send | Wait | GiveUp | _Pending
+Action = Send | Wait | GiveUp | Delay | _Pending
+
+#: gRPC status codes by number (a fault stores its abort code as a number).
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class Attempts:
@@ -97,16 +113,20 @@ class Attempts:
     long to a second instance too; the first answer wins.
     """
 
-    __slots__ = ("_balancer", "_clock", "_end", "_exclude", "_hedge_after", "_in_flight",
-                 "_own_error", "_pause", "_replayable", "_stalled", "deadline", "inst",
-                 "started", "tried")
+    __slots__ = ("_abort", "_balancer", "_clock", "_end", "_exclude", "_hedge_after",
+                 "_in_flight", "_own_error", "_pause", "_rand", "_replayable", "_stalled",
+                 "deadline", "inst", "started", "tried")
 
     def __init__(self, balancer: Balancer, timeout: float | None,
                  hedge_after: float | None = None, replayable: bool = True,
                  default_wait: float = DEFAULT_WAIT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 rand: Callable[[], float] = random.random) -> None:
         self._balancer = balancer
         self._clock = clock
+        #: Draws for faults (tests give a fixed sequence).
+        self._rand = rand
+        self._abort = 0
         self.started = now = clock()
         #: When the caller's deadline passes (None: never).
         self.deadline = None if timeout is None else now + timeout
@@ -132,12 +152,12 @@ class Attempts:
 
     # -- where the next attempt goes ---------------------------------------------
 
-    def start(self) -> Send | Wait | GiveUp:
+    def start(self) -> Send | Wait | GiveUp | Delay:
         """The first action: an instance by the policy, or wait for one."""
         inst = self._balancer.pick()
         return self._next() if inst is None else self._send(inst)
 
-    def resume(self) -> Send | Wait | GiveUp:
+    def resume(self) -> Send | Wait | GiveUp | Delay:
         """The action after a :class:`Wait`: an instance now, or wait again."""
         return self._next()
 
@@ -149,7 +169,7 @@ class Attempts:
         """Seconds left of the caller's deadline (None: no deadline; may be <= 0)."""
         return None if self.deadline is None else self.deadline - self._clock()
 
-    def _next(self) -> Send | Wait | GiveUp:
+    def _next(self) -> Send | Wait | GiveUp | Delay:
         balancer = self._balancer
         generation = balancer.generation
         exclude = self._exclude
@@ -172,8 +192,38 @@ class Attempts:
             return Wait(wait, generation)
         return Wait(remaining, generation)
 
-    def _send(self, inst: Instance) -> Send | GiveUp:
+    def _send(self, inst: Instance) -> Send | GiveUp | Delay:
         self.inst = inst
+        fault = inst.record.fault
+        if fault is not None:
+            delay, self._abort = fault.decide(self._rand(), self._rand())
+            if delay > 0:
+                remaining = self.remaining()
+                return Delay(inst, delay if remaining is None else max(0.0, min(delay, remaining)))
+            if self._abort:
+                return self._aborted(inst)
+        return self._send_now(inst)
+
+    def delayed(self) -> Send | GiveUp:
+        """The action after a :class:`Delay`: the attempt, or the fault's abort, or the
+        deadline the delay used up (as gRPC's fault filter: delay first, then abort)."""
+        inst = self.inst
+        assert inst is not None
+        if self._abort:
+            return self._aborted(inst)
+        remaining = self.remaining()
+        if remaining is not None and remaining <= 0:
+            return self._give_up(BalancedRpcError(
+                _DEADLINE, f"deadline exceeded during the delay injected on {inst.name} "
+                           "(devcluster fault)"))
+        return self._send_now(inst)
+
+    def _aborted(self, inst: Instance) -> GiveUp:
+        code, self._abort = _CODES[self._abort], 0
+        return self._give_up(BalancedRpcError(
+            code, f"aborted by the fault injected on {inst.name} (devcluster fault)"))
+
+    def _send_now(self, inst: Instance) -> Send | GiveUp:
         timeout = None
         if self.deadline is not None:
             timeout = self.deadline - self._clock()
@@ -225,7 +275,7 @@ class Attempts:
             self._exclude = set()
         self._exclude.add(inst.name)
         if in_flight:
-            return PENDING  # a hedge still runs: its outcome decides
+            return self._while_others_run(inst, retry)
         self.inst = inst
         if retry and self._replayable:
             other = self._balancer.next_after(inst.name, self._exclude)
@@ -244,27 +294,50 @@ class Attempts:
         else:
             self.failed(inst, code, reached, cancelled=cancelled)
 
-    def hedge(self, inst: Instance) -> Send | None:
-        """``inst`` has not answered for ``hedge_in``: a second attempt, or None.
+    def _while_others_run(self, inst: Instance, retry: bool) -> Send | _Pending:
+        """An attempt failed while others are in flight: fail over now if every one of
+        them already went unanswered past the hedge delay (a partitioned peer hangs
+        instead of failing, so waiting for it would spend the whole deadline);
+        otherwise the ones in flight decide."""
+        stalled = self._stalled or ()
+        if retry and self._replayable and all(i in stalled for i in self._in_flight):
+            other = self._spare(inst.name)
+            if other is not None:
+                send = self._send(other)
+                if type(send) is Send:
+                    return send
+        return PENDING
 
-        The silence counts as a timeout toward ejecting ``inst``; the second
-        attempt goes to the next instance in name order not yet in this call.
+    def _spare(self, after: str) -> Instance | None:
+        """The next instance after ``after`` in name order neither in flight nor failed."""
+        busy = {i.name for i in self._in_flight}.union(self._exclude or ())
+        return self._balancer.next_after(after, busy)
+
+    def hedge(self, inst: Instance) -> Send | None:
+        """``inst`` has not answered for ``hedge_in``: a further attempt, or None.
+
+        The silence counts as a timeout toward ejecting ``inst`` (once per call);
+        the new attempt goes to the next instance in name order not yet in this
+        call, and carries its own ``hedge_in``: while every attempt so far hangs
+        (a network partition), the call keeps hedging to further instances.
         """
         if inst not in self._in_flight:
             return None
-        self._balancer.stalled(inst)
         if self._stalled is None:
             self._stalled = []
-        self._stalled.append(inst)
-        busy = {i.name for i in self._in_flight}.union(self._exclude or ())
-        other = self._balancer.next_after(inst.name, busy)
+        if inst not in self._stalled:
+            self._balancer.stalled(inst)
+            self._stalled.append(inst)
+        other = self._spare(inst.name)
         if other is None:
             return None
         timeout = self.remaining()
         if timeout is not None and timeout <= 0:
             return None
         self._in_flight.append(other)
-        return Send(other, timeout)
+        hedge = self._hedge_after
+        late = hedge is not None and timeout is not None and timeout <= hedge
+        return Send(other, timeout, None if late else hedge)
 
     # -- what the caller is told --------------------------------------------------------
 

@@ -286,7 +286,11 @@ def _median(values: Iterable[float]) -> float:
 def _write_atomic(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = temp_beside(path)
-    tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a link planted at the temp name is removed, never written through
+    fd = statedir.open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(doc, separators=(",", ":")))
     os.replace(tmp, path)  # readers see the old file or the new one, never half of one
 
 

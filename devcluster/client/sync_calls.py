@@ -10,13 +10,14 @@ lookup and the call itself.
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, Protocol, cast
 
 import grpc
 
-from devcluster.client.attempts import PENDING, Action, Attempts, GiveUp, Send, Wait
+from devcluster.client.attempts import PENDING, Action, Attempts, Delay, GiveUp, Send, Wait
 from devcluster.client.balancer import Instance
 from devcluster.client.calls import BalancedCall, GrpcCall
 from devcluster.client.multi import Driver, Lost, Multi
@@ -109,6 +110,10 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
                 channel.wait(action)
                 action = attempts.resume()
                 continue
+            if type(action) is Delay:
+                time.sleep(action.seconds)
+                action = attempts.delayed()
+                continue
             assert type(action) is GiveUp  # PENDING comes only from inside _hedged
             failure = action.error or error
             assert failure is not None
@@ -119,28 +124,33 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
 
     def _hedged(self, attempts: Attempts, send: Send, request: Any, metadata: Any,
                 credentials: Any, compression: Any) -> tuple[Any, Any, Instance] | Lost:
-        """Run ``send``, and the hedge the core asks for after ``send.hedge_in`` s.
+        """Run ``send``, and each further attempt the core asks for: a hedge when the
+        latest attempt stays unanswered for its ``hedge_in``, a failover when one
+        fails while the others hang.
 
-        The first answer wins and the other attempt is cancelled; every failure
-        goes to the core, which says what comes next once none is in flight.
+        The first answer wins and the others are cancelled; every failure goes to
+        the core, which says what comes next once none is in flight.
         """
         finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
         pending: dict[Any, Instance] = {}
+        latest, due = send.inst, None
 
         def launch(s: Send) -> None:
+            nonlocal latest, due
             fut = self._sub(s.inst).future(request, s.timeout, metadata, credentials, False,
                                            compression)
-            pending[fut] = s.inst
+            pending[fut] = latest = s.inst
+            due = None if s.hedge_in is None else time.monotonic() + s.hedge_in
             fut.add_done_callback(finished.put)
 
         launch(send)
-        wait: float | None = send.hedge_in
         while True:
             try:
-                fut = finished.get(timeout=wait)
+                fut = finished.get(timeout=None if due is None else
+                                   max(0.0, due - time.monotonic()))
             except queue.Empty:
-                wait = None
-                extra = attempts.hedge(send.inst)
+                due = None
+                extra = attempts.hedge(latest)
                 if extra is not None:
                     launch(extra)
                 continue
@@ -150,6 +160,9 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
             except grpc.RpcError as e:
                 action = attempts.failed(inst, e.code(), bool(e.initial_metadata()))
                 if action is PENDING:
+                    continue
+                if type(action) is Send and pending:
+                    launch(action)  # failing over while the others hang
                     continue
                 return Lost(action, e)
             for loser in pending:
@@ -166,9 +179,13 @@ class _Streaming(Multi):
         channel: SyncDriver = self._channel
         attempts = channel.attempts(timeout, replayable=False)
         action = attempts.start()
-        while type(action) is Wait:
-            channel.wait(action)
-            action = attempts.resume()
+        while type(action) is Wait or type(action) is Delay:
+            if isinstance(action, Delay):
+                time.sleep(action.seconds)
+                action = attempts.delayed()
+            else:
+                channel.wait(action)
+                action = attempts.resume()
         if type(action) is GiveUp:
             assert action.error is not None  # no attempt was made
             self._report(attempts, action.error.code(), action.error.details())

@@ -48,6 +48,14 @@ def integer(ctx: Context, table: Mapping[str, Any], path: KeyPath, low: int,
     return value
 
 
+def boolean(ctx: Context, table: Mapping[str, Any], path: KeyPath) -> bool | None:
+    """true or false."""
+    value = table.get(path[-1])
+    if value is None or isinstance(value, bool):
+        return value
+    raise ctx.error(path, f"must be true or false, not {kind(value)}; e.g. {path[-1]} = true")
+
+
 def number(ctx: Context, table: Mapping[str, Any], path: KeyPath, minimum: float,
            strict: bool = False) -> float | None:
     """A number of seconds >= ``minimum`` (> with ``strict``)."""

@@ -40,7 +40,9 @@ def types_to_json(types: Mapping[str, TypeSettings]) -> dict[str, dict[str, Any]
             "restart": t.restart.value, "ready": [t.ready.kind, t.ready.arg] if t.ready else None,
             "ready_timeout": t.ready_timeout, "grace": t.grace, "weight": t.weight,
             "env": dict(t.env), "metadata": dict(t.metadata), "depends_on": list(t.depends_on),
-            "watch": list(t.watch), "preload": list(t.preload)}
+            "watch": list(t.watch), "preload": list(t.preload),
+            "health_period": t.health_period, "health_failures": t.health_failures,
+            "liveness": t.liveness}
     return out
 
 
@@ -51,7 +53,9 @@ def types_from_json(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, TypeSetti
         ready_timeout=float(t["ready_timeout"]), grace=float(t["grace"]),
         weight=int(t["weight"]), env=MappingProxyType(dict(t["env"])),
         metadata=MappingProxyType(dict(t["metadata"])), depends_on=tuple(t["depends_on"]),
-        watch=tuple(t["watch"]), preload=tuple(t["preload"])) for name, t in raw.items()}
+        watch=tuple(t["watch"]), preload=tuple(t["preload"]),
+        health_period=float(t["health_period"]), health_failures=int(t["health_failures"]),
+        liveness=bool(t["liveness"])) for name, t in raw.items()}
 
 
 def settle_budget(types: Mapping[str, TypeSettings], waves: Iterable[Iterable[str]],

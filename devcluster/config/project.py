@@ -88,6 +88,9 @@ class ProcessSettings:
     depends_on: tuple[str, ...] = ()
     watch: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
+    health_period: float | None = None
+    health_failures: int | None = None
+    liveness: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,8 @@ def _cluster(ctx: Context, table: Mapping[str, Any]) -> ClusterSettings:
 
 
 _PROCESS_KEYS = ("scale", "restart", "ready", "ready_timeout", "grace", "weight", "env",
-                 "metadata", "depends_on", "watch", "preload")
+                 "metadata", "depends_on", "watch", "preload", "health_period",
+                 "health_failures", "liveness")
 
 
 def _process(ctx: Context, name: str, value: Any) -> ProcessSettings:
@@ -201,7 +205,10 @@ def _process(ctx: Context, name: str, value: Any) -> ProcessSettings:
                                "a process type name"),
         watch=check.names(ctx, table, (*here, "watch"), None, "a glob"),
         preload=check.names(ctx, table, (*here, "preload"), check.MODULE_NAME,
-                            "a Python module name"))
+                            "a Python module name"),
+        health_period=check.number(ctx, table, (*here, "health_period"), minimum=0.0),
+        health_failures=check.integer(ctx, table, (*here, "health_failures"), 1, 1000),
+        liveness=check.boolean(ctx, table, (*here, "liveness")))
 
 
 def _ready(ctx: Context, table: Mapping[str, Any], path: KeyPath) -> Ready | None:
@@ -298,6 +305,12 @@ class TypeSettings:
     depends_on: tuple[str, ...] = ()
     watch: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
+    health_period: float = defaults.HEALTH_PERIOD
+    """Seconds between health checks of a serving instance; 0: none."""
+    health_failures: int = defaults.HEALTH_FAILURES
+    """Missed checks in a row that make it ``unhealthy``."""
+    liveness: bool = False
+    """Restart an instance that stays unhealthy for as many checks again."""
 
 
 @dataclass(frozen=True)
@@ -346,7 +359,10 @@ def resolve(project: Project | None, flags: Flags, types: Iterable[str],
             ready_timeout=_first(flags.ready_timeout, p.ready_timeout, DEFAULT_READY_TIMEOUT),
             grace=_first(flags.grace, p.grace, grace),
             weight=_first(p.weight, DEFAULT_WEIGHT), env=p.env, metadata=p.metadata,
-            depends_on=p.depends_on, watch=p.watch, preload=p.preload)
+            depends_on=p.depends_on, watch=p.watch, preload=p.preload,
+            health_period=_first(p.health_period, defaults.HEALTH_PERIOD),
+            health_failures=_first(p.health_failures, defaults.HEALTH_FAILURES),
+            liveness=bool(p.liveness))
     environ = os.environ if environ is None else environ
     env_registry = environ.get("DEVCLUSTER_REGISTRY") or None
     return Resolved(

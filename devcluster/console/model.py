@@ -71,12 +71,14 @@ def row_from_record(rec: Record, now: float | None = None) -> dict[str, Any]:
         else 0.0,
         "cpu_percent": None, "rss_bytes": None, "uss_bytes": None, "last_exit": None,
         "started_at": rec.started_at, "metadata": dict(rec.metadata),
+        "fault": rec.fault.describe() if rec.fault else None,
     }
 
 
 def merge_record(row: dict[str, Any], rec: Record) -> dict[str, Any]:
     """``row`` with what the registry knows newer: weight, enabled, state, process."""
-    merged = {**row, "weight": rec.weight, "enabled": rec.enabled, "restarts": rec.restarts}
+    merged = {**row, "weight": rec.weight, "enabled": rec.enabled, "restarts": rec.restarts,
+              "fault": rec.fault.describe() if rec.fault else None}
     # The registry keeps advertising a paused instance as serving (pause is a fault the
     # clients must find out about): only ps, or the process's stopped status, says paused.
     if not (row["state"] == State.PAUSED.value and rec.state is State.SERVING):

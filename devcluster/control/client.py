@@ -38,7 +38,7 @@ def from_pb(inst: pb.Instance, now: float | None = None) -> InstanceInfo:
         started_at=opt("started_at"),
         # A map has no presence: the metadata is known when the registry was read.
         metadata=dict(inst.metadata) if inst.HasField("weight") else None,
-        ready=opt("ready"))
+        ready=opt("ready"), fault=opt("fault"))
 
 
 def reload_result_dict(result: pb.ReloadResult) -> dict[str, Any]:

@@ -24,21 +24,23 @@ from devcluster._proto import control_pb2 as pb
 from devcluster._proto import control_pb2_grpc as pb_grpc
 from devcluster.errors import DevclusterError, UnknownInstanceError, UsageError
 from devcluster.schema import InstanceInfo
-from devcluster.statedir import layout
+from devcluster.statedir import Layout
 
 # sockaddr_un holds 108 bytes; pytest's tmp dirs easily pass that.
 _MAX_SOCKET_PATH = 100
 T = TypeVar("T")
 
 
-def bind_path(path: Path) -> Path:
-    """Where to bind ``path``'s socket: a name of this run beside it (``control-PID.sock``,
-    ``path`` a symlink to it), or a short path in a private tmp dir.
+def bind_path(where: Layout) -> Path:
+    """Where to bind the state dir's socket: a name of this run beside it
+    (``private/control-PID.sock``, ``private/control.sock`` a symlink to it), or a short
+    path in a private tmp dir.
 
     grpc unlinks its socket's path when the server stops, whoever's file is there by
     then: a name of our own means an old supervisor never deletes a newer run's socket.
     """
-    own = layout(path.parent).bound_socket(os.getpid())
+    path = where.socket
+    own = where.bound_socket(os.getpid())
     if len(str(own)) <= _MAX_SOCKET_PATH:
         return own
     base = tempfile.gettempdir()
@@ -214,9 +216,9 @@ def reload_result_to_pb(data: dict[str, Any], infos: Sequence[InstanceInfo]) -> 
 class ControlServer:
     """Serves ``devcluster.Control`` on the state dir's socket (0600, dir 0700)."""
 
-    def __init__(self, sup: Supervised, path: Path) -> None:
-        self.path = path
-        self.bound = bind_path(path)
+    def __init__(self, sup: Supervised, where: Layout) -> None:
+        self.path = where.socket
+        self.bound = bind_path(where)
         self._servicer = _Servicer(sup)
         self.server = self._new_server()
         self._inode: int | None = None

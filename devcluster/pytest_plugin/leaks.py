@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from devcluster.defaults import SUPERVISOR_LOCK_FILE
+from devcluster.defaults import PRIVATE_DIR, SUPERVISOR_LOCK_FILE
 
 #: Seconds a process gets to finish exiting by itself (a PDEATHSIG or a graceful stop
 #: on its way) before it counts as leaked.
@@ -75,12 +75,15 @@ def _short(argv: list[str], proc: psutil.Process | None = None) -> str:
 
 def _daemon_state_dir(argv: list[str], proc: psutil.Process | None = None) -> str:
     """The state dir of a supervisor: its settings come through a pipe, but it holds
-    ``<state dir>/supervisor.lock`` open (an old one had its settings as its argument)."""
+    ``<state dir>/private/supervisor.lock`` open (an old one had its settings as its
+    argument)."""
     if proc is not None:
         with contextlib.suppress(psutil.Error):
             for f in proc.open_files():
                 if os.path.basename(f.path) == SUPERVISOR_LOCK_FILE:
-                    return os.path.dirname(f.path)
+                    private = os.path.dirname(f.path)
+                    return (os.path.dirname(private)
+                            if os.path.basename(private) == PRIVATE_DIR else private)
     if "--state-dir" in argv[:-1]:
         return argv[argv.index("--state-dir") + 1]
     with contextlib.suppress(ValueError, IndexError, TypeError, KeyError):

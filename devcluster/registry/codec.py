@@ -29,6 +29,7 @@ from typing import Any
 
 from devcluster import defaults
 from devcluster.errors import CorruptRegistryError
+from devcluster.registry.faults import Fault
 from devcluster.registry.record import RECORD_FIELDS, Record, Snapshot, State
 
 #: The schema version this module writes and the only one it reads.
@@ -36,7 +37,7 @@ FORMAT_VERSION = defaults.REGISTRY_FORMAT_VERSION
 
 _TOP_KEYS = ("version", "revision", "instances")
 #: Record fields a stored record may lack (they have a default).
-_OPTIONAL = frozenset({"metadata"})
+_OPTIONAL = frozenset({"metadata", "fault"})
 _STATE_VALUES = ", ".join(s.value for s in State)
 
 
@@ -78,7 +79,7 @@ def record_from_json(key: str, obj: Any) -> Record:
     where = f"instances.{key}"
     if not isinstance(obj, dict):
         raise InvalidRecordError(f"{where} must be an object, got {_kind(obj)}")
-    # metadata came later: a record written before it simply has none.
+    # metadata and fault came later: a record written before them simply has none.
     missing = [f for f in RECORD_FIELDS if f not in obj and f not in _OPTIONAL]
     extra = sorted(set(obj) - set(RECORD_FIELDS))
     if missing:
@@ -122,7 +123,17 @@ def record_from_json(key: str, obj: Any) -> Record:
         started_at=started_at,
         updated_at=_number(obj["updated_at"], f"{where}.updated_at", nullable=False),
         metadata=_metadata(obj.get("metadata", {}), f"{where}.metadata"),
+        fault=_fault(obj.get("fault"), f"{where}.fault"),
     )
+
+
+def _fault(value: Any, where: str) -> Fault | None:
+    if value is None:
+        return None
+    try:
+        return Fault.from_dict(value)
+    except ValueError as e:
+        raise InvalidRecordError(f"{where} {e}") from None
 
 
 def _metadata(value: Any, where: str) -> dict[str, str]:

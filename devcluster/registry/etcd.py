@@ -80,6 +80,8 @@ DEFAULT_TIMEOUT_S = 5.0
 # How often an idle watcher re-reads anyway (one range call). The watch stream brings
 # every change in about a millisecond; this only repairs a stream that died silently.
 DEFAULT_RESYNC_EVERY_S = 2.0
+# How soon the keep-alive tries again after a failed refresh (etcd unreachable).
+_RETRY_S = 0.5
 # How often a waiting watcher looks at its ``stop`` event: the bound on how long
 # setting it takes to end the watch. 20 wake-ups a second cost nothing measurable.
 _STOP_POLL_S = 0.05
@@ -448,10 +450,18 @@ class EtcdRegistry(Registry):
         return back
 
     def _keep_alive(self) -> None:
-        """Daemon thread: refresh the lease every ``keepalive_every`` until close()."""
+        """Daemon thread: refresh the lease every ``keepalive_every`` until close().
+
+        A refresh waits at most until the next is due; after a failure the next try
+        comes within ``_RETRY_S``, so a supervisor cut off from etcd (a network
+        partition) keeps its lease if etcd answers again in time, or registers again
+        about a second after the network heals rather than a whole beat later.
+        """
         client = self._new_client()
+        client.timeout = min(self.timeout, self.keepalive_every)
         failing = False
-        while not self._closing.wait(self.keepalive_every):
+        while not self._closing.wait(min(self.keepalive_every, _RETRY_S) if failing
+                                     else self.keepalive_every):
             lease_id = self._lease_id
             if lease_id is None:
                 return

@@ -15,6 +15,7 @@ inode, which would blind a watch on the file itself.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -230,18 +231,20 @@ class FileRegistry(Registry):
         ``change`` may raise to abort: the file is then untouched.
         """
         self.ensure_state_dir()
-        with self._locked():
+        with self._locked() as lock_fd:
             corrupt: CorruptRegistryError | None = None
             try:
                 current = self._read()
             except CorruptRegistryError as e:
                 if not recover_corrupt:
                     raise
-                corrupt, current = e, Snapshot(_revision_after([self.path]))
+                corrupt, current = e, Snapshot(max(_revision_after([self.path]),
+                                                   _remembered(lock_fd)))
             if current.revision == 0 and corrupt is None:
-                # No file: if a corrupt one was moved aside (recover()), continue past it.
-                current = Snapshot(_revision_after(self._dir.glob(
-                    f"{defaults.REGISTRY_CORRUPT_PREFIX}*")))
+                # No file (deleted, or a corrupt one moved aside): continue past the last
+                # revision written, remembered by the lock, or shown by a moved-aside file.
+                current = Snapshot(max(_remembered(lock_fd), _revision_after(self._dir.glob(
+                    f"{defaults.REGISTRY_CORRUPT_PREFIX}*"))))
             records = dict(current.records)
             result = change(current, records, time.time())
             snap = Snapshot(current.revision + 1, MappingProxyType(dict(sorted(records.items()))))
@@ -249,12 +252,13 @@ class FileRegistry(Registry):
             if corrupt is not None:  # only now: a failed change leaves the user's file be
                 log.warning("%s; moved it to %s", corrupt, self._move_aside())
             self._publish(text)
+            _remember(lock_fd, snap.revision)
         return snap, result
 
     def _publish(self, text: str) -> None:
         tmp = defaults.layout(self._dir).registry_tmp
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = _open_tmp(tmp)
             with open(fd, "wb") as f:
                 f.write(text.encode("utf-8"))
                 f.flush()
@@ -267,16 +271,16 @@ class FileRegistry(Registry):
             raise RegistryError(f"cannot write registry {self.path}: {e.strerror}") from e
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> Iterator[int]:
         # A fresh descriptor per call: flock excludes per open file description, so
         # this also serialises threads of one process.
         try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as e:
             raise RegistryError(f"cannot open registry lock {self.lock_path}: {e.strerror}") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            yield fd
         finally:
             os.close(fd)  # releases the lock, even if this process is killed
 
@@ -327,6 +331,38 @@ class FileRegistry(Registry):
         from devcluster.registry import filewatch
 
         return filewatch.awatch(self)
+
+
+def _open_tmp(tmp: Path) -> int:
+    """The temp file, never through a link planted at its name (only the lock holder
+    writes it, so a link there is no writer's: it is removed and the file created)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        return os.open(tmp, flags, 0o644)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+    tmp.unlink()
+    return os.open(tmp, flags | os.O_EXCL, 0o644)
+
+
+# The lock file remembers the last revision written (it is never replaced, and a deleted
+# or moved-aside registry leaves it), fixed width so it is overwritten in place.
+_REMEMBERED_WIDTH = 20
+
+
+def _remembered(lock_fd: int) -> int:
+    """The last revision written, as the lock file remembers it (0: none, or unreadable)."""
+    try:
+        text = os.pread(lock_fd, _REMEMBERED_WIDTH + 1, 0).strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
+
+
+def _remember(lock_fd: int, revision: int) -> None:
+    with contextlib.suppress(OSError):  # an aid: the file itself carries the revision
+        os.pwrite(lock_fd, f"{revision:0{_REMEMBERED_WIDTH}d}\n".encode(), 0)
 
 
 _REVISION = re.compile(rb'"revision"\s*:\s*(\d{1,18})')

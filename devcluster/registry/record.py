@@ -14,6 +14,7 @@ from typing import Any
 from devcluster import defaults
 from devcluster.defaults import DEFAULT_WEIGHT
 from devcluster.errors import UsageError
+from devcluster.registry.faults import Fault
 
 __all__ = ["DOWN_STATES", "RECORD_FIELDS", "Record", "Snapshot", "State", "parse_weight"]
 
@@ -38,6 +39,9 @@ class State(enum.StrEnum):
     """Crashed too often in a row; the restart policy gave up."""
     PAUSED = "paused"
     """Frozen with SIGSTOP. Shown by ``ps`` only; the registry keeps advertising it."""
+    UNHEALTHY = "unhealthy"
+    """Serving, but it missed ``health_failures`` health checks in a row (a hung
+    server): clients route no calls to it until one check succeeds again."""
 
     @property
     def running(self) -> bool:
@@ -45,7 +49,8 @@ class State(enum.StrEnum):
         return self in _RUNNING
 
 
-_RUNNING = frozenset({State.STARTING, State.SERVING, State.DRAINING, State.PAUSED})
+_RUNNING = frozenset({State.STARTING, State.SERVING, State.DRAINING, State.PAUSED,
+                      State.UNHEALTHY})
 
 #: States with no process behind them.
 DOWN_STATES = frozenset({State.STOPPED, State.EXITED, State.KILLED, State.BACKOFF, State.FAILED})
@@ -63,6 +68,7 @@ RECORD_FIELDS = (
     "started_at",
     "updated_at",
     "metadata",
+    "fault",
 )
 
 
@@ -87,6 +93,9 @@ class Record:
     metadata: Mapping[str, str] = field(default_factory=dict)
     """Free-form labels (string to string): ``devcluster.toml``'s ``metadata``, ``devcluster
     meta``; clients select instances with them (``--where zone=a``)."""
+    fault: Fault | None = None
+    """Calls this instance serves are delayed or aborted (``devcluster fault``), by xDS
+    clients and the balanced clients alike; None: no fault."""
 
     @property
     def usable(self) -> bool:
@@ -99,6 +108,8 @@ class Record:
             changes["state"] = State(changes["state"])
         if "metadata" in changes:  # a copy: the caller's dict may change later
             changes["metadata"] = dict(changes["metadata"])
+        if isinstance(changes.get("fault"), dict):
+            changes["fault"] = Fault.from_dict(changes["fault"])
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +117,7 @@ class Record:
         out = {name: getattr(self, name) for name in RECORD_FIELDS}
         out["state"] = self.state.value
         out["metadata"] = dict(self.metadata)
+        out["fault"] = None if self.fault is None else self.fault.to_dict()
         return out
 
 

@@ -137,6 +137,11 @@ async def wait_ready(address: str, alive: Callable[[], bool], deadline: float,
     return None
 
 
+async def tcp(address: str, timeout: float = 1.0) -> bool:
+    """The port of ``address`` accepts a TCP connection within ``timeout``."""
+    return await _tcp(address, timeout)
+
+
 async def _tcp(address: str, timeout: float = 1.0) -> bool:
     host, _, port = address.rpartition(":")
     try:

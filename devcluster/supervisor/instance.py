@@ -62,7 +62,7 @@ class Instance:
         self.held = False
         self.state = State.STOPPED
         self.port = spec.port
-        self.address = f"127.0.0.1:{spec.port}" if spec.port else ""
+        self.address = f"{rt.advertise_host}:{spec.port}" if spec.port else ""
         self.ready_timed_out = False
         self._before_pause = State.SERVING
         self._task: asyncio.Task[None] | None = None
@@ -78,6 +78,10 @@ class Instance:
         #: Who asked for the verb in progress (the timeline names them); None: nobody.
         self.asker: str | None = None
         self._told: State | None = None  # the last state the timeline recorded
+        #: False once continuous health checks missed ``health_failures`` in a row
+        #: (:mod:`devcluster.supervisor.checkup`): advertised ``unhealthy``; a new run
+        #: or one passed check makes it True again.
+        self.healthy = True
         #: Its process, run after run (a collaborator: it asks us to change state).
         self.life = Life(self, spec, conf, rt, self.machine)
 
@@ -154,7 +158,38 @@ class Instance:
                       weight=conf.weight, metadata=dict(conf.metadata))
 
     def _advertised(self) -> State:
-        return self._before_pause if self.state is State.PAUSED else self.state
+        state = self._before_pause if self.state is State.PAUSED else self.state
+        return State.UNHEALTHY if state is State.SERVING and not self.healthy else state
+
+    @property
+    def advertised(self) -> State:
+        """The state the registry shows: a paused instance keeps its state before the
+        pause (clients must find the hang), a serving one that fails its health checks
+        is ``unhealthy``."""
+        return self._advertised()
+
+    @property
+    def shown(self) -> State:
+        """The state ``ps`` shows: ``unhealthy`` for a serving instance that fails its
+        health checks; ``paused`` stays paused (someone asked for it)."""
+        return self._advertised() if self.state is State.SERVING else self.state
+
+    def set_health(self, healthy: bool, why: str) -> None:
+        """A health check verdict that changes this run's health: the registry (clients
+        route no calls to an unhealthy instance), the timeline and the log say so."""
+        if healthy == self.healthy:
+            return
+        before = self._advertised()
+        self.healthy = healthy
+        after = self._advertised()
+        self.rt.sink.system(f"{self.name} {'healthy again' if healthy else 'unhealthy'} ({why})")
+        if after is not before:
+            self.rt.event(EventKind.STATE, self.name, old=before.value, new=after.value,
+                          who="health check")
+            if self.registered:
+                self.rt.records.update(self.name, state=after.value)
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     # -- state -------------------------------------------------------------------------
 
@@ -168,7 +203,7 @@ class Instance:
         written = None
         if state is not State.PAUSED and self.registered:
             written = self.rt.records.update(
-                self.name, state=state.value, pid=self.pid, address=self.address,
+                self.name, state=self._advertised().value, pid=self.pid, address=self.address,
                 restarts=self.restarts, started_at=self.started_at)
         self._changed.set()
         self._changed = asyncio.Event()
@@ -193,6 +228,7 @@ class Instance:
         """A run begins: it is not ready yet, in any way."""
         self.ready_timed_out = False
         self.ready_how = None
+        self.healthy = True
 
     async def wait_until(self, predicate: Callable[[Instance], bool], timeout: float) -> bool:
         """Wait (on state changes, not a timer) until ``predicate(self)`` or ``timeout``."""
@@ -320,7 +356,7 @@ class Instance:
             "PORT" in self.spec.command and not self.shared_port, self.address, self.life.env,
             self.rt.cwd, self.life.news, self.life.log_probe), proc)
         if outcome.port is not None:
-            self.port, self.address = outcome.port, f"127.0.0.1:{outcome.port}"
+            self.port, self.address = outcome.port, f"{self.rt.advertise_host}:{outcome.port}"
         if proc.returncode is not None or self.state is not State.STARTING:
             return  # it exited, or was paused or stopped meanwhile: not ours to judge
         if outcome.ok:
@@ -376,7 +412,7 @@ class Instance:
         running = self.running
         return InstanceInfo(
             name=self.name, service=self.spec.service, process_type=self.spec.process_type,
-            state=self.state.value, pid=self.pid,
+            state=self.shown.value, pid=self.pid,
             address=self.address or None, port=self.port or None,
             weight=record.weight if record else None,
             enabled=record.enabled if record else None, restarts=self.restarts,
@@ -384,4 +420,5 @@ class Instance:
             cpu_percent=cpu, rss_bytes=rss, uss_bytes=uss, last_exit=self.last_exit or None,
             started_at=self.started_at,
             metadata=dict(record.metadata) if record else None,
-            ready=self.ready_how if running and self.state is not State.STARTING else None)
+            ready=self.ready_how if running and self.state is not State.STARTING else None,
+            fault=record.fault.describe() if record and record.fault else None)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from devcluster.defaults import SYSTEM_LOG, log_file_name
+from devcluster.statedir import open_nofollow
 
 SYSTEM = SYSTEM_LOG
 _COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95", "94", "91")
@@ -44,7 +45,8 @@ class LogSink:
         self._colours: dict[str, str] = {}
         self._recent: dict[str, deque[str]] = {}
         # The merged stream is always on disk too, for `devcluster logs` and post-mortems.
-        self._merged = open(log_dir / log_file_name(None), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        self._merged = open(log_dir / log_file_name(None), "a", buffering=1, encoding="utf-8",  # noqa: SIM115
+                            opener=open_nofollow)
 
     def widen(self, name: str) -> None:
         """Make room for ``name`` in the aligned prefix."""
@@ -87,7 +89,8 @@ class LogSink:
     def _file(self, name: str) -> IO[str]:
         f = self._files.get(name)
         if f is None:
-            f = open(self.log_dir / log_file_name(name), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            f = open(self.log_dir / log_file_name(name), "a", buffering=1, encoding="utf-8",  # noqa: SIM115
+                     opener=open_nofollow)
             self._files[name] = f
         return f
 
@@ -95,7 +98,8 @@ class LogSink:
         """Open every log file again by name (the state dir was deleted and re-created)."""
         with contextlib.suppress(OSError):
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            merged = open(self.log_dir / log_file_name(None), "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            merged = open(self.log_dir / log_file_name(None), "a", buffering=1, encoding="utf-8",  # noqa: SIM115
+                          opener=open_nofollow)
             self._merged.close()
             self._merged = merged
             for f in self._files.values():

@@ -36,9 +36,10 @@ from devcluster.registry.inotify import WatchStop
 from devcluster.schema import InstanceInfo
 from devcluster.supervisor import core, preboot, process
 from devcluster.supervisor import reload as rolling
+from devcluster.supervisor.checkup import Checkups
 from devcluster.supervisor.crew import Crew
 from devcluster.supervisor.duty import Duty, guarded
-from devcluster.supervisor.instance import Instance
+from devcluster.supervisor.instance import DRAIN_DELAY, Instance
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.membership import Membership
 from devcluster.supervisor.preload import Preloader
@@ -64,7 +65,8 @@ class Supervisor:
     def __init__(self, settings: UpRequest, registry: Registry, sink: LogSink,
                  types: Sequence[procfile.ProcessType], env: dict[str, str],
                  specs: Sequence[procfile.InstanceSpec], watchdog: Watchdog | None = None,
-                 events: EventLog | None = None) -> None:
+                 events: EventLog | None = None,
+                 advertise_host: str = defaults.ADVERTISE_HOST) -> None:
         self.registry, self.sink = registry, sink
         loop = asyncio.get_running_loop()
 
@@ -80,7 +82,7 @@ class Supervisor:
         self.preload.on_restart = self._fork_server_restarted
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
                           settings.ready_timeout, watchdog, self._spawn, self._ours, events,
-                          self.preload)
+                          self.preload, advertise_host)
         tables: Any = {}
         with contextlib.suppress(DevclusterError):
             tables = rolling.project_tables(settings.procfile)
@@ -198,6 +200,13 @@ class Supervisor:
             self.sink.system(f"timeline: no longer following the registry ({e})")
         finally:
             stop.set()  # the thread returns within one watch step
+
+    async def _liveness_restart(self, inst: Instance) -> None:
+        """Restart an instance that stayed unhealthy (``liveness = true``), as the
+        ``restart`` verb does; the timeline names the health checks as the asker."""
+        self.rt.event(EventKind.ASKED, inst.name, who="liveness", detail="restart")
+        await inst.stop(drain=DRAIN_DELAY)
+        inst.start(by_command=True)
 
     # -- whole cluster -----------------------------------------------------------------
 
@@ -349,7 +358,9 @@ class Supervisor:
         if on_started is not None:
             await on_started()
         own = [("collecting adopted orphans", self._reap_adopted),
-               ("following the registry into the timeline", self._record_registry)]
+               ("following the registry into the timeline", self._record_registry),
+               ("health checks", Checkups(lambda: list(self.instances.values()),
+                                          self._liveness_restart, self.rt.cwd).run)]
         background = [self._spawn(guarded(name, duty, self.sink.system))
                       for name, duty in (*own, *duties)]
         settled = self._spawn(self._settle(began))

@@ -47,6 +47,8 @@ class Runtime:
     preload: Preloader | None = None
     """The fork servers of preloaded types (``preload`` in devcluster.toml); None: every
     instance is exec'd."""
+    advertise_host: str = defaults.ADVERTISE_HOST
+    """The host part of the addresses registered (``$DEVCLUSTER_ADVERTISE_HOST``)."""
 
     def event(self, kind: EventKind, name: str | None, **fields: Any) -> None:
         """Append one event to the timeline (a one-line write: cheap on the loop)."""

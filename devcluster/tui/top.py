@@ -33,12 +33,13 @@ COLUMNS = (("name", "NAME"), ("state", "STATE"), ("pid", "PID"), ("address", "AD
            ("weight", "WEIGHT"), ("enabled", "ENABLED"), ("restarts", "RESTARTS"),
            ("uptime", "UPTIME"), ("cpu", "CPU%"), ("rss", "RSS"), ("calls", "CALLS/S"),
            ("failed", "FAILED/S"), ("share", "SHARE"))
-_RUNNING = {"starting", "serving", "draining", "paused"}
+_RUNNING = {"starting", "serving", "draining", "paused", "unhealthy"}
 
 
 def cells(row: dict[str, Any], traffic: dict[str, Any], total: float) -> dict[str, Any]:
     """The table's cells for one row (rich Text where colour matters)."""
-    state = row["state"] + (" (ejected)" if traffic.get("ejected_by") else "")
+    state = row["state"] + (" (ejected)" if traffic.get("ejected_by") else "") \
+        + (f" (fault: {row['fault']})" if row.get("fault") else "")
     calls = float(traffic.get("calls_per_s") or 0.0)
     filled = round(BAR_WIDTH * calls / total) if total else 0
     bar = Text("█" * filled, style="cyan") + Text("·" * (BAR_WIDTH - filled), style="dim")

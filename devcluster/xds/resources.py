@@ -39,6 +39,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
+from devcluster.registry.faults import Fault
 from devcluster.registry.record import Record, Snapshot, State
 
 #: A protobuf message (the envoy and protobuf modules ship no type information).
@@ -69,12 +70,16 @@ DRAINING: Final[int] = health_check_pb2.DRAINING
 HEALTH: Final[Mapping[State, int]] = MappingProxyType({
     State.SERVING: HEALTHY,
     State.PAUSED: HEALTHY,
+    State.UNHEALTHY: UNHEALTHY,
     State.DRAINING: DRAINING,
     State.STOPPED: UNHEALTHY,
     State.KILLED: UNHEALTHY,
     State.EXITED: UNHEALTHY,
     State.FAILED: UNHEALTHY,
 })
+
+#: The HTTP fault filter's name: a route's override names it.
+FAULT_FILTER: Final = "envoy.filters.http.fault"
 
 #: ``Record.metadata`` key that marks an instance unhealthy whatever its state (a future
 #: health-check flag): ``"true"`` -> UNHEALTHY.
@@ -119,36 +124,6 @@ class Outlier:
 
 
 @dataclass(frozen=True)
-class Fault:
-    """Fault injection for one service (gRFC A33): delay and/or abort a share of calls.
-
-    >>> Fault(abort_code=14, abort_percent=10.0).active   # 10 % of calls fail UNAVAILABLE
-    True
-    """
-
-    delay_s: float = 0.0
-    delay_percent: float = 0.0
-    abort_code: int = 0
-    """A gRPC status code (14: UNAVAILABLE); 0 means no abort."""
-    abort_percent: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("delay_percent", "abort_percent"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 100.0:
-                raise ValueError(f"{name} must be 0..100, got {value}")
-        if self.delay_s < 0:
-            raise ValueError(f"delay_s must be >= 0, got {self.delay_s}")
-        if not 0 <= self.abort_code <= 16:
-            raise ValueError(f"abort_code must be a gRPC status code 1..16, got {self.abort_code}")
-
-    @property
-    def active(self) -> bool:
-        return (self.delay_s > 0 and self.delay_percent > 0) or (
-            self.abort_code > 0 and self.abort_percent > 0)
-
-
-@dataclass(frozen=True)
 class Options:
     """How resources are built; the defaults suit a developer's cluster."""
 
@@ -168,20 +143,64 @@ def build(snapshot: Snapshot, options: Options = Options()) -> dict[str, dict[st
     """The four resource sets for every service in ``snapshot`` (unpacked messages).
 
     A service with at least one record, even one that is down or disabled, has its
-    Listener and Cluster; only its endpoints follow the records' states.
+    Listener and Cluster; only its endpoints follow the records' states. A fault on some
+    of a service's routed instances (not all) splits its route: see :func:`split`.
     """
     out: dict[str, dict[str, Message]] = {url: {} for url in TYPE_URLS}
     by_service: dict[str, list[Record]] = {}
     for record in snapshot.records.values():
         by_service.setdefault(record.service, []).append(record)
     for service, records in sorted(by_service.items()):
-        route = route_configuration(service, options)
-        out[LISTENER][service] = listener(service, options, None if options.rds else route)
+        whole, parts = split(service, records, options.faults.get(service))
+        route = route_configuration(service, options, parts)
+        out[LISTENER][service] = listener(service, options, None if options.rds else route,
+                                          whole if whole is not None or len(parts) == 1
+                                          else Fault())
         if options.rds:
             out[ROUTE][service] = route
-        out[CLUSTER][service] = cluster(service, options.outlier)
-        out[ENDPOINT][service] = load_assignment(service, records)
+        for part in parts:
+            out[CLUSTER][part.cluster] = cluster(part.cluster, options.outlier)
+            out[ENDPOINT][part.cluster] = load_assignment(part.cluster, part.records)
     return out
+
+
+@dataclass(frozen=True)
+class Part:
+    """One weighted cluster of a service's route: its records, and the fault its calls get
+    (a per-route filter override, gRFC A39) or None."""
+
+    cluster: str
+    weight: int
+    records: tuple[Record, ...]
+    fault: Fault | None = None
+
+
+def split(service: str, records: list[Record],
+          service_fault: Fault | None) -> tuple[Fault | None, list[Part]]:
+    """(the fault of the whole service or None, the weighted clusters of its route).
+
+    The same fault on every routed instance (or one set on the service) is one HTTPFault
+    filter on the listener, and one cluster. Otherwise each routed instance with a fault
+    gets a cluster of its own, weighted by its registry weight, with the fault as a filter
+    override; the rest stay in the service's cluster, weighted by the sum of their routed
+    weights. Each instance's share stays exactly its weight over the service's routed
+    total, and the split follows every registry change (a faulty instance that is drained,
+    stopped or disabled leaves the split at once and is UNHEALTHY in the main cluster).
+    Left: a faulty instance that hangs is alone in its cluster, where outlier detection
+    keeps the last host; deadlines bound those calls until the registry says it is down.
+    """
+    if service_fault is not None and not service_fault.active:
+        service_fault = None
+    routed = [r for r in records if health(r) == HEALTHY]
+    faults = {r.fault if r.fault is not None and r.fault.active else None for r in routed}
+    if service_fault is not None or len(faults) <= 1:
+        whole = service_fault if service_fault is not None else next(iter(faults), None)
+        return whole, [Part(service, 1, tuple(records))]
+    faulty = [r for r in routed if r.fault is not None and r.fault.active]
+    rest = tuple(r for r in records if r not in faulty)
+    parts = [Part(service, sum(r.weight for r in routed if r not in faulty), rest)]
+    parts += [Part(f"{service}/{r.name}", r.weight, (r,), r.fault) for r in faulty]
+    return None, parts
 
 
 def pack(message: Message) -> Message:
@@ -200,13 +219,14 @@ def _percent(percent: float) -> Message:
         numerator=round(percent * 10_000), denominator=percent_pb2.FractionalPercent.MILLION)
 
 
-def listener(service: str, options: Options, route: Message | None) -> Message:
+def listener(service: str, options: Options, route: Message | None,
+             fault: Fault | None = None) -> Message:
     """An API listener (what gRPC clients ask LDS for) routing to ``service``'s cluster.
 
-    ``route`` None: the route comes over RDS under the service's name.
+    ``route`` None: the route comes over RDS under the service's name. ``fault``: the
+    HTTPFault filter's config (an inactive one when only some routes override it).
     """
-    manager = http_connection_manager_pb2.HttpConnectionManager(
-        http_filters=http_filters(options.faults.get(service)))
+    manager = http_connection_manager_pb2.HttpConnectionManager(http_filters=http_filters(fault))
     if route is None:
         manager.rds.route_config_name = service
         manager.rds.config_source.ads.SetInParent()
@@ -218,11 +238,12 @@ def listener(service: str, options: Options, route: Message | None) -> Message:
 
 
 def http_filters(fault: Fault | None) -> list[Message]:
-    """The HTTP filters of a listener: the fault filter when a fault is set, router last."""
+    """The HTTP filters of a listener: the fault filter when a fault is given (an inactive
+    one: only for routes to override), router last."""
     hcm = http_connection_manager_pb2
     filters = []
-    if fault is not None and fault.active:
-        filters.append(hcm.HttpFilter(name="envoy.filters.http.fault",
+    if fault is not None:
+        filters.append(hcm.HttpFilter(name=FAULT_FILTER,
                                       typed_config=pack(http_fault(fault))))
     filters.append(hcm.HttpFilter(name="envoy.filters.http.router",
                                   typed_config=pack(router_pb2.Router())))
@@ -241,9 +262,22 @@ def http_fault(fault: Fault) -> Message:
     return config
 
 
-def route_configuration(service: str, options: Options) -> Message:
-    """Every call (any method) to ``service``'s cluster, with the retry policy if any."""
-    action = route_components_pb2.RouteAction(cluster=service)
+def route_configuration(service: str, options: Options,
+                        parts: list[Part] | None = None) -> Message:
+    """Every call (any method) to ``service``'s cluster, or split over ``parts`` by weight,
+    with the retry policy if any."""
+    action = route_components_pb2.RouteAction()
+    if parts is None or len(parts) == 1:
+        action.cluster = service
+    else:
+        for part in parts:
+            if part.weight <= 0:
+                continue
+            weighted = action.weighted_clusters.clusters.add(
+                name=part.cluster, weight=wrappers_pb2.UInt32Value(value=part.weight))
+            if part.fault is not None:
+                weighted.typed_per_filter_config[FAULT_FILTER].CopyFrom(
+                    pack(http_fault(part.fault)))
     if options.retry is not None:
         action.retry_policy.CopyFrom(retry_policy(options.retry))
     return route_pb2.RouteConfiguration(

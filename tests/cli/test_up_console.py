@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from devcluster.statedir import layout
+
 GREETER = "python -m devcluster.greeter --port $PORT"
 
 
@@ -54,7 +56,7 @@ def test_up_detach_console_lives_in_the_supervisor_until_down(
     url = re.search(r"console: (http://127\.0\.0\.1:\d+/)\?token=(\S+)", up.stderr)
     assert url, up.stderr
     base, token = url.groups()
-    saved = tmp_path / ".devcluster" / "console.url"
+    saved = layout(tmp_path / ".devcluster").console_url
     assert saved.read_text().strip() == f"{base}?token={token}"
     assert oct(saved.stat().st_mode & 0o777) == "0o600"  # the token is a key
     assert [r["state"] for r in _instances(base, token)] == ["serving"]  # up -d has returned

@@ -101,6 +101,12 @@ def test_console_in_chromium(make_cluster: Callable[..., Cluster], browser_page:
         page.click('tr[data-name="server1"] .weight-set')
         wait_until(lambda: cluster.registry.get("server1").weight == 5, 10, "weight 5")
         page.wait_for_selector('tr[data-name="server1"][data-weight="5"]')
+        # 2b. a fault set from the command line's API shows in the page, and goes
+        with cluster.fault("server2", delay="1ms:1"):
+            page.wait_for_function("() => document.querySelector('tr[data-name=\"server2\"] "
+                                   ".state').textContent.includes('(fault: delay 1ms 1%)')")
+        page.wait_for_function("() => !document.querySelector('tr[data-name=\"server2\"] "
+                               ".state').textContent.includes('fault')")
 
         # 4. the chart moves while a client runs: server1 takes 5/7 of the calls
         with Caller(cluster):

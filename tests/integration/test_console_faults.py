@@ -29,6 +29,7 @@ import pytest
 from devcluster.api import Cluster
 from devcluster.console import Console
 from devcluster.console.gate import HEADER_TIMEOUT
+from devcluster.statedir import layout, prepare
 from tests.conftest import cli_env, devcluster_argv
 
 GREETER = "python -m devcluster.greeter --port $PORT"
@@ -267,9 +268,9 @@ def test_console_starts_at_once_beside_a_supervisor_without_its_socket(
     from devcluster.registry import FileRegistry
 
     state_dir = tmp_path / ".devcluster"
-    state_dir.mkdir(mode=0o700)
+    prepare(state_dir)  # the dir, its logs/ and private/, as `up` makes them
     FileRegistry(state_dir).close()
-    with open(state_dir / "supervisor.lock", "w") as lock:
+    with open(layout(state_dir).lock, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         lock.write(f"{os.getpid()}\n")
         lock.flush()

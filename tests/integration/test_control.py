@@ -23,6 +23,7 @@ import pytest
 
 from devcluster.api import Cluster, NotReadyError
 from devcluster.errors import UsageError
+from devcluster.statedir import layout
 
 GREETER = "python -m devcluster.greeter --port $PORT"
 CRASH = 'crash: python -c "import sys; sys.exit(1)"'
@@ -290,7 +291,7 @@ def test_crash_loop_backs_off_then_fails_without_spinning(make_cluster: MakeClus
         while time.monotonic() < deadline and "restarting in 0.5s" not in (
                 log.read_text() if log.exists() else ""):
             time.sleep(0.02)
-        sup = psutil.Process(int((cluster.state_dir / "supervisor.lock").read_text()))
+        sup = psutil.Process(int(layout(cluster.state_dir).lock.read_text()))
         sample.update(proc=sup, cpu=sum(sup.cpu_times()[:2]), at=time.monotonic())
 
     watcher = threading.Thread(target=watch)

@@ -19,6 +19,7 @@ from devcluster._proto.helloworld_pb2_grpc import GreeterStub
 from devcluster.api import Cluster
 from devcluster.client import BalancedChannel, CallInfo
 from devcluster.registry import open_registry
+from devcluster.statedir import layout
 from tests._etcd import require_etcd, running_etcd
 
 GREETER = "python -m devcluster.greeter --port $PORT"
@@ -66,7 +67,7 @@ def test_two_supervisors_one_view_and_lease_expiry(tmp_path: Path, wait_until: A
                     "server1", "server2", "server3", "server4"}
 
                 # Machine A vanishes: its supervisor is SIGKILLed.
-                pid = int((tmp_path / "a" / ".devcluster" / "supervisor.lock").read_text())
+                pid = int(layout(tmp_path / "a" / ".devcluster").lock.read_text())
                 os.kill(pid, signal.SIGKILL)
                 killed_at = time.monotonic()
                 mark = len(calls)

@@ -19,6 +19,8 @@ from typing import Any
 import psutil
 import pytest
 
+from devcluster.statedir import layout
+
 PROCFILE = """\
 server1: python -m devcluster.greeter --port $PORT
 server2: python -m devcluster.greeter --port $PORT
@@ -145,7 +147,7 @@ def _stale_run(root: Path) -> tuple[Path, psutil.Process]:
     (run.root / "users").mkdir(parents=True, exist_ok=True)
     (run.root / "controller").write_text(json.dumps({"pid": dead.pid, "created": 0.0}))
     Cluster(root / "Procfile", state_dir=run.state_dir("k"), port=0, owned=False).up()
-    sup = json.loads((run.state_dir("k") / "supervisor.lock").read_text() or "0")
+    sup = json.loads(layout(run.state_dir("k")).lock.read_text() or "0")
     return run.root, psutil.Process(sup)
 
 

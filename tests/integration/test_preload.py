@@ -22,6 +22,8 @@ from typing import Any
 import psutil
 import pytest
 
+from devcluster.statedir import layout
+
 Cli = Callable[..., CompletedProcess[str]]
 GREETER = "python -m devcluster.greeter --port $PORT"
 PRELOAD_GREETER = '[process.greeter]\npreload = ["grpc", "devcluster.greeter.server"]\n'
@@ -48,7 +50,7 @@ except KeyboardInterrupt:
 
 
 def supervisor_pid(state_dir: Path) -> int:
-    return int((state_dir / "supervisor.lock").read_text().strip())
+    return int(layout(state_dir).lock.read_text().strip())
 
 
 def one_line_error(result: CompletedProcess[str]) -> str:
@@ -241,8 +243,8 @@ def test_a_command_preload_cannot_run_is_one_line_at_load_time(
     err = one_line_error(result)
     assert "devcluster.toml:5: process.web.preload cannot start" in err
     assert "Procfile:2" in err and why in err and "remove preload" in err
-    assert not (tmp_path / ".devcluster" / "supervisor.lock").exists() or \
-        not (tmp_path / ".devcluster" / "supervisor.lock").read_text().strip()
+    assert not layout(tmp_path / ".devcluster").lock.exists() or \
+        not layout(tmp_path / ".devcluster").lock.read_text().strip()
 
 
 def test_a_preload_that_starts_a_thread_is_refused(run_cli: Cli, tmp_path: Path) -> None:

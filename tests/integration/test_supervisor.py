@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from devcluster.api import Cluster, NotReadyError
+from devcluster.statedir import layout
 
 GREETER = "python -m devcluster.greeter --port $PORT"
 UP = ("-p", "0", "--grace", "1")
@@ -77,7 +78,7 @@ def registry_rows(state_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def supervisor_pid(state_dir: Path) -> int:
-    return int((state_dir / "supervisor.lock").read_text().strip())
+    return int(layout(state_dir).lock.read_text().strip())
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -133,7 +134,7 @@ def test_up_detached_serves_three_greeters_then_down_leaves_nothing(
     # `down` returns when everything is gone: no waiting here.
     assert all_gone(pids)
     assert processes_under(tmp_path) == []
-    assert not (tmp_path / ".devcluster" / "control.sock").exists()
+    assert not layout(tmp_path / ".devcluster").socket.exists()
 
 
 # -- foreground up and signals ---------------------------------------------------------
@@ -471,7 +472,7 @@ def test_logs_files_and_logs_command(make_cluster: MakeCluster, run_cli: Cli,
 
 def test_socket_and_state_dir_are_private(make_cluster: MakeCluster) -> None:
     cluster = make_cluster()
-    sock = cluster.state_dir / "control.sock"
+    sock = layout(cluster.state_dir).socket
     assert stat.S_ISSOCK(os.stat(sock).st_mode)
     assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(cluster.state_dir).st_mode) == 0o700
@@ -482,7 +483,7 @@ def test_long_state_dir_path(make_cluster: MakeCluster, run_cli: Cli,
                              tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     write_procfile(f"greeter: {GREETER}", directory=deep)
-    sock = deep / ".devcluster" / "control.sock"
+    sock = layout(deep / ".devcluster").socket
     assert len(str(sock)) > 108
     cluster = Cluster(deep / "Procfile", port=0, grace=1)
     with cluster:
@@ -510,7 +511,7 @@ def test_long_path_socket_dir_is_private_even_if_precreated(
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     write_procfile(f"greeter: {GREETER}", directory=deep)
     with Cluster(deep / "Procfile", port=0, grace=1) as cluster:
-        real = Path(os.path.realpath(cluster.state_dir / "control.sock"))
+        real = Path(os.path.realpath(layout(cluster.state_dir).socket))
         parent = real.parent.stat()
         assert parent.st_uid == os.getuid()
         assert stat.S_IMODE(parent.st_mode) & 0o077 == 0, oct(parent.st_mode)

@@ -18,6 +18,7 @@ import pytest
 
 from devcluster.api import Cluster
 from devcluster.errors import NoClusterError
+from devcluster.statedir import layout
 from tests._servers import ROOT
 
 CLIENT = ROOT / "tests" / "xds" / "_xds_client.py"
@@ -71,7 +72,8 @@ def test_any_grpc_client_follows_the_cluster_over_xds(
     cluster = make_cluster([f"greeter: {GREETER}"], scale={"greeter": 3})
     setup = cluster.xds()
     assert setup.listeners == ("greeter",)
-    assert Path(setup.bootstrap) == cluster.state_dir.absolute() / "xds-bootstrap.json"
+    assert Path(setup.bootstrap) == layout(cluster.state_dir.absolute()).xds_bootstrap
+    assert Path(setup.bootstrap).parent.name == "private"  # the user's own 0700 dir
     assert json.loads(Path(setup.bootstrap).read_text())["xds_servers"][0]["server_uri"] \
         == setup.server_uri
     shown = run_cli("xds", "--json")

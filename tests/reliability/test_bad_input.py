@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from devcluster.api import Cluster
+from devcluster.statedir import layout
 
 GREETER = "python -m devcluster.greeter --port $PORT"
 PROCFILE = f"greeter: {GREETER}\n".encode()
@@ -348,7 +349,7 @@ def test_control_socket_of_another_user_is_refused(tmp_path: Path, run_cli: Any)
     """Commands go to whoever owns the socket: one that is not ours is refused."""
     (tmp_path / "Procfile").write_bytes(PROCFILE)
     assert run_cli("up", "-d", "-p", "0").returncode == 0
-    sock = Path(os.path.realpath(tmp_path / ".devcluster" / "control.sock"))
+    sock = Path(os.path.realpath(layout(tmp_path / ".devcluster").socket))
     try:
         assert sock.stat().st_mode & 0o777 == 0o600
         assert (tmp_path / ".devcluster").stat().st_mode & 0o777 == 0o700

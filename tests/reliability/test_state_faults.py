@@ -21,6 +21,8 @@ from typing import Any
 import psutil
 import pytest
 
+from devcluster.statedir import layout
+
 GREETER = "python -m devcluster.greeter --port $PORT"
 GRACE = 1.0
 UP = ("up", "-d", "-p", "0", "--grace", f"{GRACE:g}")
@@ -195,7 +197,7 @@ def test_state_dir_deleted_then_ps_and_down(greeters: Path, run_cli: Cli) -> Non
     pids = [r["pid"] for r in ps_rows(run_cli).values()]
     _remove(greeters)
     began = time.monotonic()
-    wait_until(lambda: (greeters / "control.sock").exists()
+    wait_until(lambda: layout(greeters).socket.exists()
                and (greeters / "registry.json").exists(), 2.0, "the state dir to come back")
     assert time.monotonic() - began < 1.5
     rows = ps_rows(run_cli)

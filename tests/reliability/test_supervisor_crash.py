@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from devcluster.control.plane import ControlClient, as_dict
+from devcluster.statedir import layout
 
 GREETER = "python -m devcluster.greeter --port $PORT"
 #: A shell line: sh leads the group; the greeter (in the background) and `sleep` are
@@ -91,7 +92,7 @@ def crash(tmp_path: Path, write_procfile: Callable[..., Path],
     up = run_cli("up", "-d", "--port", "0", "--grace", "1", "--scale", "greeter=2")
     assert up.returncode == 0, up.stdout + up.stderr
     state_dir = tmp_path / ".devcluster"
-    supervisor = int((state_dir / "supervisor.lock").read_text())
+    supervisor = int(layout(state_dir).lock.read_text())
     try:
         with ControlClient(state_dir) as control:
             reply = control.ps()
@@ -105,7 +106,7 @@ def crash(tmp_path: Path, write_procfile: Callable[..., Path],
         assert any(c.startswith("sleep 1000") for c in commands), commands
         assert sum(c.startswith("python -m devcluster.greeter") for c in commands) == 3, commands
         assert any("devcluster.supervisor.watchdog" in c for c in commands), commands
-        socket_target = _socket_target(state_dir / "control.sock")
+        socket_target = _socket_target(layout(state_dir).socket)
     finally:
         os.kill(supervisor, signal.SIGKILL)  # also when a check above failed
         killed = time.monotonic()
@@ -135,7 +136,7 @@ def test_every_process_dies_with_the_supervisor(crash: Crash, tmp_path: Path,
 
 def test_a_dead_control_socket_does_not_confuse_ps(crash: Crash,
                                                    run_cli: Callable[..., Any]) -> None:
-    sock = crash.state_dir / "control.sock"
+    sock = layout(crash.state_dir).socket
     assert sock.exists() or sock.is_symlink(), "the crashed run left no socket to test with"
     for args in (("ps",), ("ps", "--json")):
         result = run_cli(*args)

@@ -153,3 +153,38 @@ def test_rds_moves_the_route_out_of_the_listener():
     hcm = manager(res[r.LISTENER]["greeter"])
     assert hcm.rds.route_config_name == "greeter" and hcm.rds.config_source.HasField("ads")
     assert res[r.ROUTE]["greeter"].virtual_hosts[0].routes[0].route.cluster == "greeter"
+
+
+def route_of(res, service: str = "greeter"):
+    return manager(res[r.LISTENER][service]).route_config.virtual_hosts[0].routes[0].route
+
+
+def test_the_same_fault_on_every_routed_instance_is_one_listener_filter():
+    fault = r.Fault(abort_code=14, abort_percent=50)
+    res = r.build(snap(rec("greeter.1", fault=fault), rec("greeter.2", fault=fault),
+                       rec("greeter.3", state=State.STOPPED)))
+    assert route_of(res).cluster == "greeter" and set(res[r.CLUSTER]) == {"greeter"}
+    assert manager(res[r.LISTENER]["greeter"]).http_filters[0].name == r.FAULT_FILTER
+
+
+def test_a_fault_on_one_instance_splits_the_route_by_weight():
+    fault = r.Fault(delay_s=0.2, delay_percent=100)
+    res = r.build(snap(rec("greeter.1", weight=3), rec("greeter.2", fault=fault),
+                       rec("greeter.3"), rec("greeter.4", state=State.DRAINING)))
+    clusters = route_of(res).weighted_clusters.clusters
+    assert [(c.name, c.weight.value) for c in clusters] == [("greeter", 4), ("greeter/greeter.2", 1)]
+    override = fault_pb2.HTTPFault()
+    assert clusters[1].typed_per_filter_config[r.FAULT_FILTER].Unpack(override)
+    assert override.delay.fixed_delay.ToMilliseconds() == 200
+    assert not clusters[0].typed_per_filter_config
+    # The listener's filter does nothing by itself: only the override delays.
+    base = fault_pb2.HTTPFault()
+    assert manager(res[r.LISTENER]["greeter"]).http_filters[0].typed_config.Unpack(base)
+    assert not base.HasField("delay") and not base.HasField("abort")
+    assert set(res[r.CLUSTER]) == {"greeter", "greeter/greeter.2"}
+    assert {e.lb_endpoints[0].endpoint.hostname for e in res[r.ENDPOINT]["greeter"].endpoints} \
+        == {"greeter.1", "greeter.3", "greeter.4"}  # draining stays in the main cluster
+    # Stopped, the faulty instance leaves the split and is UNHEALTHY in the main cluster.
+    res = r.build(snap(rec("greeter.1"), rec("greeter.2", fault=fault, state=State.STOPPED)))
+    assert route_of(res).cluster == "greeter"
+    assert manager(res[r.LISTENER]["greeter"]).http_filters[0].name != r.FAULT_FILTER

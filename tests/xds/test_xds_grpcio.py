@@ -209,3 +209,28 @@ def test_outlier_detection_ejects_a_frozen_instance_the_registry_still_advertise
     assert all(code.startswith("DEADLINE_EXCEEDED") for code in out["errors"]), out["errors"]
     # (Ejected for 1 s, then 2 s...: a later call may try it again and be ejected again.)
     greeters.thaw("greeter.2")
+
+
+def test_a_fault_on_one_instance_hits_only_its_calls_and_keeps_the_weights(greeters, make_client):
+    """The route splits while one instance has a fault: its share of the calls (its weight
+    over the routed total) is aborted, the others' calls are untouched, and clearing the
+    fault brings back one cluster."""
+    from devcluster.registry.faults import Fault
+
+    greeters.start_many("greeter.1", "greeter.2", "greeter.3")
+    greeters.registry.update("greeter.1", weight=2)
+    client = make_client()
+    assert client.ask(op="count", n=20)["errors"] == {}
+    greeters.registry.update("greeter.2", fault=Fault(abort_code=7, abort_percent=100))
+    client.ask(op="start")
+    _await(client, present="PERMISSION_DENIED", since=time.time())
+    client.ask(op="stop")
+    out = client.ask(op="count", n=800)
+    denied = out["errors"].get("PERMISSION_DENIED", 0) / out["calls"]
+    print(f"aborted share {denied:.3f} (greeter.2's weight: 1/4); served {out['counts']}")
+    assert abs(denied - 1 / 4) < 0.05 and set(out["errors"]) == {"PERMISSION_DENIED"}
+    assert "greeter.2" not in out["counts"]  # its calls are the aborted ones
+    assert abs(out["counts"]["greeter.1"] / out["calls"] - 2 / 4) < 0.05
+    greeters.registry.update("greeter.2", fault=None)
+    wait_for(lambda: client.ask(op="count", n=20)["errors"] == {}, 10, "the fault cleared")
+    assert "greeter.2" in client.ask(op="count", n=40)["counts"]
