@@ -145,3 +145,29 @@ def test_ctrl_c_during_up_detached_says_the_cluster_keeps_running(
         assert devcluster_cli("ps", cwd=tmp_path).returncode == 0  # it does
     finally:
         assert devcluster_cli("down", "--grace", "1", cwd=tmp_path).returncode == 0
+
+
+#: Run devcluster with a real SIGINT arriving while its command line is being imported.
+SIGINT_WHILE_LOADING = """
+import importlib.abc, os, signal, sys
+
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "devcluster.cli.spec":
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the import begins
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["devcluster", "ps"]
+from devcluster.cli.entry import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_command_line_loads_is_quiet(tmp_path: Path) -> None:
+    """Ctrl-C in the first tenth of a second of any command (its imports) printed a
+    KeyboardInterrupt traceback; it is exit 130 and nothing else, as later on."""
+    result = subprocess.run([sys.executable, "-c", SIGINT_WHILE_LOADING], cwd=tmp_path,
+                            env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "" and result.stdout == ""
