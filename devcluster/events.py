@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 
     from devcluster.registry import Record, Registry, Snapshot
 
-__all__ = ["EVENTS_FILE", "Event", "EventKind", "EventLog", "diff_snapshots", "follow_events",
-           "follow_registry", "fresh_log", "read_events"]
+__all__ = ["EVENTS_FILE", "Event", "EventKind", "EventLog", "bad_lines", "diff_snapshots",
+           "follow_events", "follow_registry", "fresh_log", "read_events"]
 
 
 class EventKind(enum.StrEnum):
@@ -269,6 +269,23 @@ def read_events(state_dir: str | os.PathLike[str], since: float | None = None) -
         if since is None or event.time >= since:
             out.append(event)
     out.sort(key=lambda e: e.time)
+    return out
+
+
+def bad_lines(state_dir: str | os.PathLike[str]) -> list[int]:
+    """The numbers of the lines of ``state_dir``'s log that :func:`read_events` skips
+    (blank lines aside): a torn line, or one that someone edited into something else."""
+    try:
+        text = (Path(state_dir) / EVENTS_FILE).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            if line.strip():
+                Event.from_json(line)
+        except (ValueError, KeyError, TypeError):
+            out.append(number)
     return out
 
 

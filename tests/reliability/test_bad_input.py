@@ -383,6 +383,9 @@ def test_events_skip_a_line_that_is_not_json_and_never_print_one(tmp_path: Path,
     plain = run_cli("events")
     assert plain.returncode == 0 and "Traceback" not in plain.stderr, plain.stderr
     assert "greeter started" in plain.stdout and "greeter.9" not in plain.stdout
+    # ...and says so in one line on stderr, naming the lines.
+    assert plain.stderr.strip() == ("devcluster: note: skipped 2 line(s) of events.jsonl "
+                                    "that are not events (line 2, 3)"), plain.stderr
 
     def strict(constant: str) -> None:
         raise AssertionError(f"{constant} is not JSON")
