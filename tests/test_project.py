@@ -3,6 +3,8 @@ the dependency graph, and flags over the file."""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -291,3 +293,18 @@ def test_resolve_refuses_tables_the_procfile_lacks(tmp_path: Path) -> None:
     project = load_project(write(tmp_path, FULL))
     with pytest.raises(ProjectError, match="names no Procfile type"):
         resolve(project, Flags(), ["echo"], environ={})
+
+
+@pytest.mark.parametrize(("flags", "fragment"), [
+    (Flags(grace=math.inf), "grace=inf is out of range"),
+    (Flags(grace=math.nan), "grace=nan"),
+    (Flags(grace=-1.0), "grace=-1.0"),
+    (Flags(ready_timeout=1e20), "ready_timeout=1e+20 is out of range"),
+    (Flags(ready_timeout=0.0), "more than 0 to 86400"),
+])
+def test_resolve_refuses_durations_the_api_was_given(flags: Flags, fragment: str) -> None:
+    """Issue 26 item 11 through the Python API (`Cluster(grace=math.inf)`): refused in one
+    line before anything starts, as in devcluster.toml and on the command line."""
+    with pytest.raises(UsageError, match=re.escape(fragment)):
+        resolve(None, flags, ["web"])
+    assert resolve(None, Flags(grace=0.0, ready_timeout=86400.0), ["web"]).grace == 0.0
