@@ -177,7 +177,8 @@ async def _web_console(settings: UpRequest, notes: list[str]) -> AsyncIterator[N
         return
     from devcluster.console import Console
 
-    console = Console(settings.state_dir, settings.registry, port=settings.console_port)
+    console = Console(settings.state_dir, settings.registry, port=settings.console_port,
+                      port_option="--console-port")
     path = defaults.layout(settings.state_dir).console_url
     try:
         url = await asyncio.to_thread(console.start)

@@ -42,6 +42,9 @@ MIN_WEIGHT, MAX_WEIGHT, DEFAULT_WEIGHT = 0, 1000, 1
 #: that speaks HTTP/2 (a gRPC server) when the ports it listens on do not: a server
 #: may open its metrics or admin listener before its gRPC port.
 GRPC_PORT_WAIT = 2.0
+#: The longest duration a setting or flag may give (a day): a longer one is a typo, and
+#: ``inf`` or ``1e20`` would overflow the clocks, deadlines and ``select()`` it reaches.
+MAX_SECONDS, MAX_SECONDS_WORDS = 86400.0, "a day"
 #: Seconds a control client waits for a change it asked for (``start --wait``...).
 CONTROL_WAIT = 30.0
 #: How long `up` waits for its xDS server to listen before it reports ready without it.

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -40,8 +41,8 @@ if TYPE_CHECKING:
 
     from devcluster.registry import Record, Registry, Snapshot
 
-__all__ = ["EVENTS_FILE", "Event", "EventKind", "EventLog", "diff_snapshots", "follow_events",
-           "follow_registry", "fresh_log", "read_events"]
+__all__ = ["EVENTS_FILE", "Event", "EventKind", "EventLog", "bad_lines", "diff_snapshots",
+           "follow_events", "follow_registry", "fresh_log", "read_events"]
 
 
 class EventKind(enum.StrEnum):
@@ -77,6 +78,21 @@ class EventKind(enum.StrEnum):
     """A call failed on the instance (``code``) and went on to ``new``."""
     FORKSERVER = "forkserver"
     """A preloaded type's fork server died and a new one started (``old``/``new``: pids)."""
+
+
+#: Seconds since the epoch of 10000-01-01, the first time ``datetime`` cannot show.
+_YEAR_10000 = 253_402_300_800.0
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not JSON")
 
 
 @dataclass(frozen=True)
@@ -117,12 +133,19 @@ class Event:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in d.items() if k in known}
         values["kind"] = EventKind(values["kind"])
-        values["time"] = float(values["time"])
+        try:
+            values["time"] = float(values["time"])
+        except OverflowError:  # a 400-digit integer
+            raise ValueError(f"time {values['time']!r} is not a time") from None
+        if not 0 <= values["time"] < _YEAR_10000:  # what datetime can show; not inf or nan
+            raise ValueError(f"time {values['time']!r} is not a time")
         return cls(**values)
 
     @classmethod
     def from_json(cls, line: str) -> Event:
-        return cls.from_dict(json.loads(line))
+        """The event of one line; ValueError for a line that is not one, or that holds a
+        number JSON cannot carry back out (``1e400``, ``NaN``, ``Infinity``)."""
+        return cls.from_dict(json.loads(line, parse_float=_finite, parse_constant=_no_constant))
 
     def describe(self) -> str:
         """One line for people, without the time: ``server2 exited (signal SIGKILL)``."""
@@ -246,6 +269,23 @@ def read_events(state_dir: str | os.PathLike[str], since: float | None = None) -
         if since is None or event.time >= since:
             out.append(event)
     out.sort(key=lambda e: e.time)
+    return out
+
+
+def bad_lines(state_dir: str | os.PathLike[str]) -> list[int]:
+    """The numbers of the lines of ``state_dir``'s log that :func:`read_events` skips
+    (blank lines aside): a torn line, or one that someone edited into something else."""
+    try:
+        text = (Path(state_dir) / EVENTS_FILE).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        try:
+            if line.strip():
+                Event.from_json(line)
+        except (ValueError, KeyError, TypeError):
+            out.append(number)
     return out
 
 

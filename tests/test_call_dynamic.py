@@ -109,6 +109,12 @@ def test_bad_proto_files(tmp_path: Path) -> None:
     (tmp_path / "bad.proto").write_text('syntax = "proto3";\nmessage X {\n')
     with pytest.raises(ProtoError, match=r"bad.proto does not compile: .*bad.proto:3:1"):
         compile_proto(tmp_path / "bad.proto")
+    # Issue 26 item 16: a file without `syntax` (a README) makes protoc log absl's
+    # preamble first; the error named is the file's, not "WARNING: All log messages...".
+    (tmp_path / "README.md").write_text("# My service\n\nCall it with `devcluster call`.\n")
+    with pytest.raises(ProtoError, match=r"README.md does not compile: .*README.md:1:1: ") as e:
+        compile_proto(tmp_path / "README.md")
+    assert "absl" not in str(e.value) and "edition" not in str(e.value)
 
 
 class _Greeter(helloworld_pb2_grpc.GreeterServicer):

@@ -14,6 +14,7 @@ from devcluster.events import (
     EventKind,
     EventLog,
     diff_snapshots,
+    follow_events,
     read_events,
 )
 from devcluster.registry import Record, Snapshot, State
@@ -64,6 +65,22 @@ def test_log_appends_and_reader_skips_a_torn_last_line(tmp_path: Path) -> None:
     assert [e.time for e in read_events(tmp_path, since=1.5)] == [2.0]
     assert read_events(tmp_path / "nowhere") == []
     assert oct(os.stat(tmp_path / EVENTS_FILE).st_mode & 0o777) == "0o600"
+
+
+def test_reader_skips_lines_whose_numbers_json_cannot_carry(tmp_path: Path) -> None:
+    """Issue 26 item 11: "time": 1e400 crashed `events`, and `events --json` printed
+    Infinity (not JSON). Such a line is not an event: skipped, as a torn one is."""
+    with EventLog(tmp_path) as log:
+        log.append(Event(2.0, EventKind.STARTED, "s1", new=10))
+    with open(tmp_path / EVENTS_FILE, "a") as f:
+        for bad in ('"time": 1e400', '"time": NaN', '"time": -Infinity', '"time": 1e300',
+                    '"time": -5', '"time": ' + "9" * 400, '"time": 3, "new": 1e400',
+                    '"time": 3, "old": NaN'):
+            f.write('{"kind": "started", "instance": "s9", ' + bad + '}\n')
+    assert [e.instance for e in read_events(tmp_path)] == ["s1"]
+    stop = threading.Event()
+    stop.set()  # what is there, then return
+    assert [e.instance for e in follow_events(tmp_path, stop)] == ["s1"]
 
 
 def test_lines_of_concurrent_appenders_never_interleave(tmp_path: Path) -> None:

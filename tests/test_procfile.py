@@ -151,6 +151,19 @@ def test_load_reads_dotenv_beside_the_procfile_and_env_files(tmp_path: Path) -> 
     assert specs[0].env["PORT"] == str(DEFAULT_BASE_PORT)
 
 
+def test_a_byte_order_mark_is_read_past_in_every_file(tmp_path: Path) -> None:
+    """Issue 26 item 16: a UTF-8 BOM (Notepad writes one) made line 1 "illegal
+    characters" ('\\ufeffweb'); it means nothing in UTF-8, so it is skipped. The files
+    are not rewritten."""
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "Procfile").write_bytes(bom + f"web: {GREETER}\n".encode())
+    (tmp_path / ".env").write_bytes(bom + b"A=1\n")
+    types, env, _ = load(tmp_path / "Procfile")
+    assert [t.name for t in types] == ["web"] and env == {"A": "1"}
+    assert (tmp_path / "Procfile").read_bytes().startswith(bom)
+    assert (tmp_path / ".env").read_bytes() == bom + b"A=1\n"
+
+
 def test_load_missing_env_file(tmp_path: Path) -> None:
     (tmp_path / "Procfile").write_text(f"web: {GREETER}\n")
     with pytest.raises(ProcfileError, match="does not exist"):

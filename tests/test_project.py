@@ -3,6 +3,8 @@ the dependency graph, and flags over the file."""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -166,6 +168,24 @@ BAD: dict[str, tuple[str, tuple[str, ...]]] = {
                          '[process.c]\ndepends_on = ["a"]\n',
                          (":2:", "cycle: a -> b -> c -> a", "remove one")),
     "watch not strings": ('[process.a]\nwatch = [1]\n', (":2:", "array of strings")),
+    # Issue 26 item 11: durations that overflow the clocks they reach (a traceback, and a
+    # cluster left running), and strings no environment or argv can carry.
+    **{f"{key} = {value}": (f'[process.a]\n{key} = {value}\n',
+                            (":2:", f"process.a.{key}", "out of range", "at most 86400"))
+       for key in ("ready_timeout", "grace") for value in ("inf", "1e20", "nan", "-inf")},
+    "cluster grace inf": ('[cluster]\ngrace = inf\n', (":2:", "cluster.grace", "at most 86400")),
+    "grace a 30-digit integer": ('[cluster]\ngrace = ' + "9" * 30 + '\n',
+                                 (":2:", "a huge number", "out of range")),
+    "grace a 5,000-digit integer": ('[cluster]\ngrace = ' + "9" * 5000 + '\n',
+                                    (":2:", "not valid TOML", "that long")),
+    "env value with a null byte": ('[process.a]\nenv = { A = "x\\u0000y" }\n',
+                                   (":2:", "process.a.env.A", "null byte")),
+    "env key with a null byte": ('[process.a]\nenv = { "A\\u0000" = "x" }\n',
+                                 (":2:", "process.a.env has a key", "null byte")),
+    "exec probe with a null byte": ('[process.a]\nready = { exec = "true\\u0000" }\n',
+                                    (":2:", "process.a.ready.exec", "null byte")),
+    "watch glob with a null byte": ('[process.a]\nwatch = ["src/\\u0000"]\n',
+                                    (":2:", "process.a.watch", "null byte")),
     "preload not a module": ('[process.a]\npreload = ["my-mod"]\n',
                              (":2:", "'my-mod', not a Python module name")),
 }
@@ -183,6 +203,18 @@ def test_bad_file_is_one_line_naming_file_line_and_key(
     assert message.startswith(f"{path}{fragments[0]} "), message
     for fragment in fragments[1:]:
         assert fragment in message, message
+
+
+def test_a_byte_order_mark_is_read_past_and_the_file_left_alone(tmp_path: Path) -> None:
+    """Issue 26 item 16: Notepad's BOM gave "Invalid statement"; it means nothing in UTF-8,
+    so the file reads as without it (line numbers unchanged), and it is not rewritten."""
+    path = tmp_path / "devcluster.toml"
+    path.write_bytes(b"\xef\xbb\xbf[process.a]\nscale = 2\nscael = 3\n")
+    with pytest.raises(ProjectError, match=r"devcluster.toml:3: process.a.scael"):
+        load_project(path)
+    path.write_bytes(b"\xef\xbb\xbf[process.a]\nscale = 2\n")
+    assert load_project(path).processes["a"].scale == 2
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
 
 
 def test_file_problems_are_usage_errors(tmp_path: Path) -> None:
@@ -261,3 +293,18 @@ def test_resolve_refuses_tables_the_procfile_lacks(tmp_path: Path) -> None:
     project = load_project(write(tmp_path, FULL))
     with pytest.raises(ProjectError, match="names no Procfile type"):
         resolve(project, Flags(), ["echo"], environ={})
+
+
+@pytest.mark.parametrize(("flags", "fragment"), [
+    (Flags(grace=math.inf), "grace=inf is out of range"),
+    (Flags(grace=math.nan), "grace=nan"),
+    (Flags(grace=-1.0), "grace=-1.0"),
+    (Flags(ready_timeout=1e20), "ready_timeout=1e+20 is out of range"),
+    (Flags(ready_timeout=0.0), "more than 0 to 86400"),
+])
+def test_resolve_refuses_durations_the_api_was_given(flags: Flags, fragment: str) -> None:
+    """Issue 26 item 11 through the Python API (`Cluster(grace=math.inf)`): refused in one
+    line before anything starts, as in devcluster.toml and on the command line."""
+    with pytest.raises(UsageError, match=re.escape(fragment)):
+        resolve(None, flags, ["web"])
+    assert resolve(None, Flags(grace=0.0, ready_timeout=86400.0), ["web"]).grace == 0.0

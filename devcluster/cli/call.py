@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from devcluster.cli import views
+from devcluster.cli.interrupt import stop_on_signals
 from devcluster.cli.place import Place
 from devcluster.errors import DevclusterError, UsageError
 
@@ -55,8 +56,8 @@ def call(at: Place, method: str, data: str, count: int, interval: float, service
 
     # A file registry by its state dir, as ``client`` has it (the channel follows the file).
     source: Registry | str = reg if at.is_etcd else str(at.state_dir)
-    with BalancedChannel(service, source, on_call=on_call,
-                         where=matching) as ch:
+    with stop_on_signals(), BalancedChannel(service, source, on_call=on_call,
+                                            where=matching) as ch:
         failures = _calls(ch, target, target.request(data), count, interval, timeout, as_json,
                           sink)
     return 1 if failures else 0

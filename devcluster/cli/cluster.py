@@ -166,7 +166,7 @@ def _console(wanted: bool, directory: Path, registry: str | None, port: int) -> 
         return
     from devcluster.console import Console
 
-    server = Console(directory, registry, port=port)
+    server = Console(directory, registry, port=port, port_option="--console-port")
     print(f"console: {server.start()}", flush=True)
     try:
         yield

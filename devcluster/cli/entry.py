@@ -29,6 +29,8 @@ def main() -> None:
         print(f"devcluster: error: this platform ({sys.platform}) lacks {lacking}, which "
               "devcluster needs; run it on Linux or macOS (on Windows: in WSL)", file=sys.stderr)
         sys.exit(1)
-    from devcluster.cli.runner import run
-
+    try:
+        from devcluster.cli.runner import run
+    except KeyboardInterrupt:  # Ctrl-C while the command line loads: interrupted, no traceback
+        sys.exit(130)
     sys.exit(run(sys.argv[1:]))

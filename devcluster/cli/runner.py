@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from devcluster.cli import spec, views
+from devcluster.cli.interrupt import heed_sigint
 from devcluster.errors import DevclusterError, UsageError
 
 _PROCFILE_OPTIONS = ("-f", "--file", "--procfile")
@@ -136,6 +137,7 @@ def run(argv: Sequence[str]) -> int:
         if isinstance(parsed, int):
             return parsed
         command, kwargs = parsed
+        heed_sigint()
         module = importlib.import_module(f"devcluster.cli.{command.module}")
         output = getattr(module, command.func)(**kwargs)
         code = views.render(output, bool(kwargs.get("as_json")))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from devcluster import defaults
+from devcluster.cli.argtypes import decimal, line_count, seconds, whole
 from devcluster.errors import UsageError
 
 Declare = Callable[[argparse.ArgumentParser], None]
@@ -85,24 +86,24 @@ def _up(p: argparse.ArgumentParser) -> None:
                    help="Extra env file (repeatable).")
     p.add_argument("-c", "--scale", action="append", default=[], metavar="TYPE=N",
                    help="TYPE=N (repeatable).")
-    p.add_argument("-p", "--port", type=int, metavar="PORT",
+    p.add_argument("-p", "--port", type=whole, metavar="PORT",
                    help="Base port ($PORT of the first instance); 0 lets servers pick. Default: "
                         f"[cluster] port of devcluster.toml, else {defaults.BASE_PORT}.")
-    p.add_argument("--grace", type=float, metavar="SECONDS",
+    p.add_argument("--grace", type=seconds, metavar="SECONDS",
                    help="Seconds instances get to stop on SIGINT. Default: the file's grace, "
                         f"else {defaults.GRACE:g}.")
     p.add_argument("--restart", action="append", default=[], metavar="TYPE=POLICY",
                    help="TYPE=POLICY: no, on-failure (default), always.")
     p.add_argument("-d", "--detach", action="store_true",
                    help="Run in the background; return once every instance serves.")
-    p.add_argument("--ready-timeout", type=float, metavar="SECONDS",
+    p.add_argument("--ready-timeout", type=seconds, metavar="SECONDS",
                    help="Seconds an instance gets to serve. Default: the file's "
                         f"ready_timeout, else {defaults.READY_TIMEOUT:g}.")
     p.add_argument("--console", action="store_true",
                    help="Also serve the web console (see `devcluster console`) while the "
                         "cluster runs; its URL is printed first (with -d: when up returns, "
                         "and kept in the state dir's private/console.url).")
-    p.add_argument("--console-port", type=int, default=0, metavar="PORT",
+    p.add_argument("--console-port", type=whole, default=0, metavar="PORT",
                    help="Port of --console on 127.0.0.1 (default: a free one).")
     p.add_argument("--watch", action="store_true",
                    help="Rolling reload when files change (default: the Procfile's "
@@ -114,18 +115,18 @@ def _up(p: argparse.ArgumentParser) -> None:
 
 
 def _down(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--grace", type=float, metavar="SECONDS", help="Seconds instances get to stop.")
+    p.add_argument("--grace", type=seconds, metavar="SECONDS", help="Seconds instances get to stop.")
 
 
 def _logs(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", metavar="NAME", help="Instance (default: the merged log).")
     p.add_argument("-f", "--follow", action="store_true", help="Keep printing new lines.")
-    p.add_argument("-n", "--lines", type=int, default=50, metavar="N",
+    p.add_argument("-n", "--lines", type=line_count, default=50, metavar="N",
                    help="Lines to show (default: 50).")
 
 
 def _events(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--since", type=float, metavar="SECONDS",
+    p.add_argument("--since", type=decimal, metavar="SECONDS",
                    help="Only the events of the last SECONDS seconds.")
     p.add_argument("-f", "--follow", action="store_true",
                    help="Keep printing new events (Ctrl-C to stop).")
@@ -171,7 +172,7 @@ def _reload(p: argparse.ArgumentParser) -> None:
 
 
 def _console(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-p", "--port", type=int, default=0,
+    p.add_argument("-p", "--port", type=whole, default=0,
                    help="Port on 127.0.0.1 (default: a free one).")
     p.add_argument("--open", dest="open_", action="store_true", help="Open the page in a browser.")
 
@@ -184,19 +185,19 @@ def _client(p: argparse.ArgumentParser) -> None:
                    help="Service to call (default: every serving instance).")
     p.add_argument("--name", default="world", metavar="NAME",
                    help="Name to greet; calls send NAME-SEQ (default: world).")
-    p.add_argument("-n", "--count", type=int, metavar="N",
+    p.add_argument("-n", "--count", type=whole, metavar="N",
                    help="Calls to make (default: until Ctrl-C).")
-    p.add_argument("--interval", type=float, default=0.5, metavar="SECONDS",
+    p.add_argument("--interval", type=seconds, default=0.5, metavar="SECONDS",
                    help="Seconds between calls (default: 0.5).")
-    p.add_argument("-C", "--concurrency", type=int, default=1, metavar="N",
+    p.add_argument("-C", "--concurrency", type=whole, default=1, metavar="N",
                    help="Calls in flight (default: 1).")
-    p.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds, default=2.0, metavar="SECONDS",
                    help="Deadline of each call, seconds (default: 2).")
     p.add_argument("--policy", metavar="POLICY",
                    help=f"devcluster's balancer ({DEFAULT_POLICY} by default): {policies_help()}. "
                         f"With a grpc --target, grpc's own {' (default) or '.join(GRPC_POLICIES)}."
                    .replace("%", "%%"))
-    p.add_argument("--hedge", type=float, metavar="SECONDS",
+    p.add_argument("--hedge", type=seconds, metavar="SECONDS",
                    help="Also send a call unanswered for SECONDS to a second instance; the "
                         "first answer wins (a frozen instance then costs no call). For "
                         "idempotent methods only (SayHello is).")
@@ -214,7 +215,7 @@ def _client(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--speed", type=float, default=1.0, metavar="X",
+    p.add_argument("--speed", type=decimal, default=1.0, metavar="X",
                    help="Slow down (0.5 = half speed) for a talk.")
     p.add_argument("--lesson", action="store_true",
                    help="The article's progression instead: one address, the comma list, "
@@ -225,13 +226,13 @@ def _call(p: argparse.ArgumentParser) -> None:
     p.add_argument("method", metavar="METHOD", help="package.Service/Method, as grpcurl writes "
                    "it, e.g. helloworld.Greeter/SayHello.")
     p.add_argument("-d", "--data", default="{}", metavar="JSON", help="The request as JSON.")
-    p.add_argument("-n", "--count", type=int, default=1, metavar="N",
+    p.add_argument("-n", "--count", type=whole, default=1, metavar="N",
                    help="Calls to make (default: 1).")
-    p.add_argument("--interval", type=float, default=0.0, metavar="SECONDS",
+    p.add_argument("--interval", type=seconds, default=0.0, metavar="SECONDS",
                    help="Seconds between calls (default: 0).")
     p.add_argument("--service", metavar="SERVICE",
                    help="Only instances of this service (default: every serving instance).")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds, default=5.0, metavar="SECONDS",
                    help="Deadline of each call, seconds (default: 5).")
     p.add_argument("--proto", metavar="FILE", help="A .proto defining the method, for servers "
                    "without reflection (compiled now with grpcio-tools).")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,13 +45,20 @@ def paint(text: str, style: str, colour: bool) -> str:
 
 
 def uptime(seconds: float | None) -> str:
+    """``59s``, ``1m00s``, ``2h05m``: whole seconds elapsed, as a clock shows them (floored
+    first, so 119.7 s is ``1m59s``, never ``1m60s``).
+
+    >>> [uptime(s) for s in (None, 59.7, 119.7, 3599.9, 7500)]
+    ['-', '59s', '1m59s', '59m59s', '2h05m']
+    """
     if not seconds:
         return "-"
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
-    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def mib(n: int | None) -> str:
@@ -128,10 +136,27 @@ def terminal(stderr: bool = False) -> Terminal:
     return Terminal(sys.stderr if stderr else sys.stdout)
 
 
+#: Longest ``last_exit`` a ``ps`` cell shows: the table stays as wide as a terminal;
+#: the whole text is in ``ps --json`` and the log.
+LAST_EXIT_WIDTH = 56
+
+
 def state_text(row: Mapping[str, Any]) -> str:
+    """``failed (exit 1)``; a long reason cut to its first clause, or to
+    :data:`LAST_EXIT_WIDTH` characters.
+
+    >>> state_text({"state": "failed", "last_exit": "preload failed: importing 'm' started "
+    ...             "threads (2 Python, 2 in all); a fork copies only one of them"})
+    "failed (preload failed: importing 'm' started threads...)"
+    """
     state = str(row["state"]) + (" (disabled)" if row.get("enabled") is False else "")
     if row.get("last_exit") and row["state"] in {"exited", "failed", "killed", "backoff"}:
-        state += f" ({row['last_exit']})"
+        why = " ".join(str(row["last_exit"]).split())
+        if len(why) > LAST_EXIT_WIDTH:  # its first clause, if short enough
+            clause = re.split(r" \(|; ", why, maxsplit=1)[0]
+            why = (clause if len(clause) <= LAST_EXIT_WIDTH - 3 else
+                   why[:LAST_EXIT_WIDTH - 3].rstrip(" ,;:(")) + "..."
+        state += f" ({why})"
     if row.get("fault"):
         state += f" (fault: {row['fault']})"
     return state

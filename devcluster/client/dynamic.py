@@ -251,14 +251,33 @@ def compile_proto(proto: str | os.PathLike[str],
         done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               check=False)
         if done.returncode != 0 or not out.exists():
-            lines = done.stderr.strip().splitlines() or ["protoc failed"]
-            first = next((ln for ln in lines if "warning:" not in ln), lines[0])
-            raise ProtoError(f"--proto {proto} does not compile: {first}")
+            raise ProtoError(f"--proto {proto} does not compile: {protoc_error(done.stderr)}")
         files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     pool = descriptor_pool.DescriptorPool()
     for file in files.file:
         pool.Add(file)
     return pool
+
+
+#: Lines protoc's logging (absl) writes before its errors: ``WARNING: All log messages
+#: before absl::InitializeLog()...`` and ``W0000 00:00:17... parser.cc:659] ...``.
+_PROTOC_LOG = re.compile(r"WARNING: All log messages|[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]")
+#: A compile error as protoc words it: ``FILE:LINE:COLUMN: what``.
+_PROTOC_ERROR = re.compile(r"\S+:\d+:\d+: ")
+
+
+def protoc_error(stderr: str) -> str:
+    """The first line of protoc's ``stderr`` that says what is wrong with the file: a
+    ``FILE:LINE:COL:`` error if there is one, never absl's log preamble or a warning.
+
+    >>> protoc_error("WARNING: All log messages before absl::InitializeLog() ...\\n"
+    ...              "README.md:1:1: Expected top-level statement.\\n")
+    'README.md:1:1: Expected top-level statement.'
+    """
+    lines = [ln for ln in stderr.strip().splitlines()
+             if ln.strip() and not _PROTOC_LOG.match(ln) and "warning:" not in ln]
+    located = [ln for ln in lines if _PROTOC_ERROR.match(ln)]
+    return (located or lines or ["protoc failed"])[0]
 
 
 def proto_services(pool: descriptor_pool.DescriptorPool, proto: str | os.PathLike[str],

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from devcluster import defaults
 from devcluster.config.tomlerrors import Context, kind
 from devcluster.errors import UsageError
 
@@ -64,10 +65,31 @@ def number(ctx: Context, table: Mapping[str, Any], path: KeyPath, minimum: float
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ctx.error(path, f"must be a number of seconds, not {kind(value)}; "
                         f"e.g. {path[-1]} = 5")
-    if value < minimum or (strict and value == minimum) or value != value:
+    # inf and nan fail the comparison too (no float() of a 400-digit TOML integer).
+    if not minimum <= value <= defaults.MAX_SECONDS or (strict and value == minimum):
         bound = ">" if strict else ">="
-        raise ctx.error(path, f"= {value} is out of range; use a number {bound} {minimum:g}")
+        shown = value if isinstance(value, float) or abs(value) < 10**18 else "a huge number"
+        raise ctx.error(path, f"= {shown} is out of range; use a number of seconds {bound} "
+                        f"{minimum:g} and at most {defaults.MAX_SECONDS:g} "
+                        f"({defaults.MAX_SECONDS_WORDS})")
     return float(value)
+
+
+def no_null_bytes(ctx: Context, value: Any, path: KeyPath) -> None:
+    """Refuse a string anywhere under ``value`` that holds a null byte (``"\\u0000"``):
+    no environment variable, argument or path can carry one."""
+    problem = "contains a null byte (\\u0000), which no environment variable, command " \
+              "or path can hold; remove it"
+    if isinstance(value, str) and "\0" in value:
+        raise ctx.error(path, problem)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\0" in key:
+                raise ctx.error(path, "has a key that " + problem)
+            no_null_bytes(ctx, item, (*path, key))
+    if isinstance(value, list):
+        for item in value:
+            no_null_bytes(ctx, item, path)
 
 
 def _string_table(ctx: Context, table: Mapping[str, Any], path: KeyPath,

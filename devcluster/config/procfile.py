@@ -85,7 +85,11 @@ def read_text(path: Path, what: str) -> str:
     if b"\0" in data:
         raise ProcfileError(f"{what} {path} is not a text file (it contains NUL bytes)")
     try:
-        return data.decode("utf-8")
+        # A UTF-8 byte order mark (Notepad and other Windows editors write one) means
+        # nothing in UTF-8 and no editor shows it: read past it, as Python's utf-8-sig
+        # codec does (it made line 1 "illegal characters" or "Invalid statement").
+        # The file itself is left as it is.
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ProcfileError(
             f"{what} {path} is not UTF-8 text (bad byte at offset {e.start})") from None
@@ -167,10 +171,11 @@ def parse_scale(items: Sequence[str]) -> dict[str, int]:
         name, sep, count = item.partition("=")
         if not sep or not name:
             raise UsageError(f"bad scale {item!r}; expected TYPE=N, e.g. greeter=3")
-        try:
-            value = int(count)
-        except ValueError:
-            raise UsageError(f"bad scale {item!r}: {count!r} is not a whole number") from None
+        # ASCII digits only: int() also reads "١٢" (Arabic-Indic digits) and "1_0".
+        if not re.fullmatch(r"[+-]?[0-9]{1,18}", count.strip()):
+            raise UsageError(f"bad scale {item!r}: {count!r} is not a whole number "
+                             "(digits 0-9)")
+        value = int(count)
         if value < 0:
             raise UsageError(f"bad scale {item!r}: the count must be 0 or more")
         out[name] = value

@@ -46,6 +46,7 @@ from devcluster.config.procfile import read_text
 from devcluster.config.tomlerrors import Context, did_you_mean
 from devcluster.config.tomlerrors import ProjectError as ProjectError  # public here too
 from devcluster.config.tomllines import KeyPath, key_lines, line_of
+from devcluster.errors import UsageError
 
 #: The file looked for beside the Procfile.
 PROJECT_FILE = "devcluster.toml"
@@ -141,7 +142,13 @@ def parse_project(text: str, source: str) -> Project:
         line = where.group(1) if where else str(max(1, text.count("\n")))
         raise ProjectError(f"{source}:{line}: not valid TOML ({reason}); fix the syntax "
                            "(strings need quotes, tables are [name])") from None
+    except ValueError:  # tomllib's int() of a number over 4,300 digits
+        long = re.search(r"[0-9_]{4300,}", text)
+        line = text.count("\n", 0, long.start()) + 1 if long else 1
+        raise ProjectError(f"{source}:{line}: not valid TOML (a number of over 4300 digits); "
+                           "no setting takes a number that long") from None
     ctx = Context(source, key_lines(text))
+    check.no_null_bytes(ctx, data, ())
     ctx.known(data, (), ("cluster", "process", "xds"))
     cluster = _cluster(ctx, ctx.table(data.get("cluster", {}), ("cluster",)))
     processes = {}
@@ -375,6 +382,7 @@ def resolve(project: Project | None, flags: Flags, types: Iterable[str],
     (0, 5.0)
     """
     names = list(types)
+    _check_durations(flags)
     if project is None:
         project = Project("(none)")
     check_types(project, names)
@@ -405,6 +413,18 @@ def resolve(project: Project | None, flags: Flags, types: Iterable[str],
         scale=MappingProxyType(scale), restart=MappingProxyType(restart),
         types=MappingProxyType(per_type),
         waves=tuple(tuple(w) for w in start_order(project, names)), flags=flags)
+
+
+def _check_durations(flags: Flags) -> None:
+    """The API's ``grace`` and ``ready_timeout`` as the file's (the CLI's flags are checked
+    by their parser): ``inf`` would overflow the clocks and ``select()`` it reaches."""
+    for name, value, low in (("grace", flags.grace, "0"),
+                             ("ready_timeout", flags.ready_timeout, "more than 0")):
+        if value is None:
+            continue
+        if not 0 <= value <= defaults.MAX_SECONDS or (value == 0 and low != "0"):
+            raise UsageError(f"{name}={value!r} is out of range; use a number of seconds, "
+                             f"{low} to {defaults.MAX_SECONDS:g} ({defaults.MAX_SECONDS_WORDS})")
 
 
 def _first(*values: Any) -> Any:

@@ -212,12 +212,12 @@ class Console:
 
     ``port=0`` takes a free port; the URL (with the token) is in :attr:`url` once
     :meth:`start` returned. Binds 127.0.0.1 only; serves at most ``max_connections``
-    connections at once.
+    connections at once. ``port_option``: the flag a taken port is blamed on.
     """
 
     def __init__(self, state_dir: Path, registry: str | Registry | None = None, *,
                  port: int = 0, token: str | None = None,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, port_option: str = "--port") -> None:
         self.view = ClusterView(state_dir, registry)
         self.token = token or new_token()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -228,7 +228,7 @@ class Console:
             self._sock.close()
             self.view.close()
             raise UsageError(f"cannot listen on {HOST}:{port} ({e.strerror}); pick another "
-                             "--port or leave it out for a free one") from None
+                             f"{port_option} or leave it out for a free one") from None
         self.port: int = self._sock.getsockname()[1]
         self.guard = Guard(self.token, self.port)
         self.app = make_app(self.view, self.guard)

@@ -36,6 +36,7 @@ _NAMES = {code: name for name, code in CODES.items()}
 #: The longest delay a fault may ask for (an hour: longer is a typo, not a test).
 MAX_DELAY_S = 3600.0
 _DURATION = re.compile(r"(?P<n>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m)?", re.ASCII)
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 _SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
 
 
@@ -134,12 +135,8 @@ def parse_abort(text: str) -> tuple[int, float]:
 def _percent(text: str, flag: str, whole: str) -> float:
     if not text:
         return 100.0
-    try:
-        if not text.strip().replace(".", "", 1).isascii():
-            raise ValueError
-        value = float(text)
-    except ValueError:
-        value = -1.0
+    match = _NUMBER.fullmatch(text.strip())
+    value = float(text) if match else -1.0
     if not 0 < value <= 100:
         raise UsageError(f"{flag} {whole!r}: the percent after ':' must be a number in (0, 100]")
     return value

@@ -142,7 +142,11 @@ def parse_weight(value: str | int) -> int:
     try:
         if isinstance(value, bool):
             raise ValueError
-        weight = int(value) if isinstance(value, int) else int(str(value).strip(), 10)
+        text = str(value).strip()
+        # ASCII digits only: int() also reads "١٢" (Arabic-Indic digits) and "1_0".
+        if not isinstance(value, int) and not (text.isascii() and text.lstrip("+-").isdigit()):
+            raise ValueError
+        weight = int(value) if isinstance(value, int) else int(text, 10)
     except ValueError:
         raise UsageError(f"weight must be an integer {bounds}, got {value!r}") from None
     if not defaults.MIN_WEIGHT <= weight <= defaults.MAX_WEIGHT:

@@ -68,8 +68,11 @@ def _send(sock: socket.socket, **message: Any) -> None:
     sock.send(json.dumps(message).encode())
 
 
-def threads_problem() -> str | None:
-    """Why forking this process now would be unsafe (threads running), else None."""
+def threads_problem(culprit: str | None = None) -> str | None:
+    """Why forking this process now would be unsafe (threads running), else None.
+
+    ``culprit``: the module whose import just started them, named in the answer (else
+    the preloaded modules in general: a thread started late, after every import)."""
     py = threading.active_count()
     try:
         native = len(os.listdir("/proc/self/task"))
@@ -77,7 +80,10 @@ def threads_problem() -> str | None:
         native = py
     if py == 1 and native == 1:
         return None
-    return (f"the preloaded modules started threads ({py} Python, {native} in all); a fork "
+    names = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    shown = f": {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if names else ""
+    who = f"importing {culprit!r}" if culprit else "the preloaded modules"
+    return (f"{who} started threads ({py} Python, {native} in all{shown}); a fork "
             "copies only one of them (gRPC forbids threads, channels and servers before a "
             "fork): preload only modules that start nothing when imported")
 
@@ -123,9 +129,9 @@ def serve(sock: socket.socket, parent: int, modules: Sequence[str]) -> int:
             importlib.import_module(name)
         except BaseException as e:
             return _refuse(sock, f"cannot import {name!r}: {type(e).__name__}: {e}")
-    problem = threads_problem()
-    if problem:
-        return _refuse(sock, problem)
+        problem = threads_problem(name)  # after each import: the one to blame is named
+        if problem:
+            return _refuse(sock, problem)
     _send(sock, ready=round(time.monotonic() - began, 3))
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the intermediates: no zombies
     while True:

@@ -105,6 +105,20 @@ def test_following_stops_on_sigint_with_sigint_ignored(
     assert "Traceback" not in follower.text()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_call_with_an_interval_stops_on_a_signal_with_sigint_ignored(
+        sig: signal.Signals, registry_dir: Path, start: Callable[..., Running]) -> None:
+    """Issue 26 item 14: every command heeds SIGINT (the runner restores it), not only
+    those that were fixed one by one; `call -n N --interval S` ran on after kill -INT."""
+    proto = Path(__file__).parents[1] / "protos" / "echo.proto"
+    caller = start("call", "echo.Echo/Say", "--proto", str(proto), "-n", "1000",
+                   "--interval", "0.2", "--timeout", "0.2")
+    caller.wait_for("  2  ")  # calls are being made (each fails: nothing listens)
+    caller.proc.send_signal(sig)
+    assert caller.proc.wait(15) == 130
+    assert "Traceback" not in caller.text()
+
+
 def test_ctrl_c_during_up_detached_says_the_cluster_keeps_running(
         tmp_path: Path, start: Callable[..., Running],
         devcluster_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
@@ -116,7 +130,10 @@ def test_ctrl_c_during_up_detached_says_the_cluster_keeps_running(
     state = defaults.state_dir(tmp_path / "Procfile")
     try:
         deadline = time.monotonic() + 30
-        while running_pid(state) is None:  # the supervisor holds its lock: it runs
+        # The supervisor holds its lock: it runs. `up -d` takes the lock first and hands
+        # it over (its own pid in the file until then): a Ctrl-C before the hand-over is
+        # another case (the daemon may not have its request yet).
+        while running_pid(state) in (None, -1, up.proc.pid):
             assert up.proc.poll() is None, up.text()
             assert time.monotonic() < deadline, up.text()
             time.sleep(0.05)
@@ -128,3 +145,29 @@ def test_ctrl_c_during_up_detached_says_the_cluster_keeps_running(
         assert devcluster_cli("ps", cwd=tmp_path).returncode == 0  # it does
     finally:
         assert devcluster_cli("down", "--grace", "1", cwd=tmp_path).returncode == 0
+
+
+#: Run devcluster with a real SIGINT arriving while its command line is being imported.
+SIGINT_WHILE_LOADING = """
+import importlib.abc, os, signal, sys
+
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "devcluster.cli.spec":
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the import begins
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["devcluster", "ps"]
+from devcluster.cli.entry import main
+main()
+"""
+
+
+def test_ctrl_c_while_the_command_line_loads_is_quiet(tmp_path: Path) -> None:
+    """Ctrl-C in the first tenth of a second of any command (its imports) printed a
+    KeyboardInterrupt traceback; it is exit 130 and nothing else, as later on."""
+    result = subprocess.run([sys.executable, "-c", SIGINT_WHILE_LOADING], cwd=tmp_path,
+                            env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "" and result.stdout == ""

@@ -107,6 +107,8 @@ def test_the_fault_command(make_cluster: Callable[..., Cluster], run_cli: Cli) -
     (("greeter.1", "--abort", "NOPE"), "--abort 'NOPE': give a gRPC status"),
     (("greeter.1", "--abort", "14:150"), "the percent after ':' must be a number in (0, 100]"),
     (("greeter.1", "--abort", "14:١٢"), "the percent after ':' must be a number in (0, 100]"),
+    (("greeter.1", "--abort", "14:1_0"), "the percent after ':' must be a number in (0, 100]"),
+    (("greeter.1", "--delay", "1_0ms"), "--delay '1_0ms': give a duration"),
     (("greeter.1", "--clear", "--delay", "1s"), "--clear takes no --delay or --abort"),
 ])
 def test_bad_fault_input_exits_2_in_one_line(run_cli: Cli, tmp_path: Path,

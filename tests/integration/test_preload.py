@@ -257,7 +257,15 @@ def test_a_preload_that_starts_a_thread_is_refused(run_cli: Cli, tmp_path: Path)
     result = run_cli("up", "-d")
     try:
         assert result.returncode == 1
-        assert "preload failed: the preloaded modules started threads" in result.stderr
+        # Issue 26 item 16: the module is named (it was "the preloaded modules").
+        assert "preload failed: importing 'threaded' started threads" in result.stderr
+        # ...and the reason does not widen `ps` to 230 columns: whole in --json only.
+        ps = run_cli("ps")
+        assert max(map(len, ps.stdout.splitlines())) <= 130, ps.stdout  # it was 230
+        assert "failed (preload failed: importing 'threaded' started threads...)" in ps.stdout
+        rows = json.loads(run_cli("ps", "--json").stdout)
+        assert all("importing 'threaded' started threads" in r["last_exit"] and
+                   "preload only modules" in r["last_exit"] for r in rows)
     finally:
         run_cli("down")
 

@@ -40,7 +40,16 @@ class Row:
     """A fragment the message must not contain."""
 
 
+#: 12 and 5000 in Arabic-Indic digits: int() reads them; a number flag must not.
+TWELVE, FIVE_THOUSAND = "\u0661\u0662", "\u0665\u0660\u0660\u0660"
 VERBS = ("kill", "stop", "start", "restart", "pause", "resume")
+
+
+def ascii_id(text: str) -> str:
+    """A row name pytest keeps as it is (it escapes other ids, and the fixture looks
+    rows up by id): each non-ASCII character as ``#``."""
+    return text if text.isascii() else \
+        "".join(c if c.isascii() else "#" for c in text) + " (non-ASCII digits)"
 
 ROWS: dict[str, Row] = {
     # -- the Procfile --
@@ -118,6 +127,13 @@ ROWS: dict[str, Row] = {
            ("env sets PORT", b"[process.web]\nenv = { PORT = \"1\" }\n",
             "devcluster.toml:2: process.web.env"),
            ("not TOML", b"[process.web\nscale = 2\n", "devcluster.toml:1: not valid TOML"),
+           # Issue 26 item 11: a traceback, exit 1 and a cluster left running.
+           ("ready_timeout inf", b"[process.web]\nready_timeout = inf\n",
+            "devcluster.toml:2: process.web.ready_timeout = inf is out of range"),
+           ("grace 1e20", b"[process.web]\ngrace = 1e20\n",
+            "devcluster.toml:2: process.web.grace = 1e+20 is out of range"),
+           ("env with a null byte", b'[process.web]\nenv = { A = "x\\u0000y" }\n',
+            "devcluster.toml:2: process.web.env.A contains a null byte"),
        )},
     "missing --config": Row(("up", "--config", "nope.toml"), 2, "nope.toml does not exist"),
     "missing --config, detached": Row(("up", "-d", "--config", "nope.toml"), 2,
@@ -129,8 +145,8 @@ ROWS: dict[str, Row] = {
     "meta bad item": Row(("meta", "greeter", "=a"), 2, "bad metadata '=a'", cluster=True),
     "meta without items": Row(("meta", "greeter"), 2, "KEY=VALUE", cluster=True),
     # -- weight (the registry; no supervisor needed) --
-    **{f"weight {v}": Row(("weight", "greeter", "--", v), 2, "weight must be an integer 0..1000",
-                          cluster=True) for v in ("-1", "abc", "1e9", "1001")},
+    **{ascii_id(f"weight {v}"): Row(("weight", "greeter", "--", v), 2, "weight must be an integer 0..1000",
+                          cluster=True) for v in ("-1", "abc", "1e9", "1001", TWELVE, "1_0")},
     "weight, no registry": Row(("weight", "greeter", "1001"), 2, "0..1000"),
     "weight unknown instance": Row(("weight", "nope", "3"), 1, "unknown instance 'nope'",
                                    cluster=True),
@@ -160,6 +176,34 @@ ROWS: dict[str, Row] = {
     "weight path as a name": Row(("weight", "greeter/../x", "3"), 2, "is not an instance name",
                                  cluster=True),
     "logs negative lines": Row(("logs", "-n", "-1"), 2, "-1", cluster=True),
+    # -- numbers on the command line (issue 26 items 11 and 16): ASCII digits, finite,
+    # within a day; refused by the parser before anything runs --
+    **{ascii_id(" ".join(args[:1] + args[-2:])): Row(args, 2, fragment) for args, fragment in (
+        (("call", "a.B/C", "--interval", "inf"), "argument --interval: 'inf'"),
+        (("call", "a.B/C", "--timeout", "inf"), "argument --timeout: 'inf'"),
+        (("call", "a.B/C", "--timeout", "1e300"), "argument --timeout: '1e300' is out of range"),
+        (("call", "a.B/C", "--interval", "nan"), "argument --interval: 'nan'"),
+        (("call", "a.B/C", "-n", TWELVE), f"argument -n/--count: '{TWELVE}' is not a whole number"),
+        (("client", "--timeout", "1e400"), "argument --timeout"),
+        (("client", "-n", TWELVE), "argument -n/--count"),
+        (("up", "--grace", "inf"), "argument --grace"),
+        (("up", "--ready-timeout", "1e20"), "argument --ready-timeout"),
+        (("up", "-p", FIVE_THOUSAND), "argument -p/--port"),
+        (("up", "-c", f"greeter={TWELVE}"), f"bad scale 'greeter={TWELVE}'"),
+        (("logs", "-n", TWELVE), "argument -n/--lines"),
+        (("events", "--since", "inf"), "argument --since"),
+        (("demo", "--speed", "nan"), "argument --speed"),
+    )},
+    "call --proto README.md": Row(("call", "a.B/C", "--proto", "README.md"), 2,
+                                  "README.md:1:1: Expected top-level statement", absent="absl",
+                                  files={"Procfile": PROCFILE, "README.md": b"# Hello\n"}),
+    "scale in Arabic-Indic digits, running": Row(("scale", f"greeter={TWELVE}"), 2,
+                                                 "not a whole number", cluster=True),
+    "console port in use": Row(("up", "-p", "0", "--console", "--console-port", "{busy_port}"),
+                               (1, 2), "pick another --console-port", absent="another --port"),
+    "console port in use, detached": Row(
+        ("up", "-d", "-p", "0", "--console", "--console-port", "{busy_port}"), (1, 2),
+        "pick another --console-port", absent="another --port"),
     "logs, no merged log yet": Row(("logs",), 1, "devcluster", absent="None", files={
         "Procfile": PROCFILE, ".devcluster/logs/supervisor.out": b"crashed at start\n"}),
     **{f"{verb} without a cluster": Row((verb, "greeter"), 1, "no cluster running")
@@ -316,4 +360,50 @@ def test_control_socket_of_another_user_is_refused(tmp_path: Path, run_cli: Any)
         assert len(errors) == 1 and "belongs to uid 65534" in errors[0], result.stderr
     finally:
         os.chown(sock, os.getuid(), os.getgid())
+        assert run_cli("down", "--grace", "1").returncode == 0
+
+
+def test_events_skip_a_line_that_is_not_json_and_never_print_one(tmp_path: Path,
+                                                                  run_cli: Any) -> None:
+    """Issue 26 item 11: an events.jsonl line with "time": 1e400 crashed `events` with a
+    traceback, and `events --json` printed Infinity, which no JSON parser reads."""
+    import json
+    import time
+
+    from devcluster.events import Event, EventKind, EventLog
+
+    (tmp_path / "Procfile").write_bytes(PROCFILE)
+    state = tmp_path / ".devcluster"
+    state.mkdir(mode=0o700)
+    with EventLog(state) as log:
+        log.append(Event(time.time(), EventKind.STARTED, "greeter", new=4242))
+    with open(state / "events.jsonl", "a") as f:
+        f.write('{"time": 1e400, "kind": "started", "instance": "greeter.9"}\n')
+        f.write('{"time": 5, "kind": "weight", "instance": "greeter.8", "new": 1e400}\n')
+    plain = run_cli("events")
+    assert plain.returncode == 0 and "Traceback" not in plain.stderr, plain.stderr
+    assert "greeter started" in plain.stdout and "greeter.9" not in plain.stdout
+    # ...and says so in one line on stderr, naming the lines.
+    assert plain.stderr.strip() == ("devcluster: note: skipped 2 line(s) of events.jsonl "
+                                    "that are not events (line 2, 3)"), plain.stderr
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    as_json = run_cli("events", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    lines = as_json.stdout.splitlines()
+    assert [json.loads(ln, parse_constant=strict)["instance"] for ln in lines] == ["greeter"]
+
+
+def test_logs_n_past_any_log_shows_all_of_it(tmp_path: Path, run_cli: Any) -> None:
+    """Issue 26 item 11: `logs -n 99999999999999999999` was an OverflowError traceback. A
+    count past any log's length means the whole log, as `tail -n` has it (clamped)."""
+    (tmp_path / "Procfile").write_bytes(PROCFILE)
+    assert run_cli("up", "-d", "-p", "0").returncode == 0
+    try:
+        result = run_cli("logs", "-n", "99999999999999999999")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        assert result.stdout.strip()
+    finally:
         assert run_cli("down", "--grace", "1").returncode == 0
