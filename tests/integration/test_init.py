@@ -150,3 +150,34 @@ def test_bad_flags_are_one_line_and_exit_2(args: tuple[str, ...], fragment: str,
     [line] = result.stderr.splitlines()
     assert line.startswith("devcluster: error: ") and fragment in line
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(("protos", "fragment"), [
+    ({"a.proto": 'syntax = "proto3";\nservice A { rpc X (Nope) returns (Nope); }\n'},
+     "a.proto does not compile: "),
+    ({"a.proto": INVENTORY, "b/b.proto": 'syntax = "proto3";\nservice B {}\n'},
+     "several .proto files define a service (a.proto, b/b.proto)"),
+    ({"types.proto": 'syntax = "proto3";\nmessage T {}\n'}, "types.proto: no service defined"),
+])
+def test_a_proto_init_cannot_use_is_one_line_and_exit_1(
+        protos: dict[str, str], fragment: str, tmp_path: Path, run_cli: Cli) -> None:
+    for path, text in protos.items():
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text(text)
+    before = _files(tmp_path)
+    result = run_cli("init")
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("devcluster: error: ") and fragment in line
+    assert _files(tmp_path) == before
+
+
+def test_json_names_the_service_and_the_files(tmp_path: Path, run_cli: Cli) -> None:
+    """No --name: the folder's name, made an identifier (``my-app`` -> ``my_app``)."""
+    answer = json.loads(_ok(run_cli("init", "my-app", "--lang", "node", "--json")))
+    assert answer == {"dir": str(tmp_path / "my-app"), "lang": "node", "name": "my_app",
+                      "service": "my_app.v1.MyApp", "proto": "protos/my_app.proto",
+                      "wrote": ["protos/my_app.proto", "server.js", "package.json", "Procfile",
+                                "devcluster.toml", "test_my_app.py"],
+                      "next": "cd my-app && npm install && devcluster up"}
+    assert (tmp_path / "my-app" / "Procfile").read_text() == "my_app: node server.js\n"
