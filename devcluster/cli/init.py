@@ -28,7 +28,6 @@ from typing import Any
 from devcluster.cli.views import Output
 from devcluster.errors import DevclusterError, UsageError
 
-LANGS = ("python", "node")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _SERVICE = re.compile(r"^\s*service\s+\w+", re.MULTILINE)
 #: Folders a search for the user's .proto never enters.
@@ -288,7 +287,9 @@ def _python_server(service: Service, values: dict[str, str]) -> str:
     streaming = [m.name for m in service.methods if not m.unary]
     if streaming:
         methods = (f"    # Streaming, not written yet (they answer UNIMPLEMENTED): "
-                   f"{', '.join(streaming)}.\n" + (methods or "    pass\n"))
+                   f"{', '.join(streaming)}.\n{methods}")
+    if not any(m.unary for m in service.methods):
+        methods += "    pass\n"
     imports = sorted({module, f"{module}_grpc", *(_module(m.reply[0]) for m in service.methods)})
     return _template("python/server.py.tmpl", **values, methods=methods, protoc=_protoc_line(service),
                      imports="\n".join(f"import {i}" for i in imports), grpc_module=f"{module}_grpc")

@@ -265,7 +265,7 @@ def _verb(name: str, summary: str, waits: bool) -> Command:
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("init", "init", "init",
-            "Start a project: a proto, a server, a Procfile, devcluster.toml and a pytest test.",
+            "Start a project: a proto, a server, a Procfile, devcluster.toml and a test.",
             "devcluster init shop --lang python   (then: cd shop && devcluster up)", _init,
             place=False, json="The folder, the service and the files written.",
             body="A folder with a .proto: its first service is used. init never overwrites "
