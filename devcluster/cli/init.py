@@ -263,12 +263,12 @@ def _render(service: Service, lang: str, generated: dict[str, str]) -> dict[str,
     files.update(generated)
     if lang == "python":
         files["server.py"] = _python_server(service, values)
-        command, watch = "python server.py", '["*.py"]'
+        command, watch = "python server.py --port $PORT", '["*.py"]'
     else:
         files["server.js"] = _node_server(service, values)
         files["package.json"] = _template("node/package.json.tmpl", **values,
                                           package_name=_identifier(service.name).replace("_", "-"))
-        command, watch = "node server.js", f'["*.js", "{service.proto_glob}"]'
+        command, watch = "node server.js --port $PORT", f'["*.js", "{service.proto_glob}"]'
     files["Procfile"] = _template("common/Procfile.tmpl", **values, command=command)
     files["devcluster.toml"] = _template("common/devcluster.toml.tmpl", **values, watch=watch)
     files[f"test_{_identifier(service.name)}.py"] = _test(service, lang, values)

@@ -64,13 +64,23 @@ def _generated_tests(project: Path, tmp_path: Path) -> str:
     return done.stdout
 
 
-def _up_call_test_down(project: Path, method: str, data: str, run_cli: Cli,
-                       tmp_path: Path) -> list[dict[str, object]]:
-    """``up -d -p 0``, ``call METHOD -n 4 --json``, the generated test, ``down``: the calls."""
+def _addresses(project: Path, run_cli: Cli) -> dict[str, str]:
+    return {r["name"]: r["address"] for r in json.loads(_ok(run_cli("ps", "--json", cwd=project)))}
+
+
+def _up_call_test_down(project: Path, method: str, data: str, run_cli: Cli, tmp_path: Path,
+                       same_ports: bool = True) -> list[dict[str, object]]:
+    """``up -d -p 0``, ``call METHOD -n 4 --json``, the generated test, a reload (a Python
+    server's replacement shares its instance's port; grpc-js on Node 20 cannot, so its
+    replacement gets a spare one), ``down``: the calls."""
     _ok(run_cli("up", "-d", "-p", "0", cwd=project, timeout=90))
     try:
         called = _ok(run_cli("call", method, "-d", data, "-n", "4", "--json", cwd=project))
         assert "passed" in _generated_tests(project, tmp_path)
+        before = _addresses(project, run_cli)
+        _ok(run_cli("reload", "--all", cwd=project, timeout=90))
+        after = _addresses(project, run_cli)
+        assert after == before if same_ports else after.keys() == before.keys()
     finally:
         down = run_cli("down", "--grace", "2", cwd=project)
     _ok(down)
@@ -83,7 +93,7 @@ def test_python_project_from_an_empty_folder(tmp_path: Path, run_cli: Cli) -> No
     assert set(_files(project)) == {"protos/shop.proto", "shop_pb2.py", "shop_pb2_grpc.py",
                                     "server.py", "Procfile", "devcluster.toml", "test_shop.py"}
     assert "wrote server.py" in said and "next: cd shop && devcluster up" in said
-    assert (project / "Procfile").read_text() == "shop: python server.py\n"
+    assert (project / "Procfile").read_text() == "shop: python server.py --port $PORT\n"
     calls = _up_call_test_down(project, "shop.v1.Shop/Hello", '{"name": "you"}', run_cli, tmp_path)
     assert {c["instance"] for c in calls} == {"shop.1", "shop.2"}  # scale 2, both answer
     for c in calls:
@@ -105,7 +115,8 @@ def test_node_project_from_an_empty_folder(tmp_path: Path, run_cli: Cli) -> None
     npm = subprocess.run([NPM, "install", "--no-audit", "--no-fund"], cwd=project,
                          capture_output=True, text=True, timeout=500, check=False)
     assert npm.returncode == 0, npm.stdout + npm.stderr
-    calls = _up_call_test_down(project, "greet.v1.Greet/Hello", '{"name": "n"}', run_cli, tmp_path)
+    calls = _up_call_test_down(project, "greet.v1.Greet/Hello", '{"name": "n"}', run_cli, tmp_path,
+                               same_ports=False)
     assert {c["instance"] for c in calls} == {"greet.1", "greet.2"}
     assert all(c["reply"] == {"message": f"Hello n from {c['instance']}",
                               "servedBy": c["instance"]} for c in calls)
@@ -180,4 +191,4 @@ def test_json_names_the_service_and_the_files(tmp_path: Path, run_cli: Cli) -> N
                       "wrote": ["protos/my_app.proto", "server.js", "package.json", "Procfile",
                                 "devcluster.toml", "test_my_app.py"],
                       "next": "cd my-app && npm install && devcluster up"}
-    assert (tmp_path / "my-app" / "Procfile").read_text() == "my_app: node server.js\n"
+    assert (tmp_path / "my-app" / "Procfile").read_text() == "my_app: node server.js --port $PORT\n"
