@@ -247,6 +247,17 @@ def _meta(p: argparse.ArgumentParser) -> None:
                    help="KEY=VALUE to set, KEY= to remove.")
 
 
+def _init(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", nargs="?", default=".", metavar="DIR",
+                   help="The folder (default: this one; made if missing).")
+    p.add_argument("--lang", choices=("python", "node"), default="python",
+                   help="The server's language: python (grpc.aio, the default) or node "
+                        "(grpc-js).")
+    p.add_argument("--name", metavar="SERVICE",
+                   help="The process type in the Procfile (default: the proto's service, "
+                        "else the folder's name); a new proto's service is named after it.")
+
+
 # -- the commands, in the order of --help -------------------------------------------------
 
 _VERB_EXAMPLE = "devcluster {0} server2   (or a type: {0} greeter; or --all)"
@@ -259,6 +270,12 @@ def _verb(name: str, summary: str, waits: bool) -> Command:
 
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("init", "init", "init",
+            "Start a project: a proto, a server, a Procfile, devcluster.toml and a test.",
+            "devcluster init shop --lang python   (then: cd shop && devcluster up)", _init,
+            place=False, json="The folder, the service and the files written.",
+            body="A folder with a .proto: its first service is used. init never overwrites "
+                 "a file: if\nany file it would write is there, it writes nothing (exit 1)."),
     Command("up", "cluster", "up",
             "Start every instance of the Procfile and supervise them (Ctrl-C stops them all).",
             "devcluster up -d -c greeter=3 -p 0   (or: devcluster up --watch src)", _up,
