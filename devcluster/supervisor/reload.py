@@ -222,8 +222,9 @@ def replacement_spec(old: Instance, spec: procfile.InstanceSpec) -> tuple[procfi
     """The spec to start ``old``'s replacement with, and whether it shares the port."""
     uses_port = "PORT" in spec.command
     if old.running and old.port and port_shareable(old.port):
-        port = old.port
-        return _with_port(spec, port) if uses_port else dataclasses.replace(spec, port=port), True
+        # $PORT in the environment too: a server that reads it rather than its command
+        # line (`python inventory.py` under `-p 0` got PORT=0) binds the same port.
+        return _with_port(spec, old.port), True
     if old.running and uses_port:
         return _with_port(spec, 0), False  # a spare port: the server picks, we find it
     return spec, False

@@ -74,3 +74,14 @@ def test_a_reload_cut_short_by_down_says_so(make_cluster: Callable[..., Cluster]
     assert len(errors) == 1 and isinstance(errors[0], ReloadError), errors
     assert "the cluster is shutting down" in str(errors[0])
     assert "keeps serving" not in str(errors[0])
+
+
+def test_a_server_that_reads_port_from_its_environment_keeps_its_port(
+        make_cluster: Callable[..., Cluster]) -> None:
+    """`python inventory.py` (no $PORT in the command) under `-p 0`: its replacement once got
+    PORT=0 too and bound a new port while the log said "the same port"."""
+    cluster = make_cluster(["api: python -m devcluster.greeter"])  # it reads $PORT itself
+    before = cluster.instance("api").address
+    result = cluster.reload(["api"])
+    assert [step["name"] for step in result["reloaded"]] == ["api"]
+    assert cluster.instance("api").address == before
