@@ -164,3 +164,42 @@ def test_find_by_reflection_names_the_services_that_know_the_method(
         find_by_reflection(servers, parse_method("x.Y/Z"))
     with pytest.raises(DevclusterError, match="UNAVAILABLE"):
         find_by_reflection({"gone": "127.0.0.1:1"}, ref, timeout=1)
+
+
+class _IncompleteReflection:
+    """A reflection service that describes its file without the files it imports (as
+    grpc-js's @grpc/reflection does): x.Svc/Do takes a google.protobuf.Empty."""
+
+    def ServerReflectionInfo(self, requests, context):  # noqa: N802 - grpc's name
+        from google.protobuf import descriptor_pb2
+        from grpc_reflection.v1alpha import reflection_pb2
+
+        proto = descriptor_pb2.FileDescriptorProto(name="x.proto", package="x")
+        service = proto.service.add(name="Svc")
+        service.method.add(name="Do", input_type=".google.protobuf.Empty",
+                           output_type=".google.protobuf.Empty")
+        for request in requests:
+            if request.HasField("list_services"):
+                yield reflection_pb2.ServerReflectionResponse(
+                    list_services_response=reflection_pb2.ListServiceResponse(
+                        service=[reflection_pb2.ServiceResponse(name="x.Svc")]))
+            else:
+                yield reflection_pb2.ServerReflectionResponse(
+                    file_descriptor_response=reflection_pb2.FileDescriptorResponse(
+                        file_descriptor_proto=[proto.SerializeToString()]))
+
+
+def test_reflection_that_omits_imports_is_one_line_naming_proto() -> None:
+    from grpc_reflection.v1alpha import reflection_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(_IncompleteReflection(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, \
+                pytest.raises(NoReflectionError, match=r"does not describe x\.Svc completely"
+                                                       r".*pass --proto FILE\.proto"):
+            method_from_reflection(channel, parse_method("x.Svc/Do"))
+    finally:
+        server.stop(None)

@@ -193,6 +193,13 @@ def method_from_reflection(channel: grpc.Channel, ref: MethodRef,
         details = e.details() if hasattr(e, "details") else str(e)
         raise DevclusterError(f"cannot ask the server for {ref.service}: "
                               f"{getattr(code, 'name', 'error')}: {details}") from None
+    except TypeError as e:
+        # The reflection answer does not build a pool: e.g. grpc-js's reflection names
+        # its files itself and lists none of their imports ("couldn't resolve name
+        # '.google.protobuf.Empty'").
+        raise NoReflectionError(
+            f"the server's reflection does not describe {ref.service} completely ({e}); "
+            "pass --proto FILE.proto (and -I DIR for its imports)") from None
 
 
 def find_by_reflection(addresses: Mapping[str, str], ref: MethodRef,
