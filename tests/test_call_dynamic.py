@@ -170,7 +170,7 @@ class _IncompleteReflection:
     """A reflection service that describes its file without the files it imports (as
     grpc-js's @grpc/reflection does): x.Svc/Do takes a google.protobuf.Empty."""
 
-    def ServerReflectionInfo(self, requests, context):  # noqa: N802 - grpc's name
+    def ServerReflectionInfo(self, requests, context):
         from google.protobuf import descriptor_pb2
         from grpc_reflection.v1alpha import reflection_pb2
 
