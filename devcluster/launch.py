@@ -24,6 +24,7 @@ from typing import Any
 from devcluster import defaults
 from devcluster.config.project import Resolved
 from devcluster.errors import DevclusterError, NotReadyError, UsageError
+from devcluster.supervisor.logread import shown
 from devcluster.supervisor.logs import tail
 from devcluster.supervisor.request import ReadyReport, UpRequest
 
@@ -76,7 +77,8 @@ def request(ask: Ask, resolved: Resolved, ready_fd: int | None = None,
         scale=r.scale, base_port=r.port, grace=r.grace, ready_timeout=r.ready_timeout,
         restart=r.restart, ready_fd=ready_fd, lifeline_fd=lifeline_fd, lock_fd=lock_fd,
         registry=r.registry, config=ask.config, types=r.types, waves=r.waves,
-        watch=ask.watch, console=ask.console, console_port=ask.console_port, flags=r.flags)
+        watch=ask.watch, console=ask.console, console_port=ask.console_port, flags=r.flags,
+        log_max=r.log_max, log_keep=r.log_keep)
 
 
 class Launcher:
@@ -180,7 +182,7 @@ def not_ready_message(state_dir: Path, bad: Mapping[str, Mapping[str, Any]]) -> 
     parts = []
     for name, s in bad.items():
         why = s.get("last_exit") or ("not answering" if s["state"] == "starting" else "")
-        log = tail(defaults.layout(state_dir).log(name), 3)
+        log = shown(defaults.layout(state_dir).logs, name, 3)
         last = f"; last log: {' / '.join(log)}" if log else ""
         parts.append(f"{name} {s['state']}{f' ({why})' if why else ''}{last}")
     return "not serving: " + "; ".join(parts)

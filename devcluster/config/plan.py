@@ -12,6 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from devcluster import defaults
 from devcluster.config.policy import Policy
 from devcluster.config.preloadcheck import check_preload
 from devcluster.config.procfile import parse_procfile, read_text
@@ -40,7 +41,8 @@ def types_to_json(types: Mapping[str, TypeSettings]) -> dict[str, dict[str, Any]
             "restart": t.restart.value, "ready": [t.ready.kind, t.ready.arg] if t.ready else None,
             "ready_timeout": t.ready_timeout, "grace": t.grace, "weight": t.weight,
             "env": dict(t.env), "metadata": dict(t.metadata), "depends_on": list(t.depends_on),
-            "watch": list(t.watch), "preload": list(t.preload)}
+            "watch": list(t.watch), "preload": list(t.preload), "log_max": t.log_max,
+            "log_keep": t.log_keep}
     return out
 
 
@@ -51,7 +53,9 @@ def types_from_json(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, TypeSetti
         ready_timeout=float(t["ready_timeout"]), grace=float(t["grace"]),
         weight=int(t["weight"]), env=MappingProxyType(dict(t["env"])),
         metadata=MappingProxyType(dict(t["metadata"])), depends_on=tuple(t["depends_on"]),
-        watch=tuple(t["watch"]), preload=tuple(t["preload"])) for name, t in raw.items()}
+        watch=tuple(t["watch"]), preload=tuple(t["preload"]),
+        log_max=int(t.get("log_max", defaults.LOG_MAX)),
+        log_keep=int(t.get("log_keep", defaults.LOG_KEEP))) for name, t in raw.items()}
 
 
 def settle_budget(types: Mapping[str, TypeSettings], waves: Iterable[Iterable[str]],

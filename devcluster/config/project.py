@@ -88,6 +88,8 @@ class ProcessSettings:
     depends_on: tuple[str, ...] = ()
     watch: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
+    log_max: int | None = None
+    log_keep: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class ClusterSettings:
     port: int | None = None
     grace: float | None = None
     registry: str | None = None
+    log_max: int | None = None
+    log_keep: int | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,7 @@ def find_project(procfile: str | Path, config: str | Path | None = None) -> Proj
 
 
 def _cluster(ctx: Context, table: Mapping[str, Any]) -> ClusterSettings:
-    ctx.known(table, ("cluster",), ("port", "grace", "registry"))
+    ctx.known(table, ("cluster",), ("port", "grace", "registry", "log_max", "log_keep"))
     registry = check.string(ctx, table, ("cluster", "registry"))
     if registry is not None and registry != "file" and not registry.startswith("etcd://"):
         raise ctx.error(("cluster", "registry"), f"= {registry!r} is not a registry; use "
@@ -161,11 +165,20 @@ def _cluster(ctx: Context, table: Mapping[str, Any]) -> ClusterSettings:
     return ClusterSettings(
         port=check.integer(ctx, table, ("cluster", "port"), 0, 65535),
         grace=check.number(ctx, table, ("cluster", "grace"), minimum=0.0),
-        registry=None if registry == "file" else registry)
+        registry=None if registry == "file" else registry,
+        log_max=_log_max(ctx, table, ("cluster",)), log_keep=_log_keep(ctx, table, ("cluster",)))
+
+
+def _log_max(ctx: Context, table: Mapping[str, Any], here: KeyPath) -> int | None:
+    return check.size(ctx, table, (*here, "log_max"), defaults.LOG_MAX_MIN, defaults.LOG_MAX_MAX)
+
+
+def _log_keep(ctx: Context, table: Mapping[str, Any], here: KeyPath) -> int | None:
+    return check.integer(ctx, table, (*here, "log_keep"), 0, defaults.LOG_KEEP_MAX)
 
 
 _PROCESS_KEYS = ("scale", "restart", "ready", "ready_timeout", "grace", "weight", "env",
-                 "metadata", "depends_on", "watch", "preload")
+                 "metadata", "depends_on", "watch", "preload", "log_max", "log_keep")
 
 
 def _process(ctx: Context, name: str, value: Any) -> ProcessSettings:
@@ -195,7 +208,8 @@ def _process(ctx: Context, name: str, value: Any) -> ProcessSettings:
                                "a process type name"),
         watch=check.names(ctx, table, (*here, "watch"), None, "a glob"),
         preload=check.names(ctx, table, (*here, "preload"), check.MODULE_NAME,
-                            "a Python module name"))
+                            "a Python module name"),
+        log_max=_log_max(ctx, table, here), log_keep=_log_keep(ctx, table, here))
 
 
 def _ready(ctx: Context, table: Mapping[str, Any], path: KeyPath) -> Ready | None:
@@ -292,6 +306,10 @@ class TypeSettings:
     depends_on: tuple[str, ...] = ()
     watch: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
+    log_max: int = defaults.LOG_MAX
+    """Bytes an instance's log file may hold before it is rotated."""
+    log_keep: int = defaults.LOG_KEEP
+    """Rotated files kept (``NAME.log.1`` the newest)."""
 
 
 @dataclass(frozen=True)
@@ -309,6 +327,9 @@ class Resolved:
     waves: tuple[tuple[str, ...], ...]
     flags: Flags = field(default_factory=lambda: Flags())
     """What the flags said (a reload puts them over the edited file again)."""
+    log_max: int = defaults.LOG_MAX
+    """``[cluster]``'s (the supervisor's own log, and the types that set none)."""
+    log_keep: int = defaults.LOG_KEEP
 
 
 def resolve(project: Project | None, flags: Flags, types: Iterable[str],
@@ -340,7 +361,9 @@ def resolve(project: Project | None, flags: Flags, types: Iterable[str],
             ready_timeout=_first(flags.ready_timeout, p.ready_timeout, DEFAULT_READY_TIMEOUT),
             grace=_first(flags.grace, p.grace, grace),
             weight=_first(p.weight, DEFAULT_WEIGHT), env=p.env, metadata=p.metadata,
-            depends_on=p.depends_on, watch=p.watch, preload=p.preload)
+            depends_on=p.depends_on, watch=p.watch, preload=p.preload,
+            log_max=_first(p.log_max, cluster.log_max, defaults.LOG_MAX),
+            log_keep=_first(p.log_keep, cluster.log_keep, defaults.LOG_KEEP))
     environ = os.environ if environ is None else environ
     env_registry = environ.get("DEVCLUSTER_REGISTRY") or None
     return Resolved(
@@ -349,7 +372,9 @@ def resolve(project: Project | None, flags: Flags, types: Iterable[str],
         registry=flags.registry or env_registry or cluster.registry,
         scale=MappingProxyType(scale), restart=MappingProxyType(restart),
         types=MappingProxyType(per_type),
-        waves=tuple(tuple(w) for w in start_order(project, names)), flags=flags)
+        waves=tuple(tuple(w) for w in start_order(project, names)), flags=flags,
+        log_max=_first(cluster.log_max, defaults.LOG_MAX),
+        log_keep=_first(cluster.log_keep, defaults.LOG_KEEP))
 
 
 def _first(*values: Any) -> Any:
