@@ -35,12 +35,12 @@ def show_logs(state_dir: Path, name: str | None, follow: bool, lines: int,
             column = max(column, len(line.name))
         print(line.to_json() if as_json else line.show(column), flush=follow)
 
-    for line in logread.last(log_dir, name, lines):
-        emit(line)
     if not follow:
+        for line in logread.last(log_dir, name, lines):
+            emit(line)
         return
     try:
-        for batch in logread.follow(log_dir, name):
+        for batch in logread.follow(log_dir, name, lines):
             for line in batch:
                 emit(line)
     except KeyboardInterrupt:

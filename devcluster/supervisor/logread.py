@@ -98,21 +98,28 @@ def width(logs: list[tuple[Path, str]]) -> int:
 
 
 def _tail(path: Path, n: int) -> list[bytes]:
-    """The last ``n`` lines of one file, read from its end."""
+    """The last ``n`` lines of one file (none if it does not exist)."""
     if n <= 0:
         return []
     try:
-        f = open(path, "rb")  # noqa: SIM115 (closed below; a missing file is no lines)
+        f = open(path, "rb")  # noqa: SIM115 (closed below)
     except (FileNotFoundError, NotADirectoryError):
         return []
     with f:
-        pos, chunks, count = f.seek(0, os.SEEK_END), [], 0
-        while pos > 0 and count <= n:
-            step = min(_BLOCK, pos)
-            pos -= step
-            f.seek(pos)
-            chunks.append(f.read(step))
-            count += chunks[-1].count(b"\n")
+        return _tail_of(f, n, f.seek(0, os.SEEK_END))
+
+
+def _tail_of(f: BinaryIO, n: int, end: int) -> list[bytes]:
+    """The last ``n`` lines of the open file ``f`` before offset ``end``, read backwards."""
+    if n <= 0:
+        return []
+    pos, chunks, count = end, [], 0
+    while pos > 0 and count <= n:
+        step = min(_BLOCK, pos)
+        pos -= step
+        f.seek(pos)
+        chunks.append(f.read(step))
+        count += chunks[-1].count(b"\n")
     lines = b"".join(reversed(chunks)).split(b"\n")
     if lines[-1] == b"":
         lines.pop()  # the last line's newline
@@ -121,24 +128,27 @@ def _tail(path: Path, n: int) -> list[bytes]:
     return lines[-n:]
 
 
-def _tail_rotated(path: Path, n: int) -> list[bytes]:
-    """The last ``n`` lines of a log, from its rotated files too when it has fewer."""
-    lines, k = _tail(path, n), 1
+def _older(path: Path, n: int, lines: list[bytes]) -> list[bytes]:
+    """``lines`` (the end of a log), preceded from its rotated files up to ``n`` lines."""
+    k = 1
     while len(lines) < n and rotated(path, k).exists():
         lines = _tail(rotated(path, k), n - len(lines)) + lines
         k += 1
     return lines
 
 
+def _newest(lines: list[LogLine], n: int) -> list[LogLine]:
+    lines.sort(key=lambda line: line.key)  # stable: a file's own order stays
+    return lines[-n:] if n > 0 else []
+
+
 def last(log_dir: Path, name: str | None, n: int) -> list[LogLine]:
     """The last ``n`` lines of instance ``name``'s log; None: of the merged view."""
-    if name is not None:
-        return _parse_all(_tail_rotated(log_dir / log_file_name(name), n), name)
+    files = [(log_dir / log_file_name(name), name)] if name is not None else logs_in(log_dir)
     every = []
-    for path, whose in logs_in(log_dir):
-        every.extend(_parse_all(_tail_rotated(path, n), whose))
-    every.sort(key=lambda line: line.key)  # stable: a file's own order stays
-    return every[-n:] if n > 0 else []
+    for path, whose in files:
+        every.extend(_parse_all(_older(path, n, _tail(path, n)), whose))
+    return _newest(every, n)
 
 
 def shown(log_dir: Path, name: str | None, n: int) -> list[str]:
@@ -156,7 +166,17 @@ class _Follower:
         self.inode: int | None = None
         self.pending = b""
         self.before = ""
+        self.start = 0
+        """Where reading began: the last lines before it are :meth:`tail`."""
         self._open(from_start)
+
+    def tail(self, n: int) -> list[LogLine]:
+        """The last ``n`` lines before :attr:`start` (from the rotated files too)."""
+        mine: list[bytes] = []
+        if self.file is not None:
+            mine = _tail_of(self.file, n, self.start)
+            self.file.seek(self.start)  # reading goes on from there
+        return _parse_all(_older(self.path, n, mine), self.name)
 
     def _open(self, from_start: bool) -> None:
         try:
@@ -164,7 +184,7 @@ class _Follower:
         except OSError:
             return
         if not from_start:
-            self.file.seek(0, os.SEEK_END)
+            self.start = self.file.seek(0, os.SEEK_END)
         self.inode = os.fstat(self.file.fileno()).st_ino
 
     def read(self) -> list[LogLine]:
@@ -178,11 +198,33 @@ class _Follower:
             out += self._drain()  # what was written to the old file meanwhile
             if self.pending:
                 out += self._parse([self.pending])
-            self.close()
             self.pending = b""
+            for newer in self._rotated_since():  # rotated more than once since we looked
+                with contextlib.suppress(OSError):
+                    out += self._parse(newer.read_bytes().splitlines())
+            self.close()
             self._open(from_start=True)
             out += self._drain()
         return out
+
+    def _rotated_since(self) -> list[Path]:
+        """The rotated files written after ours, oldest first: those above ours (found
+        by its inode), or, ours gone, those written to since ours was."""
+        if self.file is None:
+            return []
+        ours = os.fstat(self.file.fileno())
+        newer: list[Path] = []
+        k = 1
+        while True:
+            try:
+                st = os.stat(rotated(self.path, k))
+            except OSError:
+                break
+            if st.st_ino == ours.st_ino:
+                return newer[::-1]
+            newer.append(rotated(self.path, k))
+            k += 1
+        return [p for p in newer[::-1] if _mtime(p) >= ours.st_mtime_ns]
 
     def _drain(self) -> list[LogLine]:
         if self.file is None:
@@ -202,11 +244,19 @@ class _Follower:
             self.file = None
 
 
-def follow(log_dir: Path, name: str | None,
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
+def follow(log_dir: Path, name: str | None, n: int = 0,
            stop: threading.Event | None = None) -> Iterator[list[LogLine]]:
-    """Lines as they are written to ``name``'s log (None: to every log, the merged
-    view: a log that appears is read from its start), a batch at a time, each batch in
-    stamp order. Ends when ``stop`` is set; Ctrl-C raises KeyboardInterrupt."""
+    """The last ``n`` lines of ``name``'s log (None: of the merged view), then each line
+    as it is written, a batch at a time, each batch in stamp order (with no name, a log
+    that appears is read from its start). Nothing is missed or shown twice between the
+    two. Ends when ``stop`` is set; Ctrl-C raises KeyboardInterrupt."""
     import watchfiles
 
     files = ([(log_dir / log_file_name(name), name)] if name is not None
@@ -219,8 +269,11 @@ def follow(log_dir: Path, name: str | None,
         return Path(p).name.startswith(prefix) and ".log" in Path(p).name
 
     try:
+        yield _newest([ln for f in followers.values() for ln in f.tail(n)], n)
+        # Also every second without an event: a change inotify did not report is read.
         for _ in watchfiles.watch(log_dir, stop_event=stop, debounce=50, step=20,
-                                  watch_filter=wanted, raise_interrupt=False):
+                                  watch_filter=wanted, raise_interrupt=False,
+                                  rust_timeout=1000, yield_on_timeout=True):
             if name is None:
                 for path, whose in logs_in(log_dir):
                     if path not in followers:

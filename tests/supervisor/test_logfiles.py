@@ -169,17 +169,19 @@ def test_stamps_order_to_the_microsecond() -> None:
     assert len(stamp()) == len("2026-12-06T15:30:01.123456")
 
 
-def test_following_reads_across_a_rotation_and_a_re_creation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("every", [20, 75], ids=["a rotation a read", "2 between reads"])
+def test_following_reads_across_rotations_and_a_re_creation(tmp_path: Path, every: int) -> None:
     path = tmp_path / "a.log"
     sink = LogSink(tmp_path)
     sink.output("a", b"before")
     follower = logread._Follower(path, "a", from_start=False)
     seen: list[str] = []
-    cap = Cap(max_bytes=4096, keep=1)
-    for i in range(100):  # rotates more than once: the follower reads between
+    cap = Cap(max_bytes=4096, keep=3)
+    for i in range(100):  # 128 bytes a line: a rotation every 32 lines
         sink.output("a", b"%03d %s" % (i, b"v" * 100), cap)
-        if i % 20 == 19:
+        if i % every == every - 1:
             seen += [ln.text[:3] for ln in follower.read()]
+    seen += [ln.text[:3] for ln in follower.read()]
     os.unlink(path)
     sink.refresh()
     sink.output("a", b"after")
