@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from devcluster.defaults import SYSTEM_LOG, instance_of_log, log_file_name
+from devcluster.defaults import LOG_KEEP_MAX, SYSTEM_LOG, instance_of_log, log_file_name
 from devcluster.supervisor.logfiles import rotated
 
 _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}) ")
@@ -199,32 +199,34 @@ class _Follower:
             if self.pending:
                 out += self._parse([self.pending])
             self.pending = b""
-            for newer in self._rotated_since():  # rotated more than once since we looked
-                with contextlib.suppress(OSError):
-                    out += self._parse(newer.read_bytes().splitlines())
-            self.close()
-            self._open(from_start=True)
-            out += self._drain()
+            out += self._switch()
         return out
 
-    def _rotated_since(self) -> list[Path]:
-        """The rotated files written after ours, oldest first: those above ours (found
-        by its inode), or, ours gone, those written to since ours was."""
-        if self.file is None:
+    def _switch(self) -> list[LogLine]:
+        """Our file was rotated (maybe more than once since we looked) or deleted: read
+        the files rotated after it, whole, then follow the current file from its start."""
+        ours = os.fstat(self.file.fileno()) if self.file is not None else None
+        self.close()
+        chain = _chain(self.path)
+        if not chain:
             return []
-        ours = os.fstat(self.file.fileno())
-        newer: list[Path] = []
-        k = 1
-        while True:
-            try:
-                st = os.stat(rotated(self.path, k))
-            except OSError:
-                break
-            if st.st_ino == ours.st_ino:
-                return newer[::-1]
-            newer.append(rotated(self.path, k))
-            k += 1
-        return [p for p in newer[::-1] if _mtime(p) >= ours.st_mtime_ns]
+        stats = [os.fstat(f.fileno()) for f in chain]
+        inodes = [st.st_ino for st in stats]
+        if ours is None:  # the file did not exist: only the current one is new
+            first = len(chain) - 1
+        elif ours.st_ino in inodes:
+            first = inodes.index(ours.st_ino) + 1
+        else:  # ours is gone (deleted, or rotated past log_keep): those written since
+            first = next((i for i, st in enumerate(stats)
+                          if st.st_mtime_ns >= ours.st_mtime_ns), len(chain))
+        first = min(first, len(chain) - 1)  # the current file is followed in any case
+        out = []
+        for i, f in enumerate(chain[:-1]):
+            with f:
+                if i >= first:
+                    out += self._parse(f.read().splitlines())
+        self.file, self.inode = chain[-1], inodes[-1]
+        return out + self._drain()
 
     def _drain(self) -> list[LogLine]:
         if self.file is None:
@@ -244,11 +246,28 @@ class _Follower:
             self.file = None
 
 
-def _mtime(path: Path) -> int:
+def _chain(path: Path) -> list[BinaryIO]:
+    """Every file of the log at ``path``, oldest first (``NAME.log.K`` ... ``NAME.log.1``,
+    ``NAME.log``), opened; opened again if the log rotated meanwhile."""
+    names = [*(rotated(path, k) for k in range(LOG_KEEP_MAX, 0, -1)), path]
+    for _ in range(5):
+        opened = []
+        for name in names:
+            with contextlib.suppress(OSError):
+                opened.append((name, open(name, "rb")))  # noqa: SIM115 (the caller closes)
+        if all(_same(name, f) for name, f in opened):
+            break
+        for _name, f in opened:
+            f.close()
+    return [f for _name, f in opened if not f.closed]
+
+
+def _same(name: Path, f: BinaryIO) -> bool:
+    """Is ``name`` still the file ``f`` is open on?"""
     try:
-        return path.stat().st_mtime_ns
+        return os.stat(name).st_ino == os.fstat(f.fileno()).st_ino
     except OSError:
-        return -1
+        return False
 
 
 def follow(log_dir: Path, name: str | None, n: int = 0,

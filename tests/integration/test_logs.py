@@ -140,7 +140,7 @@ def test_the_merged_view_interleaves_the_supervisor_and_the_instances_in_order(
 
 def test_logs_name_f_follows_across_rotations(
         make_cluster: MakeCluster, tmp_path: Path, wait_until: Callable[..., Any]) -> None:
-    cluster = flood_cluster(make_cluster, tmp_path, keep=3, pause=0.005)
+    cluster = flood_cluster(make_cluster, tmp_path, keep=8, pause=0.01)
     out = tmp_path / "follow.out"
     with open(out, "wb") as sink:
         follower = subprocess.Popen(devcluster_argv("logs", "flood", "-f", "-n", "1"),

@@ -157,6 +157,21 @@ def test_the_merged_tail_reaches_into_rotated_files(tmp_path: Path) -> None:
     assert len(logread.last(tmp_path, None, 10)) == 10
 
 
+def test_a_follower_left_behind_past_log_keep_goes_on_without_repeats(tmp_path: Path) -> None:
+    sink = LogSink(tmp_path)
+    sink.output("a", b"before")
+    follower = logread._Follower(tmp_path / "a.log", "a", from_start=False)
+    seen: list[int] = []
+    for i in range(200):  # 128 bytes a line, keep 1: the follower's file is dropped
+        sink.output("a", b"%03d %s" % (i, b"v" * 100), Cap(max_bytes=4096, keep=1))
+        if i % 90 == 89:
+            seen += [int(ln.text[:3]) for ln in follower.read()]
+    seen += [int(ln.text[:3]) for ln in follower.read()]
+    sink.close()
+    follower.close()
+    assert seen == sorted(set(seen)) and seen[-1] == 199 and len(seen) >= 64
+
+
 def test_lines_without_a_stamp_are_shown_as_written(tmp_path: Path) -> None:
     (tmp_path / "devcluster.log").write_text(f"12:00:00 old format\n"
                                              f"{stamp(1.5).decode()} new\n")
