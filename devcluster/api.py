@@ -50,7 +50,6 @@ from devcluster.registry.record import parse_weight
 from devcluster.schema import InstanceInfo
 from devcluster.serving import not_ready_message, require_serving
 from devcluster.statedir import layout, running_pid
-from devcluster.supervisor.logs import tail
 
 if TYPE_CHECKING:
     from typing import Unpack
@@ -342,10 +341,12 @@ class Cluster:
         raise UnknownInstanceError(name, [i.name for i in instances])
 
     def logs(self, name: str | None = None, n: int = 50) -> list[str]:
-        """The last ``n`` lines of an instance's log (or of the merged log)."""
+        """The last ``n`` lines of an instance's log (or of the merged view of every log:
+        the supervisor's lines and every instance's, in the order they were written)."""
         from devcluster.config.procfile import check_name
+        from devcluster.supervisor.logread import shown
 
-        return tail(layout(self.state_dir).log(check_name(name) if name else None), n)
+        return shown(layout(self.state_dir).logs, check_name(name) if name else None, n)
 
     def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float = 10.0) -> Snapshot:
         """Wait on registry changes (not a timer) until ``predicate(snapshot)`` holds."""

@@ -7,7 +7,7 @@ dir's lock. Leaving :func:`serve` always stops the instances, then the control s
 (removing its socket), then releases the lock, whatever failed.
 
 ``python -m devcluster.daemon < SETTINGS_JSON`` is the background supervisor of ``up -d``
-and of the Python API: no terminal (the merged log goes to ``logs/devcluster.log``),
+and of the Python API: no terminal (its own lines go to ``logs/devcluster.log``),
 with the web console in a thread if asked (its URL, token included, in the state
 dir's ``private/console.url``, 0600, and in the ready report's notes). It reports how start-up
 went on a pipe as data: every instance in the one schema, or the error (type, message,
@@ -40,6 +40,7 @@ from devcluster.registry.liveness import alive
 from devcluster.statedir import Claim, hold_lock, write_replacing
 from devcluster.supervisor import preboot, process
 from devcluster.supervisor.duty import Duty
+from devcluster.supervisor.logfiles import Cap
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.request import ReadyReport, UpRequest
 from devcluster.supervisor.runtime import Supervisor
@@ -82,7 +83,7 @@ async def serve(settings: UpRequest, console: TextIO | None, ready: ReadyPipe | 
                              f"{name!r}; types: {', '.join(t.name for t in types)}")
     where = defaults.layout(settings.state_dir)
     with hold_lock(settings.state_dir, settings.lock_fd) as claim:
-        sink = LogSink(where.logs, console)
+        sink = LogSink(where.logs, console, cap=Cap(settings.log_max, settings.log_keep))
         events = fresh_log(settings.state_dir)  # one timeline per `up`; the last one kept
         try:
             await _run(settings, sink, types, env, specs, ready, claim, events, host)
@@ -297,6 +298,9 @@ class _Keeper:
                 self.sup.rt.events.reopen()
             self.sink.system("the state dir was deleted; re-created its lock, control socket, "
                              "registry and logs")
+        again = self.sink.refresh()
+        if again:
+            self.sink.system(f"log file(s) deleted: {', '.join(again)}; writing new ones")
         if self.control is not None and self.control.missing():
             await self.control.restore()
         if self.file_registry and not where.registry.exists():

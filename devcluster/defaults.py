@@ -116,8 +116,17 @@ CLIENTS_DIR = "clients"
 REGISTRY_FORMAT_VERSION = 1
 EVENTS_FORMAT_VERSION = 1
 CLIENT_STATS_FORMAT_VERSION = 1
-#: The name of the merged log (also the supervisor's name in the log stream).
+#: The name of the supervisor's own log (also its name in the merged view of the logs).
 SYSTEM_LOG = "devcluster"
+#: Each log file is rotated past LOG_MAX bytes, keeping LOG_KEEP older files
+#: (``NAME.log.1`` the newest): at most LOG_MAX x (LOG_KEEP + 1) bytes a log
+#: (``log_max``, ``log_keep`` in devcluster.toml).
+LOG_MAX, LOG_KEEP = 10 * 1024 * 1024, 3
+#: The bounds devcluster.toml may set them to.
+LOG_MAX_MIN, LOG_MAX_MAX, LOG_KEEP_MAX = 4096, 1 << 40, 100
+#: The supervisor reads an instance's output this many bytes at a time, and breaks a
+#: line longer than LOG_LINE_MAX (its memory is bounded by the two).
+LOG_CHUNK, LOG_LINE_MAX = 1 << 16, 1 << 20
 
 
 def state_dir(procfile: Path | None = None, explicit: str | os.PathLike[str] | None = None,
@@ -243,7 +252,7 @@ class Layout:
         return self.root / LOG_DIR
 
     def log(self, name: str | None = None) -> Path:
-        """The log of instance ``name``; None: the merged log."""
+        """The log of instance ``name``; None: the supervisor's own log."""
         return self.logs / log_file_name(name)
 
     @property
@@ -253,7 +262,7 @@ class Layout:
 
 
 def log_file_name(name: str | None) -> str:
-    """``greeter.2.log``; the merged log is ``devcluster.log``, so an instance named
+    """``greeter.2.log``; the supervisor's is ``devcluster.log``, so an instance named
     ``devcluster`` gets ``devcluster.supervisor.instance.log`` (no instance name contains
     ``.instance``: the only dot in a name is before its number)."""
     if name is None:
@@ -262,7 +271,7 @@ def log_file_name(name: str | None) -> str:
 
 
 def instance_of_log(file_name: str) -> str | None:
-    """The instance whose log ``file_name`` is (None: the merged log or not a log)."""
+    """The instance whose log ``file_name`` is (None: the supervisor's log or not a log)."""
     stem = file_name.removesuffix(".log")
     if stem in (file_name, SYSTEM_LOG):
         return None

@@ -75,7 +75,8 @@ def request(ask: Ask, resolved: Resolved, ready_fd: int | None = None,
         scale=r.scale, base_port=r.port, grace=r.grace, ready_timeout=r.ready_timeout,
         restart=r.restart, ready_fd=ready_fd, lifeline_fd=lifeline_fd, lock_fd=lock_fd,
         registry=r.registry, config=ask.config, types=r.types, waves=r.waves,
-        watch=ask.watch, console=ask.console, console_port=ask.console_port, flags=r.flags)
+        watch=ask.watch, console=ask.console, console_port=ask.console_port, flags=r.flags,
+        log_max=r.log_max, log_keep=r.log_keep)
 
 
 class Launcher:

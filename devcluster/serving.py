@@ -10,7 +10,7 @@ from typing import Any
 
 from devcluster import defaults
 from devcluster.errors import NotReadyError
-from devcluster.supervisor.logs import tail
+from devcluster.supervisor.logread import shown
 
 
 def not_ready_message(state_dir: Path, bad: Mapping[str, Mapping[str, Any]]) -> str:
@@ -18,7 +18,7 @@ def not_ready_message(state_dir: Path, bad: Mapping[str, Mapping[str, Any]]) -> 
     parts = []
     for name, s in bad.items():
         why = s.get("last_exit") or ("not answering" if s["state"] == "starting" else "")
-        log = tail(defaults.layout(state_dir).log(name), 3)
+        log = shown(defaults.layout(state_dir).logs, name, 3)
         last = f"; last log: {' / '.join(log)}" if log else ""
         parts.append(f"{name} {s['state']}{f' ({why})' if why else ''}{last}")
     return "not serving: " + "; ".join(parts)

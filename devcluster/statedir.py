@@ -25,8 +25,9 @@ rename, which replaces a planted link. It holds:
 | `clients/<pid>-<n>.json` | each balancing client, at most once a second | JSON `{"version", "pid", "id", "label", "started_at", "updated_at", "interval", "instances"}` (`version` 1; files without it are read the same) | calls/s, failures, p50 and ejections per instance, for `top` and the console; a dead client's file is pruned |
 | `clients/.<pid>-<n>.json.tmp` | the client | as above | the temp file of an atomic write |
 | `logs/` | `up` (and the API) | a directory of yours (or a link to one), 0755 | refused if another user's or writable by others without the sticky bit |
-| `logs/<name>.log` | the supervisor | text lines | one instance's stdout/stderr (`devcluster.instance.log` for an instance named `devcluster`) |
-| `logs/devcluster.log` | the supervisor | text lines, each prefixed by its instance's name | every instance's output, merged, and the supervisor's own lines |
+| `logs/<name>.log` | the supervisor | text lines, each `YYYY-MM-DDTHH:MM:SS.ffffff TEXT` (local time) | one instance's stdout/stderr, each line written once (`devcluster.instance.log` for an instance named `devcluster`) |
+| `logs/<name>.log.N` | the supervisor | as `<name>.log` | the rotated files: past `log_max` bytes a log becomes `.1` (`.1` becomes `.2`...), `log_keep` are kept |
+| `logs/devcluster.log` | the supervisor | as `<name>.log` | the supervisor's own lines (`devcluster logs` interleaves them with the instances' by their stamps) |
 | `logs/supervisor.out` | a background supervisor (`up -d`, the API) | text | its own stdout/stderr (a traceback if it crashed) |
 | `private/console.url` | a supervisor with `--console` | one line: the URL with its token (0600; written as `.console.url.tmp`, then renamed) | where the web console is |
 | `private/xds-bootstrap.json` | the supervisor, once its xDS server listens; removed when it stops | JSON, gRPC's xDS bootstrap (gRFC A27): `xds_servers[0].server_uri` and `node` | what `$GRPC_XDS_BOOTSTRAP` points at: any gRPC client dialling `xds:///SERVICE` follows the cluster |

@@ -133,10 +133,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
     if not report.failed or tmp_path is None:
         return
+    from devcluster.supervisor.logread import shown
+
     for log in sorted(Path(tmp_path).rglob("logs/*")):
-        if log.name in {"devcluster.log", "supervisor.out"} and log.is_file():
+        if log.name == "devcluster.log" and log.is_file():  # the merged view of the logs
+            lines = shown(log.parent, None, 40)
+        elif log.name == "supervisor.out" and log.is_file():
             lines = log.read_text(errors="replace").splitlines()[-40:]
-            report.sections.append((f"devcluster {log.relative_to(tmp_path)}", "\n".join(lines)))
+        else:
+            continue
+        report.sections.append((f"devcluster {log.relative_to(tmp_path)}", "\n".join(lines)))
 
 
 # -- the CLI -------------------------------------------------------------------------

@@ -188,6 +188,16 @@ BAD: dict[str, tuple[str, tuple[str, ...]]] = {
                                     (":2:", "process.a.watch", "null byte")),
     "preload not a module": ('[process.a]\npreload = ["my-mod"]\n',
                              (":2:", "'my-mod', not a Python module name")),
+    "log_max not a size": ('[cluster]\nlog_max = "10 megs"\n',
+                           (":2:", "cluster.log_max", "not a size", '"10MiB"')),
+    "log_max a float": ('[process.a]\nlog_max = 1.5\n',
+                        (":2:", "process.a.log_max", "must be a size", "number of bytes")),
+    "log_max too small": ('[process.a]\nlog_max = "1KiB"\n',
+                          (":2:", "out of range", "4 KiB to 1 TiB")),
+    "log_max negative": ('[cluster]\nlog_max = -1\n', (":2:", "out of range")),
+    "log_keep negative": ('[process.a]\nlog_keep = -1\n',
+                          (":2:", "process.a.log_keep", "out of range", "0 to 100")),
+    "log_keep a string": ('[cluster]\nlog_keep = "3"\n', (":2:", "whole number")),
 }
 
 
@@ -215,6 +225,17 @@ def test_a_byte_order_mark_is_read_past_and_the_file_left_alone(tmp_path: Path) 
     path.write_bytes(b"\xef\xbb\xbf[process.a]\nscale = 2\n")
     assert load_project(path).processes["a"].scale == 2
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+
+
+def test_log_caps_per_type_over_the_cluster_over_the_defaults(tmp_path: Path) -> None:
+    text = ('[cluster]\nlog_max = "2MiB"\nlog_keep = 1\n'
+            '[process.a]\nlog_max = 65536\n[process.b]\nlog_keep = 0\nlog_max = "1.5 MB"\n')
+    resolved = resolve(load_project(write(tmp_path, text)), Flags(), ["a", "b", "c"], environ={})
+    assert (resolved.log_max, resolved.log_keep) == (2 << 20, 1)
+    caps = {n: (t.log_max, t.log_keep) for n, t in resolved.types.items()}
+    assert caps == {"a": (65536, 1), "b": (1_500_000, 0), "c": (2 << 20, 1)}
+    plain = resolve(None, Flags(), ["a"], environ={})
+    assert (plain.types["a"].log_max, plain.types["a"].log_keep) == (10 << 20, 3)
 
 
 def test_file_problems_are_usage_errors(tmp_path: Path) -> None:

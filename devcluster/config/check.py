@@ -56,6 +56,52 @@ def boolean(ctx: Context, table: Mapping[str, Any], path: KeyPath) -> bool | Non
     raise ctx.error(path, f"must be true or false, not {kind(value)}; e.g. {path[-1]} = true")
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)", re.IGNORECASE | re.ASCII)
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes in a size like ``"10MiB"``, ``"512 KiB"``, ``"1MB"`` or ``"4096"``; None if
+    it is not one.
+
+    >>> parse_size("10MiB"), parse_size("1.5 kB"), parse_size("10 megs")
+    (10485760, 1500, None)
+    """
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or match.group(2).lower() not in _UNITS:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def size(ctx: Context, table: Mapping[str, Any], path: KeyPath, low: int,
+         high: int) -> int | None:
+    """A number of bytes: a whole number, or a string with a unit (``"10MiB"``)."""
+    value = table.get(path[-1])
+    if value is None:
+        return None
+    example = f'e.g. {path[-1]} = "10MiB" (KiB, MiB, GiB; KB, MB, GB) or a number of bytes'
+    if isinstance(value, str):
+        parsed = parse_size(value)
+        if parsed is None:
+            raise ctx.error(path, f"= {value!r} is not a size; {example}")
+    elif isinstance(value, bool) or not isinstance(value, int):
+        raise ctx.error(path, f"must be a size, not {kind(value)}; {example}")
+    else:
+        parsed = value
+    if not low <= parsed <= high:
+        raise ctx.error(path, f"= {value!r} is out of range; use {_human(low)} to {_human(high)}")
+    return parsed
+
+
+def _human(n: int) -> str:
+    """``n`` bytes in the largest binary unit that divides it: ``4 KiB``."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        if n % _UNITS[unit.lower()] == 0:
+            return f"{n // _UNITS[unit.lower()]} {unit}"
+    return f"{n} bytes"
+
+
 def number(ctx: Context, table: Mapping[str, Any], path: KeyPath, minimum: float,
            strict: bool = False) -> float | None:
     """A number of seconds >= ``minimum`` (> with ``strict``)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from devcluster import defaults
 from devcluster.config.policy import Policy
 from devcluster.config.preloadcheck import check_preload
 from devcluster.config.procfile import parse_procfile, read_text
@@ -42,7 +43,7 @@ def types_to_json(types: Mapping[str, TypeSettings]) -> dict[str, dict[str, Any]
             "env": dict(t.env), "metadata": dict(t.metadata), "depends_on": list(t.depends_on),
             "watch": list(t.watch), "preload": list(t.preload),
             "health_period": t.health_period, "health_failures": t.health_failures,
-            "liveness": t.liveness}
+            "liveness": t.liveness, "log_max": t.log_max, "log_keep": t.log_keep}
     return out
 
 
@@ -55,7 +56,9 @@ def types_from_json(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, TypeSetti
         metadata=MappingProxyType(dict(t["metadata"])), depends_on=tuple(t["depends_on"]),
         watch=tuple(t["watch"]), preload=tuple(t["preload"]),
         health_period=float(t["health_period"]), health_failures=int(t["health_failures"]),
-        liveness=bool(t["liveness"])) for name, t in raw.items()}
+        liveness=bool(t["liveness"]),
+        log_max=int(t.get("log_max", defaults.LOG_MAX)),
+        log_keep=int(t.get("log_keep", defaults.LOG_KEEP))) for name, t in raw.items()}
 
 
 def settle_budget(types: Mapping[str, TypeSettings], waves: Iterable[Iterable[str]],

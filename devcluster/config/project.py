@@ -92,6 +92,8 @@ class ProcessSettings:
     health_period: float | None = None
     health_failures: int | None = None
     liveness: bool | None = None
+    log_max: int | None = None
+    log_keep: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class ClusterSettings:
     port: int | None = None
     grace: float | None = None
     registry: str | None = None
+    log_max: int | None = None
+    log_keep: int | None = None
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,7 @@ def find_project(procfile: str | Path, config: str | Path | None = None) -> Proj
 
 
 def _cluster(ctx: Context, table: Mapping[str, Any]) -> ClusterSettings:
-    ctx.known(table, ("cluster",), ("port", "grace", "registry"))
+    ctx.known(table, ("cluster",), ("port", "grace", "registry", "log_max", "log_keep"))
     registry = check.string(ctx, table, ("cluster", "registry"))
     if registry is not None and registry != "file" and not registry.startswith("etcd://"):
         raise ctx.error(("cluster", "registry"), f"= {registry!r} is not a registry; use "
@@ -187,12 +191,21 @@ def _cluster(ctx: Context, table: Mapping[str, Any]) -> ClusterSettings:
     return ClusterSettings(
         port=check.integer(ctx, table, ("cluster", "port"), 0, 65535),
         grace=check.number(ctx, table, ("cluster", "grace"), minimum=0.0),
-        registry=None if registry == "file" else registry)
+        registry=None if registry == "file" else registry,
+        log_max=_log_max(ctx, table, ("cluster",)), log_keep=_log_keep(ctx, table, ("cluster",)))
+
+
+def _log_max(ctx: Context, table: Mapping[str, Any], here: KeyPath) -> int | None:
+    return check.size(ctx, table, (*here, "log_max"), defaults.LOG_MAX_MIN, defaults.LOG_MAX_MAX)
+
+
+def _log_keep(ctx: Context, table: Mapping[str, Any], here: KeyPath) -> int | None:
+    return check.integer(ctx, table, (*here, "log_keep"), 0, defaults.LOG_KEEP_MAX)
 
 
 _PROCESS_KEYS = ("scale", "restart", "ready", "ready_timeout", "grace", "weight", "env",
                  "metadata", "depends_on", "watch", "preload", "health_period",
-                 "health_failures", "liveness")
+                 "health_failures", "liveness", "log_max", "log_keep")
 
 
 def _process(ctx: Context, name: str, value: Any) -> ProcessSettings:
@@ -225,7 +238,8 @@ def _process(ctx: Context, name: str, value: Any) -> ProcessSettings:
                             "a Python module name"),
         health_period=check.number(ctx, table, (*here, "health_period"), minimum=0.0),
         health_failures=check.integer(ctx, table, (*here, "health_failures"), 1, 1000),
-        liveness=check.boolean(ctx, table, (*here, "liveness")))
+        liveness=check.boolean(ctx, table, (*here, "liveness")),
+        log_max=_log_max(ctx, table, here), log_keep=_log_keep(ctx, table, here))
 
 
 def _xds_group(ctx: Context, name: str, value: Any) -> XdsGroup:
@@ -351,6 +365,10 @@ class TypeSettings:
     """Missed checks in a row that make it ``unhealthy``."""
     liveness: bool = False
     """Restart an instance that stays unhealthy for as many checks again."""
+    log_max: int = defaults.LOG_MAX
+    """Bytes an instance's log file may hold before it is rotated."""
+    log_keep: int = defaults.LOG_KEEP
+    """Rotated files kept (``NAME.log.1`` the newest)."""
 
 
 @dataclass(frozen=True)
@@ -368,6 +386,9 @@ class Resolved:
     waves: tuple[tuple[str, ...], ...]
     flags: Flags = field(default_factory=lambda: Flags())
     """What the flags said (a reload puts them over the edited file again)."""
+    log_max: int = defaults.LOG_MAX
+    """``[cluster]``'s (the supervisor's own log, and the types that set none)."""
+    log_keep: int = defaults.LOG_KEEP
 
 
 def resolve(project: Project | None, flags: Flags, types: Iterable[str],
@@ -403,7 +424,9 @@ def resolve(project: Project | None, flags: Flags, types: Iterable[str],
             depends_on=p.depends_on, watch=p.watch, preload=p.preload,
             health_period=_first(p.health_period, defaults.HEALTH_PERIOD),
             health_failures=_first(p.health_failures, defaults.HEALTH_FAILURES),
-            liveness=bool(p.liveness))
+            liveness=bool(p.liveness),
+            log_max=_first(p.log_max, cluster.log_max, defaults.LOG_MAX),
+            log_keep=_first(p.log_keep, cluster.log_keep, defaults.LOG_KEEP))
     environ = os.environ if environ is None else environ
     env_registry = environ.get("DEVCLUSTER_REGISTRY") or None
     return Resolved(
@@ -412,7 +435,9 @@ def resolve(project: Project | None, flags: Flags, types: Iterable[str],
         registry=flags.registry or env_registry or cluster.registry,
         scale=MappingProxyType(scale), restart=MappingProxyType(restart),
         types=MappingProxyType(per_type),
-        waves=tuple(tuple(w) for w in start_order(project, names)), flags=flags)
+        waves=tuple(tuple(w) for w in start_order(project, names)), flags=flags,
+        log_max=_first(cluster.log_max, defaults.LOG_MAX),
+        log_keep=_first(cluster.log_keep, defaults.LOG_KEEP))
 
 
 def _check_durations(flags: Flags) -> None:

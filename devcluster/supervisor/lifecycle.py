@@ -24,12 +24,14 @@ from typing import Protocol
 
 import psutil
 
+from devcluster import defaults
 from devcluster.config.procfile import InstanceSpec, command_argv, instance_environment
 from devcluster.config.project import TypeSettings
 from devcluster.events import EventKind
 from devcluster.registry import State
 from devcluster.supervisor import core, probes, process
 from devcluster.supervisor.core import MAX_FAILURES
+from devcluster.supervisor.logfiles import DEFAULT_CAP, Cap, LineSplitter, clean
 from devcluster.supervisor.preload import Forked, PreloadError
 from devcluster.supervisor.shared import Runtime
 
@@ -233,20 +235,32 @@ class Life:
             raise
 
     async def _pump(self, proc: process.Child) -> None:
+        """Copy the process's output to its log, a chunk at a time (a line at a time
+        cost the supervisor a core under a flood); lines cut by a chunk are joined."""
         assert proc.stdout is not None
+        lines = LineSplitter()
         while True:
-            try:
-                line = await proc.stdout.readline()
-            except ValueError:  # a line over the limit: take what there is
-                line = await proc.stdout.read(1 << 16)
-            if not line:
+            data = await proc.stdout.read(defaults.LOG_CHUNK)
+            block = lines.feed(data) if data else lines.flush()
+            if block is not None:
+                self._output(block)
+            if not data:
                 return
-            text = line.decode("utf-8", "replace")
-            self.recent.append(text.rstrip("\r\n"))
-            self.rt.sink.line(self.owner.name, text)
-            self.news.set()  # a readiness probe napping between polls looks now
-            if self.log_probe is not None:
-                self.log_probe.feed(text)
+
+    def _output(self, block: bytes) -> None:
+        """Whole lines of output (joined by ``\\n``): to the log, the recent lines, a
+        readiness probe still waiting for its line."""
+        block, conf = clean(block), self.conf
+        cap = Cap(conf.log_max, conf.log_keep) if conf is not None else DEFAULT_CAP
+        self.rt.sink.output(self.owner.name, block, cap)
+        last = block.rsplit(b"\n", RECENT_LINES)[-RECENT_LINES:]
+        self.recent.extend(ln.decode("utf-8", "replace").rstrip("\r") for ln in last)
+        self.news.set()  # a readiness probe napping between polls looks now
+        probe = self.log_probe
+        if probe is not None and probe.matched is None:
+            for text in block.decode("utf-8", "replace").split("\n"):
+                if probe.feed(text):
+                    break
 
     def _after_exit(self, returncode: int) -> float | None:
         """Set the state after an exit; return the restart delay, or None to stay down."""

@@ -70,6 +70,9 @@ class UpRequest:
     flags: Flags | None = None
     """What the flags said, apart from the file (a reload puts them over the edited
     ``devcluster.toml`` again); None: no flag is known, the values above stand."""
+    log_max: int = defaults.LOG_MAX
+    """The cap of the supervisor's own log (``[cluster]``; each type's is in ``types``)."""
+    log_keep: int = defaults.LOG_KEEP
 
     def __post_init__(self) -> None:
         # Callers pass lists and dicts (the CLI, the API): store read-only copies, so a
@@ -99,7 +102,8 @@ class UpRequest:
             "console": self.console, "console_port": self.console_port,
             "config": None if self.config is None else str(self.config),
             "types": types_to_json(self.types), "waves": [list(w) for w in self.waves],
-            "flags": None if self.flags is None else flags_to_json(self.flags)})
+            "flags": None if self.flags is None else flags_to_json(self.flags),
+            "log_max": self.log_max, "log_keep": self.log_keep})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> UpRequest:
@@ -123,7 +127,9 @@ class UpRequest:
             config=Path(raw["config"]) if raw.get("config") else None,
             types=types_from_json(raw.get("types", {})),
             waves=tuple(tuple(w) for w in raw.get("waves", ())),
-            flags=None if raw.get("flags") is None else flags_from_json(raw["flags"]))
+            flags=None if raw.get("flags") is None else flags_from_json(raw["flags"]),
+            log_max=int(raw.get("log_max", defaults.LOG_MAX)),
+            log_keep=int(raw.get("log_keep", defaults.LOG_KEEP)))
 
 
 @dataclass(frozen=True)

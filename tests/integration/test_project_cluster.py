@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from devcluster.api import Cluster
+from devcluster.supervisor.logread import shown
 
 ROOT = Path(__file__).resolve().parents[2]
 ECHO_SERVER = ROOT / "tests" / "services" / "echo_server.py"
@@ -38,7 +39,8 @@ def write(directory: Path, procfile: str, toml: str | None) -> Path:
 
 
 def log_lines(directory: Path) -> list[str]:
-    return (directory / ".devcluster" / "logs" / "devcluster.log").read_text().splitlines()
+    """The merged view of every log (instances' lines and the supervisor's, in order)."""
+    return shown(directory / ".devcluster" / "logs", None, 100_000)
 
 
 def first(lines: list[str], fragment: str) -> int:
