@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import tempfile
 import threading
 import time
@@ -190,6 +191,7 @@ class Demo:
         text = re.sub(r"--port \d+", "--port $PORT", self.procfile.read_text())
         path = tmp / "Procfile"
         path.write_text(text)
+        write_preload(path)
         return path
 
     def _step_calls(self, client: _Client, step: StepResult, n: int) -> list[CallInfo]:
@@ -348,6 +350,22 @@ class Demo:
                  (str(r.failures), ""), check_mark(r.ok)] for r in self.results)
         self.console.print(table(columns, rows, self.console.colour, right=columns[1:],
                                  title="devcluster demo"))
+
+
+#: What the bundled greeter imports: preloaded once, each instance forked from it.
+GREETER_PRELOAD = ("grpc", "grpc.aio", "devcluster.greeter.server")
+
+
+def write_preload(procfile: Path) -> None:
+    """The demo's greeters are forked from one preloaded interpreter where that is safe
+    (Linux; the bundled greeter has one thread after its imports): a devcluster.toml
+    beside ``procfile`` says so for every type of it."""
+    if not sys.platform.startswith("linux"):
+        return
+    types = re.findall(r"^([A-Za-z0-9_-]+):", procfile.read_text(), re.MULTILINE)
+    modules = ", ".join(f'"{m}"' for m in GREETER_PRELOAD)
+    procfile.with_name("devcluster.toml").write_text(
+        "".join(f"[process.{t}]\npreload = [{modules}]\n" for t in types))
 
 
 def _wait(pred: Callable[[], bool], timeout: float) -> bool:

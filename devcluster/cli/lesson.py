@@ -26,7 +26,7 @@ import psutil
 
 from devcluster.api import Cluster
 from devcluster.cli.client_runner import ClientOptions, run_client
-from devcluster.cli.demo import BUNDLED_PROCFILE
+from devcluster.cli.demo import BUNDLED_PROCFILE, write_preload
 from devcluster.cli.views import Terminal, check_mark, table
 from devcluster.client.calls import CallInfo
 
@@ -206,6 +206,7 @@ class Lesson:
         # Free ports instead of the Procfile's fixed ones, which may be taken.
         path = tmp / "Procfile"
         path.write_text(re.sub(r"--port \d+", "--port $PORT", self.procfile.read_text()))
+        write_preload(path)
         return path
 
     def _story(self, cluster: Cluster) -> None:
