@@ -10,11 +10,12 @@ from typing import Any
 
 from devcluster import defaults
 from devcluster.errors import NotReadyError
-from devcluster.supervisor.logread import shown
 
 
 def not_ready_message(state_dir: Path, bad: Mapping[str, Mapping[str, Any]]) -> str:
     """``NotReadyError``'s message: each instance that does not serve, why, its last log."""
+    from devcluster.supervisor.logread import shown  # only when something failed
+
     parts = []
     for name, s in bad.items():
         why = s.get("last_exit") or ("not answering" if s["state"] == "starting" else "")
