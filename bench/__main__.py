@@ -12,8 +12,8 @@ Groups, in the order they run (each is also a command of its own):
 * ``commands`` (9): ``bench.commands``: every everyday command vs ``honcho --version``;
 * ``pause`` (10): ``bench.pause``: a 10 s freeze, sequential and 8 in flight, vs round_robin.
 
-A full run (every group, full sizes) also rewrites README.md's Performance table from
-its results, so the README always quotes the latest full run of the commit it names.
+A full run (every group, full sizes) also rewrites the table of docs/performance.md from
+its results, so the docs always quote the latest full run of the commit they name.
 * ``reload`` (11): ``bench.reload`` vs ``restart`` and honcho's way (stop all, start again).
 * ``log_flood`` (12): ``bench.log_flood``: the supervisor's CPU while an instance floods
   its output, vs honcho's.
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(groups, QUICK if args.quick else FULL, command, args.quick)
     js, md = report.write(results, out)
     if out == HERE and not results["errors"]:
-        report.update_readme(results, HERE.parent / "README.md")
+        report.update_readme(results, HERE.parent / "docs" / "performance.md")
     print(md.read_text())
     _log(f"wrote {js} and {md} in {results['meta']['duration_s']:.0f} s")
     return 1 if results["errors"] else 0

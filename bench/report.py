@@ -604,7 +604,7 @@ README_END = "<!-- bench:end -->"
 
 
 def readme_block(results: Mapping[str, Any]) -> str:
-    """README's Performance table: the results table and the machine line of this run."""
+    """The table of docs/performance.md: the results table and the machine line of this run."""
     m = results["meta"]["machine"]
     lines = ["| scenario | devcluster | anchor | ratio | goal | met? |",
              "| --- | --- | --- | --- | --- | --- |"]

@@ -73,7 +73,8 @@ class InstanceInfo:
     process_type: str = ""
     """The Procfile line it comes from."""
     state: str = "stopped"
-    """starting, serving, draining, stopped, exited, killed, backoff, failed, paused."""
+    """starting, serving, unhealthy, draining, stopped, exited, killed, backoff, failed,
+    paused (``devcluster.registry.State``)."""
     pid: int | None = None
     """The process devcluster started last (leader of its group); None if none yet."""
     address: str | None = None

@@ -1,4 +1,4 @@
-# ruff: noqa: E501 - the docstring's table is markdown, one row per line, for the README
+# ruff: noqa: E501 - the docstring's table is markdown, one row per line, for the docs (docs/how-it-works.md)
 """The state dir: every file devcluster keeps in it, its format and its version, and the
 supervisor's lock.
 

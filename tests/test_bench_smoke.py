@@ -107,8 +107,8 @@ def test_analyse_counts_failures_and_steady_state() -> None:
 
 
 def test_a_full_run_rewrites_only_the_readme_block(tmp_path: Path) -> None:
-    """README's Performance table is written by the bench, between its markers, and
-    nothing else of the README changes."""
+    """docs/performance.md's table is written by the bench, between its markers, and
+    nothing else of the page changes."""
     from bench.report import README_END, README_START, update_readme
 
     readme = tmp_path / "README.md"

@@ -1,4 +1,4 @@
-"""README's state-dir table is the one in ``devcluster.statedir``'s docstring, row for row."""
+"""docs/how-it-works.md's state-dir table is ``devcluster.statedir``'s docstring, row for row."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import devcluster.statedir
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "how-it-works.md"
 
 
 def _rows(text: str) -> list[str]:
@@ -14,10 +14,10 @@ def _rows(text: str) -> list[str]:
             line.startswith("| Path |")]
 
 
-def test_readme_lists_every_state_dir_file_as_the_module_does() -> None:
+def test_the_docs_list_every_state_dir_file_as_the_module_does() -> None:
     documented = _rows(devcluster.statedir.__doc__ or "")
     assert documented, "statedir's docstring has no table"
-    section = README.read_text().split("### The state dir", 1)[1].split("\n## ", 1)[0]
+    section = PAGE.read_text().split("## The state dir", 1)[1].split("\n## ", 1)[0]
     assert _rows(section) == documented
 
 

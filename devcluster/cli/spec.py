@@ -356,7 +356,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "Web console on 127.0.0.1: live instances, weights, actions, a calls/s chart.",
             "devcluster console --open", _console, registry=True, json=None,
             body="Prints its URL with an access token. Scripts use the same JSON API as the "
-                 "page\nwith `Authorization: Bearer TOKEN` (see the README)."),
+                 "page\nwith `Authorization: Bearer TOKEN` (see docs/live-views.md)."),
     Command("client", "tools", "client",
             "Call SayHello in a loop through the balancing client; print who served each call.",
             "devcluster client --service server -n 20 --interval 0.1 --hedge 0.1", _client,

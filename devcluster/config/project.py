@@ -40,7 +40,7 @@ from typing import Any
 
 from devcluster import defaults
 from devcluster.config import check as check
-from devcluster.config import tomlerrors
+from devcluster.config import keys, tomlerrors
 from devcluster.config.policy import Policy
 from devcluster.config.procfile import read_text
 from devcluster.config.tomlerrors import Context, did_you_mean
@@ -183,7 +183,7 @@ def find_project(procfile: str | Path, config: str | Path | None = None) -> Proj
 
 
 def _cluster(ctx: Context, table: Mapping[str, Any]) -> ClusterSettings:
-    ctx.known(table, ("cluster",), ("port", "grace", "registry", "log_max", "log_keep"))
+    ctx.known(table, ("cluster",), keys.names("cluster"))
     registry = check.string(ctx, table, ("cluster", "registry"))
     if registry is not None and registry != "file" and not registry.startswith("etcd://"):
         raise ctx.error(("cluster", "registry"), f"= {registry!r} is not a registry; use "
@@ -203,9 +203,8 @@ def _log_keep(ctx: Context, table: Mapping[str, Any], here: KeyPath) -> int | No
     return check.integer(ctx, table, (*here, "log_keep"), 0, defaults.LOG_KEEP_MAX)
 
 
-_PROCESS_KEYS = ("scale", "restart", "ready", "ready_timeout", "grace", "weight", "env",
-                 "metadata", "depends_on", "watch", "preload", "health_period",
-                 "health_failures", "liveness", "log_max", "log_keep")
+#: The keys of a ``[process.<type>]`` table (their types and meanings: :mod:`keys`).
+_PROCESS_KEYS = keys.names("process.<type>")
 
 
 def _process(ctx: Context, name: str, value: Any) -> ProcessSettings:
@@ -247,7 +246,7 @@ def _xds_group(ctx: Context, name: str, value: Any) -> XdsGroup:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ctx.error(here, "is not a listener name; use letters, digits, '-' and '_'")
     table = ctx.table(value, here)
-    ctx.known(table, here, ("types", "where"))
+    ctx.known(table, here, keys.names("xds.<name>"))
     group = XdsGroup(name=name, line=line_of(ctx.lines, here),
                      types=check.names(ctx, table, (*here, "types"), check.TYPE_NAME,
                                        "a process type name"),

@@ -18,7 +18,7 @@ cable is pulled for a while and plugged back in. What must hold:
   of the old one, and the client calls B's instances again.
 
 The figures (time to leave the registry, time until the client stops sending to B,
-failed calls, rejoin time) are printed, and listed in the README ("Past one machine").
+failed calls, rejoin time) are printed, and listed in docs/etcd.md ("Past one machine").
 Runs as root only (CI runs it as root); skipped with the reason otherwise.
 """
 
