@@ -11,6 +11,7 @@ instance served a call for any service, not only Greeter::
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -95,6 +96,11 @@ def _wrap_aio(handler: grpc.RpcMethodHandler, header: tuple[tuple[str, str], ...
         return call
 
     def streaming(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        if not inspect.isasyncgenfunction(behaviour):
+            # grpc.aio also takes a coroutine that writes with `context.write()` (the
+            # health service's Watch does): it must stay one, not become a generator.
+            return unary(behaviour)
+
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await context.send_initial_metadata(header)
             async for item in behaviour(request, context):
