@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 
 from bench import weights
 from bench.failover import (
@@ -72,7 +73,7 @@ from bench.failover import (
     one_run,
     wait_until_all_served,
 )
-from bench.supervisor import PY, _env, _free_base, _idle_stats
+from bench.supervisor import PY, _env, _free_base, _idle_stats, _is_instance
 from devcluster._proto import helloworld_pb2_grpc
 from devcluster.api import Cluster
 from devcluster.client import BalancedChannel
@@ -365,6 +366,37 @@ def _summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+# -- 17, 18: idle CPU, to the nanosecond -----------------------------------------------------
+
+def _cpu_ns(procs: Sequence[psutil.Process]) -> int:
+    """CPU time of every thread of ``procs`` (``/proc/PID/task/*/schedstat``), ns."""
+    total = 0
+    for p in procs:
+        for task in Path(f"/proc/{p.pid}/task").glob("*/schedstat"):
+            try:
+                total += int(task.read_text().split()[0])
+            except (OSError, ValueError, IndexError):  # a thread that just ended
+                continue
+    return total
+
+
+def idle_stats(pid: int, seconds: float) -> dict[str, float]:
+    """``bench.supervisor``'s idle figures with the CPU from the scheduler's nanosecond
+    counts: at ~1 % over a few seconds, ``cpu_times`` ticks (10 ms) are too coarse to tell
+    10 % apart."""
+    if not Path("/proc/self/schedstat").exists():
+        return _idle_stats(pid, seconds)
+    time.sleep(1.0)  # start-up work (probes, log lines) done
+    sup = psutil.Process(pid)
+    procs = [sup, *(p for p in sup.children(recursive=True) if not _is_instance(p))]
+    began, before = time.monotonic(), _cpu_ns(procs)
+    time.sleep(seconds)
+    used, took = _cpu_ns(procs) - before, time.monotonic() - began
+    mem = [p.memory_full_info() for p in procs]
+    return {"idle_cpu_pct": 100 * used / 1e9 / took, "rss_mib": sum(m.rss for m in mem) / 2**20,
+            "uss_mib": sum(m.uss for m in mem) / 2**20, "processes": float(len(procs))}
+
+
 # -- 17: the supervisor's cost -------------------------------------------------------------
 
 #: An xDS client process: one call, "ready", then idle (channel open) until stdin closes.
@@ -417,9 +449,9 @@ def supervisor_cost(clients: int, idle: float, up_runs: int, n: int = 3) -> dict
     with greeter_cluster(n) as cluster:
         pid = running_pid(cluster.state_dir)
         assert pid is not None and pid > 0
-        out["without"] = _idle_stats(pid, idle)
+        out["without"] = idle_stats(pid, idle)
         with xds_clients(cluster.xds().bootstrap, clients):
-            out["with"] = _idle_stats(pid, idle)
+            out["with"] = idle_stats(pid, idle)
     out["up_detached"] = up_detached(n, up_runs)
     return out
 
@@ -489,7 +521,7 @@ def health_cost(sizes: Sequence[int], idle: float) -> list[dict[str, Any]]:
                              port=0, grace=5.0) as cluster:
                     pid = running_pid(cluster.state_dir)
                     assert pid is not None and pid > 0
-                    stats = _idle_stats(pid, idle)
+                    stats = idle_stats(pid, idle)
             rows.append({"n": n, "health_period": "default" if period is None else period,
                          **stats})
             _log(f"xds health n={n} period={rows[-1]['health_period']}: "
