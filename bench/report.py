@@ -4,6 +4,7 @@ Pure functions over the raw dicts the scenario modules return (plus the machine
 description), so the table can be rebuilt from a saved ``results.json``::
 
     python -m bench.report bench/results.json     # rewrites results.md beside it
+    python -m bench.report --merge /tmp/x/results.json   # a partial run's rows into bench/
 """
 
 from __future__ import annotations
@@ -757,11 +758,20 @@ def merge(results: Mapping[str, Any], out_dir: Path, readme: Path | None = None
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m bench.report RESULTS_JSON", file=sys.stderr)
+    merging = args[:1] == ["--merge"]
+    if len(args) != 1 + merging:
+        print("usage: python -m bench.report [--merge] RESULTS_JSON", file=sys.stderr)
         return 2
-    path = Path(args[0])
+    path = Path(args[-1])
     results = json.loads(path.read_text())
+    if merging and results["meta"].get("quick"):
+        print(f"{path} is a --quick run: its figures are not to be quoted; merge a full "
+              "`python -m bench --only GROUPS` run", file=sys.stderr)
+        return 2
+    if merging:  # a partial run (python -m bench --only ...) into the committed results
+        _, md = merge(results, ROOT / "bench", ROOT / "README.md")
+        print(md)
+        return 0
     write(results, path.parent)
     print(path.parent / "results.md")
     return 0
