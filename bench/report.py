@@ -48,6 +48,13 @@ SCENARIOS: dict[str, str] = {
     "19": "Fault accuracy",
 }
 
+#: Group (``python -m bench --only``) -> the scenarios its rows belong to.
+GROUP_SCENARIOS: dict[str, tuple[str, ...]] = {
+    "supervisor": ("1", "2", "8"), "waterfall": (), "client": ("3", "4"), "failover": ("5",),
+    "weights": ("6", "7"), "commands": ("9",), "pause": ("10",), "reload": ("11",),
+    "log_flood": ("12",), "xds": ("13", "14", "15", "16", "17", "18", "19"),
+}
+
 
 @dataclass(frozen=True)
 class Row:
@@ -698,10 +705,16 @@ def _merge_notes(lines: list[str], notes_: Sequence[str], keys: Sequence[str]) -
     return kept[:end] + [f"- {n}" for n in notes_] + kept[end:]
 
 
+def _scenarios(results: Mapping[str, Any]) -> set[str]:
+    """The scenarios of the groups in ``results`` (and of any row it has)."""
+    return {r.scenario for r in table(results)} | {
+        n for group in results["raw"] for n in GROUP_SCENARIOS.get(group, ())}
+
+
 def merged_from(results: Mapping[str, Any]) -> str:
     """One line saying where merged rows come from: command, date, commit, load."""
     meta, m = results["meta"], results["meta"]["machine"]
-    numbers = sorted({r.scenario for r in table(results)}, key=int)
+    numbers = sorted(_scenarios(results), key=int)
     span = f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else "".join(numbers)
     return (f"{span}: measured apart from the rest, by `{meta['command']}` in "
             f"{meta.get('duration_s', 0):.0f} s on {m['date']}, devcluster "
@@ -731,7 +744,7 @@ def merge(results: Mapping[str, Any], out_dir: Path, readme: Path | None = None
     js, md = out_dir / "results.json", out_dir / "results.md"
     full = json.loads(js.read_text())
     rows = table(results)
-    numbers = {r.scenario for r in rows}
+    numbers = _scenarios(results)
     for group, raw in results["raw"].items():
         full["raw"][group] = raw
         full.get("errors", {}).pop(group, None)
