@@ -87,10 +87,13 @@ def propagation(cluster: Cluster, changes: int, seed: int = 7) -> dict[str, Any]
 
 
 def time_changes(cluster: Cluster, call: Callable[[], str | None], x: str, y: str,
-                 changes: int, seed: int = 7) -> dict[str, Any]:
+                 changes: int, seed: int = 7,
+                 write: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """``changes`` flips of ``x`` between weight 0 and 1000 (``y`` at 1, the others at 0,
     already seen by ``call``'s client), each timed from the write to the first call the
-    new weights route (see the module doc)."""
+    new weights route (see the module doc). ``write`` makes the change (default
+    ``Cluster.weight``, which also waits for the supervisor's timeline)."""
+    write = cluster.weight if write is None else write
     rng = random.Random(seed)
     perf = time.perf_counter
     from_start: list[float] = []
@@ -108,7 +111,7 @@ def time_changes(cluster: Cluster, call: Callable[[], str | None], x: str, y: st
         new = 1000 if x_weight == 0 else 0
         target, need = (x, 1) if new else (y, 3)
         t0 = perf()
-        cluster.weight(x, new)
+        write(x, new)
         t1 = perf()
         streak, first = 0, 0.0
         while True:
