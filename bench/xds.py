@@ -124,7 +124,9 @@ def _log(message: str) -> None:
 
 @contextmanager
 def bootstrap_env(cluster: Cluster) -> Iterator[str]:
-    """``GRPC_XDS_BOOTSTRAP`` of this process set to ``cluster``'s bootstrap file."""
+    """``GRPC_XDS_BOOTSTRAP`` of this process set to ``cluster``'s bootstrap file, and
+    restored after: grpcio reads the bootstrap from the environment only (its channel
+    argument for it is test-only), when the first ``xds:///`` channel is made."""
     path = cluster.xds().bootstrap
     before = os.environ.get("GRPC_XDS_BOOTSTRAP")
     os.environ["GRPC_XDS_BOOTSTRAP"] = path
