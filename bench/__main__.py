@@ -17,6 +17,12 @@ its results, so the docs always quote the latest full run of the commit they nam
 * ``reload`` (11): ``bench.reload`` vs ``restart`` and honcho's way (stop all, start again).
 * ``log_flood`` (12): ``bench.log_flood``: the supervisor's CPU while an instance floods
   its output, vs honcho's.
+* ``xds`` (13-19, issue 27): ``bench.xds``: a plain grpcio client on ``xds:///greeter``
+  beside the balanced client and native round_robin: weight propagation, shares, failed
+  calls, rejoin, the supervisor's cost with xDS clients and with health checks, faults.
+
+``--only GROUPS --merge`` measures some groups again and merges their rows into the
+committed ``bench/results.*`` and docs/performance.md's table (the other rows stay as measured).
 
 Writes ``results.json`` (every raw figure) and ``results.md`` (the table, the machine,
 the command, notes) into ``--out`` (default: ``bench/`` for the full run, a new
@@ -42,7 +48,7 @@ from bench import report
 
 HERE = Path(__file__).resolve().parent
 GROUPS = ("supervisor", "waterfall", "client", "failover", "weights", "commands", "pause",
-          "reload", "log_flood")
+          "reload", "log_flood", "xds")
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class Sizes:
     waterfall_runs: int = 3
     flood_mb: int = 50  # scenario 12: megabytes of output per flood
     flood_runs: int = 3
+    xds_quick: bool = False  # scenarios 13-19: bench.xds.QUICK instead of its full sizes
 
 
 FULL = Sizes()
@@ -78,7 +85,7 @@ QUICK = Sizes(sizes=(3,), runs=1, idle_s=1.0, client_s=0.4, client_rounds=1, vie
               failover_runs=1, hold_s=2.5, observe_s=0.5, back_timeout_s=3.0, changes=10,
               calls=500, command_runs=2,
               pause_runs=1, pause_hold_s=2.0, reload_runs=1, waterfall_sizes=(3,),
-              waterfall_runs=1, flood_mb=2, flood_runs=1)
+              waterfall_runs=1, flood_mb=2, flood_runs=1, xds_quick=True)
 
 
 def _log(message: str) -> None:
@@ -125,6 +132,10 @@ def run_group(group: str, sz: Sizes) -> Any:
         from bench import log_flood
 
         return log_flood.measure(sz.flood_mb, sz.flood_runs)
+    if group == "xds":
+        from bench import xds
+
+        return xds.measure(xds.QUICK if sz.xds_quick else xds.XdsSizes(), progress=_log)
     raise ValueError(f"unknown group {group!r}; choose from {', '.join(GROUPS)}")
 
 
@@ -161,14 +172,27 @@ def main(argv: list[str] | None = None) -> int:
                              "the committed results are never overwritten by partial ones)")
     parser.add_argument("--only", default=",".join(GROUPS),
                         help=f"comma-separated groups to run (default: {','.join(GROUPS)})")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: merge the groups' rows into the committed "
+                             "bench/results.* and docs/performance.md's table instead of a new directory")
     args = parser.parse_args(argv)
     groups = [g for g in args.only.split(",") if g]
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         parser.error(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    if args.merge and (args.quick or groups == list(GROUPS) or args.out is not None):
+        parser.error("--merge takes --only GROUPS, and neither --quick nor --out")
     command = "python -m bench" + (" --quick" if args.quick else "")
     if groups != list(GROUPS):
         command += f" --only {','.join(groups)}"
+    if args.merge:
+        results = run(groups, FULL, command + " --merge", False)
+        if results["errors"]:
+            _log("not merged: a group failed (see above)")
+            return 1
+        js, md = report.merge(results, HERE, HERE.parent / "docs" / "performance.md")
+        _log(f"merged {', '.join(groups)} into {js}, {md} and docs/performance.md")
+        return 0
     out = args.out
     if out is None:
         partial = args.quick or groups != list(GROUPS)

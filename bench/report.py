@@ -4,6 +4,7 @@ Pure functions over the raw dicts the scenario modules return (plus the machine
 description), so the table can be rebuilt from a saved ``results.json``::
 
     python -m bench.report bench/results.json     # rewrites results.md beside it
+    python -m bench.report --merge /tmp/x/results.json   # a partial run's rows into bench/
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +39,20 @@ SCENARIOS: dict[str, str] = {
     "10": "A long freeze",
     "11": "Rolling reload",
     "12": "Log flood",
+    "13": "xDS weight propagation",
+    "14": "xDS shares",
+    "15": "xDS failed calls",
+    "16": "xDS rejoin",
+    "17": "xDS supervisor cost",
+    "18": "Health-check cost",
+    "19": "Fault accuracy",
+}
+
+#: Group (``python -m bench --only``) -> the scenarios its rows belong to.
+GROUP_SCENARIOS: dict[str, tuple[str, ...]] = {
+    "supervisor": ("1", "2", "8"), "waterfall": (), "client": ("3", "4"), "failover": ("5",),
+    "weights": ("6", "7"), "commands": ("9",), "pause": ("10",), "reload": ("11",),
+    "log_flood": ("12",), "xds": ("13", "14", "15", "16", "17", "18", "19"),
 }
 
 
@@ -484,6 +500,13 @@ def flood_rows(raw: Mapping[str, Any]) -> list[Row]:
     ]
 
 
+def xds_rows(raw: Mapping[str, Any]) -> list[Row]:
+    """Scenarios 13-19 from ``bench.xds.measure``."""
+    from bench import xds_report
+
+    return xds_report.rows(raw)
+
+
 def table(results: Mapping[str, Any]) -> list[Row]:
     """Every row, scenario by scenario, from the raw figures present."""
     raw = results.get("raw", {})
@@ -491,7 +514,8 @@ def table(results: Mapping[str, Any]) -> list[Row]:
     builders: list[tuple[str, Callable[[Any], list[Row]]]] = [
         ("supervisor", supervisor_rows), ("client", client_rows),
         ("failover", failover_rows), ("weights", weights_rows), ("commands", command_rows),
-        ("pause", pause_rows), ("reload", reload_rows), ("log_flood", flood_rows)]
+        ("pause", pause_rows), ("reload", reload_rows), ("log_flood", flood_rows),
+        ("xds", xds_rows)]
     for key, build in builders:
         if raw.get(key) is not None:
             rows.extend(build(raw[key]))
@@ -547,6 +571,10 @@ def notes(results: Mapping[str, Any], rows: Sequence[Row]) -> list[str]:
         "7: the anchor is native `round_robin` with weights as repeated addresses "
         "(`ipv4:a,a,a,a,a,b,c`). Error is |observed - weight share| in percentage points.",
     ]
+    if results.get("raw", {}).get("xds") is not None:
+        from bench import xds_report
+
+        out += xds_report.notes(results["raw"]["xds"])
     return out
 
 
@@ -644,13 +672,119 @@ def write(results: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
     return js, md
 
 
+# -- merging a partial run into the committed results -----------------------------------
+
+_ROW = re.compile(r"^\| (\d+)\. ")
+
+
+def _merge_table(lines: list[str], new: Sequence[str], numbers: set[str]) -> list[str]:
+    """``lines`` with the table rows of ``numbers`` replaced by ``new``, rows in order."""
+    at = [i for i, line in enumerate(lines) if _ROW.match(line)]
+    if not at:
+        return lines
+    kept = [lines[i] for i in at if _ROW.match(lines[i]).group(1) not in numbers]  # type: ignore[union-attr]
+    merged = sorted([*kept, *new], key=lambda line: int(_ROW.match(line).group(1)))  # type: ignore[union-attr]
+    rest = [line for i, line in enumerate(lines) if i not in set(at)]
+    return rest[:at[0]] + merged + rest[at[0]:]
+
+
+def _row_line(r: Row) -> str:
+    return (f"| {r.scenario}. {SCENARIOS[r.scenario]}: {r.what} | {r.devcluster} | "
+            f"{r.anchor} | {r.ratio} | {r.goal} | {r.met} |")
+
+
+def _merge_notes(lines: list[str], notes_: Sequence[str], keys: Sequence[str]) -> list[str]:
+    """``lines`` with the notes whose key (text up to ':') is in ``keys`` replaced."""
+    drop = tuple(f"- {k}:" for k in keys) + tuple(f"- **Missed:** scenario {k}," for k in keys)
+    kept = [line for line in lines if not line.startswith(drop)]
+    try:
+        at = kept.index("## Notes") + 2
+    except ValueError:
+        return kept
+    end = next((i for i in range(at, len(kept)) if not kept[i].startswith("- ")), len(kept))
+    return kept[:end] + [f"- {n}" for n in notes_] + kept[end:]
+
+
+def _scenarios(results: Mapping[str, Any]) -> set[str]:
+    """The scenarios of the groups in ``results`` (and of any row it has)."""
+    return {r.scenario for r in table(results)} | {
+        n for group in results["raw"] for n in GROUP_SCENARIOS.get(group, ())}
+
+
+def merged_from(results: Mapping[str, Any]) -> str:
+    """One line saying where merged rows come from: command, date, commit, load."""
+    meta, m = results["meta"], results["meta"]["machine"]
+    numbers = sorted(_scenarios(results), key=int)
+    span = f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else "".join(numbers)
+    return (f"{span}: measured apart from the rest, by `{meta['command']}` in "
+            f"{meta.get('duration_s', 0):.0f} s on {m['date']}, devcluster "
+            f"{m['devcluster_commit']}, load average at start "
+            f"{', '.join(str(x) for x in m['loadavg_at_start']) or '-'}.")
+
+
+def _merge_readme(readme: Path, new: Sequence[str], numbers: set[str], source: str) -> None:
+    """README's bench block with the rows of ``numbers`` replaced, and ``source`` last."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if not 0 <= start < end:
+        return
+    head = source.split(":", 1)[0] + ": measured"
+    block = [line for line in _merge_table(text[start:end].splitlines(), new, numbers)
+             if not line.startswith(head)]
+    while block and not block[-1].strip():
+        block.pop()
+    readme.write_text(text[:start] + "\n".join([*block, "", source]) + "\n" + text[end:])
+
+
+def merge(results: Mapping[str, Any], out_dir: Path, readme: Path | None = None
+          ) -> tuple[Path, Path]:
+    """Merge the groups of a partial run into ``out_dir``'s results.json and results.md
+    (and README's table): their raw figures, rows and notes replace the old ones, every
+    other row stays as it was measured."""
+    js, md = out_dir / "results.json", out_dir / "results.md"
+    full = json.loads(js.read_text())
+    rows = table(results)
+    numbers = _scenarios(results)
+    for group, raw in results["raw"].items():
+        full["raw"][group] = raw
+        full.get("errors", {}).pop(group, None)
+    full["meta"].setdefault("merged", {})[",".join(results["raw"])] = results["meta"]
+    old = [r for r in full.get("table", []) if r["scenario"] not in numbers]
+    full["table"] = sorted([*old, *(asdict(r) for r in rows)], key=lambda r: int(r["scenario"]))
+    full["scenarios"] = {n: {"title": t, "rows": [r for r in full["table"] if r["scenario"] == n]}
+                         for n, t in SCENARIOS.items()}
+    js.write_text(json.dumps(full, indent=2, default=str) + "\n")
+    new = [_row_line(r) for r in rows]
+
+    def ours(note: str) -> bool:  # "13-19: ...", "15 and 16: ...", "**Missed:** scenario 13"
+        key = note.split(":", 1)[0]
+        return note.startswith("**Missed:**") or re.split(r"[ -]", key)[0] in numbers
+
+    own = [merged_from(results), *(n for n in notes(results, rows) if ours(n))]
+    keys = sorted({n.split(":", 1)[0] for n in own if not n.startswith("**")} | numbers)
+    lines = _merge_notes(_merge_table(md.read_text().splitlines(), new, numbers), own, keys)
+    md.write_text("\n".join(lines) + "\n")
+    if readme is not None:
+        _merge_readme(readme, new, numbers, merged_from(results))
+    return js, md
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m bench.report RESULTS_JSON", file=sys.stderr)
+    merging = args[:1] == ["--merge"]
+    if len(args) != 1 + merging:
+        print("usage: python -m bench.report [--merge] RESULTS_JSON", file=sys.stderr)
         return 2
-    path = Path(args[0])
+    path = Path(args[-1])
     results = json.loads(path.read_text())
+    if merging and results["meta"].get("quick"):
+        print(f"{path} is a --quick run: its figures are not to be quoted; merge a full "
+              "`python -m bench --only GROUPS` run", file=sys.stderr)
+        return 2
+    if merging:  # a partial run (python -m bench --only ...) into the committed results
+        _, md = merge(results, ROOT / "bench", ROOT / "docs" / "performance.md")
+        print(md)
+        return 0
     write(results, path.parent)
     print(path.parent / "results.md")
     return 0

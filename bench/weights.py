@@ -74,53 +74,64 @@ def _wait_weights(channel: BalancedChannel, wanted: Mapping[str, int], timeout: 
 
 def propagation(cluster: Cluster, changes: int, seed: int = 7) -> dict[str, Any]:
     """Scenario 6: ``changes`` weight writes, each timed to the first call it routes."""
-    rng = random.Random(seed)
     names = sorted(addresses(cluster))
-    x, y = names[0], names[1]
     start = {n: 0 for n in names}
-    start[y] = 1
+    start[names[1]] = 1
     cluster.registry.update_many({n: {"weight": w} for n, w in start.items()})
+    try:
+        with BalancedChannel(SERVICE, cluster.state_dir) as channel:
+            _wait_weights(channel, start)
+            return time_changes(cluster, _caller(channel), names[0], names[1], changes, seed)
+    finally:
+        cluster.registry.update_many({n: {"weight": 1} for n in names})
+
+
+def time_changes(cluster: Cluster, call: Callable[[], str | None], x: str, y: str,
+                 changes: int, seed: int = 7,
+                 write: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    """``changes`` flips of ``x`` between weight 0 and 1000 (``y`` at 1, the others at 0,
+    already seen by ``call``'s client), each timed from the write to the first call the
+    new weights route (see the module doc). ``write`` makes the change (default
+    ``Cluster.weight``, which also waits for the supervisor's timeline)."""
+    write = cluster.weight if write is None else write
+    rng = random.Random(seed)
     perf = time.perf_counter
     from_start: list[float] = []
     from_return: list[float] = []
     up: list[float] = []
     down: list[float] = []
     timeouts = 0
-    with BalancedChannel(SERVICE, cluster.state_dir) as channel:
-        _wait_weights(channel, start)
-        call = _caller(channel)
-        for _ in range(100):
+    for _ in range(100):
+        call()
+    x_weight = 0
+    for _ in range(changes):
+        until = perf() + rng.uniform(0.005, 0.030)
+        while perf() < until:
             call()
-        x_weight = 0
-        for _ in range(changes):
-            until = perf() + rng.uniform(0.005, 0.030)
-            while perf() < until:
-                call()
-            new = 1000 if x_weight == 0 else 0
-            target, need = (x, 1) if new else (y, 3)
-            t0 = perf()
-            cluster.weight(x, new)
-            t1 = perf()
-            streak, first = 0, 0.0
-            while True:
-                ts = perf()
-                if call() == target:
-                    first = ts if streak == 0 else first
-                    streak += 1
-                    if streak >= need:
-                        break
-                else:
-                    streak = 0
-                if ts - t0 > 5.0:
+        new = 1000 if x_weight == 0 else 0
+        target, need = (x, 1) if new else (y, 3)
+        t0 = perf()
+        write(x, new)
+        t1 = perf()
+        streak, first = 0, 0.0
+        while True:
+            ts = perf()
+            if call() == target:
+                first = ts if streak == 0 else first
+                streak += 1
+                if streak >= need:
                     break
-            x_weight = new
-            if streak < need:
-                timeouts += 1
-                continue
-            from_start.append(1000 * (first - t0))
-            from_return.append(1000 * (first - t1))
-            (up if new else down).append(1000 * (first - t0))
-    cluster.registry.update_many({n: {"weight": 1} for n in names})
+            else:
+                streak = 0
+            if ts - t0 > 5.0:
+                break
+        x_weight = new
+        if streak < need:
+            timeouts += 1
+            continue
+        from_start.append(1000 * (first - t0))
+        from_return.append(1000 * (first - t1))
+        (up if new else down).append(1000 * (first - t0))
 
     def stats(values: Sequence[float]) -> dict[str, float | None]:
         if not values:

@@ -39,7 +39,7 @@ def _marked(tag: str) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.timeout(280)
+@pytest.mark.timeout(330)
 def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     committed = {p: p.stat().st_mtime_ns for p in (ROOT / "bench").glob("results.*")}
     tag = uuid.uuid4().hex
@@ -49,7 +49,7 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     began = time.monotonic()
     try:
         proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
                               stdin=subprocess.DEVNULL)
     finally:
         deadline = time.monotonic() + 5
@@ -67,7 +67,7 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     assert data["errors"] == {}
     assert data["meta"]["quick"] is True
     assert set(data["raw"]) == {"supervisor", "client", "failover", "weights", "commands",
-                                "pause", "reload", "waterfall", "log_flood"}
+                                "pause", "reload", "waterfall", "log_flood", "xds"}
     for number in SCENARIOS:
         assert data["scenarios"][number]["rows"], f"scenario {number} has no figures"
     md = (out / "results.md").read_text()
@@ -124,3 +124,47 @@ def test_a_full_run_rewrites_only_the_readme_block(tmp_path: Path) -> None:
     assert "old table" not in text and "`devcluster ps` as a command" in text
     assert "abc1234" in text
     assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
+
+
+def test_a_merge_replaces_only_its_own_rows_and_notes(tmp_path: Path) -> None:
+    """`python -m bench --only xds --merge`: the xds rows and notes go into the committed
+    results.md and README's table; every other row stays as it was measured, and a second
+    merge replaces the first instead of adding to it."""
+    from bench.report import README_END, README_START, SCENARIOS, merge
+
+    old_row = "| 7. Weight accuracy: max share error at 5:1:1, 10,000 calls | 0.006 pp | x | - | y | yes |"
+    stale = "| 13. xDS weight propagation: stale | 9 ms | - | - | - | - |"
+    (tmp_path / "results.md").write_text(
+        f"# b\n\n| scenario | devcluster | anchor | ratio | goal | met? |\n| --- |\n{old_row}\n"
+        f"{stale}\n\n## Notes\n\n- 7: the anchor.\n- 13: stale note.\n\n## Other\n")
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"meta": {}, "raw": {"weights": {"kept": 1}}, "errors": {"xds": "old"},
+         "table": [{"scenario": "7", "what": "kept"}, {"scenario": "13", "what": "stale"}]}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{README_START}\n| s |\n| --- |\n{old_row}\n{stale}\n\nMachine: m.\n"
+                      f"{README_END}\nafter\n")
+    machine = {"nproc": 2, "cpu_model": "cpu", "ram_gib": 1, "python": "3", "grpcio": "1",
+               "honcho": "2", "devcluster_commit": "abc1234", "loadavg_at_start": [0.1],
+               "date": "today"}
+    faults = {"asked": {"abort_pct": 10.0, "delay_pct": 20.0, "delay_s": 0.05,
+                        "fault": ["50ms:20", "UNAVAILABLE:10"]},
+              "xds": {"calls": 2000, "abort_pct": 10.5, "delay_pct": 25.0, "codes": {},
+                      "slow_without_fault_pct": 0.0}}
+    results = {"meta": {"machine": machine, "command": "python -m bench --only xds --merge",
+                        "duration_s": 170}, "raw": {"xds": {"faults": faults}}, "errors": {}}
+    for _ in range(2):
+        merge(results, tmp_path, readme)
+    md = (tmp_path / "results.md").read_text()
+    assert old_row in md and "- 7: the anchor." in md and "stale" not in md
+    assert md.count(f"| 19. {SCENARIOS['19']}: ") == 1
+    assert md.count("- 19: ") == 1 and md.count("**Missed:** scenario 19,") == 1
+    assert md.count("- 13-19: measured apart from the rest") == 1 and "## Other" in md
+    assert md.index(old_row) < md.index("| 19. ")
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["raw"] == {"weights": {"kept": 1}, "xds": {"faults": faults}}
+    assert data["errors"] == {}
+    assert [r["scenario"] for r in data["table"]] == ["7", "19"]
+    text = readme.read_text()
+    assert text.startswith("x\n") and text.endswith(f"{README_END}\nafter\n")
+    assert old_row in text and "stale" not in text and text.count("| 19. ") == 1
+    assert text.count("13-19: measured apart from the rest") == 1
