@@ -63,6 +63,12 @@ class Client:
         """Calls ``name`` answered that were reported after ``after``."""
         return sum(1 for t, i in list(self.calls) if i.ok and i.instance == name and t > after)
 
+    def sent_and_served(self, name: str, after: float) -> int:
+        """Calls ``name`` answered that started after ``after`` (a reply already on its way
+        when ``after`` came is reported later, but was not served after it)."""
+        return sum(1 for t, i in list(self.calls)
+                   if i.ok and i.instance == name and t - i.latency_ms / 1000 > after)
+
     def failed(self, after: float = 0.0) -> list[CallInfo]:
         return [i for t, i in list(self.calls) if not i.ok and t > after]
 

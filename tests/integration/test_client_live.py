@@ -130,7 +130,7 @@ def test_sigstop_costs_at_most_two_calls_then_ejected_until_sigcont(
         assert [i.code for i in client.failed()] == ["DEADLINE_EXCEEDED"] * 2
         assert {i.instance for i in client.failed()} == {"server3"}
         calls_go_on(client, ejected_at, 100)
-        assert client.served("server3", frozen_at) == 0
+        assert client.sent_and_served("server3", frozen_at) == 0
 
         three.thaw("server3")  # the health probe finds it answering again
         thawed_at = time.monotonic()
