@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (dynamic version), CHANGELOG.md names it
 __all__ = [
     "AioBalancedChannel",
     "BalancedChannel",
