@@ -30,10 +30,10 @@ COMMITTED = "_AFTER_HEADERS"
 class XdsClient:
     """tests/xds/_xds_client.py in a subprocess: JSON commands in, JSON answers out."""
 
-    def __init__(self, bootstrap: str, log: Path) -> None:
+    def __init__(self, bootstrap: str, log: Path, target: str = "xds:///greeter") -> None:
         env = {**os.environ, "GRPC_XDS_BOOTSTRAP": bootstrap, "PYTHONPATH": str(ROOT)}
         with open(log, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, str(CLIENT), "xds:///greeter"],
+            self.proc = subprocess.Popen([sys.executable, str(CLIENT), target],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=err, text=True, cwd=ROOT, env=env)
         assert self.proc.stdout is not None

@@ -5,27 +5,15 @@ and/or with some metadata, e.g. a canary group; `devcluster xds` lists it; a cli
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from devcluster.api import Cluster
-from tests._servers import ROOT, wait_for
+from tests._servers import wait_for
+from tests._xds import XdsClient
 
-CLIENT = ROOT / "tests" / "xds" / "_xds_client.py"
 Cli = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def ask(proc: subprocess.Popen[str], **cmd: object) -> dict[str, object]:
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(json.dumps(cmd) + "\n")
-    proc.stdin.flush()
-    line = proc.stdout.readline()
-    assert line, f"the xDS client exited with {proc.poll()}"
-    answer: dict[str, object] = json.loads(line)
-    return answer
 
 
 def test_a_canary_group_is_its_own_listener(make_cluster: Callable[..., Cluster], run_cli: Cli,
@@ -36,22 +24,16 @@ def test_a_canary_group_is_its_own_listener(make_cluster: Callable[..., Cluster]
     cluster.meta("greeter.3", version="v2")
     setup = json.loads(run_cli("xds", "--json").stdout)
     assert setup["listeners"] == ["canary", "greeter"]
-    env = {**os.environ, "GRPC_XDS_BOOTSTRAP": setup["bootstrap"], "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, str(CLIENT), "xds:///canary"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            cwd=ROOT, env=env)
+    client = XdsClient(setup["bootstrap"], tmp_path / "canary-client.log", "xds:///canary")
     try:
-        assert proc.stdout is not None and json.loads(proc.stdout.readline())["ready"]
-        out = ask(proc, op="count", n=30)
+        out = client.ask(op="count", n=30)
         assert out["errors"] == {} and out["counts"] == {"greeter.3": 30}
         cluster.meta("greeter.2", version="v2")  # joins the canary at the next push
-        wait_for(lambda: "greeter.2" in ask(proc, op="count", n=10)["counts"], 10,  # type: ignore[operator]
+        wait_for(lambda: "greeter.2" in client.ask(op="count", n=10)["counts"], 10,
                  "greeter.2 in the canary")
-        assert set(ask(proc, op="count", n=40)["counts"]) == {"greeter.2", "greeter.3"}  # type: ignore[arg-type]
+        assert set(client.ask(op="count", n=40)["counts"]) == {"greeter.2", "greeter.3"}
     finally:
-        proc.kill()
-        proc.wait()
-
+        client.close()
 
 def test_bad_groups_are_one_line(run_cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "Procfile").write_text("greeter: python -m devcluster.greeter --port $PORT\n")
