@@ -83,7 +83,7 @@ def count(how: str, side: str, target: str, calls: int, out: Path) -> int | None
 
 def by_function(out: Path) -> dict[tuple[str, str], int]:
     """Exclusive instructions per (shared object, function) of one callgrind file."""
-    text = subprocess.run(["callgrind_annotate", "--threshold=100", str(out)],
+    text = subprocess.run(["callgrind_annotate", "--threshold=100", "--auto=no", str(out)],
                           capture_output=True, text=True, check=True, timeout=300).stdout
     objects: dict[str, str] = {}
     rows: list[tuple[str, str | None, int]] = []
