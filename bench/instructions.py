@@ -11,13 +11,16 @@ without a PMU says ``<not supported>``) valgrind's callgrind, which counts every
 instruction the client executes. Either way the count covers the client process only,
 all its threads (grpc's included), and no server. Instructions per call are
 ``(I(N2) - I(N1)) / (N2 - N1)``: start-up, imports and warm-up cost the same in both
-runs and cancel. Under callgrind, the same difference per shared object and per C
-function says where a side's instructions go. Not a test: figures depend on the build.
+runs and cancel. Then, without a counter, ``sys.settrace`` counts the Python bytecodes
+the calling thread executes per call, by function. Under callgrind, the same difference
+per shared object and per C function says where a side's instructions go. Not a test:
+figures depend on the build.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -119,6 +122,22 @@ def profile(files: dict[int, Path], calls: tuple[int, int]) -> dict[str, Any]:
             "functions": [[f"{fn} [{obj}]", round(ir)] for (obj, fn), ir in top]}
 
 
+def bytecodes(targets: dict[str, str], calls: int) -> dict[str, Any]:
+    """Python bytecodes per call of each side's calling thread (no counter needed), and
+    the functions where ours executes more than native, most first."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    seen = {}
+    for side in SIDES:
+        proc = subprocess.run([*_client(side, targets[side], calls)[:3], "--opcodes",
+                               *_client(side, targets[side], calls)[3:]], cwd=ROOT, env=env,
+                              check=True, capture_output=True, text=True, timeout=300)
+        seen[side] = {k: v / calls for k, v in json.loads(proc.stdout).items()}
+    extra = {k: v - seen["native"].get(k, 0.0) for k, v in seen["ours"].items()}
+    top = sorted(((k, v) for k, v in extra.items() if v > 0), key=lambda kv: -kv[1])[:8]
+    return {"per_call": {side: sum(seen[side].values()) for side in SIDES},
+            "ours_extra": [[k, round(v, 1)] for k, v in top]}
+
+
 def _sides(how: str, targets: dict[str, str], calls: tuple[int, int], rounds: int,
            tmp: Path) -> dict[str, Any]:
     """Instructions per call of each side, ``rounds`` times (sides alternating)."""
@@ -156,6 +175,8 @@ def measure(calls: tuple[int, int] = CALLS, rounds: int = 2,
         targets = {"ours": str(state_dir),
                    "native": ",".join(address for _, address, _, _ in started)}
         sides = _sides(how, targets, calls, max(1, rounds), Path(tmp))
+        if how != "none":
+            sides["bytecodes"] = bytecodes(targets, calls[1] - calls[0])
     return {"counter": how, "calls": list(calls), "rounds": max(1, rounds), **sides}
 
 
@@ -176,6 +197,10 @@ def rows(raw: dict[str, Any]) -> list[Any]:
     for obj in list(objects[0])[:3]:
         a, b = objects[0][obj], objects[1].get(obj, 0.0)
         out.append(Row("20", f"of which in `{obj}`", _num(a), _num(b), _ratio(a, b), "-", "-"))
+    if "bytecodes" in raw:
+        a, b = raw["bytecodes"]["per_call"]["ours"], raw["bytecodes"]["per_call"]["native"]
+        out.append(Row("20", "Python bytecodes per call, the calling thread (`sys.settrace`, "
+                             f"{big - small} calls)", _num(a), _num(b), _ratio(a, b), "-", "-"))
     return out
 
 
@@ -195,6 +220,11 @@ def notes(raw: dict[str, Any]) -> list[str]:
         out.append("20: BalancedChannel's top C functions by exclusive instructions per call "
                    "(callgrind sees the interpreter, not Python frames): "
                    + "; ".join(f"`{name}` {ir:,}" for name, ir in functions) + ".")
+    extra = raw.get("bytecodes", {}).get("ours_extra")
+    if extra:
+        out.append("20: where BalancedChannel's calling thread executes more Python bytecodes "
+                   "per call than native round_robin's (ours - native, by function): "
+                   + "; ".join(f"`{name}` +{n:g}" for name, n in extra) + ".")
     return out
 
 
@@ -221,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(rounds: {', '.join(f'{x:,.0f}' for x in raw[side]['per_call'])})")
         for name, ir in raw[side].get("profile", {}).get("functions", []):
             print(f"    {ir:>10,}  {name}")
+    for note in notes(raw)[1:]:
+        print(note)
     if raw["native"]["median"]:
         print(f"ratio: {raw['ours']['median'] / raw['native']['median']:.3f}x")
     return 0

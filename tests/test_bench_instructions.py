@@ -28,6 +28,17 @@ def test_a_client_dearer_than_native_by_more_than_5_percent_misses_the_goal() ->
     assert rows(_raw(None, None))[0].met == "-"  # --quick: nothing counted
 
 
+def test_bytecodes_per_call_get_a_row_and_the_extra_functions_a_note() -> None:
+    from bench.instructions import notes
+
+    raw = {**_raw(297_800.0, 256_300.0),
+           "bytecodes": {"per_call": {"ours": 1493.0, "native": 1073.0},
+                         "ours_extra": [["sync_calls.py:UnaryUnary._invoke", 102.0]]}}
+    last = rows(raw)[-1]
+    assert last.what.startswith("Python bytecodes per call") and last.ratio == "1.39x"
+    assert "`sync_calls.py:UnaryUnary._invoke` +102." in notes(raw)[-1]
+
+
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
 def test_per_call_takes_the_difference_of_two_real_callgrind_runs(tmp_path: Path) -> None:
     files = {}
