@@ -20,6 +20,9 @@ its results, so the docs always quote the latest full run of the commit they nam
 * ``xds`` (13-19, issue 27): ``bench.xds``: a plain grpcio client on ``xds:///greeter``
   beside the balanced client and native round_robin: weight propagation, shares, failed
   calls, rejoin, the supervisor's cost with xDS clients and with health checks, faults.
+* ``instructions`` (20, issue 28): ``bench.instructions``: CPU instructions per call of the
+  balanced client vs native round_robin (``perf``, or callgrind where perf cannot count);
+  its ``--quick`` form only runs both clients, uncounted.
 
 ``--only GROUPS --merge`` measures some groups again and merges their rows into the
 committed ``bench/results.*`` and docs/performance.md's table (the other rows stay as measured).
@@ -48,7 +51,7 @@ from bench import report
 
 HERE = Path(__file__).resolve().parent
 GROUPS = ("supervisor", "waterfall", "client", "failover", "weights", "commands", "pause",
-          "reload", "log_flood", "xds")
+          "reload", "log_flood", "xds", "instructions")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class Sizes:
     flood_mb: int = 50  # scenario 12: megabytes of output per flood
     flood_runs: int = 3
     xds_quick: bool = False  # scenarios 13-19: bench.xds.QUICK instead of its full sizes
+    instr_calls: tuple[int, int] = (200, 1200)  # scenario 20: calls of the two counted runs
+    instr_rounds: int = 2
+    instr_count: bool = True  # False: run both clients, count nothing (no valgrind in --quick)
 
 
 FULL = Sizes()
@@ -85,7 +91,8 @@ QUICK = Sizes(sizes=(3,), runs=1, idle_s=1.0, client_s=0.4, client_rounds=1, vie
               failover_runs=1, hold_s=2.5, observe_s=0.5, back_timeout_s=3.0, changes=10,
               calls=500, command_runs=2,
               pause_runs=1, pause_hold_s=2.0, reload_runs=1, waterfall_sizes=(3,),
-              waterfall_runs=1, flood_mb=2, flood_runs=1, xds_quick=True)
+              waterfall_runs=1, flood_mb=2, flood_runs=1, xds_quick=True,
+              instr_calls=(1, 3), instr_rounds=1, instr_count=False)
 
 
 def _log(message: str) -> None:
@@ -136,6 +143,11 @@ def run_group(group: str, sz: Sizes) -> Any:
         from bench import xds
 
         return xds.measure(xds.QUICK if sz.xds_quick else xds.XdsSizes(), progress=_log)
+    if group == "instructions":
+        from bench import instructions
+
+        return instructions.measure(sz.instr_calls, sz.instr_rounds,
+                                    None if sz.instr_count else "none")
     raise ValueError(f"unknown group {group!r}; choose from {', '.join(GROUPS)}")
 
 

@@ -46,6 +46,7 @@ SCENARIOS: dict[str, str] = {
     "17": "xDS supervisor cost",
     "18": "Health-check cost",
     "19": "Fault accuracy",
+    "20": "Instructions per call",
 }
 
 #: Group (``python -m bench --only``) -> the scenarios its rows belong to.
@@ -53,6 +54,7 @@ GROUP_SCENARIOS: dict[str, tuple[str, ...]] = {
     "supervisor": ("1", "2", "8"), "waterfall": (), "client": ("3", "4"), "failover": ("5",),
     "weights": ("6", "7"), "commands": ("9",), "pause": ("10",), "reload": ("11",),
     "log_flood": ("12",), "xds": ("13", "14", "15", "16", "17", "18", "19"),
+    "instructions": ("20",),
 }
 
 
@@ -507,6 +509,13 @@ def xds_rows(raw: Mapping[str, Any]) -> list[Row]:
     return xds_report.rows(raw)
 
 
+def instruction_rows(raw: Mapping[str, Any]) -> list[Row]:
+    """Scenario 20 from ``bench.instructions.measure``."""
+    from bench import instructions
+
+    return instructions.rows(dict(raw))
+
+
 def table(results: Mapping[str, Any]) -> list[Row]:
     """Every row, scenario by scenario, from the raw figures present."""
     raw = results.get("raw", {})
@@ -515,7 +524,7 @@ def table(results: Mapping[str, Any]) -> list[Row]:
         ("supervisor", supervisor_rows), ("client", client_rows),
         ("failover", failover_rows), ("weights", weights_rows), ("commands", command_rows),
         ("pause", pause_rows), ("reload", reload_rows), ("log_flood", flood_rows),
-        ("xds", xds_rows)]
+        ("xds", xds_rows), ("instructions", instruction_rows)]
     for key, build in builders:
         if raw.get(key) is not None:
             rows.extend(build(raw[key]))
@@ -575,6 +584,10 @@ def notes(results: Mapping[str, Any], rows: Sequence[Row]) -> list[str]:
         from bench import xds_report
 
         out += xds_report.notes(results["raw"]["xds"])
+    if results.get("raw", {}).get("instructions") is not None:
+        from bench import instructions
+
+        out += instructions.notes(results["raw"]["instructions"])
     return out
 
 

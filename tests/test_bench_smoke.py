@@ -67,7 +67,8 @@ def test_quick_bench_runs_every_scenario(tmp_path: Path) -> None:
     assert data["errors"] == {}
     assert data["meta"]["quick"] is True
     assert set(data["raw"]) == {"supervisor", "client", "failover", "weights", "commands",
-                                "pause", "reload", "waterfall", "log_flood", "xds"}
+                                "pause", "reload", "waterfall", "log_flood", "xds",
+                                "instructions"}
     for number in SCENARIOS:
         assert data["scenarios"][number]["rows"], f"scenario {number} has no figures"
     md = (out / "results.md").read_text()
