@@ -291,7 +291,7 @@ def follow(log_dir: Path, name: str | None, n: int = 0,
         yield _newest([ln for f in followers.values() for ln in f.tail(n)], n)
         # Also every second without an event: a change inotify did not report is read.
         for _ in watchfiles.watch(log_dir, stop_event=stop, debounce=50, step=20,
-                                  watch_filter=wanted, raise_interrupt=False,
+                                  watch_filter=wanted, raise_interrupt=True,
                                   rust_timeout=1000, yield_on_timeout=True):
             if name is None:
                 for path, whose in logs_in(log_dir):
