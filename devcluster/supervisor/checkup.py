@@ -24,7 +24,7 @@ import contextlib
 import enum
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,6 @@ class _Watch:
     due: float
     task: asyncio.Task[None] | None = None
     channel: Any = None
-    stub: Any = field(default=None, repr=False)
 
 
 class Checkups:
@@ -192,22 +191,11 @@ def _checkable(inst: Instance) -> bool:
 async def _grpc_check(watch: _Watch, address: str, timeout: float) -> tuple[bool, str]:
     """A health Check on the process's own channel (kept: a new connection a second per
     instance would cost the supervisor and the server more than the check itself)."""
-    import grpc
     import grpc.aio
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     if watch.channel is None:
         watch.channel = grpc.aio.insecure_channel(address)
-        watch.stub = health_pb2_grpc.HealthStub(watch.channel)
-    try:
-        reply = await watch.stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-    except grpc.aio.AioRpcError as e:
-        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-            return await health.tcp(address, timeout), health.VIA_TCP
-        return False, f"{e.code().name}: {e.details()}"
-    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-        return True, health.VIA_HEALTH
-    return False, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return await health.check_on(watch.channel, address, timeout)
 
 
 async def _close(watch: _Watch) -> None:

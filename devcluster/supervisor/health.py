@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from devcluster import defaults
 from devcluster.supervisor.process import listening_ports
@@ -49,7 +50,7 @@ async def find_port(pid: int, wanted: int, alive: Callable[[], bool], deadline: 
     _finding += 1
     try:
         while alive() and time.monotonic() < deadline:
-            if cheap and await _tcp(f"127.0.0.1:{wanted}", 0.05) and alive():
+            if cheap and await tcp(f"127.0.0.1:{wanted}", 0.05) and alive():
                 return wanted  # the port was free before we spawned (checked): it is ours
             if time.monotonic() >= scan_at:
                 ports = listening_ports(pid)
@@ -163,22 +164,31 @@ async def check(address: str, timeout: float = 1.0) -> tuple[bool, str]:
     """One readiness probe of ``address``: (ready, how we know or why not)."""
     # grpc is imported at the first probe, not with the supervisor: by then every
     # instance has been spawned (its import is on no one's path to the spawn).
+    import grpc.aio
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        return await check_on(channel, address, timeout, wait_for_ready=True)
+
+
+async def check_on(channel: Any, address: str, timeout: float,
+                   wait_for_ready: bool = False) -> tuple[bool, str]:
+    """:func:`check` on an open ``grpc.aio`` channel to ``address`` (the continuous health
+    checks keep one per process): a health ``Check``, TCP for a server without it."""
     import grpc
     import grpc.aio
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout,
-                                     wait_for_ready=True)
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-                return await _tcp(address), VIA_TCP
-            return False, f"{e.code().name}: {e.details()}"
-        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-            return True, VIA_HEALTH
-        return False, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout,
+                                 wait_for_ready=wait_for_ready)
+    except grpc.aio.AioRpcError as e:
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return await tcp(address, timeout), VIA_TCP
+        return False, f"{e.code().name}: {e.details()}"
+    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+        return True, VIA_HEALTH
+    return False, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
 async def wait_ready(address: str, alive: Callable[[], bool], deadline: float,
@@ -204,7 +214,7 @@ async def wait_ready(address: str, alive: Callable[[], bool], deadline: float,
         # wait_for_ready that is a DEADLINE_EXCEEDED, else UNAVAILABLE or INTERNAL.
         if how.startswith(_NOT_GRPC):
             failures += 1
-            if failures >= 3 and await _tcp(address):
+            if failures >= 3 and await tcp(address):
                 return VIA_TCP
         await nap(interval)
         interval = min(interval * 2, 0.2)
@@ -213,10 +223,6 @@ async def wait_ready(address: str, alive: Callable[[], bool], deadline: float,
 
 async def tcp(address: str, timeout: float = 1.0) -> bool:
     """The port of ``address`` accepts a TCP connection within ``timeout``."""
-    return await _tcp(address, timeout)
-
-
-async def _tcp(address: str, timeout: float = 1.0) -> bool:
     host, _, port = address.rpartition(":")
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
