@@ -544,12 +544,10 @@ class Cluster:
         self._set_fault(target, None)
 
     def _set_fault(self, target: str, fault: Any) -> FaultSet:
-        from devcluster.registry.faults import targets
+        from devcluster.registry.faultset import set_fault
 
-        snap = self.registry.snapshot()
-        names = targets({r.name: r.service for r in snap.records.values()}, target)
-        self.registry.update_many({n: {"fault": fault} for n in names})
-        return FaultSet(self, target, tuple(names))
+        records = set_fault(self.registry, target, fault)
+        return FaultSet(self, target, tuple(r.name for r in records))
 
     def meta(self, name: str, **changes: str | None) -> dict[str, str]:
         """Set metadata keys of an instance (``None`` removes one); its metadata now.

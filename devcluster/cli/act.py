@@ -81,7 +81,8 @@ def fault(at: Place, target: str, delay: str | None, abort: str | None, clear: b
           as_json: bool) -> views.Output:
     """Set (or ``--clear``) a fault on an instance, a process type or a service."""
     from devcluster.config.procfile import check_name
-    from devcluster.registry.faults import parse, targets
+    from devcluster.registry.faults import parse
+    from devcluster.registry.faultset import set_fault
 
     check_name(target)
     if clear and (delay is not None or abort is not None):
@@ -90,12 +91,11 @@ def fault(at: Place, target: str, delay: str | None, abort: str | None, clear: b
     said = "fault cleared" if wanted is None else f"fault {wanted.describe()}"
     reg = at.registry()
     try:
-        names = targets({r.name: r.service for r in reg.snapshot().records.values()}, target)
-        records = reg.update_many({n: {"fault": wanted} for n in names}).records
+        records = set_fault(reg, target, wanted)
     finally:
         reg.close()
-    return views.Output([records[n].to_dict() for n in names if n in records],
-                        "\n".join(f"{n}: {said}" for n in names))
+    return views.Output([r.to_dict() for r in records],
+                        "\n".join(f"{r.name}: {said}" for r in records))
 
 
 def _write(at: Place, name: str, change: Mapping[str, Any], said: str) -> views.Output:
