@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__":  # `up -d`: preloaded types' fork servers import while we do
-    from devcluster.supervisor import preboot
-    preboot.begin(sys.argv[1:])
+if __name__ == "__main__":  # `up -d`: our instances, started before our exec, are ours;
+    from devcluster.supervisor import early, preboot  # preloaded types' fork servers
+
+    early.receive()
+    preboot.begin(sys.argv[1:])  # import while we do
 
 import asyncio
 import contextlib
@@ -38,7 +40,7 @@ from devcluster.events import EventLog, fresh_log
 from devcluster.registry import FileRegistry, Registry, open_registry
 from devcluster.registry.liveness import alive
 from devcluster.statedir import Claim, hold_lock, write_replacing
-from devcluster.supervisor import preboot, process
+from devcluster.supervisor import early, preboot, process
 from devcluster.supervisor.duty import Duty
 from devcluster.supervisor.logfiles import Cap
 from devcluster.supervisor.logs import LogSink
@@ -112,7 +114,8 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
     else:
         registry = FileRegistry(settings.state_dir)
         notes = [n for n in [await asyncio.to_thread(clean_stale, registry, sink)] if n]
-    if not preboot.asked_ahead():  # else checked before they were asked for (preboot)
+    if not preboot.asked_ahead() and not early.any_started():  # else checked before they
+        # were started or asked for (devcluster.supervisor.early, preboot)
         _check_ports(specs)
     process.become_subreaper()  # what instances daemonize stays ours to find and stop
     watchdog = Watchdog(process.mark_entry())  # also kills what carries our mark
@@ -129,6 +132,9 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
         async def started() -> None:
             # The instances are spawned: their interpreters boot while we import grpc
             # for the control plane and wait for the registry's first write.
+            if left := early.discard():  # started early, but no first start took them
+                sink.system(f"stopped {len(left)} instance(s) started early for another "
+                            f"command line (pids {', '.join(map(str, left))})")
             await asyncio.wrap_future(reset)
             from devcluster.control.server import ControlServer
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from devcluster import defaults
 from devcluster.config.project import Resolved
 from devcluster.errors import DevclusterError, UsageError
+from devcluster.supervisor import early
 from devcluster.supervisor.logs import tail
 from devcluster.supervisor.request import ReadyReport, UpRequest
 
@@ -79,6 +80,17 @@ def request(ask: Ask, resolved: Resolved, ready_fd: int | None = None,
         log_max=r.log_max, log_keep=r.log_keep)
 
 
+def _early(text: str, resolved: Resolved) -> early.Plan | None:
+    """The instances to start before the daemon (None: none may, or it cannot be done
+    safely here); a failure only means they start the usual way."""
+    from devcluster.supervisor.request import boot_view
+
+    try:
+        return early.plan(boot_view(text), resolved.types, resolved.grace)
+    except (OSError, ValueError, DevclusterError):
+        return None
+
+
 class Launcher:
     """The daemon process of one cluster: started once, waited for at ``down``."""
 
@@ -114,25 +126,32 @@ class Launcher:
             # end closes and the cluster shuts down gracefully.
             lifeline, self.lifeline = os.pipe()
             passed.append(lifeline)
+        text = request(ask, resolved, write_fd, lifeline, passed[1]).to_json()
+        # The instances start between the daemon's fork and exec: they boot while its
+        # interpreter starts and imports, and it adopts them (devcluster.supervisor.early).
+        plan = _early(text, resolved)
         try:
             proc = self.proc = subprocess.Popen(
                 # --state-dir only labels the process (`ps`, the pytest plugin's leak guard
                 # and sweeps find a cluster's supervisor by it); settings come on stdin.
                 [sys.executable, "-m", "devcluster.daemon", "--state-dir", str(ask.state_dir)],
                 stdin=subprocess.PIPE,
-                stdout=out, stderr=out, pass_fds=passed, start_new_session=True,
-                cwd=ask.procfile.parent)
+                stdout=out, stderr=out, pass_fds=passed + (plan.fds() if plan else []),
+                start_new_session=True, cwd=ask.procfile.parent,
+                env=plan.environment(os.environ) if plan else None,
+                preexec_fn=plan.spawn if plan else None)
         finally:
             for fd in passed[:1] + passed[2:]:
                 os.close(fd)
             lock.close()  # the daemon holds it now
             out.close()
+            if plan is not None:
+                plan.close()
         # The request goes through a pipe, not argv: no size limit ("Argument list too
         # long"), and not on display in `ps` to every user.
         assert proc.stdin is not None
         try:
-            proc.stdin.write(request(ask, resolved, write_fd, lifeline, passed[1])
-                             .to_json().encode())
+            proc.stdin.write(text.encode())
             proc.stdin.close()
         except BrokenPipeError:
             pass  # it died at once; _read_ready reports it

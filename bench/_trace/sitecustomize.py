@@ -36,8 +36,10 @@ HEAVY = ("asyncio", "grpc", "grpc.aio", "psutil", "typer", "rich", "devcluster.c
 #: every end (with a running count).
 TARGETS: list[tuple[str, str, str, str]] = [
     ("devcluster.api", "Cluster.up", "cli.up", "call"),
-    ("devcluster.launch", "Launch._start_daemon", "cli.start_daemon", "call"),
-    ("devcluster.launch", "Launch._read_ready", "cli.read_ready", "call"),
+    ("devcluster.launch", "Launcher.start", "cli.start_daemon", "call"),
+    ("devcluster.launch", "Launcher._read_ready", "cli.read_ready", "call"),
+    # Instances started between the daemon's fork and exec (the daemon's pid by then).
+    ("devcluster.supervisor.early", "_spawn", "daemon.spawn", "call"),
     ("devcluster.config.procfile", "load", "daemon.procfile_load", "each"),
     ("devcluster.supervisor.process", "port_owner", "daemon.check_ports", "call"),
     ("devcluster.supervisor.process", "ports_taken", "daemon.check_ports", "call"),
@@ -48,7 +50,7 @@ TARGETS: list[tuple[str, str, str, str]] = [
     ("devcluster.supervisor.runtime", "Supervisor.__init__", "daemon.supervisor_init", "call"),
     ("devcluster.supervisor.runtime", "Supervisor.start_all", "daemon.start_all", "call"),
     ("devcluster.supervisor.runtime", "Supervisor._written", "daemon.written", "call"),
-    ("devcluster.control.plane", "ControlServer.start", "daemon.control_start", "call"),
+    ("devcluster.control.server", "ControlServer.start", "daemon.control_start", "call"),
     ("devcluster.supervisor.process", "spawn", "daemon.spawn", "call"),
     ("devcluster.supervisor.recorder", "Recorder._write", "daemon.registry_write", "each"),
     ("devcluster.supervisor.health", "find_port", "daemon.port_found", "each"),

@@ -29,10 +29,10 @@ from devcluster.config.procfile import InstanceSpec, command_argv, instance_envi
 from devcluster.config.project import TypeSettings
 from devcluster.events import EventKind
 from devcluster.registry import State
-from devcluster.supervisor import core, probes, process
+from devcluster.supervisor import core, early, probes, process
 from devcluster.supervisor.core import MAX_FAILURES
 from devcluster.supervisor.logfiles import DEFAULT_CAP, Cap, LineSplitter, clean
-from devcluster.supervisor.preload import Forked, PreloadError
+from devcluster.supervisor.preload import Forked, PreloadError, adopt
 from devcluster.supervisor.shared import Runtime
 
 #: Lines of its own output an instance keeps, to say why it failed (a replacement
@@ -191,7 +191,7 @@ class Life:
         except psutil.Error:
             self.ps, self.started_at = None, time.time()
         self.owner.apply(self.machine.spawned())
-        how = "forked, preloaded" if isinstance(proc, Forked) else "pid"
+        how = proc.how if isinstance(proc, Forked) else "pid"
         self.rt.sink.system(f"{name} started ({how} {proc.pid}): {self.spec.command}")
 
     def environment(self) -> dict[str, str]:
@@ -217,6 +217,9 @@ class Life:
             return await self.rt.preload.spawn(self.spec.process_type, modules, argv, env,
                                                str(self.rt.cwd), self.ready_timeout,
                                                self.owner.name)
+        started = early.take(self.owner.name, argv, env, str(self.rt.cwd))
+        if started is not None:  # started before the supervisor's exec: the same command
+            return await adopt(*started, how="started early, pid")
         return await process.spawn(argv, env, str(self.rt.cwd))
 
     async def _wait_exit(self, proc: process.Child) -> int:

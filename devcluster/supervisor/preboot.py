@@ -22,16 +22,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from devcluster import defaults
 from devcluster.config.preloadcheck import python_command
-from devcluster.schema import RUNNING_STATES
-from devcluster.supervisor import watchdog
+from devcluster.supervisor import early, watchdog
 from devcluster.supervisor.request import BootView, boot_view
-
-if TYPE_CHECKING:
-    from devcluster.config.procfile import InstanceSpec
 
 #: Per-instance variables the fork server's own environment leaves out.
 _PER_INSTANCE = ("PORT", "PS", defaults.ENV_INSTANCE)
@@ -155,7 +150,7 @@ def _launch_all(view: BootView) -> None:
     ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # before any child
     _, _, specs = procfile.load(view.procfile, view.env_files, view.scale, view.base_port)
     cwd = str(view.procfile.parent.resolve())
-    ahead = _may_start_ahead(view, specs)
+    ahead = early.may_start_ahead(view, specs)
     sent: dict[Key, int] = {}
     for spec in specs:
         conf = types.get(spec.process_type)
@@ -172,31 +167,6 @@ def _launch_all(view: BootView) -> None:
             _started[key] = launch(found[1], found[2], conf.preload, env, cwd)
         if ahead and sent.get(key, 0) >= 0:
             sent[key] = _ask(key, spec.name, argv, env, cwd, sent.get(key, 0))
-
-
-def _may_start_ahead(view: BootView, specs: Sequence[InstanceSpec]) -> bool:
-    """Instances may be forked before the supervisor is up unless something could make
-    them fail where a later start would not: a crashed run's processes (the supervisor
-    kills them first), a port already taken (the supervisor reports it), a start that
-    waits on ``depends_on``."""
-    if view.depends:
-        return False
-    if view.registry is None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            text = defaults.layout(view.state_dir).registry.read_text()
-            records = json.loads(text).get("instances", {}).values()
-            # The supervisor's own rule (daemon.clean_stale): a record whose process may
-            # still run. `backoff` has none: its process is gone, nothing to kill first.
-            if any(r.get("state") in RUNNING_STATES for r in records):
-                return False
-    for spec in specs:
-        if spec.port and "PORT" in spec.command:
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", spec.port))
-                except OSError:
-                    return False
-    return True
 
 
 def _ask(key: Key, name: str, argv: Sequence[str], env: Mapping[str, str], cwd: str,

@@ -38,12 +38,16 @@ class PreloadError(Exception):
 
 
 class Forked:
-    """An instance forked by a fork server: its pid, output and exit status (what the
-    supervisor needs of a process). It is the supervisor's child (re-parented to it)."""
+    """An instance the supervisor did not start through asyncio: forked by a fork server
+    (re-parented to the supervisor), or started before the supervisor's exec
+    (:mod:`devcluster.supervisor.early`). Its pid, output and exit status: what the
+    supervisor needs of a process; ``how`` says which it is in the log."""
 
-    def __init__(self, pid: int, stdout: asyncio.StreamReader) -> None:
+    def __init__(self, pid: int, stdout: asyncio.StreamReader,
+                 how: str = "forked, preloaded") -> None:
         self.pid = pid
         self.stdout = stdout
+        self.how = how
         self.returncode: int | None = None
 
     def __repr__(self) -> str:
@@ -208,11 +212,7 @@ class ForkServer:
             os.close(read_fd)  # a zombie left, if any, is collected as an orphan
             raise PreloadError(said.decode(errors="replace") or "the instance died before "
                                "it was set up")
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                     os.fdopen(read_fd, "rb", 0))
-        return Forked(int(pid), reader)
+        return await adopt(int(pid), read_fd)
 
     async def close(self) -> None:
         """EOF on its socket ends it; then collect it."""
@@ -223,6 +223,15 @@ class ForkServer:
         except TimeoutError:
             self.proc.kill()
         self.proc.wait()
+
+
+async def adopt(pid: int, read_fd: int, how: str = "forked, preloaded") -> Forked:
+    """Our child ``pid`` whose output comes on ``read_fd``, as a process to supervise."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                 os.fdopen(read_fd, "rb", 0))
+    return Forked(pid, reader, how)
 
 
 async def _read_all(fd: int) -> bytes:

@@ -1,0 +1,153 @@
+"""Instances started between the supervisor's fork and exec (``up -d``), then adopted.
+
+- ``up -d`` starts every instance before the supervisor's interpreter runs; the
+  supervisor adopts them (its children, its mark), says so in its log, and they serve.
+- A restart starts a process with the same supervisor mark (the orphan watchdog's).
+- Killing the supervisor with SIGKILL takes the early instances with it (PDEATHSIG
+  survives the exec: the parent is the same process).
+- An early process the supervisor would not start the same way is stopped, and a
+  process with more than one thread starts nothing early (code after fork is unsafe).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from devcluster.statedir import layout, running_pid
+
+GREETER = "python -m devcluster.greeter --port $PORT"
+
+
+def _mark(pid: int) -> str:
+    return psutil.Process(pid).environ().get("DEVCLUSTER_SUPERVISOR", "")
+
+
+def _rows(run_cli: Callable[..., Any], tmp_path: Path) -> dict[str, dict[str, Any]]:
+    ps = run_cli("ps", "--json", "--state-dir", str(tmp_path / "st"))
+    assert ps.returncode == 0, ps.stderr
+    return {r["name"]: r for r in json.loads(ps.stdout)}
+
+
+def test_up_d_starts_the_instances_before_the_supervisor_and_adopts_them(
+        tmp_path: Path, run_cli: Callable[..., Any], wait_until: Callable[..., Any]) -> None:
+    (tmp_path / "Procfile").write_text(f"greeter: {GREETER}\n")
+    st = str(tmp_path / "st")
+    up = run_cli("up", "-d", "-p", "0", "-c", "greeter=3", "--state-dir", st)
+    assert up.returncode == 0, up.stderr
+    try:
+        log = layout(Path(st)).logs.joinpath("devcluster.log").read_text()
+        assert log.count("started (started early, pid") == 3, log
+        supervisor = running_pid(Path(st))
+        assert supervisor
+        rows = _rows(run_cli, tmp_path)
+        assert {r["state"] for r in rows.values()} == {"serving"}
+        pids = [r["pid"] for r in rows.values()]
+        assert all(psutil.Process(p).ppid() == supervisor for p in pids)
+        marks = {_mark(p) for p in pids}
+        assert len(marks) == 1 and marks != {""}, marks
+        # A restart is the supervisor's own start: the same mark for its watchdog.
+        restart = run_cli("restart", "greeter.2", "--state-dir", st)
+        assert restart.returncode == 0, restart.stderr
+        new = wait_until(lambda: (r := _rows(run_cli, tmp_path)["greeter.2"])["state"]
+                         == "serving" and r["pid"] not in pids and r["pid"], 20,
+                         "greeter.2 serving again under a new pid")
+        assert _mark(new) in marks
+    finally:
+        run_cli("down", "--state-dir", st)
+
+
+def test_sigkill_of_the_supervisor_takes_the_early_instances_with_it(
+        tmp_path: Path, run_cli: Callable[..., Any], wait_until: Callable[..., Any]) -> None:
+    (tmp_path / "Procfile").write_text(f"greeter: {GREETER}\n")
+    st = str(tmp_path / "st")
+    up = run_cli("up", "-d", "-p", "0", "-c", "greeter=2", "--state-dir", st)
+    assert up.returncode == 0, up.stderr
+    pids = [r["pid"] for r in _rows(run_cli, tmp_path).values()]
+    supervisor = running_pid(Path(st))
+    assert supervisor and "started early" in layout(Path(st)).logs.joinpath(
+        "devcluster.log").read_text()
+    os.kill(supervisor, signal.SIGKILL)
+
+    def gone() -> bool:
+        return not any(psutil.pid_exists(p) and psutil.Process(p).status()
+                       != psutil.STATUS_ZOMBIE for p in pids)
+
+    wait_until(gone, 5, "the early instances to die with their supervisor")
+
+
+#: Runs in the process a Plan spawned into: takes one instance as planned, refuses
+#: the other (another command line), and says what it found.
+_ADOPTER = textwrap.dedent("""
+    import json, os, sys
+    from devcluster.supervisor import early
+    early.receive()
+    same, other = json.loads(sys.argv[1])
+    kept = early.take("same", *same)
+    refused = early.take("other", *other)
+    print(json.dumps({"kept": kept, "refused": refused, "mark": early.mark()}), flush=True)
+    os.killpg(kept[0], 9)
+    os.waitpid(kept[0], 0)
+""")
+
+#: A one-thread process (the pytest worker may have more): plans, runs the adopter.
+_LAUNCHER = textwrap.dedent("""
+    import json, os, subprocess, sys
+    from devcluster.supervisor import early
+    cwd, adopter = sys.argv[1], sys.argv[2]
+    env = dict(os.environ)
+    sleep = ("sleep", "4321")
+    plan = early.Plan([early.Start("same", sleep, env, cwd), early.Start("other", sleep, env, cwd)])
+    asked = json.dumps([[list(sleep), env, cwd], [["sleep", "4322"], env, cwd]])
+    try:
+        done = subprocess.Popen([sys.executable, "-c", adopter, asked], env=plan.environment(env),
+                                pass_fds=plan.fds(), preexec_fn=plan.spawn)
+    finally:
+        plan.close()  # as the launcher does: the hand-over ends when our copy is closed
+    sys.exit(done.wait(30))
+""")
+
+
+def test_an_early_process_started_otherwise_is_stopped(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, str(tmp_path), _ADOPTER],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    said = json.loads(done.stdout)
+    assert said["kept"] and said["refused"] is None and said["mark"]
+    # The refused one was SIGKILLed (its zombie went with the adopter, its parent).
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] == ["sleep", "4321"]]
+
+
+_THREADED = textwrap.dedent("""
+    import json, sys, threading
+    from devcluster.supervisor import early
+    from devcluster.supervisor.request import boot_view
+    view = boot_view(sys.argv[1])
+    alone = early.plan(view, {}, 1.0)
+    print([s.name for s in alone.starts] if alone else None)
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)
+    helper.start()
+    print(early.plan(view, {}, 1.0))
+    stop.set()
+""")
+
+
+def test_a_threaded_process_starts_nothing_early(tmp_path: Path) -> None:
+    (tmp_path / "Procfile").write_text("sleeper: sleep 60\n")
+    view = json.dumps({"procfile": str(tmp_path / "Procfile"),
+                       "state_dir": str(tmp_path / "st"), "base_port": 0})
+    done = subprocess.run([sys.executable, "-c", _THREADED, view], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["['sleeper']", "None"]
