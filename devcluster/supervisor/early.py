@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from devcluster import defaults
 from devcluster.schema import RUNNING_STATES
+from devcluster.supervisor import watchdog
 
 if TYPE_CHECKING:
     from devcluster.config.procfile import InstanceSpec
@@ -214,6 +215,7 @@ def receive() -> None:
     with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
         found = json.loads(data)
         _mark = str(found["mark"])
+        watchdog.keep_mark(_mark)  # a restart's process carries the same
         for name, (pid, out_r, sig) in found["started"].items():
             _handed[str(name)] = (int(pid), int(out_r), str(sig))
 

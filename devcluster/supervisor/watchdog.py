@@ -22,8 +22,6 @@ import subprocess
 import sys
 import time
 
-from devcluster.supervisor import early
-
 #: The watchdog's whole program: stdlib only, so it runs as ``python -I -S -c`` (no site,
 #: no .pth files): about a fifth of a full interpreter start, at the moment the
 #: instances' interpreters are starting too (issue 21). It reads /proc/N/environ
@@ -73,8 +71,19 @@ for _ in range(10 if mark and not clean and os.path.isdir("/proc") else 0):
 def mark() -> str:
     """This process's mark as a supervisor, ``<pid>.<ns>``: its pid and the time it first
     asked (in ns), so a later process given the same pid has another mark. The
-    instances started before our exec carry the one chosen then (:mod:`.early`)."""
-    return early.mark() or f"{os.getpid()}.{time.time_ns()}"
+    instances started before our exec carry the one chosen then (:func:`keep_mark`)."""
+    return _kept or f"{os.getpid()}.{time.time_ns()}"
+
+
+_kept: str | None = None
+
+
+def keep_mark(handed: str) -> None:
+    """Take ``handed`` as this process's mark: the instances started before our exec
+    carry it (:mod:`devcluster.supervisor.early`); before the first :func:`mark`."""
+    global _kept
+    _kept = handed
+    mark.cache_clear()
 
 
 class Watchdog:
