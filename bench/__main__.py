@@ -13,7 +13,8 @@ Groups, in the order they run (each is also a command of its own):
 * ``pause`` (10): ``bench.pause``: a 10 s freeze, sequential and 8 in flight, vs round_robin.
 
 A full run (every group, full sizes) also rewrites the table of docs/performance.md from
-its results, so the docs always quote the latest full run of the commit they name.
+its results, and README's Performance table (the rows with a goal), so both always quote
+the latest full run of the commit they name.
 * ``reload`` (11): ``bench.reload`` vs ``restart`` and honcho's way (stop all, start again).
 * ``log_flood`` (12): ``bench.log_flood``: the supervisor's CPU while an instance floods
   its output, vs honcho's.
@@ -202,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         if results["errors"]:
             _log("not merged: a group failed (see above)")
             return 1
-        js, md = report.merge(results, HERE, HERE.parent / "docs" / "performance.md")
-        _log(f"merged {', '.join(groups)} into {js}, {md} and docs/performance.md")
+        js, md = report.merge(results, HERE, HERE.parent / "docs" / "performance.md",
+                              HERE.parent / "README.md")
+        _log(f"merged {', '.join(groups)} into {js}, {md}, docs/performance.md and README.md")
         return 0
     out = args.out
     if out is None:
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     js, md = report.write(results, out)
     if out == HERE and not results["errors"]:
         report.update_readme(results, HERE.parent / "docs" / "performance.md")
+        report.update_readme(results, HERE.parent / "README.md", goals_only=True)
     print(md.read_text())
     _log(f"wrote {js} and {md} in {results['meta']['duration_s']:.0f} s")
     return 1 if results["errors"] else 0

@@ -644,14 +644,15 @@ README_START = "<!-- bench:start (written by python -m bench; do not edit by han
 README_END = "<!-- bench:end -->"
 
 
-def readme_block(results: Mapping[str, Any]) -> str:
-    """The table of docs/performance.md: the results table and the machine line of this run."""
+def readme_block(results: Mapping[str, Any], goals_only: bool = False) -> str:
+    """The table of docs/performance.md (README's: only the rows with a goal): the results
+    table and the machine line of this run."""
     m = results["meta"]["machine"]
     lines = ["| scenario | devcluster | anchor | ratio | goal | met? |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in table(results):
-        lines.append(f"| {r.scenario}. {SCENARIOS[r.scenario]}: {r.what} | {r.devcluster} | "
-                     f"{r.anchor} | {r.ratio} | {r.goal} | {r.met} |")
+        if not goals_only or r.goal != "-":
+            lines.append(_row_line(r))
     lines += ["", f"Machine: {m['nproc']} CPUs: {m['cpu_model']}; {m['ram_gib']} GiB RAM; "
                   f"Python {m['python']}, grpcio {m['grpcio']}, honcho {m['honcho']}; "
                   f"devcluster {m['devcluster_commit']}; load average at start "
@@ -660,14 +661,14 @@ def readme_block(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(results: Mapping[str, Any], readme: Path) -> bool:
+def update_readme(results: Mapping[str, Any], readme: Path, goals_only: bool = False) -> bool:
     """Replace the block between the bench markers of ``readme``; False if it has none."""
     text = readme.read_text()
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < start:
         return False
-    readme.write_text(text[:start + len(README_START)] + "\n" + readme_block(results) + "\n"
-                      + text[end:])
+    readme.write_text(text[:start + len(README_START)] + "\n"
+                      + readme_block(results, goals_only) + "\n" + text[end:])
     return True
 
 
@@ -749,8 +750,8 @@ def _merge_readme(readme: Path, new: Sequence[str], numbers: set[str], source: s
     readme.write_text(text[:start] + "\n".join([*block, "", source]) + "\n" + text[end:])
 
 
-def merge(results: Mapping[str, Any], out_dir: Path, readme: Path | None = None
-          ) -> tuple[Path, Path]:
+def merge(results: Mapping[str, Any], out_dir: Path, readme: Path | None = None,
+          summary: Path | None = None) -> tuple[Path, Path]:
     """Merge the groups of a partial run into ``out_dir``'s results.json and results.md
     (and README's table): their raw figures, rows and notes replace the old ones, every
     other row stays as it was measured."""
@@ -779,6 +780,9 @@ def merge(results: Mapping[str, Any], out_dir: Path, readme: Path | None = None
     md.write_text("\n".join(lines) + "\n")
     if readme is not None:
         _merge_readme(readme, new, numbers, merged_from(results))
+    if summary is not None:  # README.md: the rows with a goal
+        _merge_readme(summary, [_row_line(r) for r in rows if r.goal != "-"], numbers,
+                      merged_from(results))
     return js, md
 
 
@@ -795,7 +799,8 @@ def main(argv: list[str] | None = None) -> int:
               "`python -m bench --only GROUPS` run", file=sys.stderr)
         return 2
     if merging:  # a partial run (python -m bench --only ...) into the committed results
-        _, md = merge(results, ROOT / "bench", ROOT / "docs" / "performance.md")
+        _, md = merge(results, ROOT / "bench", ROOT / "docs" / "performance.md",
+                      ROOT / "README.md")
         print(md)
         return 0
     write(results, path.parent)

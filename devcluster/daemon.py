@@ -140,13 +140,15 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
 
             keeper.control = ControlServer(sup, defaults.layout(settings.state_dir))
             await keeper.control.start()
-            xds.begin()  # envoy's protos import while the instances boot
 
         async def settled() -> None:
-            await xds.ready()  # `devcluster xds` answers once `up -d` returned
             infos = await sup.infos()
             ready.send(ReadyReport(instances={i.name: i.to_dict() for i in infos},
                                    notes=tuple(notes), stopped_by=sup.stopped_by))
+            # After the report: envoy's protos are the heaviest of our imports (~75 ms
+            # of CPU), and on the loop they held up the first health checks.
+            # `devcluster xds` and Cluster.xds() wait for its bootstrap meanwhile.
+            xds.begin()
 
         try:
             async with _web_console(settings, notes):
@@ -202,17 +204,27 @@ async def _web_console(settings: UpRequest, notes: list[str]) -> AsyncIterator[N
 class XdsPlane:
     """The cluster's xDS control plane: ADS on 127.0.0.1 (a free port), following the
     registry (either backend), and the bootstrap file that tells any gRPC client where
-    it is. Started once the instances are spawned (it costs nothing on the path to
-    ready); a failure is said and the cluster runs on without it."""
+    it is. Started once the cluster is ready (its imports would slow the first health
+    checks); a bootstrap left by a crashed run is removed at once, so nobody reads a
+    stale one meanwhile. A failure is said and the cluster runs on without it."""
 
     def __init__(self, settings: UpRequest, sink: LogSink) -> None:
         self.settings, self.sink = settings, sink
         self.path = defaults.layout(settings.state_dir).xds_bootstrap
         self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task[None] | None = None
+        with contextlib.suppress(OSError):
+            self.path.unlink()  # a crashed run's: its port is not ours
 
     def begin(self) -> None:
-        self._task = asyncio.ensure_future(self._start())
+        self._task = asyncio.ensure_future(self._start_bounded())
+
+    async def _start_bounded(self) -> None:
+        """Start it (bounded); say why not, once, if it cannot."""
+        try:
+            await asyncio.wait_for(self._start(), defaults.XDS_START_WAIT)
+        except Exception as e:  # an aid: the cluster runs without it
+            self.sink.system(f"xDS: not serving ({e!r}); the cluster runs without it")
 
     async def _start(self) -> None:
         from devcluster.xds.bootstrap import write_bootstrap
@@ -234,16 +246,6 @@ class XdsPlane:
         """The ``[xds.<name>]`` groups of the cluster's devcluster.toml (checked by up)."""
         project = find_project(self.settings.procfile, self.settings.config)
         return project.xds if project is not None else {}
-
-    async def ready(self) -> None:
-        """Wait (bounded) until it serves; say why not, once, if it cannot."""
-        if self._task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), defaults.XDS_START_WAIT)
-        except Exception as e:  # an aid: the cluster runs without it
-            self.sink.system(f"xDS: not serving ({e!r}); the cluster runs without it")
-            self._task.cancel()
 
     async def stop(self, remove: bool = True) -> None:
         if self._task is not None and not self._task.done():

@@ -104,12 +104,20 @@ def client_setup(path: str | os.PathLike[str], services: Iterable[str]) -> Clien
 def running_setup(state_dir: Path, registry: Registry) -> ClientSetup:
     """:class:`ClientSetup` of the cluster running in ``state_dir`` (whose registry is
     ``registry``); NoClusterError when none serves xDS there."""
-    from devcluster.defaults import layout
-    from devcluster.errors import NoClusterError
+    import time
 
-    snap = registry.snapshot()
-    setup = client_setup(layout(state_dir).xds_bootstrap,
-                         (r.service for r in snap.records.values()))
+    from devcluster.defaults import XDS_START_WAIT, layout
+    from devcluster.errors import NoClusterError
+    from devcluster.statedir import running_pid
+
+    services = {r.service for r in registry.snapshot().records.values()}
+    path = layout(state_dir).xds_bootstrap
+    # A supervisor starts its xDS server just after it reports ready (`up -d` returns
+    # first): while it runs and has not written the bootstrap yet, wait for it.
+    deadline = time.monotonic() + XDS_START_WAIT
+    while ((setup := client_setup(path, services)) is None and time.monotonic() < deadline
+           and running_pid(state_dir) is not None):
+        time.sleep(0.02)
     if setup is None:
         raise NoClusterError(f"no cluster serves xDS in {state_dir}; start one with "
                              "`devcluster up -d` (its supervisor serves xDS)")
