@@ -32,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +53,7 @@ ENV_FD = "DEVCLUSTER_EARLY_FD"
 MOST = 256
 _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 _PR_SET_CHILD_SUBREAPER = 36
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def digest(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> str:
@@ -121,10 +122,12 @@ class Plan:
             if self._prctl is not None:  # what they daemonize stays ours (a subreaper)
                 self._prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
             mark = f"{os.getpid()}.{time.time_ns()}"  # the supervisor's (its watchdog's)
-            for start, (out_r, out_w) in zip(self.starts, self.pipes, strict=True):
-                pid = _spawn(start, out_w, mark)
-                if pid is not None:
-                    started[start.name] = (pid, out_r, digest(start.argv, start.env, start.cwd))
+            with _default_signals():
+                for start, (out_r, out_w) in zip(self.starts, self.pipes, strict=True):
+                    pid = _spawn(start, out_w, mark)
+                    if pid is not None:
+                        started[start.name] = (pid, out_r,
+                                               digest(start.argv, start.env, start.cwd))
             os.write(self.hand_w, json.dumps({"mark": mark, "started": started}).encode())
         except BaseException:  # the supervisor starts what is not handed over
             for pid, _, _ in started.values():
@@ -144,6 +147,23 @@ class Plan:
         for fd in self.fds():
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+@contextlib.contextmanager
+def _default_signals() -> Iterator[None]:
+    """The stop signals at their defaults for what starts meanwhile: an ignored SIGINT
+    (a script's background job) is inherited through exec, and an instance that ignores
+    it cannot stop gracefully; the supervisor's own starts get the defaults too (its
+    handlers are reset by exec)."""
+    kept = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            if handler is not None:  # None: not set from Python; the default stays
+                signal.signal(sig, handler)
 
 
 def _runnable(start: Start) -> bool:

@@ -151,3 +151,34 @@ def test_a_threaded_process_starts_nothing_early(tmp_path: Path) -> None:
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["['sleeper']", "None"]
+
+
+_IGNORING = textwrap.dedent("""
+    import json, signal, sys
+    from devcluster.api import Cluster
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a script's background job
+    cluster = Cluster(sys.argv[1], port=0, grace=1.0, state_dir=sys.argv[2])
+    cluster.up()
+    try:
+        masks = {}
+        for info in cluster.instances:
+            with open(f"/proc/{info.pid}/status") as f:
+                line = next(x for x in f if x.startswith("SigIgn:"))
+            masks[info.name] = int(line.split()[1], 16)
+        print(json.dumps(masks))
+    finally:
+        cluster.down()
+""")
+
+
+def test_instances_started_early_by_a_process_that_ignores_sigint_still_heed_it(
+        tmp_path: Path) -> None:
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(f"greeter: {GREETER}\n")
+    done = subprocess.run([sys.executable, "-c", _IGNORING, str(procfile), str(tmp_path / "st")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    log = layout(tmp_path / "st").logs.joinpath("devcluster.log").read_text()
+    assert "started early" in log
+    masks = json.loads(done.stdout)
+    assert masks and not any(mask & (1 << (signal.SIGINT - 1)) for mask in masks.values()), masks
