@@ -26,6 +26,9 @@ import psutil
 from devcluster.statedir import layout, running_pid
 
 GREETER = "python -m devcluster.greeter --port $PORT"
+#: A TCP server that leaves every signal as it found it (the greeter handles SIGINT).
+LISTENER = ("python -c 'import os, socket, time; s = socket.socket(); "
+            "s.bind((\"127.0.0.1\", int(os.environ[\"PORT\"]))); s.listen(); time.sleep(60)'")
 
 
 def _mark(pid: int) -> str:
@@ -174,7 +177,8 @@ _IGNORING = textwrap.dedent("""
 def test_instances_started_early_by_a_process_that_ignores_sigint_still_heed_it(
         tmp_path: Path) -> None:
     procfile = tmp_path / "Procfile"
-    procfile.write_text(f"greeter: {GREETER}\n")
+    procfile.write_text(f"listener: {LISTENER}\n")
+    (tmp_path / "devcluster.toml").write_text("[process.listener]\nready = {tcp = true}\n")
     done = subprocess.run([sys.executable, "-c", _IGNORING, str(procfile), str(tmp_path / "st")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
