@@ -315,7 +315,13 @@ class Instance:
         if self.rt.watchers is None:  # nobody to ask: the fixed delay of before
             await asyncio.sleep(DRAIN_BOUND)
             return Drained(revision, 0, 0, DRAIN_BOUND)
-        return await self.rt.watchers.until_applied(revision)
+        drained = await self.rt.watchers.until_applied(revision)
+        if drained.behind:  # say why this stop took the bound: someone did not answer
+            self.rt.sink.system(
+                f"{self.name}: {drained.behind} of {drained.watchers} registry watcher(s) had "
+                f"not applied revision {revision} after {1000 * drained.waited_s:.0f} ms; "
+                "stopping it anyway")
+        return drained
 
     async def kill(self, sig: signal.Signals = signal.SIGKILL) -> bool:
         """Send ``sig`` to the process group: a simulated crash, never auto-restarted."""
