@@ -41,6 +41,7 @@ from devcluster.registry import FileRegistry, Registry, open_registry
 from devcluster.registry.liveness import alive
 from devcluster.statedir import Claim, hold_lock, write_replacing
 from devcluster.supervisor import early, preboot, process
+from devcluster.supervisor.drain import Watchers
 from devcluster.supervisor.duty import Duty
 from devcluster.supervisor.logfiles import Cap
 from devcluster.supervisor.logs import LogSink
@@ -122,7 +123,7 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
     sup = Supervisor(settings, registry, sink, types, env, specs, watchdog, events, host)
     sup.records.before_write = lambda: _check_claim(claim)
     keeper = _Keeper(claim, sup, sink, isinstance(registry, FileRegistry))
-    xds = XdsPlane(settings, sink)
+    xds = XdsPlane(settings, sink, sup.watchers)
     try:
         # Queued before any spawn (the writer keeps order: it lands before their states);
         # awaited once they are spawned: a registry that cannot be written at start is
@@ -208,8 +209,10 @@ class XdsPlane:
     checks); a bootstrap left by a crashed run is removed at once, so nobody reads a
     stale one meanwhile. A failure is said and the cluster runs on without it."""
 
-    def __init__(self, settings: UpRequest, sink: LogSink) -> None:
+    def __init__(self, settings: UpRequest, sink: LogSink, watchers: Watchers | None = None) -> None:
         self.settings, self.sink = settings, sink
+        #: A stop waits until the xDS streams ACKed its `draining` too (supervisor.drain).
+        self.watchers = watchers
         self.path = defaults.layout(settings.state_dir).xds_bootstrap
         self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task[None] | None = None
@@ -238,6 +241,9 @@ class XdsPlane:
         groups = {name: Group(g.types, g.where) for name, g in self._groups().items()}
         server = await self._stack.enter_async_context(
             serve(registry, options=Options(groups=groups)))
+        if self.watchers is not None:
+            self.watchers.add(server)
+            self._stack.callback(self.watchers.remove, server)
         await asyncio.to_thread(write_bootstrap, self.path, server.port, groups=groups)
         self.sink.system(f"xDS: ADS on 127.0.0.1:{server.port}; clients: "
                          f"GRPC_XDS_BOOTSTRAP={self.path} (see `devcluster xds`)")

@@ -116,6 +116,9 @@ CLIENTS_DIR = "clients"
 REGISTRY_FORMAT_VERSION = 1
 EVENTS_FORMAT_VERSION = 1
 CLIENT_STATS_FORMAT_VERSION = 1
+#: A client statistics file untouched this long is ignored (a live client rewrites it
+#: at least every 20 s): its client is hung or gone.
+CLIENT_STATS_STALE_AFTER = 60.0
 #: The name of the supervisor's own log (also its name in the merged view of the logs).
 SYSTEM_LOG = "devcluster"
 #: Each log file is rotated past LOG_MAX bytes, keeping LOG_KEEP older files

@@ -22,7 +22,7 @@ rename, which replaces a planted link. It holds:
 | `private/control-PID.sock` | the supervisor of pid PID | as `control.sock` | the socket actually bound (a path of this run, so a stale one is never reused) |
 | `events.jsonl` | the supervisor | JSON lines, one event each (`version` 1; lines without it are from before versions and read the same) | the timeline of the current (or last) run |
 | `events.1.jsonl` | the supervisor, at start | as `events.jsonl` | the timeline of the run before (rotated) |
-| `clients/<pid>-<n>.json` | each balancing client, at most once a second | JSON `{"version", "pid", "id", "label", "started_at", "updated_at", "interval", "instances"}` (`version` 1; files without it are read the same) | calls/s, failures, p50 and ejections per instance, for `top` and the console; a dead client's file is pruned |
+| `clients/<pid>-<n>.json` | each balancing client, at most once a second, and at once when it applies a registry revision | JSON `{"version", "pid", "id", "label", "started_at", "updated_at", "interval", "revision", "instances"}` (`version` 1; files without `version` or `revision` are read the same) | calls/s, failures, p50 and ejections per instance, for `top` and the console; `revision`: the registry revision the client has applied, which a stop waits for (a file without it: at most 100 ms); a dead client's file is pruned |
 | `clients/.<pid>-<n>.json.tmp` | the client | as above | the temp file of an atomic write |
 | `logs/` | `up` (and the API) | a directory of yours (or a link to one), 0755 | refused if another user's or writable by others without the sticky bit |
 | `logs/<name>.log` | the supervisor | text lines, each `YYYY-MM-DDTHH:MM:SS.ffffff TEXT` (local time) | one instance's stdout/stderr, each line written once (`devcluster.instance.log` for an instance named `devcluster`) |
@@ -46,14 +46,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from devcluster.defaults import (
     CLIENT_STATS_FORMAT_VERSION,
+    CLIENT_STATS_STALE_AFTER,
     CLIENTS_DIR,
     CONSOLE_URL_FILE,
     DAEMON_OUT_FILE,
@@ -84,6 +87,7 @@ from devcluster.errors import ClusterRunningError, DevclusterError
 __all__ = [
     "CLIENTS_DIR",
     "CLIENT_STATS_FORMAT_VERSION",
+    "CLIENT_STATS_STALE_AFTER",
     "CONSOLE_URL_FILE",
     "DAEMON_OUT_FILE",
     "EVENTS_FILE",
@@ -103,11 +107,13 @@ __all__ = [
     "XDS_BOOTSTRAP_FILE",
     "Claim",
     "Layout",
+    "client_revisions",
     "hold_lock",
     "instance_of_log",
     "layout",
     "log_file_name",
     "open_nofollow",
+    "pid_alive",
     "prepare",
     "running_pid",
     "socket_path",
@@ -366,3 +372,41 @@ def running_pid(state_dir: Path) -> int | None:
         return None
     except OSError as e:  # e.g. the state dir is a file
         raise _cannot_use(state_dir, e) from None
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process ``pid`` exists (ours or another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def client_revisions(state_dir: Path, now: float | None = None) -> list[int | None]:
+    """The registry revision each live balancing client says it has applied (its file's
+    ``revision``; None for a client that does not say). Live: its pid exists and its
+    file is fresher than :data:`CLIENT_STATS_STALE_AFTER`. What a stop waits on
+    (:mod:`devcluster.supervisor.drain`); here so that the supervisor reads the files
+    the client writes without importing the client."""
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(layout(state_dir).clients))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found: list[int | None] = []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.name.endswith(".json"):
+            continue
+        try:
+            with open(entry.path, encoding="utf-8") as f:
+                doc = json.load(f)
+            pid, updated = int(doc["pid"]), float(doc.get("updated_at", 0))
+            revision = doc.get("revision")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # vanished between listing and reading, or not one of ours
+        if now - updated <= CLIENT_STATS_STALE_AFTER and pid_alive(pid):
+            found.append(revision if isinstance(revision, int) else None)
+    return found

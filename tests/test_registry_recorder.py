@@ -47,3 +47,16 @@ def test_a_failed_write_is_reported_and_the_writer_goes_on(tmp_path: Path) -> No
     rec.update("greeter.1", restarts=2).result(5)
     assert reg.snapshot().records["greeter.1"].restarts == 2
     assert rec.close(5)
+
+
+def test_a_write_resolves_to_the_revision_it_made(tmp_path: Path) -> None:
+    """What a drain asks the watchers to have applied (devcluster.supervisor.drain)."""
+    reg = FileRegistry(tmp_path)
+    rec = Recorder(reg, [].append)
+    assert rec.reset(_records(2)).result(5) == reg.snapshot().revision
+    drained = rec.update("greeter.1", state="draining").result(5)
+    assert drained == reg.snapshot().revision == rec.revision
+    assert reg.snapshot().records["greeter.1"].state.value == "draining"
+    assert rec.register(Record("greeter.9", "greeter", "127.0.0.1:5009")).result(5) is None
+    assert rec.flush().result(5) is None
+    assert rec.close(5)

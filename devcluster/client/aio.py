@@ -62,7 +62,7 @@ class AioBalancedChannel(ChannelDriver, grpc.aio.Channel):  # type: ignore[misc]
 
     def _deliver(self, snapshot: Snapshot) -> None:
         try:
-            self._loop.call_soon_threadsafe(self.balancer.apply, snapshot)
+            self._loop.call_soon_threadsafe(self._apply, snapshot)
         except RuntimeError:  # the loop is closed: nobody left to serve
             self._stop.set()
 

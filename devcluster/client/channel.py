@@ -66,7 +66,7 @@ class BalancedChannel(ChannelDriver, grpc.Channel):  # type: ignore[misc]  # grp
     # -- the I/O the balancer asks for ----------------------------------------------
 
     def _deliver(self, snapshot: Snapshot) -> None:
-        self.balancer.apply(snapshot)
+        self._apply(snapshot)
 
     def _open_channel(self, address: str) -> grpc.Channel:
         return grpc.insecure_channel(address, options=self._options)

@@ -191,7 +191,7 @@ class ChannelDriver(abc.ABC):
             eject_after=eject_after, retry_on=retry_on, order=order, lock=self._lock,
             where=where)
         # The first view is synchronous: a call right after construction has targets.
-        self.balancer.apply(self._registry.snapshot())
+        self._apply(self._registry.snapshot())
         self._watcher = threading.Thread(
             target=follow_registry, args=(self._registry, self._stop, self._deliver),
             name=f"devcluster-watch-{service or 'all'}", daemon=True)
@@ -239,6 +239,13 @@ class ChannelDriver(abc.ABC):
     def _close_stats(self) -> None:
         if self._stats is not None:
             self._stats.close()
+
+    def _apply(self, snapshot: Snapshot) -> None:
+        """Adopt ``snapshot``, then publish the revision the view now follows: a stopping
+        instance waits until its watchers applied its ``draining`` (supervisor.drain)."""
+        self.balancer.apply(snapshot)
+        if self._stats is not None:
+            self._stats.applied(self.balancer.revision)
 
     def probe(self, inst: Instance) -> Probe:
         """The probing decisions for an ejected ``inst``."""

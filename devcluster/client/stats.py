@@ -3,7 +3,10 @@
 A balancing channel counts, per instance, the calls that went well and badly, their
 latency and whether it ejected the instance; :class:`StatsPublisher` writes that to
 ``<state_dir>/clients/<pid>-<id>.json`` at most once a second (atomically: temp file,
-``os.replace``) and removes the file on close. :func:`read_traffic` sums the files of
+``os.replace``) and removes the file on close. The file also says which registry
+revision the channel has applied (:meth:`StatsPublisher.applied`), rewritten at once
+when that changes: a stopping instance waits for it rather than a fixed delay
+(devcluster.supervisor.drain). :func:`read_traffic` sums the files of
 the live clients into calls/s and failed/s per instance, for ``top`` and the console.
 
 >>> stats = StatsPublisher(".devcluster")                              # doctest: +SKIP
@@ -41,7 +44,7 @@ PUBLISH_INTERVAL = 1.0
 #: A file untouched this long is a hung or vanished client: its rates count as 0.
 RATE_STALE_AFTER = 3.0
 #: A file untouched this long is ignored altogether (a live client rewrites it sooner).
-FILE_STALE_AFTER = 60.0
+FILE_STALE_AFTER = statedir.CLIENT_STATS_STALE_AFTER
 #: An idle client still rewrites its file this often, so readers know it is alive.
 HEARTBEAT = 20.0
 #: Latency samples kept per instance and window for the p50 (bounded memory per call).
@@ -117,6 +120,12 @@ class StatsPublisher:
         self._last_write = 0.0
         self._base: dict[str, tuple[int, int]] = {}
         self._rates: dict[str, tuple[float, float]] = {}
+        #: The registry revision the channel has applied (None: not told), and what was
+        #: last written: a new revision is written at once, with that document's counts.
+        self._revision: int | None = None
+        self._doc: dict[str, Any] | None = None
+        #: Set by :meth:`applied` (and by close): wakes the writer thread before its tick.
+        self._wake = threading.Event()
         if self.enabled:
             self._thread = threading.Thread(target=self._run, daemon=True,
                                             name=f"devcluster-clientstats-{self.id}")
@@ -195,14 +204,50 @@ class StatsPublisher:
                 self._get(instance).ejected = ejected
                 self._changed = True
 
+    def applied(self, revision: int | None) -> None:
+        """The channel now routes by registry ``revision``: have it published at once
+        (a stopping instance waits until its watchers say they applied its ``draining``).
+
+        Cheap for the caller (the registry watch thread, or the event loop): the writer
+        thread writes. An unchanged revision costs nothing."""
+        if self.enabled and revision is not None and revision != self._revision:
+            self._revision = revision
+            self._wake.set()
+
     # -- publishing ------------------------------------------------------------------
 
     def _run(self) -> None:
-        # A timer, not a per-call write: the hot path never touches the disk.
-        while not self._stop.wait(self.interval):
+        # A timer, not a per-call write: the hot path never touches the disk. A revision
+        # applied wakes it at once; that write leaves the rate window alone.
+        next_tick = time.monotonic() + self.interval
+        while True:
+            self._wake.wait(max(0.0, next_tick - time.monotonic()))
+            if self._stop.is_set():
+                return
             # A state dir gone (cluster removed): try again at the next tick.
             with contextlib.suppress(OSError):
-                self.flush(force=False)
+                if self._wake.is_set():
+                    self._wake.clear()
+                    self._publish_revision()
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + self.interval
+                    self.flush(force=False)
+
+    def _publish_revision(self) -> None:
+        """Write the last document again with the revision now applied (its counts and
+        rates stay those of the last tick); the first document is a full one."""
+        with self._write_lock:
+            if self._stop.is_set():
+                return
+            if self._doc is None:
+                self._write(self.snapshot())
+            else:
+                self._write({**self._doc, "revision": self._revision, "updated_at": self._clock()})
+
+    def _write(self, doc: dict[str, Any]) -> None:
+        """Publish ``doc`` (the write lock held)."""
+        _write_atomic(self.path, doc)
+        self._doc, self._last_write = doc, doc["updated_at"]
 
     def snapshot(self) -> dict[str, Any]:
         """The JSON document this client publishes now (rates over the last tick)."""
@@ -228,7 +273,7 @@ class StatsPublisher:
         return {"version": CLIENT_STATS_FORMAT_VERSION, "pid": os.getpid(), "id": self.id,
                 "label": self.label,
                 "started_at": self._started_at, "updated_at": now,
-                "interval": self.interval, "instances": instances}
+                "interval": self.interval, "revision": self._revision, "instances": instances}
 
     def flush(self, force: bool = True) -> None:
         """Write the file now (``force``), or only if something changed since the last."""
@@ -243,14 +288,14 @@ class StatsPublisher:
             doc = self.snapshot()
             self._rates = {n: (i["ok_per_s"], i["failed_per_s"])
                            for n, i in doc["instances"].items()}
-            _write_atomic(self.path, doc)
-            self._last_write = doc["updated_at"]
+            self._write(doc)
 
     def close(self) -> None:
         """Stop publishing and remove this client's file (idempotent)."""
         if self._stop.is_set():
             return
         self._stop.set()
+        self._wake.set()
         atexit.unregister(self.close)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
@@ -316,15 +361,8 @@ class Traffic:
                 "clients": self.clients}
 
 
-def pid_alive(pid: int) -> bool:
-    """True while a process ``pid`` exists (ours or another user's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+#: True while a process exists (defined in devcluster.statedir, which the supervisor reads).
+pid_alive = statedir.pid_alive
 
 
 def live_client_docs(state_dir: str | os.PathLike[str], now: float | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -72,8 +73,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-async def serve(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM, then stop gracefully."""
+async def serve(args: argparse.Namespace, exit_when_stopped: bool = False) -> int:
+    """Serve until SIGINT/SIGTERM, then stop gracefully.
+
+    ``exit_when_stopped`` (the command line): once the graceful stop returned, the
+    process exits at once (``os._exit`` after flushing), skipping the interpreter's
+    teardown of grpc and asyncio (20-40 ms): a reload waits for the old process to be
+    gone before it replaces the next instance, and a stop's caller waits for its exit."""
     server = grpc.aio.server(interceptors=[AioInstanceHeaderInterceptor(args.name)],
                              options=handoff.server_options())
     # The generated registration is untyped: called through its known signature.
@@ -109,9 +115,20 @@ async def serve(args: argparse.Namespace) -> int:
         await health_servicer.enter_graceful_shutdown()
         await handoff.hand_over(server.stop, bound, args.grace)
         print(f"{args.name} stopped", flush=True)
+    if exit_when_stopped:
+        exit_now(0)
     return 0
+
+
+def exit_now(code: int) -> None:
+    """Flush our output and end the process now: nothing is left to do after a graceful
+    stop, and the interpreter's teardown (grpc's, asyncio's) only delays the exit."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m devcluster.greeter``."""
-    return asyncio.run(serve(_parse(argv)))
+    return asyncio.run(serve(_parse(argv), exit_when_stopped=True))

@@ -23,7 +23,7 @@ from devcluster.errors import DevclusterError, UnknownInstanceError
 from devcluster.events import EventKind
 from devcluster.registry import Record, Registry
 from devcluster.schema import InstanceInfo
-from devcluster.supervisor.instance import DRAIN_DELAY, Instance
+from devcluster.supervisor.instance import Instance
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.preload import Preloader
 from devcluster.supervisor.recorder import Recorder, landed
@@ -123,7 +123,7 @@ class Crew:
     async def remove_instance(self, name: str) -> None:
         """Stop an instance gracefully and forget it."""
         inst = self.instances[name]
-        await inst.stop(drain=DRAIN_DELAY)
+        await inst.stop(drain=True)
         self.instances.pop(name, None)
         self.records.deregister(name)
         self.rt.event(EventKind.REMOVED, name)

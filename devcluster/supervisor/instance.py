@@ -19,7 +19,6 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 
 import psutil
 
@@ -37,14 +36,11 @@ from devcluster.supervisor.core import (  # noqa: F401  the restart constants, w
     MAX_FAILURES,
     SETTLED,
 )
+from devcluster.supervisor.drain import DRAIN_BOUND, Drained
 from devcluster.supervisor.lifecycle import RECENT_LINES as RECENT_LINES
 from devcluster.supervisor.lifecycle import Life
-from devcluster.supervisor.recorder import landed
+from devcluster.supervisor.recorder import Written, landed_at
 from devcluster.supervisor.shared import Runtime as Runtime
-
-#: Seconds between ``draining`` in the registry and SIGINT for a single-instance stop:
-#: registry watchers see a change within ~10 ms (p99); a margin for loaded machines.
-DRAIN_DELAY = 0.1
 
 
 class Instance:
@@ -193,7 +189,7 @@ class Instance:
 
     # -- state -------------------------------------------------------------------------
 
-    def _set(self, state: State) -> Future[None] | None:
+    def _set(self, state: State) -> Written | None:
         """Change state, queue the registry write (returned), wake whoever waits."""
         self.state = state
         if state is not self._told:  # paused too: the timeline is not the registry
@@ -246,7 +242,7 @@ class Instance:
         """Serving, or down for good, or not ready within the ready timeout."""
         return core.settled(self.state, self.held, self.ready_timed_out)
 
-    def publish(self) -> Future[None] | None:
+    def publish(self) -> Written | None:
         """Take over the registry record of this name (a replacement that serves)."""
         self.registered = True
         return self._set(self.state)
@@ -275,28 +271,27 @@ class Instance:
         self._set(State.STOPPED)
 
     async def stop(self, grace: float | None = None, intent: State = State.STOPPED,
-                   drain: float = 0.0, announce: bool = True) -> bool:
+                   drain: bool = False, announce: bool = True) -> bool:
         """Graceful stop: draining, SIGINT, SIGKILL after ``grace``. False if not running.
 
-        ``drain`` seconds pass between the registry saying ``draining`` and SIGINT, so
-        clients watching the registry stop sending first (a stopping grpc server
-        refuses new calls). A whole-cluster shutdown passes 0: there is nowhere to go.
+        With ``drain``, SIGINT waits until the clients watching the registry have applied
+        its ``draining`` (or, with ``announce=False``, the caller's last registry write:
+        a reload's switch of the record), so they stop sending first (a stopping gRPC
+        server refuses new calls): :meth:`_drain`. A whole-cluster shutdown does not
+        drain: there is nowhere to go.
         """
         if not self.running:
             return self._cancel_backoff(intent)
         grace = self.grace if grace is None else grace
         self.life.intent = intent
         paused = self.state is State.PAUSED
+        written = None
         if announce:
             written = self._set(State.DRAINING)
-            if drain > 0 and not paused and written is not None:
-                # Watchers must be able to see `draining` before SIGINT: wait for the
-                # write to land (bounded: a stuck registry never blocks a stop).
-                await landed(written, self.rt.grace)
-        else:  # the supervisor wrote every instance's `draining` in one registry write
+        else:  # the supervisor wrote the registry itself (shutdown, reload)
             self.state = State.DRAINING
-        if drain > 0 and not paused:
-            await asyncio.sleep(drain)
+        if drain and not paused:
+            await self._drain(written)
         if not self.running:
             return True
         assert self.pid is not None
@@ -308,6 +303,25 @@ class Instance:
             process.signal_group(self.pid, signal.SIGKILL)
             await self._wait_task(None)
         return True
+
+    async def _drain(self, written: Written | None) -> Drained:
+        """Wait for the registry write ``written`` to land (bounded: a stuck registry never
+        blocks a stop), then until every watcher has applied it (:mod:`.drain`): no
+        watcher, no wait; watchers that say nothing, at most :data:`DRAIN_BOUND`."""
+        if written is None:  # the caller's write landed already: ours is the last known
+            revision = self.rt.records.revision
+        else:
+            revision = await landed_at(written, self.rt.grace)
+        if self.rt.watchers is None:  # nobody to ask: the fixed delay of before
+            await asyncio.sleep(DRAIN_BOUND)
+            return Drained(revision, 0, 0, DRAIN_BOUND)
+        drained = await self.rt.watchers.until_applied(revision)
+        if drained.behind:  # say why this stop took the bound: someone did not answer
+            self.rt.sink.system(
+                f"{self.name}: {drained.behind} of {drained.watchers} registry watcher(s) had "
+                f"not applied revision {revision} after {1000 * drained.waited_s:.0f} ms; "
+                "stopping it anyway")
+        return drained
 
     async def kill(self, sig: signal.Signals = signal.SIGKILL) -> bool:
         """Send ``sig`` to the process group: a simulated crash, never auto-restarted."""

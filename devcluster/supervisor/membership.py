@@ -20,7 +20,7 @@ from devcluster.events import EventKind
 from devcluster.schema import InstanceInfo
 from devcluster.supervisor import reload as rolling
 from devcluster.supervisor.crew import Crew
-from devcluster.supervisor.instance import DRAIN_DELAY, Instance
+from devcluster.supervisor.instance import Instance
 
 
 class Membership:
@@ -92,7 +92,7 @@ class Membership:
         plan = [self._scale_plan(ptype, wanted) for ptype, wanted in counts.items()]
         changed: list[Instance] = []
         for extra, specs in plan:  # every spec is valid (ports...) before anything changes
-            await asyncio.gather(*(i.stop(drain=DRAIN_DELAY) for i in extra))
+            await asyncio.gather(*(i.stop(drain=True) for i in extra))
             for inst in extra:
                 self.crew.instances.pop(inst.name)
                 self.crew.records.deregister(inst.name)

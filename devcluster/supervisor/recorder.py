@@ -8,7 +8,9 @@ revision): at N=30 a start-up burst of ~60 state changes costs a handful of writ
 
 Every call returns a :class:`concurrent.futures.Future` the caller may await (via
 ``asyncio.wrap_future``) when order against the outside world matters, e.g. the
-``draining`` that must reach watchers before SIGINT. A failed write is reported to
+``draining`` that must reach watchers before SIGINT; it resolves to the registry's
+revision after the write (:data:`Written`), the number watchers report having applied
+(:mod:`devcluster.supervisor.drain`). A failed write is reported to
 ``on_error`` (the supervisor logs it) and never stops the writer.
 
 The supervisor's memory is the truth (``truth()``): a registry found corrupt (kept
@@ -28,6 +30,11 @@ from devcluster.errors import CorruptRegistryError
 from devcluster.registry import Record, Registry, Snapshot
 
 Changes = dict[str, dict[str, Any]]
+#: A queued write: resolves to the registry's revision once it landed (None when the
+#: write returned none: a register or deregister), or to its exception.
+Written = Future[int | None]
+#: The writes that leave :attr:`Recorder.last` at the registry they made.
+_SNAPSHOT_KINDS = frozenset({"update", "reset", "rewrite"})
 
 
 class _Op:
@@ -36,7 +43,7 @@ class _Op:
     def __init__(self, kind: str, arg: Any) -> None:
         self.kind = kind
         self.arg = arg
-        self.future: Future[None] = Future()
+        self.future: Written = Future()
 
 
 class Recorder:
@@ -48,6 +55,8 @@ class Recorder:
         self.registry = registry
         #: The registry as last written by us: weights and flags when it is unreadable.
         self.last: Snapshot | None = None
+        #: The registry's revision after our last write that returned one (None: none yet).
+        self.revision: int | None = None
         #: Instance name -> why its last write failed (cleared by a write that lands).
         self.failures: dict[str, str] = {}
         self._truth = truth
@@ -66,7 +75,7 @@ class Recorder:
 
     # -- queueing (any thread) ---------------------------------------------------------
 
-    def _put(self, kind: str, arg: Any) -> Future[None]:
+    def _put(self, kind: str, arg: Any) -> Written:
         op = _Op(kind, arg)
         with self._cond:
             if self._closed:
@@ -76,27 +85,27 @@ class Recorder:
             self._cond.notify()
         return op.future
 
-    def update(self, name: str, **fields: Any) -> Future[None]:
+    def update(self, name: str, **fields: Any) -> Written:
         """Change fields of one record (skipped if the record is gone by then)."""
         return self._put("update", {name: dict(fields)})
 
-    def update_many(self, changes: Mapping[str, Mapping[str, Any]]) -> Future[None]:
+    def update_many(self, changes: Mapping[str, Mapping[str, Any]]) -> Written:
         return self._put("update", {n: dict(f) for n, f in changes.items()})
 
-    def register(self, record: Record) -> Future[None]:
+    def register(self, record: Record) -> Written:
         return self._put("register", record)
 
-    def deregister(self, name: str) -> Future[None]:
+    def deregister(self, name: str) -> Written:
         return self._put("deregister", name)
 
-    def reset(self, records: Iterable[Record]) -> Future[None]:
+    def reset(self, records: Iterable[Record]) -> Written:
         return self._put("reset", list(records))
 
-    def rewrite(self, why: str) -> Future[None]:
+    def rewrite(self, why: str) -> Written:
         """Write every record from the supervisor's memory (the registry was lost)."""
         return self._put("rewrite", why)
 
-    def flush(self) -> Future[None]:
+    def flush(self) -> Written:
         """A future that resolves once every write queued before it was applied (or failed)."""
         return self._put("flush", None)
 
@@ -153,8 +162,11 @@ class Recorder:
             self.failures.clear()
         for name in names:
             self.failures.pop(name, None)
+        revision = None
+        if batch[0].kind in _SNAPSHOT_KINDS and self.last is not None:
+            revision = self.revision = self.last.revision
         for op in batch:
-            op.future.set_result(None)
+            op.future.set_result(revision)
 
     def _write(self, batch: list[_Op]) -> None:
         kind, arg = batch[0].kind, batch[0].arg
@@ -205,7 +217,7 @@ def _known(snap: Snapshot, changes: Changes) -> Changes:
     return {n: f for n, f in changes.items() if n in snap.records}
 
 
-async def landed(written: Future[None], timeout: float) -> bool:
+async def landed(written: Written, timeout: float) -> bool:
     """Wait up to ``timeout`` for a write :class:`Recorder` queued (its future); False if
     it failed or hangs. Stopping and draining wait on it, never for long."""
     try:
@@ -213,3 +225,12 @@ async def landed(written: Future[None], timeout: float) -> bool:
     except Exception:  # the writer reported it; stopping goes on
         return False
     return True
+
+
+async def landed_at(written: Written, timeout: float) -> int | None:
+    """:func:`landed`, giving the registry's revision after the write: what a drain asks
+    watchers to have applied. None when unknown (a register) or it failed or hangs."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(written)), timeout)
+    except Exception:  # the writer reported it; stopping goes on
+        return None

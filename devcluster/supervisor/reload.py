@@ -36,7 +36,7 @@ from devcluster.config.policy import Policy
 from devcluster.errors import DevclusterError, UsageError
 from devcluster.registry import State
 from devcluster.supervisor import core
-from devcluster.supervisor.instance import DRAIN_DELAY, Instance
+from devcluster.supervisor.instance import Instance
 from devcluster.supervisor.recorder import landed
 
 if TYPE_CHECKING:
@@ -273,7 +273,7 @@ async def replace(sup: Crew, old: Instance, spec: procfile.InstanceSpec,
     if written is not None:
         await landed(written, sup.settings.grace)
     try:
-        await old.stop(drain=DRAIN_DELAY, announce=False)
+        await old.stop(drain=True, announce=False)
     finally:
         sup.outside.discard(old)
     step = Step(name, old.pid, new.pid, old.address, new.address, same, round(ready_ms, 1),

@@ -38,8 +38,9 @@ from devcluster.supervisor import core, preboot, process
 from devcluster.supervisor import reload as rolling
 from devcluster.supervisor.checkup import Checkups
 from devcluster.supervisor.crew import Crew
+from devcluster.supervisor.drain import Watchers
 from devcluster.supervisor.duty import Duty, guarded
-from devcluster.supervisor.instance import DRAIN_DELAY, Instance
+from devcluster.supervisor.instance import Instance
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.membership import Membership
 from devcluster.supervisor.preload import Preloader
@@ -80,9 +81,11 @@ class Supervisor:
         self.watchdog = watchdog
         self.preload = Preloader(*preboot.started())  # launched early by the daemon
         self.preload.on_restart = self._fork_server_restarted
+        #: Who watches the registry (client files, xDS streams): what a drain waits on.
+        self.watchers = Watchers(settings.state_dir)
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
                           settings.ready_timeout, watchdog, self._spawn, self._ours, events,
-                          self.preload, advertise_host)
+                          self.preload, advertise_host, self.watchers)
         tables: Any = {}
         with contextlib.suppress(DevclusterError):
             tables = rolling.project_tables(settings.procfile)
@@ -205,7 +208,7 @@ class Supervisor:
         """Restart an instance that stayed unhealthy (``liveness = true``), as the
         ``restart`` verb does; the timeline names the health checks as the asker."""
         self.rt.event(EventKind.ASKED, inst.name, who="liveness", detail="restart")
-        await inst.stop(drain=DRAIN_DELAY)
+        await inst.stop(drain=True)
         inst.start(by_command=True)
 
     # -- whole cluster -----------------------------------------------------------------

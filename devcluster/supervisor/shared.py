@@ -16,6 +16,7 @@ from typing import Any
 
 from devcluster import defaults
 from devcluster.events import Event, EventKind, EventLog
+from devcluster.supervisor.drain import Watchers
 from devcluster.supervisor.logs import LogSink
 from devcluster.supervisor.preload import Preloader
 from devcluster.supervisor.recorder import Recorder
@@ -49,6 +50,9 @@ class Runtime:
     instance is exec'd."""
     advertise_host: str = defaults.ADVERTISE_HOST
     """The host part of the addresses registered (``$DEVCLUSTER_ADVERTISE_HOST``)."""
+    watchers: Watchers | None = None
+    """Who watches the registry: a drain waits until they applied a change (None: a
+    stop that drains waits the fixed :data:`~devcluster.supervisor.drain.DRAIN_BOUND`)."""
 
     def event(self, kind: EventKind, name: str | None, **fields: Any) -> None:
         """Append one event to the timeline (a one-line write: cheap on the loop)."""

@@ -17,7 +17,7 @@ from devcluster.errors import DevclusterError
 from devcluster.events import EventKind
 from devcluster.schema import InstanceInfo
 from devcluster.supervisor.crew import Crew
-from devcluster.supervisor.instance import DRAIN_DELAY, Instance
+from devcluster.supervisor.instance import Instance
 
 _DONE = {"kill": "killed", "stop": "stopped", "start": "started", "restart": "restarted",
          "pause": "paused", "resume": "resumed"}
@@ -80,7 +80,7 @@ class Verbs:
         settled: Callable[[Instance], bool] = lambda i: i.settled  # noqa: E731
 
         async def restart(inst: Instance) -> bool:
-            await inst.stop(drain=DRAIN_DELAY)
+            await inst.stop(drain=True)
             return inst.start(by_command=True)
 
         if verb == "kill":
@@ -88,7 +88,7 @@ class Verbs:
             return (lambda i: i.kill(sig)), None
         verbs: dict[str, tuple[Callable[[Instance], Awaitable[bool] | bool],
                                Callable[[Instance], bool] | None]] = {
-            "stop": (lambda i: i.stop(drain=DRAIN_DELAY), None),
+            "stop": (lambda i: i.stop(drain=True), None),
             "start": (lambda i: i.start(by_command=True), settled),
             "restart": (restart, settled),
             "pause": (lambda i: i.pause(), None),

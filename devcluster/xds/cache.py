@@ -118,6 +118,8 @@ class _Sub:
     nonce: str = ""
     sent_version: str | None = None
     acked_version: str | None = None
+    answered: bool = True
+    """The client has ACKed or NACKed the last response sent (its nonce)."""
 
 
 class Stream:
@@ -137,6 +139,11 @@ class Stream:
         sub = self._subs.get(url)
         return None if sub is None else sub.acked_version
 
+    def waiting(self) -> bool:
+        """A response sent on this stream is not answered yet: the client has not applied
+        (ACKed) or rejected (NACKed) the newest resources it was sent. A drain waits on it."""
+        return any(not sub.answered for sub in self._subs.values())
+
     def on_request(self, request: Request) -> tuple[Response | None, Nack | None]:
         """A request, ACK or NACK arrived: what to send back, and the NACK to report."""
         url = request.type_url
@@ -152,6 +159,7 @@ class Stream:
             # one with its whole subscription, which is handled then.
             return None, None
         nack = None
+        sub.answered = True
         if request.error is not None:
             nack = Nack(url, sub.sent_version or "", request.error)
         else:
@@ -181,5 +189,6 @@ class Stream:
         self._nonce += 1
         sub.nonce = str(self._nonce)
         sub.sent_version = self._cache.version(url)
+        sub.answered = False
         return Response(url, sub.sent_version, sub.nonce, self._cache.get(url, sub.names))
 

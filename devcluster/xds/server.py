@@ -81,6 +81,19 @@ class XdsServer:
     def options(self) -> Options:
         return self._options
 
+    def lagging(self, revision: int | None) -> tuple[int, int]:
+        """(connected streams, streams that have not yet applied registry ``revision``).
+
+        A stream has applied it once this server serves a snapshot of that revision or
+        later and the stream has answered (ACKed, or NACKed: it will not change its mind)
+        every response sent to it since: what a stopping instance waits for
+        (devcluster.supervisor.drain). None: an unknown revision, every stream. Call it on
+        the server's loop."""
+        streams = list(self._streams)  # one step: a moment's view from another thread too
+        if revision is None or self._snapshot is None or self._snapshot.revision < revision:
+            return len(streams), len(streams)
+        return len(streams), sum(1 for stream in streams if stream.waiting())
+
     def versions(self) -> dict[str, str]:
         """The current version of every resource type (short type names)."""
         return {url.rsplit(".", 1)[-1]: self._cache.version(url) for url in TYPE_URLS}

@@ -128,3 +128,27 @@ def test_stale_nonce_ignored_new_names_answered():
 def test_a_type_we_do_not_serve_is_ignored():
     cache, _ = cache_of(snap(greeter_a=1))
     assert Stream(cache).on_request(req("type.googleapis.com/x.Y", "a")) == (None, None)
+
+
+def test_a_stream_waits_until_it_answered_every_response_sent():
+    """What a drain waits on (devcluster.supervisor.drain): the newest response of every
+    type ACKed or NACKed; a change a stream does not watch keeps it settled."""
+    cache, _ = cache_of(snap(greeter_a=1, server_a=1))
+    greeter, server = Stream(cache), Stream(cache)
+    assert not greeter.waiting()  # subscribed to nothing yet
+    g, _ = greeter.on_request(req(E, "greeter"))
+    s, _ = server.on_request(req(E, "server"))
+    assert g and s and greeter.waiting() and server.waiting()
+    greeter.on_request(req(E, "greeter", version=g.version_info, nonce=g.nonce))
+    server.on_request(req(E, "server", version=s.version_info, nonce=s.nonce))
+    assert not greeter.waiting() and not server.waiting()
+    changes = cache.set(r.build(snap(2, greeter_a=4, server_a=1)))
+    (update,) = greeter.on_change(changes)
+    assert server.on_change(changes) == [] and not server.waiting()
+    assert greeter.waiting()
+    # An ACK of the older response (a stale nonce) is not the answer.
+    greeter.on_request(req(E, "greeter", version=g.version_info, nonce=g.nonce))
+    assert greeter.waiting()
+    greeter.on_request(req(E, "greeter", version=g.version_info, nonce=update.nonce,
+                           error="no"))
+    assert not greeter.waiting()  # a NACK is an answer: the client will not apply it

@@ -234,3 +234,28 @@ def test_a_fault_on_one_instance_hits_only_its_calls_and_keeps_the_weights(greet
     greeters.registry.update("greeter.2", fault=None)
     wait_for(lambda: client.ask(op="count", n=20)["errors"] == {}, 10, "the fault cleared")
     assert "greeter.2" in client.ask(op="count", n=40)["counts"]
+
+
+def test_the_server_knows_when_every_stream_acked_a_draining(greeters, xds, make_client):
+    """A stop waits on XdsServer.lagging (devcluster.supervisor.drain): a real grpcio
+    client ACKs the update that drains an instance, and the server counts it caught up."""
+    greeters.start_many("greeter.1", "greeter.2")
+    server = xds.server
+    assert server.lagging(greeters.registry.snapshot().revision) == (0, 0)  # nobody watches
+    client = make_client()
+    client.ask(op="count", n=20)
+    client.ask(op="start")
+    now = greeters.registry.snapshot().revision
+    wait_for(lambda: server.lagging(now) == (1, 0), 5, "the client's stream ACKed")
+    since = time.time()
+    drained = greeters.registry.update_many({"greeter.2": {"state": "draining"}}).revision
+    began = time.monotonic()
+    wait_for(lambda: server.lagging(drained) == (1, 0), 5, "the draining ACKed")
+    acked_ms = 1000 * (time.monotonic() - began)
+    # The ACK means the client routes by it: no call goes to greeter.2 from here on.
+    _await(client, absent="greeter.2", since=since, k=20)
+    assert client.ask(op="stop")["errors"] == {}
+    print(f"draining ACKed by the grpcio client in {acked_ms:.1f} ms")
+    assert acked_ms < 1000
+    assert server.lagging(drained + 1)[1] == 1  # a revision the server has not seen
+    assert server.lagging(None) == (1, 1)
