@@ -113,11 +113,13 @@ def _foreground(flags: UpFlags) -> int:
     import asyncio
 
     from devcluster.daemon import serve
+    from devcluster.exiting import exit_now
 
     settings = settings_for(flags)
     with stop_on_signals(), _console(flags.console, flags.at.state_dir, settings.registry,
                                      flags.console_port):
-        return asyncio.run(serve(settings, sys.stdout))
+        code = asyncio.run(serve(settings, sys.stdout))
+    exit_now(code)  # everything is stopped and closed: the interpreter's teardown only delays
 
 
 def _detached(flags: UpFlags, as_json: bool) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -25,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from devcluster import handoff
 from devcluster._proto import helloworld_pb2, helloworld_pb2_grpc
+from devcluster.exiting import exit_now
 from devcluster.server import AioInstanceHeaderInterceptor, instance_name
 
 #: Request metadata a caller may send to make one call slow (tests of graceful stop).
@@ -118,15 +118,6 @@ async def serve(args: argparse.Namespace, exit_when_stopped: bool = False) -> in
     if exit_when_stopped:
         exit_now(0)
     return 0
-
-
-def exit_now(code: int) -> None:
-    """Flush our output and end the process now: nothing is left to do after a graceful
-    stop, and the interpreter's teardown (grpc's, asyncio's) only delays the exit."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

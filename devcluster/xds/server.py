@@ -233,7 +233,8 @@ async def serve(registry: Registry, host: str = "127.0.0.1", port: int = 0,
         yield server
     finally:
         stop.set()
-        await server.stop()
+        # ADS streams never end by themselves: a grace period would only be waited out.
+        await server.stop(0)
         await asyncio.to_thread(watcher.join, 5.0)
 
 

@@ -81,7 +81,8 @@ def test_a_planted_link_is_never_written_through(
 
 
 def test_the_private_dir_is_the_users_own_0700(run_cli: Cli, write_procfile: Callable[..., Path],
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path,
+                                                wait_until: Callable[..., object]) -> None:
     write_procfile(f"greeter: {GREETER}")
     where = layout(tmp_path / ".devcluster")
     where.private.mkdir(parents=True)
@@ -90,6 +91,8 @@ def test_the_private_dir_is_the_users_own_0700(run_cli: Cli, write_procfile: Cal
     assert up.returncode == 0, up.stderr
     try:
         assert stat.S_IMODE(where.private.lstat().st_mode) == 0o700
+        # The xDS server starts just after `up -d` returned (its bootstrap comes then).
+        wait_until(lambda: where.xds_bootstrap.exists(), 10, "the xDS bootstrap")
         for path in (where.lock, where.socket, where.console_url, where.xds_bootstrap):
             assert path.parent == where.private and os.path.lexists(path), path
         assert stat.S_IMODE(where.console_url.stat().st_mode) == 0o600
