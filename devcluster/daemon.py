@@ -131,24 +131,24 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
         # the user's error to see.
         reset = sup.records.reset(i.record() for i in sup.instances.values())
 
+        control = _ControlPlane(sup, keeper, settings)
+
         async def started() -> None:
-            # The instances are spawned: their interpreters boot while we import grpc
-            # for the control plane and wait for the registry's first write.
             if left := early.discard():  # started early, but no first start took them
                 sink.system(f"stopped {len(left)} instance(s) started early for another "
                             f"command line (pids {', '.join(map(str, left))})")
             await asyncio.wrap_future(reset)
-            from devcluster.control.server import ControlServer
-
-            keeper.control = ControlServer(sup, defaults.layout(settings.state_dir))
-            await keeper.control.start()
+            control.begin_by(defaults.CONTROL_START_LATEST)
 
         async def settled() -> None:
+            # Once every instance settled: the control plane's imports (grpc's server, our
+            # protos) competed with the instances' own start-up for the CPU; `up -d`
+            # returns with it serving, so `ps` and every verb work at once.
+            await control.start()
             infos = await sup.infos()
             ready.send(ReadyReport(instances={i.name: i.to_dict() for i in infos},
                                    notes=tuple(notes), stopped_by=sup.stopped_by))
-            # After the report: envoy's protos are the heaviest of our imports (~75 ms
-            # of CPU), and on the loop they held up the first health checks.
+            # After the report: envoy's protos are our heaviest imports (~75 ms of CPU);
             # `devcluster xds` and Cluster.xds() wait for its bootstrap meanwhile.
             xds.begin()
 
@@ -156,11 +156,9 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
             async with _web_console(settings, notes):
                 await sup.run(settled, [("keeping the state dir", keeper.run), *_watcher(sup)],
                               on_started=started)
-        finally:
-            control = keeper.control  # both at once: each takes a few ms
+        finally:  # both at once: each takes a few ms
             await asyncio.gather(xds.stop(remove=not keeper.lost),
-                                 control.stop(remove=not keeper.lost) if control is not None
-                                 else asyncio.sleep(0))
+                                 control.stop(remove=not keeper.lost))
     finally:
         sup.force()  # nothing outlives us, whatever failed
         await sup.preload.close()
@@ -275,6 +273,43 @@ def _check_claim(claim: Claim) -> None:
     if not claim.mine():
         raise StateDirLostError(f"the state dir {claim.state_dir} is not this supervisor's "
                                 "any more (deleted or taken by another run); not writing")
+
+
+class _ControlPlane:
+    """The control server (``ps``, verbs, ``down``): started once every instance settled,
+    or after ``latest`` seconds of a slow start (``down`` must reach a cluster that is
+    still starting; its client waits for the socket meanwhile)."""
+
+    def __init__(self, sup: Supervisor, keeper: _Keeper, settings: UpRequest) -> None:
+        self.sup, self.keeper, self.settings = sup, keeper, settings
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def begin_by(self, latest: float) -> None:
+        self._timer = asyncio.get_running_loop().call_later(latest, self._begin)
+
+    def _begin(self) -> asyncio.Task[None]:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._serve())
+        return self._task
+
+    async def start(self) -> None:
+        await asyncio.shield(self._begin())
+
+    async def _serve(self) -> None:
+        from devcluster.control.server import ControlServer
+
+        server = ControlServer(self.sup, defaults.layout(self.settings.state_dir))
+        await server.start()
+        self.keeper.control = server
+
+    async def stop(self, remove: bool) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None and not self._task.done():
+            await asyncio.wait({self._task}, timeout=5.0)  # a start under way ends first
+        if self.keeper.control is not None:
+            await self.keeper.control.stop(remove=remove)
 
 
 class _Keeper:

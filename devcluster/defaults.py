@@ -49,6 +49,9 @@ MAX_SECONDS, MAX_SECONDS_WORDS = 86400.0, "a day"
 CONTROL_WAIT = 30.0
 #: How long `up` waits for its xDS server to listen before it reports ready without it.
 XDS_START_WAIT = 10.0
+#: The control server starts once every instance settled, or after this many seconds of a
+#: slow start (`down` must reach a cluster still starting).
+CONTROL_START_LATEST = 1.0
 
 #: Environment variables devcluster reads.
 ENV_HOME = "DEVCLUSTER_HOME"

@@ -105,6 +105,7 @@ class Plan:
         self.starts = [s for s in starts if _runnable(s)]
         self.pipes = [os.pipe() for _ in self.starts]
         self.hand_r, self.hand_w = os.pipe()
+        self._children: list[subprocess.Popen[bytes]] = []
         self._prctl = ctypes.CDLL(None).prctl if sys.platform.startswith("linux") else None
 
     def fds(self) -> list[int]:
@@ -124,9 +125,14 @@ class Plan:
             mark = f"{os.getpid()}.{time.time_ns()}"  # the supervisor's (its watchdog's)
             with _default_signals():
                 for start, (out_r, out_w) in zip(self.starts, self.pipes, strict=True):
-                    pid = _spawn(start, out_w, mark)
-                    if pid is not None:
-                        started[start.name] = (pid, out_r,
+                    proc = _spawn(start, out_w, mark)
+                    if proc is not None:
+                        # Kept until our exec: a Popen dropped while its process runs is
+                        # polled by the next Popen (subprocess._cleanup), which would
+                        # reap an instance that already exited: its status is the
+                        # supervisor's to collect.
+                        self._children.append(proc)
+                        started[start.name] = (proc.pid, out_r,
                                                digest(start.argv, start.env, start.cwd))
             os.write(self.hand_w, json.dumps({"mark": mark, "started": started}).encode())
         except BaseException:  # the supervisor starts what is not handed over
@@ -171,9 +177,9 @@ def _runnable(start: Start) -> bool:
     return bool(start.argv) and shutil.which(start.argv[0], path=start.env.get("PATH")) is not None
 
 
-def _spawn(start: Start, out_w: int, mark: str) -> int | None:
+def _spawn(start: Start, out_w: int, mark: str) -> subprocess.Popen[bytes] | None:
     """Start one instance as :func:`devcluster.supervisor.process.spawn` would: its own
-    session, its death signal, our mark, output on ``out_w``; its pid (None: it failed)."""
+    session, its death signal, our mark, output on ``out_w`` (None: it failed)."""
     argv = list(start.argv)
     if _SETPRIV:
         argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
@@ -185,7 +191,7 @@ def _spawn(start: Start, out_w: int, mark: str) -> int | None:
                                 stderr=subprocess.STDOUT, start_new_session=True)
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
-    return proc.pid
+    return proc
 
 
 def may_start_ahead(view: BootView, specs: Sequence[InstanceSpec]) -> bool:

@@ -186,3 +186,19 @@ def test_instances_started_early_by_a_process_that_ignores_sigint_still_heed_it(
     assert "started early" in log
     masks = json.loads(done.stdout)
     assert masks and not any(mask & (1 << (signal.SIGINT - 1)) for mask in masks.values()), masks
+
+
+def test_an_early_instance_that_exits_at_once_keeps_its_exit_status(
+        tmp_path: Path, run_cli: Callable[..., Any]) -> None:
+    # The first one exits while the next ones are being started: its status must stay
+    # for the supervisor to collect (a dropped Popen is reaped by the next Popen).
+    (tmp_path / "Procfile").write_text("quick: sh -c 'exit 3'\n"
+                                       + "".join(f"sleeper{i}: sleep 60\n" for i in range(8)))
+    up = run_cli("up", "-d", "-p", "0", "--restart", "quick=no", "--ready-timeout", "0.5",
+                 "--state-dir", str(tmp_path / "st"))
+    try:
+        assert "started (started early" in layout(tmp_path / "st").logs.joinpath(
+            "devcluster.log").read_text()
+        assert "quick exited (exit 3)" in up.stderr, up.stderr
+    finally:
+        run_cli("down", "--state-dir", str(tmp_path / "st"))
