@@ -86,6 +86,10 @@ def _kinds(marks: Events) -> dict[str, list[int]]:
         role = ("daemon" if "devcluster.daemon" in argv else "watchdog" if "watchdog" in argv
                 else "greeter" if "devcluster.greeter" in argv else "cli")
         roles[role].append(m["pid"])
+    if not roles["daemon"]:  # forked from the CLI (devcluster.daemonfork): no interpreter
+        cli = set(roles["cli"][:1])
+        roles["daemon"] = sorted({m["pid"] for m in marks if m["what"].startswith("daemon.")
+                                  and m["pid"] not in cli})[:1]
     return roles
 
 
@@ -128,6 +132,9 @@ def phases(t0: float, marks: Events) -> dict[str, Any]:
         "cli_up": _first(marks, "cli.up.begin", cli),
         "cli_start_daemon": _first(marks, "cli.start_daemon.begin", cli),
         "daemon_interpreter": _first(marks, "process.interpreter", daemon),
+        # Where its own work begins: its interpreter, or the fork (no interpreter start).
+        "daemon_up": (_first(marks, "process.interpreter", daemon)
+                      or _first(marks, "cli.start_daemon.begin", cli)),
         "daemon_control": _first(marks, "daemon.control_start.end", daemon),
         "first_spawn": first_spawn,
         "last_spawn": spawns[-1] if spawns else None,
@@ -203,7 +210,7 @@ STEPS: list[tuple[str, str | None, str]] = [
     # interpreter starts), or by the daemon where they may not start early.
     ("instances: spawned (first to last)", "first_spawn", "last_spawn"),
     ("daemon: interpreter start", "cli_start_daemon", "daemon_interpreter"),
-    ("daemon: imports and set-up until its control plane serves", "daemon_interpreter",
+    ("daemon: imports and set-up until its control plane serves", "daemon_up",
      "daemon_control"),
     ("greeters: interpreters up (first / last)", "first_spawn", "greeter_last_up"),
     ("greeters: imports until the first listen", "greeter_first_up", "first_listen"),

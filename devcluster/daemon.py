@@ -423,5 +423,13 @@ def main(argv: list[str]) -> int:
     exit_now(code)  # every instance, file and socket is closed: skip the teardown
 
 
+def run_forked(text: str) -> int:
+    """:func:`main` in a process forked from the CLI (:mod:`devcluster.daemonfork`): the
+    same first steps as ``python -m devcluster.daemon`` takes before its imports."""
+    early.receive()
+    preboot.begin([text])
+    return main([text])
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -19,8 +19,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
-from devcluster import defaults
+from devcluster import daemonfork, defaults
 from devcluster.config.project import Resolved
 from devcluster.errors import DevclusterError, UsageError
 from devcluster.supervisor import early
@@ -91,11 +92,38 @@ def _early(text: str, resolved: Resolved) -> early.Plan | None:
         return None
 
 
+def _spawn(ask: Ask, out: IO[bytes], passed: list[int],
+           plan: early.Plan | None) -> subprocess.Popen[bytes]:
+    """``python -m devcluster.daemon`` (its request goes on stdin: :func:`_send`);
+    ``plan``'s instances start between its fork and exec."""
+    proc = subprocess.Popen(
+        # --state-dir only labels the process (`ps`, the pytest plugin's leak guard
+        # and sweeps find a cluster's supervisor by it); settings come on stdin.
+        [sys.executable, "-m", "devcluster.daemon", "--state-dir", str(ask.state_dir)],
+        stdin=subprocess.PIPE, stdout=out, stderr=out,
+        pass_fds=passed + (plan.fds() if plan else []), start_new_session=True,
+        cwd=ask.procfile.parent, env=plan.environment(os.environ) if plan else None,
+        preexec_fn=plan.spawn if plan else None)
+    return proc
+
+
+def _send(proc: subprocess.Popen[bytes], text: str) -> None:
+    """The request goes through a pipe, not argv: no size limit ("Argument list too
+    long"), and not on display in `ps` to every user. Sent once our copies of the
+    hand-over pipe are closed: the daemon reads that first."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(text.encode())
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # it died at once; _read_ready reports it
+
+
 class Launcher:
     """The daemon process of one cluster: started once, waited for at ``down``."""
 
     def __init__(self) -> None:
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | daemonfork.Forked | None = None
         self.lifeline: int | None = None
         """Our end of the lifeline pipe (``attach``): closing it stops the cluster."""
 
@@ -131,15 +159,11 @@ class Launcher:
         # interpreter starts and imports, and it adopts them (devcluster.supervisor.early).
         plan = _early(text, resolved)
         try:
-            proc = self.proc = subprocess.Popen(
-                # --state-dir only labels the process (`ps`, the pytest plugin's leak guard
-                # and sweeps find a cluster's supervisor by it); settings come on stdin.
-                [sys.executable, "-m", "devcluster.daemon", "--state-dir", str(ask.state_dir)],
-                stdin=subprocess.PIPE,
-                stdout=out, stderr=out, pass_fds=passed + (plan.fds() if plan else []),
-                start_new_session=True, cwd=ask.procfile.parent,
-                env=plan.environment(os.environ) if plan else None,
-                preexec_fn=plan.spawn if plan else None)
+            if daemonfork.usable():  # the CLI: this process, forked (no second interpreter)
+                self.proc = daemonfork.start(text, ask.state_dir, ask.procfile.parent,
+                                             out.fileno(), passed, plan)
+            else:
+                self.proc = _spawn(ask, out, passed, plan)
         finally:
             for fd in passed[:1] + passed[2:]:
                 os.close(fd)
@@ -147,14 +171,8 @@ class Launcher:
             out.close()
             if plan is not None:
                 plan.close()
-        # The request goes through a pipe, not argv: no size limit ("Argument list too
-        # long"), and not on display in `ps` to every user.
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(text.encode())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # it died at once; _read_ready reports it
+        if isinstance(self.proc, subprocess.Popen):
+            _send(self.proc, text)
         try:
             return self._read_ready(read_fd, ask.state_dir, resolved)
         finally:

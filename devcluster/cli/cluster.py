@@ -134,6 +134,9 @@ def _detached(flags: UpFlags, as_json: bool) -> int:
                       watch=flags.watch, console=flags.console,
                       console_port=flags.console_port, config=flags.config)
     down = "devcluster down" + ("" if at.is_default_state_dir else f" --state-dir {at.state_dir}")
+    from devcluster import daemonfork
+
+    daemonfork.wanted = True  # this process has nothing else to do: it becomes the daemon
     began = time.monotonic()
     try:
         states = cluster.up()
@@ -152,7 +155,9 @@ def _detached(flags: UpFlags, as_json: bool) -> int:
     views.render(views.instances(list(states.values())), as_json)
     if not as_json:
         print(f"ready in {time.monotonic() - began:.2f} s; stop with `{down}`")
-    return 0
+    from devcluster.exiting import exit_now
+
+    exit_now(0)  # said all; the interpreter's teardown would only make a script wait longer
 
 
 def _notes(notes: list[str]) -> None:

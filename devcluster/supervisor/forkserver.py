@@ -245,19 +245,38 @@ def _show_as(argv: Sequence[str], env: dict[str, str]) -> None:
     byte that is not NUL tells the kernel to read the title up to its first NUL; the
     environment area was made roomy by the supervisor (``DEVCLUSTER_ENV_ROOM``) and
     nothing points into it once os.environ was replaced."""
-    with open("/proc/self/stat", "rb") as f:
-        fields = f.read().rpartition(b")")[2].split()
-    # arg_start, arg_end, env_start, env_end: fields 48 to 51 of proc(5)
-    start, end, env_start, env_end = (int(x) for x in fields[45:49])
-    room = end - start
-    title = " ".join(argv).encode()[:room - 2]
-    ctypes.memset(start, 0, room)
-    ctypes.memmove(start, title, len(title))
-    ctypes.memset(end - 1, 0x20, 1)
+    show_title(" ".join(argv))
+    _, _, env_start, env_end = _areas()
     block = b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items())
     if len(block) < env_end - env_start:
         ctypes.memset(env_start, 0, env_end - env_start)
         ctypes.memmove(env_start, block, len(block))
+
+
+def _areas() -> tuple[int, int, int, int]:
+    """arg_start, arg_end, env_start, env_end of this process: fields 48 to 51 of proc(5)."""
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rpartition(b")")[2].split()
+    start, end, env_start, env_end = (int(x) for x in fields[45:49])
+    return start, end, env_start, env_end
+
+
+def title_room() -> int:
+    """How long a title :func:`show_title` can show in full (the argument area, less 2)."""
+    start, end, _, _ = _areas()
+    return end - start - 2
+
+
+def show_title(title: str) -> None:
+    """Make ``ps`` and psutil show ``title`` (cut to :func:`title_room`) as this process's
+    command line: the argument area overwritten in place, as setproctitle(3) does; a
+    last byte that is not NUL tells the kernel to read it up to its first NUL."""
+    start, end, _, _ = _areas()
+    room = end - start
+    text = title.encode()[:room - 2]
+    ctypes.memset(start, 0, room)
+    ctypes.memmove(start, text, len(text))
+    ctypes.memset(end - 1, 0x20, 1)
 
 
 def _stdio(unbuffered: bool) -> None:

@@ -202,3 +202,25 @@ def test_an_early_instance_that_exits_at_once_keeps_its_exit_status(
         assert "quick exited (exit 3)" in up.stderr, up.stderr
     finally:
         run_cli("down", "--state-dir", str(tmp_path / "st"))
+
+
+def test_the_cli_forks_itself_into_the_supervisor_and_names_it(
+        tmp_path: Path, run_cli: Callable[..., Any]) -> None:
+    from devcluster.pytest_plugin.leaks import _short
+
+    (tmp_path / "Procfile").write_text(f"greeter: {GREETER}\n")
+    st = tmp_path / "st"
+    up = run_cli("up", "-d", "-p", "0", "--state-dir", str(st))  # output captured: no fd kept
+    assert up.returncode == 0, up.stderr
+    try:
+        supervisor = running_pid(st)
+        assert supervisor
+        said = layout(st).daemon_out.read_text()
+        assert f"supervisor pid {supervisor}: forked from `devcluster up -d`" in said
+        argv = psutil.Process(supervisor).cmdline()
+        assert "devcluster.daemon" in argv and "--state-dir" in argv, argv
+        # The pytest plugin's leak guard names it as it names an exec'd supervisor.
+        assert _short(argv, psutil.Process(supervisor)) == f"devcluster supervisor, state dir {st}"
+        assert _rows(run_cli, tmp_path)["greeter"]["state"] == "serving"
+    finally:
+        assert run_cli("down", "--state-dir", str(st)).returncode == 0
