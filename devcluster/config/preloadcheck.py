@@ -57,6 +57,12 @@ def command_problem(command: str) -> str | None:
     return None
 
 
+#: Preloading needs Linux (pidfds, PR_SET_PDEATHSIG, a child subreaper). Elsewhere a
+#: ``preload`` key is ignored, not refused: a project file shared by a team runs on
+#: every system, the instances started the usual way.
+PRELOAD_WORKS = sys.platform.startswith("linux")
+
+
 def check_preload(project: Project | None, types: Sequence[ProcessType],
                   procfile: str) -> None:
     """Raise a ProjectError (one line: file, line, the fix) for a preloaded type whose
@@ -69,11 +75,8 @@ def check_preload(project: Project | None, types: Sequence[ProcessType],
         settings = project.processes.get(ptype.name)
         if settings is None or not settings.preload:
             continue
-        if not sys.platform.startswith("linux"):
-            raise ProjectError(
-                f"{project.source}:{project.line('process', ptype.name, 'preload')}: "
-                f"process.{ptype.name}.preload needs Linux (pidfds, PR_SET_PDEATHSIG, a "
-                "child subreaper); remove preload on this system")
+        if not PRELOAD_WORKS:
+            continue  # ignored: its instances start the usual way (see PRELOAD_WORKS)
         why = command_problem(ptype.command)
         if why:
             raise ProjectError(

@@ -25,6 +25,7 @@ from typing import Protocol
 import psutil
 
 from devcluster import defaults
+from devcluster.config.preloadcheck import PRELOAD_WORKS
 from devcluster.config.procfile import InstanceSpec, command_argv, instance_environment
 from devcluster.config.project import TypeSettings
 from devcluster.events import EventKind
@@ -203,7 +204,7 @@ class Life:
     def warm_preload(self) -> None:
         """Start the fork server of this instance's type now (a preloaded type): its
         imports then overlap the rest of the supervisor's start-up."""
-        modules = self.conf.preload if self.conf is not None else ()
+        modules = self.conf.preload if self.conf is not None and PRELOAD_WORKS else ()
         if modules and self.rt.preload is not None:
             env = self.environment()
             self.rt.preload.warm(self.spec.process_type, modules,
@@ -212,7 +213,7 @@ class Life:
 
     async def _spawn_process(self, argv: list[str], env: dict[str, str]) -> process.Child:
         """Exec ``argv``, or fork it from its type's fork server (``preload``)."""
-        modules = self.conf.preload if self.conf is not None else ()
+        modules = self.conf.preload if self.conf is not None and PRELOAD_WORKS else ()
         if modules and self.rt.preload is not None:
             return await self.rt.preload.spawn(self.spec.process_type, modules, argv, env,
                                                str(self.rt.cwd), self.ready_timeout,

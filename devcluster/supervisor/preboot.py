@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -37,7 +38,7 @@ _SERVER_SCRIPT = str(Path(__file__).with_name("forkserver.py"))
 _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 _PR_SET_CHILD_SUBREAPER = 36
 
-#: A fork server's identity: type, interpreter, sys.path[0], modules.
+#: A fork server's identity: its environment (a digest), interpreter, sys.path[0], modules.
 Key = tuple[str, ...]
 Launched = tuple["subprocess.Popen[bytes]", socket.socket]
 
@@ -61,7 +62,7 @@ class Prespawned:
     position: int
 
 
-def server_key(ptype: str, modules: Sequence[str], argv: Sequence[str],
+def server_key(modules: Sequence[str], argv: Sequence[str],
                env: Mapping[str, str], cwd: str) -> tuple[Key, str, str] | None:
     """(key, interpreter, sys.path[0]) of the fork server that can run ``argv``; None
     when ``argv`` is not ``python -m MODULE``/``python FILE.py`` or python is not found."""
@@ -71,7 +72,11 @@ def server_key(ptype: str, modules: Sequence[str], argv: Sequence[str],
         return None
     path0 = cwd if shape[0] == "-m" else os.path.dirname(
         os.path.realpath(os.path.join(cwd, shape[1])))
-    return (ptype, python, path0, *modules), python, path0
+    # Types that would give their fork server the same environment share one (the demo's
+    # server1..3: one interpreter imports grpc, not three).
+    own = sorted((k, v) for k, v in env.items() if k not in _PER_INSTANCE)
+    shared = hashlib.sha256(json.dumps(own).encode()).hexdigest()[:16]
+    return (shared, python, path0, *modules), python, path0
 
 
 def server_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -159,7 +164,7 @@ def _launch_all(view: BootView) -> None:
         env = procfile.instance_environment(spec, str(Path(sys.executable).parent),
                                             conf.env, conf.grace)
         argv = procfile.command_argv(spec.command, env)
-        found = server_key(spec.process_type, conf.preload, argv, env, cwd)
+        found = server_key(conf.preload, argv, env, cwd)
         if found is None:
             continue
         key = found[0]

@@ -336,7 +336,7 @@ class Preloader:
     def _server(self, ptype: str, modules: Sequence[str], argv: Sequence[str],
                 env: Mapping[str, str], cwd: str, timeout: float) -> asyncio.Task[ForkServer]:
         """The (starting) fork server for ``argv``'s interpreter and ``sys.path[0]``."""
-        found = preboot.server_key(ptype, modules, argv, env, cwd)
+        found = preboot.server_key(modules, argv, env, cwd)
         if found is None:
             raise PreloadError(f"preload cannot start {' '.join(argv)!r} (not `python -m "
                                "MODULE` or `python FILE.py` once variables are expanded)")

@@ -96,6 +96,21 @@ def test_preloaded_greeters_serve_as_children_of_the_supervisor(
     assert {r["name"]: r["pid"] for r in rows} == {n: i.pid for n, i in infos.items()}
 
 
+def test_types_with_the_same_environment_share_one_fork_server(
+        make_cluster: Callable[..., Any], tmp_path: Path) -> None:
+    # The demo's shape: one command, three types (server1..3): one interpreter imports
+    # grpc, not three; a type with an environment of its own gets its own.
+    modules = '["grpc", "devcluster.greeter.server"]'
+    (tmp_path / "devcluster.toml").write_text(
+        "".join(f"[process.{t}]\npreload = {modules}\n" for t in ("a", "b"))
+        + f'[process.c]\npreload = {modules}\nenv = {{COLOUR = "red"}}\n')
+    cluster = make_cluster([f"{t}: {GREETER}" for t in ("a", "b", "c")])
+    assert {i.state for i in cluster.instances} == {"serving"}
+    servers = [p for p in psutil.Process(supervisor_pid(cluster.state_dir)).children()
+               if any(a.endswith("forkserver.py") for a in p.cmdline())]
+    assert len(servers) == 2, [p.cmdline() for p in servers]
+
+
 def test_kill_restart_stop_and_down_of_preloaded_instances(
         make_cluster: Callable[..., Any], say_hello: Callable[..., Any], tmp_path: Path,
         wait_until: Callable[..., Any], all_gone: Callable[..., bool]) -> None:
