@@ -287,6 +287,37 @@ def bare_spawn(n: int) -> float:
                 p.wait()
 
 
+def demo_procfile(tool: str) -> float:
+    """The repository's own Procfile (three preloaded greeters, its devcluster.toml), in
+    the foreground as `devcluster up` (or `honcho start`) runs it, its fixed ports moved
+    to a free base: seconds until every greeter answers a SayHello."""
+    root = Path(__file__).resolve().parents[1]
+    base = _free_base(3)
+    with tempfile.TemporaryDirectory(prefix="devcluster-bench-demo-") as tmp:
+        d = Path(tmp)
+        text = (root / "Procfile").read_text()
+        for i in range(3):
+            text = text.replace(f"--port {50051 + i}", f"--port {base + i}")
+        (d / "Procfile").write_text(text.replace("services.greeter", "devcluster.greeter"))
+        (d / "devcluster.toml").write_text((root / "devcluster.toml").read_text())
+        argv = ([PY, "-m", "devcluster", "up", "--state-dir", str(d / "state")]
+                if tool == "devcluster" else [str(BIN / "honcho"), "start"])
+        began = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=d, env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            ok = _answering([base, base + 1, base + 2], began + 60)
+            return time.monotonic() - began if ok else float("nan")
+        finally:
+            procs = _tree(proc.pid)
+            proc.send_signal(signal.SIGINT)
+            _gone(procs, 15)
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            proc.wait()
+
+
 #: Sizes that also get the idle window (idle CPU, memory, `ps` and `weight` timings).
 IDLE_SIZES = (3, 30, 100)
 
@@ -317,6 +348,11 @@ def measure(sizes: list[int], runs: int, idle: float,
                  "ready_s": statistics.median(bare_spawn(n) for _ in range(runs))}
         rows.append(floor)
         log(json.dumps(floor))
+    demo: dict[str, Any] = {"tool": "demo", "n": 3}
+    for tool in ("devcluster", "honcho"):
+        demo[f"{tool}_s"] = statistics.median(demo_procfile(tool) for _ in range(runs + 1))
+    rows.append(demo)
+    log(json.dumps(demo))
     return rows
 
 

@@ -10,6 +10,7 @@ the CLI builds them) or in the background (:func:`_detached`, through
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -110,16 +111,38 @@ def settings_for(flags: UpFlags) -> UpRequest:
 def _foreground(flags: UpFlags) -> int:
     """The supervisor in this process, its log on the terminal, until Ctrl-C or SIGTERM
     (the supervisor's own handlers take both while it runs)."""
+    settings = _start_early(settings_for(flags))
     import asyncio
 
     from devcluster.daemon import serve
     from devcluster.exiting import exit_now
 
-    settings = settings_for(flags)
     with stop_on_signals(), _console(flags.console, flags.at.state_dir, settings.registry,
                                      flags.console_port):
         code = asyncio.run(serve(settings, sys.stdout))
     exit_now(code)  # everything is stopped and closed: the interpreter's teardown only delays
+
+
+def _start_early(settings: UpRequest) -> UpRequest:
+    """Lock the state dir, then start the instances (and the preloaded types' fork
+    servers) before importing the supervisor: they boot while it imports, and it adopts
+    them, as the background supervisor of ``up -d`` does. The settings, with the lock."""
+    import dataclasses
+
+    from devcluster.statedir import prepare, take_lock
+    from devcluster.supervisor import early, preboot
+    from devcluster.supervisor.request import boot_view
+
+    prepare(settings.state_dir)
+    with take_lock(settings.state_dir) as lock:
+        # The supervisor adopts the lock as a daemon adopts an inherited one: a file
+        # descriptor of its own (the flock stays with the open file while one is open).
+        settings = dataclasses.replace(settings, lock_fd=os.dup(lock.fileno()))
+    text = settings.to_json()
+    early.start_here(boot_view(text), settings.types, settings.grace)
+    preboot.begin([text])
+    return settings
+
 
 
 def _detached(flags: UpFlags, as_json: bool) -> int:

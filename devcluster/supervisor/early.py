@@ -220,6 +220,18 @@ def may_start_ahead(view: BootView, specs: Sequence[InstanceSpec]) -> bool:
 
 
 
+def start_here(view: BootView, types: Mapping[str, TypeSettings], grace: float) -> None:
+    """A foreground ``up``'s first step: this process is the supervisor, so it starts
+    what :func:`plan` allows itself, before it imports the rest, and keeps them for
+    :func:`take` (their output pipes' read ends stay open for it)."""
+    here = plan(view, types, grace)
+    if here is None:
+        return
+    here.spawn()  # writes the hand-over and closes every write end
+    os.environ[ENV_FD] = str(here.hand_r)
+    receive()  # reads it to its end and closes it
+
+
 # The supervisor's end -----------------------------------------------------------------
 
 _handed: dict[str, tuple[int, int, str]] = {}

@@ -224,3 +224,17 @@ def test_the_cli_forks_itself_into_the_supervisor_and_names_it(
         assert _rows(run_cli, tmp_path)["greeter"]["state"] == "serving"
     finally:
         assert run_cli("down", "--state-dir", str(st)).returncode == 0
+
+
+def test_a_foreground_up_starts_its_instances_before_it_imports_the_supervisor(
+        tmp_path: Path, foreground: Callable[..., Any], run_cli: Callable[..., Any]) -> None:
+    (tmp_path / "Procfile").write_text(f"greeter: {GREETER}\n")
+    up = foreground("-p", "0", "-c", "greeter=2")
+    text = up.wait_for("ready: 2/2 serving")
+    assert text.count("started (started early, pid") == 2, text
+    # Its state dir was locked before anything started: a second `up` starts nothing.
+    again = run_cli("up", "-p", "0", "-c", "greeter=2")
+    assert again.returncode == 1 and "already running" in again.stderr
+    assert len([p for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] and "devcluster.greeter" in " ".join(p.info["cmdline"])
+                and psutil.Process(p.pid).ppid() == up.proc.pid]) == 2
