@@ -20,6 +20,8 @@ class Driver(Protocol):
     count_ok: Callable[[str, float], None] | None
 
     def next_slot(self) -> int: ...
+    new_attempts: Callable[[float | None], Attempts]
+
     def attempts(self, timeout: float | None, replayable: bool = True) -> Attempts: ...
 
 
