@@ -153,6 +153,13 @@ class Attempts:
         self.deadline = None if timeout is None else now + timeout
         # A call with no deadline still waits for an instance only so long.
         self._default_wait = default_wait
+        if hedge_after is None and replayable and rand is None:
+            self._hedge_after: float | None = None  # the usual call: class defaults for the rest
+        else:
+            self._options(hedge_after, replayable, rand)
+
+    def _options(self, hedge_after: float | None, replayable: bool,
+                 rand: Callable[[], float] | None) -> None:
         self._hedge_after = hedge_after if replayable else None
         if hedge_after is not None and replayable:
             self._in_flight = []

@@ -236,9 +236,12 @@ class ChannelDriver(abc.ABC):
         # Changeable at runtime (the demo turns hedging on and off).
         self._hedge_after = seconds
         #: ``new_attempts(timeout)``: the Attempts of a new unary call. A partial, not a
-        #: method: no Python frame of its own on the per-call path (bench scenario 20).
-        self.new_attempts: Callable[[float | None], Attempts] = partial(
-            Attempts, self.balancer, hedge_after=seconds, default_wait=self.default_wait)
+        #: method: no Python frame of its own on the per-call path (bench scenario 20);
+        #: and with Attempts' own defaults, no keywords (they cost a dict per call).
+        self.new_attempts: Callable[[float | None], Attempts] = (
+            partial(Attempts, self.balancer)
+            if seconds is None and self.default_wait == DEFAULT_WAIT else
+            partial(Attempts, self.balancer, hedge_after=seconds, default_wait=self.default_wait))
 
     @property
     def on_call(self) -> Callable[[CallInfo], None] | None:

@@ -169,10 +169,13 @@ class StatsPublisher:
         if counts is None or counts.deadlines or counts.ejected or not self.enabled:
             self._count_first_ok(instance, latency_ms)
             return
-        with self._lock:
-            self._changed = True
-            counts.ok += 1
-            counts.samples.append(latency_ms)
+        # acquire/release, not ``with``: no bound __enter__/__exit__ made per call.
+        lock = self._lock
+        lock.acquire()
+        self._changed = True
+        counts.ok += 1
+        counts.samples.append(latency_ms)
+        lock.release()  # nothing above raises (a deque with maxlen drops its oldest)
 
     def _count_first_ok(self, instance: str, latency_ms: float) -> None:
         """:meth:`count_ok` for a new instance, or one whose success resets its state."""

@@ -55,13 +55,17 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
             return self._invoke(request, timeout, metadata, credentials, compression, False)
         attempts = channel.new_attempts(timeout)
         action = attempts.start()
-        if type(action) is not Send or action.hedge_in is not None:
+        if type(action) is not Send:
             return self._invoke(request, timeout, metadata, credentials, compression, False,
                                 attempts, action)
-        inst = action.inst
+        # Unpacked: 3.11 reads a NamedTuple field by attribute through a slow lookup.
+        inst, sub_timeout, hedge_in = action
+        if hedge_in is not None:
+            return self._invoke(request, timeout, metadata, credentials, compression, False,
+                                attempts, action)
         try:
             response = (inst.callables.get(self._slot) or self._sub(inst))(
-                request, action.timeout, metadata, credentials, _NO_WAIT, compression)
+                request, sub_timeout, metadata, credentials, _NO_WAIT, compression)
         except grpc.RpcError as e:
             return self._invoke(request, timeout, metadata, credentials, compression, False,
                                 attempts, attempts.failed(inst, e.code(), bool(e.initial_metadata())),
