@@ -79,9 +79,22 @@ def count(how: str, side: str, target: str, calls: int, out: Path) -> int | None
             if field.isdigit():
                 return int(field)
         raise RuntimeError(f"perf stat printed no instruction count: {proc.stderr[-300:]}")
-    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                    *_client(side, target, calls)], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=900)
+    # One file per thread (out-01 is the calling thread): the main-thread figure is
+    # deterministic, where the others add what a background thread does per second
+    # (statistics written once a second, grpc's timers), which callgrind's slowdown
+    # stretches over the calls.
+    subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes",
+                    f"--callgrind-out-file={out}", *_client(side, target, calls)],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
+    return sum(_total(part) for part in thread_files(out))
+
+
+def thread_files(out: Path) -> list[Path]:
+    """The per-thread files callgrind wrote for ``out`` (``out`` itself without them)."""
+    return sorted(out.parent.glob(out.name + "-*")) or [out]
+
+
+def _total(out: Path) -> int:
     for line in out.read_text(errors="replace").splitlines():
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
@@ -114,16 +127,30 @@ def per_call(small: dict[tuple[str, str], int], big: dict[tuple[str, str], int],
     return {k: (big.get(k, 0) - small.get(k, 0)) / calls for k in set(big) | set(small)}
 
 
+def _by_function_all(out: Path) -> dict[tuple[str, str], int]:
+    """:func:`by_function` summed over every thread of one run."""
+    found: dict[tuple[str, str], int] = defaultdict(int)
+    for part in thread_files(out):
+        for key, ir in by_function(part).items():
+            found[key] += ir
+    return dict(found)
+
+
 def profile(files: dict[int, Path], calls: tuple[int, int]) -> dict[str, Any]:
-    """Per call, by shared object and the top C functions (exclusive), from callgrind."""
-    funcs = per_call(by_function(files[calls[0]]), by_function(files[calls[1]]),
+    """Per call, by shared object and the top C functions (exclusive), from callgrind;
+    and the calling thread's instructions per call (``main``)."""
+    funcs = per_call(_by_function_all(files[calls[0]]), _by_function_all(files[calls[1]]),
                      calls[1] - calls[0])
+    main = [thread_files(files[n])[0] for n in calls]
+    main_per_call = (_total(main[1]) - _total(main[0])) / (calls[1] - calls[0]) \
+        if all(m.name.endswith("-01") for m in main) else None
     objects: dict[str, float] = defaultdict(float)
     for (obj, _), ir in funcs.items():
         objects[obj] += ir
     top = sorted(funcs.items(), key=lambda kv: -kv[1])[:TOP]
     return {"objects": dict(sorted(objects.items(), key=lambda kv: -kv[1])[:TOP]),
-            "functions": [[f"{fn} [{obj}]", round(ir)] for (obj, fn), ir in top]}
+            "functions": [[f"{fn} [{obj}]", round(ir)] for (obj, fn), ir in top],
+            "main": main_per_call}
 
 
 def bytecodes(targets: dict[str, str], calls: int,
@@ -217,6 +244,13 @@ def rows(raw: dict[str, Any]) -> list[Any]:
                        _num(a), _num(b), _ratio(a, b), f"<= {GOAL}x",
                        _verdict(None if r is None else r <= GOAL, f"{r:.3f}x" if r else "")))
     for driver, (ours, native) in pairs:
+        a, b = (raw[side].get("profile", {}).get("main") for side in (ours, native))
+        if a is not None and b is not None:
+            thread = "the calling thread" if driver == "sync" else "the event loop's thread (aio)"
+            out.append(Row("20", f"of which {thread} (the same runs, one thread: no "
+                                 "background work stretched by the counter)", _num(a), _num(b),
+                           _ratio(a, b), "-", "-"))
+    for driver, (ours, native) in pairs:
         objects = [raw[side].get("profile", {}).get("objects", {}) for side in (ours, native)]
         label = "" if driver == "sync" else f" ({driver})"
         for obj in list(objects[0])[:3]:
@@ -243,7 +277,12 @@ def notes(raw: dict[str, Any]) -> list[str]:
            "`perf stat -e instructions` where the machine counts instructions, else under "
            f"valgrind's callgrind (this run: {raw['counter']}). The count is the client "
            "process's, all its threads (grpc's included). Per call is I(N2) - I(N1) over "
-           "N2 - N1, so start-up, imports and warm-up cancel. 'Of which' rows split the same "
+           "N2 - N1, so start-up, imports and warm-up cancel; not what a thread does per "
+           "second, though: the counter slows the client some 50 times, so a background "
+           "thread's timer work (grpc's; our statistics file, written once a second) lands "
+           "on the calls, and more so on a busy machine. The 'calling thread' rows count "
+           "the same runs' first thread only (callgrind's --separate-threads), which has "
+           "no such drift. 'Of which in' rows split the "
            "difference by shared object: `libpython` is the interpreter running Python code "
            "(our channel, picker, interceptors and statistics, grpc's Python layer), "
            "`cygrpc` grpc's Cython and C core."]
@@ -291,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = measure(args.calls, args.rounds, args.counter, args.sides)
     print(f"counter: {raw['counter']} (client process, all its threads)")
     for side in args.sides:
+        main = raw[side].get("profile", {}).get("main")
         print(f"{side}: {raw[side]['median']:,.0f} instructions per call "
-              f"(rounds: {', '.join(f'{x:,.0f}' for x in raw[side]['per_call'])})")
+              f"(rounds: {', '.join(f'{x:,.0f}' for x in raw[side]['per_call'])})"
+              + ("" if main is None else f"; calling thread {main:,.0f}"))
         for name, ir in raw[side].get("profile", {}).get("functions", []):
             print(f"    {ir:>10,}  {name}")
     for note in notes(raw)[1:]:

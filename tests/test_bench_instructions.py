@@ -78,3 +78,12 @@ def test_the_aio_pair_gets_its_row_beside_the_sync_one() -> None:
     quick = {"counter": "none", "calls": [1, 3], "rounds": 1,
              **{side: {"median": None} for side in ("ours", "native", "ours_aio", "native_aio")}}
     assert [r.met for r in rows(quick)] == ["-", "-"]
+
+
+def test_the_calling_thread_gets_its_row_when_callgrind_split_the_threads() -> None:
+    raw = _raw(284_000.0, 252_000.0)
+    raw["ours"]["profile"]["main"] = 224_000.0  # type: ignore[index]
+    raw["native"]["profile"]["main"] = 205_000.0  # type: ignore[index]
+    row = rows(raw)[1]
+    assert row.what.startswith("of which the calling thread")
+    assert (row.devcluster, row.anchor, row.ratio, row.goal) == ("224,000", "205,000", "1.09x", "-")
