@@ -42,8 +42,9 @@ class AioUnaryUnary(Multi, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[mi
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> AioBalancedCall:
         """Start the call; await the result for the response (with failover)."""
+        new_attempts = self._channel.new_attempts  # a local: 3.11 cannot specialize the call
         return AioBalancedCall(self, request, metadata, credentials, compression,
-                               self._channel.new_attempts(timeout))
+                               new_attempts(timeout))
 
 
 class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc ships no types

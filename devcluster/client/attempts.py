@@ -188,8 +188,9 @@ class Attempts:
         deadline = self.deadline
         if deadline is None:
             return _unhedged((inst, None, None))
-        timeout = deadline - self._clock()
-        return _unhedged((inst, timeout, None)) if timeout > 0 else self._send_now(inst)
+        clock = self._clock  # a local: 3.11 cannot specialize ``self._clock()``
+        timeout = deadline - clock()
+        return _unhedged((inst, timeout, None)) if timeout > 0.0 else self._send_now(inst)
 
     def resume(self) -> Send | Wait | GiveUp | Delay:
         """The action after a :class:`Wait`: an instance now, or wait again."""
@@ -197,7 +198,8 @@ class Attempts:
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the call started (its latency, once it ended)."""
-        return (self._clock() - self.started) * 1000
+        clock = self._clock  # a local: 3.11 cannot specialize ``self._clock()``
+        return (clock() - self.started) * 1000.0
 
     def remaining(self) -> float | None:
         """Seconds left of the caller's deadline (None: no deadline; may be <= 0)."""

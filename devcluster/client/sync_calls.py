@@ -53,7 +53,8 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
         count_ok = channel.count_ok
         if count_ok is None and channel.on_call is not None:
             return self._invoke(request, timeout, metadata, credentials, compression, False)
-        attempts = channel.new_attempts(timeout)
+        new_attempts = channel.new_attempts  # a local: 3.11 cannot specialize the call
+        attempts = new_attempts(timeout)
         action = attempts.start()
         if type(action) is not Send:
             return self._invoke(request, timeout, metadata, credentials, compression, False,
