@@ -127,6 +127,8 @@ class Balancer:
         # the same (see pick); None while the picker has none or they changed.
         self._ring: list[Instance] | None = None
         self._ring_pos = 0
+        # Only a picker that can have a rotation is asked for one (after each pick).
+        self._rotates = type(picker).rotation is not Picker.rotation
         #: Grows on every change of the candidates, so a waiter can tell it missed none.
         self.generation = 0
 
@@ -207,21 +209,22 @@ class Balancer:
                 pos = self._ring_pos
                 self._ring_pos = pos + 1 if pos + 1 < len(ring) else 0
                 return ring[pos]
-            return self._pick_by_picker()
+            candidates = self._candidates
+            if not candidates:
+                return None
+            inst = self._instances[self._picker.pick(candidates)]
+            if self._rotates:
+                self._adopt_rotation()
+            return inst
         finally:
             lock.release()
 
-    def _pick_by_picker(self) -> Instance | None:
-        candidates = self._candidates
-        if not candidates:
-            return None
-        picker = self._picker
-        inst = self._instances[picker.pick(candidates)]
-        rotation = picker.rotation()
+    def _adopt_rotation(self) -> None:
+        """Replay the picker's rotation from here on, if it has one now."""
+        rotation = self._picker.rotation()
         if rotation is not None:
             names, self._ring_pos = rotation
             self._ring = [self._instances[name] for name in names]
-        return inst
 
     def _stop_ring(self) -> None:
         """Hand the picker back where the replay stands (the candidates change)."""
