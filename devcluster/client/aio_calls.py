@@ -134,7 +134,7 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
             raise
         attempts.succeeded(inst)
         if count_ok is not None:
-            count_ok(inst.name, attempts.elapsed_ms())
+            count_ok((inst.name, attempts.elapsed_ms()))
         self._response = response
         self._finished = True
         if self._outcome is not None or self._callbacks is not None:
@@ -195,7 +195,7 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
                 if channel.on_call is not None:
                     count_ok = channel.count_ok
                     if count_ok is not None and not attempts.tried:
-                        count_ok(inst.name, attempts.elapsed_ms())  # no header to await
+                        count_ok((inst.name, attempts.elapsed_ms()))  # no header to await
                     else:
                         self._mc._report(attempts, _OK, "", await call.initial_metadata(),
                                          response)

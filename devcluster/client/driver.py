@@ -178,9 +178,10 @@ class ChannelDriver(abc.ABC):
                                  service)
         self._on_call = stats_on_call(self._stats, on_call)
         #: When statistics are the only ``on_call``: how a call answered at the first
-        #: attempt is counted (instance name, latency in ms), with no CallInfo built
-        #: and no response header read. None otherwise (also once ``on_call`` is set).
-        self.count_ok: Callable[[str, float], None] | None = (
+        #: attempt is counted, ``count_ok((instance name, latency in ms))``, with no
+        #: CallInfo built and no response header read. None otherwise (also once
+        #: ``on_call`` is set).
+        self.count_ok: Callable[[tuple[str, float]], None] | None = (
             self._stats.count_ok if self._stats is not None and on_call is None else None)
         # Wakes the registry watch at once on close (a plain Event: within 50 ms).
         self._stop = WatchStop()

@@ -73,7 +73,7 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
                                 e)
         attempts.succeeded(inst)
         if count_ok is not None:
-            count_ok(inst.name, attempts.elapsed_ms())
+            count_ok((inst.name, attempts.elapsed_ms()))
         return response
 
     def with_call(self, request: Any, timeout: float | None = None, metadata: Any = None,
@@ -136,7 +136,7 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
                 attempts.succeeded(inst)
                 if on_call is not None:
                     if count_ok is not None and not attempts.tried:
-                        count_ok(inst.name, attempts.elapsed_ms())
+                        count_ok((inst.name, attempts.elapsed_ms()))
                     else:
                         self._report(attempts, grpc.StatusCode.OK, "",
                                      None if call is None else call.initial_metadata(), response)
