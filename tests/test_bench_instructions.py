@@ -53,3 +53,37 @@ def test_per_call_takes_the_difference_of_two_real_callgrind_runs(tmp_path: Path
     assert all(isinstance(obj, str) and obj for obj, _ in big)
     diff = per_call(small, big, 2)
     assert sum(diff.values()) == pytest.approx((sum(big.values()) - sum(small.values())) / 2)
+
+
+def test_the_aio_pair_gets_its_row_beside_the_sync_one() -> None:
+    from bench.instructions import notes
+
+    raw = {**_raw(284_000.0, 252_000.0),
+           "ours_aio": {"median": 330_000.0, "profile": {"objects": {"cygrpc.so": 1.0}}},
+           "native_aio": {"median": 300_000.0, "profile": {"objects": {}}},
+           "bytecodes": {"per_call": {"ours": 1493.0, "native": 1073.0,
+                                      "ours_aio": 2000.0, "native_aio": 1600.0},
+                         "ours_aio_extra": [["aio_calls.py:AioBalancedCall._run", 40.0]]}}
+    out = rows(raw)
+    sync, aio = out[0], out[1]
+    assert sync.what.startswith("sequential SayHello, BalancedChannel")
+    assert aio.what.startswith("sequential awaited SayHello (grpc.aio), AioBalancedChannel")
+    assert (aio.devcluster, aio.anchor, aio.ratio, aio.met) == ("330,000", "300,000", "1.10x",
+                                                                "NO (1.100x)")
+    assert [r.what for r in out if r.what.endswith("(aio)")] == ["of which in `cygrpc.so` (aio)"]
+    assert out[-1].what.startswith("Python bytecodes per call, the event loop's thread (aio)")
+    assert out[-1].ratio == "1.25x"
+    assert "AioBalancedChannel's calling thread" in notes(raw)[-1]
+    # --quick: both pairs run, nothing counted
+    quick = {"counter": "none", "calls": [1, 3], "rounds": 1,
+             **{side: {"median": None} for side in ("ours", "native", "ours_aio", "native_aio")}}
+    assert [r.met for r in rows(quick)] == ["-", "-"]
+
+
+def test_the_calling_thread_gets_its_row_when_callgrind_split_the_threads() -> None:
+    raw = _raw(284_000.0, 252_000.0)
+    raw["ours"]["profile"]["main"] = 224_000.0  # type: ignore[index]
+    raw["native"]["profile"]["main"] = 205_000.0  # type: ignore[index]
+    row = rows(raw)[1]
+    assert row.what.startswith("of which the calling thread")
+    assert (row.devcluster, row.anchor, row.ratio, row.goal) == ("224,000", "205,000", "1.09x", "-")

@@ -131,6 +131,9 @@ def test_a_stream_to_a_dead_address_ejects_it(driver: str,
         with pytest.raises(grpc.RpcError):
             client.streams()  # the first stream goes to the ghost: streams never fail over
         wait_for(lambda: client.instance("ghost").ejected, 2, "ghost ejected")
+        # The report follows the ejection on the same worker: wait for it too, or (on a
+        # busy machine) the next streams' reports can come first.
+        wait_for(lambda: len(client.infos) == 1, 2, "the ghost's stream reported")
         assert client.streams() == ([b"a", b"b", b"c"], b"ab", [b"A", b"B"])
         wait_for(lambda: len(client.infos) == 4, 2, "every stream reported")
     assert [(i.instance, i.code) for i in client.infos] == [

@@ -115,6 +115,34 @@ def test_picks_follow_the_policy_over_usable_instances(recorder: Recorder) -> No
     assert b.pick() is None and not b.has_candidates()
 
 
+def test_the_balancer_replays_the_rotation_exactly_as_the_picker_would(
+        recorder: Recorder) -> None:
+    # The balancer replays a weighted picker's rotation itself (no picker call per
+    # pick); across registry changes and ejections the picks stay the picker's own.
+    b = balancer(recorder, record("s1", weight=5), record("s2", weight=2), record("s3"))
+    alone = SmoothWRR()
+    got, want = [], []
+
+    def both(n: int) -> None:
+        for _ in range(n):
+            got.append(b.pick().name)  # type: ignore[union-attr]
+            want.append(alone.pick(b._candidates))
+
+    both(23)
+    assert b._ring is not None  # replaying by now
+    b.apply(snapshot(2, record("s1", weight=5), record("s2", weight=3), record("s3")))
+    both(17)
+    b.eject(by_name(b, "s2"), "test")
+    both(9)
+    b.readmit(by_name(b, "s2"))
+    both(31)
+    assert got == want
+    # A change hands the picker back where the replay stands.
+    b.apply(snapshot(3, record("s1", weight=5), record("s2", weight=3), record("s3")))
+    assert b._ring is None
+    assert alone.currents == b._picker.currents  # type: ignore[attr-defined]
+
+
 def test_an_unreachable_failure_ejects_and_probes_but_never_the_last_one(
         recorder: Recorder) -> None:
     b = balancer(recorder, record("s1"), record("s2"))

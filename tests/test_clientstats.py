@@ -145,6 +145,32 @@ def test_ejected_as_the_channel_would(tmp_path: Path) -> None:
     stats.close()
 
 
+def test_count_ok_is_on_call_for_a_first_attempt_success_in_the_same_order(
+        tmp_path: Path) -> None:
+    # count_ok queues (no lock on the per-call path); every other event, and every
+    # reader, counts the queue first, so a success before a failure stays before it.
+    clock = Clock()
+    stats = publisher(tmp_path, clock)
+    stats.on_call(call("server1", ok=False, code="DEADLINE_EXCEEDED"))
+    stats.count_ok(("server1", 4.0))  # ends the deadline streak
+    stats.on_call(call("server1", ok=False, code="DEADLINE_EXCEEDED"))
+    stats.count_ok(("server2", 2.0))
+    stats.set_ejected("server2", True)  # after its success: stays ejected
+    doc = stats.snapshot()["instances"]
+    assert doc["server1"] == {"ok": 1, "failed": 2, "ok_per_s": doc["server1"]["ok_per_s"],
+                              "failed_per_s": doc["server1"]["failed_per_s"], "p50_ms": 1.0,
+                              "ejected": False}  # one deadline in a row, not two
+    assert doc["server2"]["ok"] == 1 and doc["server2"]["ejected"]
+    stats.count_ok(("server2", 3.0))  # a success readmits, as on_call's would
+    clock.now += 1.0
+    stats.flush(force=False)  # a queued call alone makes the client busy: it writes
+    assert json.loads(stats.path.read_text())["instances"]["server2"]["ejected"] is False
+    stats.close()
+    off = StatsPublisher(tmp_path, enabled=False)
+    off.count_ok(("server1", 1.0))
+    assert off.snapshot()["instances"] == {}
+
+
 def test_off_by_env_or_flag_costs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert enabled_by_env({ENV_SWITCH: "0"}) is False
     assert enabled_by_env({ENV_SWITCH: "off"}) is False

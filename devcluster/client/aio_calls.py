@@ -42,8 +42,9 @@ class AioUnaryUnary(Multi, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[mi
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> AioBalancedCall:
         """Start the call; await the result for the response (with failover)."""
+        new_attempts = self._channel.new_attempts  # a local: 3.11 cannot specialize the call
         return AioBalancedCall(self, request, metadata, credentials, compression,
-                               self._channel.attempts(timeout))
+                               new_attempts(timeout))
 
 
 class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc ships no types
@@ -54,15 +55,15 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
     """
 
     # Class-level defaults: a call that succeeds first time never sets these, which
-    # keeps the per-call cost (the 64-in-flight benchmark) at grpc.aio's level.
-    _running = False
+    # keeps the per-call cost (the 64-in-flight benchmark, bench scenario 20) at grpc.aio's
+    # level. What every call reads is stored in __init__ instead: Python 3.11 reads a
+    # class-level default through its slow, unspecialized attribute lookup.
     _finished = False
     _cancelled = False
-    _outcome: asyncio.Future[None] | None = None
     _response: Any = None
     _error: BaseException | None = None
-    _callbacks: list[Callable[[Any], None]] | None = None
     _action: Action | None = None
+    _send: Send | None = None
     _call: Any = None
 
     def __init__(self, mc: AioUnaryUnary, request: Any, metadata: Any, credentials: Any,
@@ -70,10 +71,17 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
         self._mc = mc
         self._args = (request, metadata, credentials, compression)
         self._attempts = attempts
+        self._running = False
+        self._outcome: asyncio.Future[None] | None = None
+        self._callbacks: list[Callable[[Any], None]] | None = None
         # Eager first attempt, like grpc.aio: the call is under way before any await.
         action = attempts.start()
         if type(action) is Send:
-            self._begin(action)
+            self._send = action
+            inst, timeout, _ = action  # unpacked: a NamedTuple's fields read slowly in 3.11
+            self._call = (inst.callables.get(mc._slot) or mc._sub(inst))(
+                request, timeout=timeout, metadata=metadata, credentials=credentials,
+                compression=compression)
         else:
             self._action = action
 
@@ -99,11 +107,39 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
         return None if inst is None else inst.address
 
     def __await__(self) -> Generator[Any, None, Any]:
-        if not self._running:
-            # The first await drives the attempts itself: no extra task per call.
-            self._running = True
-            return self._run().__await__()
-        return self._outcome_of_run().__await__()
+        if self._running:
+            return (yield from self._outcome_of_run().__await__())
+        # The first await drives the attempts itself: no extra task per call.
+        self._running = True
+        channel: AioDriver = self._mc._channel
+        count_ok = channel.count_ok
+        send = self._send
+        if send is None or (count_ok is None and channel.on_call is not None):
+            return (yield from self._run(self._action, None).__await__())
+        inst, _, hedge_in = send
+        if hedge_in is not None:
+            return (yield from self._run(None, None).__await__())
+        # The common call inline (one attempt, no hedge, nothing or only statistics to
+        # report): one generator frame over grpc's own call (bench scenario 20).
+        attempts = self._attempts
+        try:
+            response = yield from self._call.__await__()
+        except grpc.aio.AioRpcError as e:
+            action = attempts.failed(inst, e.code(), bool(e.initial_metadata()),
+                                     cancelled=self._cancelled)
+            return (yield from self._run(action, e).__await__())
+        except BaseException as e:
+            self._error = e
+            self._settled()
+            raise
+        attempts.succeeded(inst)
+        if count_ok is not None:
+            count_ok((inst.name, attempts.elapsed_ms()))
+        self._response = response
+        self._finished = True
+        if self._outcome is not None or self._callbacks is not None:
+            self._settled()  # someone else awaits it too, or wants to hear of the end
+        return response
 
     async def _outcome_of_run(self) -> Any:
         if not self._finished:
@@ -118,10 +154,11 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
         with contextlib.suppress(grpc.RpcError):
             await self
 
-    async def _run(self) -> Any:
+    async def _run(self, action: Action | None, error: grpc.RpcError | None) -> Any:
+        """The call as a loop over the core's actions, from ``action`` (None: await the
+        attempt under way) after ``error``."""
         attempts = self._attempts
         channel: AioDriver = self._mc._channel
-        action, error = self._action, None
         try:
             while True:
                 if type(action) is Wait:
@@ -137,6 +174,7 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
                 if type(action) is Send:
                     self._begin(action)
                 send = self._send
+                assert send is not None
                 if send.hedge_in is None:
                     call = self._call
                     try:
@@ -157,7 +195,7 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
                 if channel.on_call is not None:
                     count_ok = channel.count_ok
                     if count_ok is not None and not attempts.tried:
-                        count_ok(inst.name, attempts.elapsed_ms())  # no header to await
+                        count_ok((inst.name, attempts.elapsed_ms()))  # no header to await
                     else:
                         self._mc._report(attempts, _OK, "", await call.initial_metadata(),
                                          response)
@@ -167,11 +205,15 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
             self._error = e
             raise
         finally:
-            self._finished = True
-            if self._outcome is not None and not self._outcome.done():
-                self._outcome.set_result(None)
-            for callback in self._callbacks or ():
-                callback(self)
+            self._settled()
+
+    def _settled(self) -> None:
+        """The call ended: wake whoever awaits it a second time, run the callbacks."""
+        self._finished = True
+        if self._outcome is not None and not self._outcome.done():
+            self._outcome.set_result(None)
+        for callback in self._callbacks or ():
+            callback(self)
 
     def _give_up(self, action: GiveUp, error: grpc.RpcError | None) -> grpc.RpcError:
         """Report the call's failure; the error to raise."""
@@ -204,7 +246,9 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
                     return_when=asyncio.FIRST_COMPLETED)
                 if not done:
                     due = None
-                    extra = attempts.hedge(self._send.inst)
+                    latest = self._send
+                    assert latest is not None  # _begin set it
+                    extra = attempts.hedge(latest.inst)
                     if extra is not None:
                         launch(extra, self._begin(extra))
                     continue

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar, Final
 
 import grpc
@@ -170,7 +171,6 @@ class ChannelDriver(abc.ABC):
         picker = make_picker(policy, order)
         self._lock = threading.Lock()
         self._prepare()
-        self.hedge_after = hedge_after
         self.default_wait = default_wait
         self._options = [*SUBCHANNEL_OPTIONS, *options]
         self._registry, self._owns_registry = open_registry(registry)
@@ -178,9 +178,10 @@ class ChannelDriver(abc.ABC):
                                  service)
         self._on_call = stats_on_call(self._stats, on_call)
         #: When statistics are the only ``on_call``: how a call answered at the first
-        #: attempt is counted (instance name, latency in ms), with no CallInfo built
-        #: and no response header read. None otherwise (also once ``on_call`` is set).
-        self.count_ok: Callable[[str, float], None] | None = (
+        #: attempt is counted, ``count_ok((instance name, latency in ms))``, with no
+        #: CallInfo built and no response header read. None otherwise (also once
+        #: ``on_call`` is set).
+        self.count_ok: Callable[[tuple[str, float]], None] | None = (
             self._stats.count_ok if self._stats is not None and on_call is None else None)
         # Wakes the registry watch at once on close (a plain Event: within 50 ms).
         self._stop = WatchStop()
@@ -190,6 +191,7 @@ class ChannelDriver(abc.ABC):
             Effects(self._open_channel, self._retire_channel, self._start_probe, self._changed),
             eject_after=eject_after, retry_on=retry_on, order=order, lock=self._lock,
             where=where)
+        self.hedge_after = hedge_after  # (also makes new_attempts)
         # The first view is synchronous: a call right after construction has targets.
         self._apply(self._registry.snapshot())
         self._watcher = threading.Thread(
@@ -223,8 +225,24 @@ class ChannelDriver(abc.ABC):
 
     def attempts(self, timeout: float | None, replayable: bool = True) -> Attempts:
         """The decisions of one new call with ``timeout`` (streams: not replayable)."""
-        # Positional: this runs once per call.
-        return Attempts(self.balancer, timeout, self.hedge_after, replayable, self.default_wait)
+        return Attempts(self.balancer, timeout, self._hedge_after, replayable, self.default_wait)
+
+    @property
+    def hedge_after(self) -> float | None:
+        """Seconds after which an unanswered unary call also goes to another instance."""
+        return self._hedge_after
+
+    @hedge_after.setter
+    def hedge_after(self, seconds: float | None) -> None:
+        # Changeable at runtime (the demo turns hedging on and off).
+        self._hedge_after = seconds
+        #: ``new_attempts(timeout)``: the Attempts of a new unary call. A partial, not a
+        #: method: no Python frame of its own on the per-call path (bench scenario 20);
+        #: and with Attempts' own defaults, no keywords (they cost a dict per call).
+        self.new_attempts: Callable[[float | None], Attempts] = (
+            partial(Attempts, self.balancer)
+            if seconds is None and self.default_wait == DEFAULT_WAIT else
+            partial(Attempts, self.balancer, hedge_after=seconds, default_wait=self.default_wait))
 
     @property
     def on_call(self) -> Callable[[CallInfo], None] | None:

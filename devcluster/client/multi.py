@@ -17,9 +17,11 @@ class Driver(Protocol):
     """What a multicallable needs of any balanced channel."""
 
     on_call: Callable[[CallInfo], None] | None
-    count_ok: Callable[[str, float], None] | None
+    count_ok: Callable[[tuple[str, float]], None] | None
 
     def next_slot(self) -> int: ...
+    new_attempts: Callable[[float | None], Attempts]
+
     def attempts(self, timeout: float | None, replayable: bool = True) -> Attempts: ...
 
 

@@ -48,6 +48,21 @@ class Picker(abc.ABC):
         Raises :class:`NoCandidateError` when no candidate has a positive weight.
         """
 
+    def rotation(self) -> tuple[Sequence[str], int] | None:
+        """``(names, position)`` when the picks from now on, for as long as the caller
+        passes the same candidates object, are ``names`` from ``position`` on, round and
+        round; None when there is no such rotation (yet).
+
+        A caller may replay it itself (the balancer does: no call into the picker per
+        pick); it then says with :meth:`replayed` where it stopped before it calls
+        :meth:`pick` again.
+        """
+        return None
+
+    def replayed(self, position: int) -> None:
+        """The caller replayed :meth:`rotation` up to ``position`` (the next pick's)."""
+        return None  # no rotation given, nothing to move on
+
 
 #: The longest rotation :class:`SmoothWRR` keeps to replay (entries: the total weight);
 #: a longer one (many heavy instances) is computed pick by pick, as before.
@@ -155,6 +170,17 @@ class SmoothWRR(Picker):
                 else:  # still settling after a change: try the next rotation
                     self._record, self._from = [], dict(self._current)
         return best
+
+    def rotation(self) -> tuple[Sequence[str], int] | None:
+        """See :meth:`Picker.rotation`: the replayed rotation, once there is one."""
+        if self._cycle is None or self._last is None:
+            return None
+        return self._cycle, self._pos
+
+    def replayed(self, position: int) -> None:
+        """See :meth:`Picker.replayed`."""
+        if self._cycle is not None:
+            self._pos = position
 
     def _step(self, candidates: Sequence[tuple[str, int]]) -> str:
         """One pick by the rule, O(n): the currents move on."""

@@ -13,7 +13,7 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import grpc
 
@@ -21,6 +21,12 @@ from devcluster.client.attempts import PENDING, Action, Attempts, Delay, GiveUp,
 from devcluster.client.balancer import Instance
 from devcluster.client.calls import BalancedCall, GrpcCall
 from devcluster.client.multi import Driver, Lost, Multi
+
+#: The ``wait_for_ready`` of every sub-channel call: not passed on (the core itself waits
+#: for a usable instance, and a sub-channel told to wait would sit on a dead instance
+#: until the deadline instead of failing over). None, grpc's default (fail fast), as the
+#: asyncio driver passes; an explicit False costs grpc a flags object per call.
+_NO_WAIT: Final = None
 
 
 class SyncDriver(Driver, Protocol):
@@ -40,7 +46,35 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> Any:
         """Call one instance (failing over as needed); return the response."""
-        return self._invoke(request, timeout, metadata, credentials, compression, False)
+        # The common call inline (one attempt, no hedge, nothing or only statistics to
+        # report): no frame but this one and grpc's (bench scenario 20). Every other
+        # case, and any failure, continues in _invoke's loop over the core's actions.
+        channel: SyncDriver = self._channel
+        count_ok = channel.count_ok
+        if count_ok is None and channel.on_call is not None:
+            return self._invoke(request, timeout, metadata, credentials, compression, False)
+        new_attempts = channel.new_attempts  # a local: 3.11 cannot specialize the call
+        attempts = new_attempts(timeout)
+        action = attempts.start()
+        if type(action) is not Send:
+            return self._invoke(request, timeout, metadata, credentials, compression, False,
+                                attempts, action)
+        # Unpacked: 3.11 reads a NamedTuple field by attribute through a slow lookup.
+        inst, sub_timeout, hedge_in = action
+        if hedge_in is not None:
+            return self._invoke(request, timeout, metadata, credentials, compression, False,
+                                attempts, action)
+        try:
+            response = (inst.callables.get(self._slot) or self._sub(inst))(
+                request, sub_timeout, metadata, credentials, _NO_WAIT, compression)
+        except grpc.RpcError as e:
+            return self._invoke(request, timeout, metadata, credentials, compression, False,
+                                attempts, attempts.failed(inst, e.code(), bool(e.initial_metadata())),
+                                e)
+        attempts.succeeded(inst)
+        if count_ok is not None:
+            count_ok((inst.name, attempts.elapsed_ms()))
+        return response
 
     def with_call(self, request: Any, timeout: float | None = None, metadata: Any = None,
                   credentials: grpc.CallCredentials | None = None,
@@ -61,14 +95,16 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
 
     def _invoke(self, request: Any, timeout: float | None, metadata: Any,
                 credentials: grpc.CallCredentials | None,
-                compression: grpc.Compression | None, want_call: bool) -> Any:
-        # wait_for_ready is not passed on: the core itself waits for a usable
-        # instance, and a sub-channel told to wait would sit on a dead instance
-        # until the deadline instead of failing over.
+                compression: grpc.Compression | None, want_call: bool,
+                attempts: Attempts | None = None, action: Action | None = None,
+                error: grpc.RpcError | None = None) -> Any:
+        """The call as a loop over the core's actions (from ``attempts`` at ``action``,
+        after ``error``, when ``__call__`` began it)."""
+        # wait_for_ready is not passed on (_NO_WAIT).
         channel: SyncDriver = self._channel
-        attempts = channel.attempts(timeout)
-        action: Action = attempts.start()
-        error: grpc.RpcError | None = None
+        if attempts is None or action is None:
+            attempts = channel.new_attempts(timeout)
+            action = attempts.start()
         on_call, count_ok = channel.on_call, channel.count_ok
         # The grpc.Call (its response header names the instance) only when asked for,
         # or for a CallInfo: counting statistics needs neither.
@@ -88,10 +124,10 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
                     try:
                         if with_call:
                             response, call = sub.with_call(request, action.timeout, metadata,
-                                                           credentials, False, compression)
+                                                           credentials, _NO_WAIT, compression)
                         else:
                             response = sub(request, action.timeout, metadata, credentials,
-                                           False, compression)
+                                           _NO_WAIT, compression)
                             call = None
                     except grpc.RpcError as e:
                         error = e
@@ -100,7 +136,7 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
                 attempts.succeeded(inst)
                 if on_call is not None:
                     if count_ok is not None and not attempts.tried:
-                        count_ok(inst.name, attempts.elapsed_ms())
+                        count_ok((inst.name, attempts.elapsed_ms()))
                     else:
                         self._report(attempts, grpc.StatusCode.OK, "",
                                      None if call is None else call.initial_metadata(), response)
@@ -137,7 +173,7 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
 
         def launch(s: Send) -> None:
             nonlocal latest, due
-            fut = self._sub(s.inst).future(request, s.timeout, metadata, credentials, False,
+            fut = self._sub(s.inst).future(request, s.timeout, metadata, credentials, _NO_WAIT,
                                            compression)
             pending[fut] = latest = s.inst
             due = None if s.hedge_in is None else time.monotonic() + s.hedge_in
@@ -203,7 +239,7 @@ class _Streaming(Multi):
         """
         attempts, send = self._start(timeout)
         return self._follow(attempts, send.inst, self._sub(send.inst)(
-            request, send.timeout, metadata, credentials, False, compression))
+            request, send.timeout, metadata, credentials, _NO_WAIT, compression))
 
     def _follow(self, attempts: Attempts, inst: Instance, call: Any) -> Any:
         # Booked on the channel's pool: grpc runs done-callbacks on the thread that
@@ -253,7 +289,7 @@ class StreamUnary(_Streaming, grpc.StreamUnaryMultiCallable):  # type: ignore[mi
         attempts, send = self._start(timeout)
         try:
             response, call = self._sub(send.inst).with_call(
-                request_iterator, send.timeout, metadata, credentials, False, compression)
+                request_iterator, send.timeout, metadata, credentials, _NO_WAIT, compression)
         except grpc.RpcError as e:
             self._book(attempts, send.inst, e)
             raise
@@ -267,7 +303,7 @@ class StreamUnary(_Streaming, grpc.StreamUnaryMultiCallable):  # type: ignore[mi
         """Start the call on one instance; return grpc's future (a grpc.Call)."""
         attempts, send = self._start(timeout)
         return self._follow(attempts, send.inst, self._sub(send.inst).future(
-            request_iterator, send.timeout, metadata, credentials, False, compression))
+            request_iterator, send.timeout, metadata, credentials, _NO_WAIT, compression))
 
 
 class CallFuture(grpc.Future, grpc.Call):  # type: ignore[misc]  # grpc ships no types
