@@ -20,7 +20,7 @@ class Driver(Protocol):
     count_ok: Callable[[tuple[str, float]], None] | None
 
     def next_slot(self) -> int: ...
-    new_attempts: Callable[[float | None], Attempts]
+    begin_call: Callable[[float | None], tuple[Attempts, Action]]
 
     def attempts(self, timeout: float | None, replayable: bool = True) -> Attempts: ...
 
