@@ -129,7 +129,7 @@ def test_the_balancer_replays_the_rotation_exactly_as_the_picker_would(
             want.append(alone.pick(b._candidates))
 
     both(23)
-    assert b._ring is not None  # replaying by now
+    assert b._ring_pick is not None  # replaying by now
     b.apply(snapshot(2, record("s1", weight=5), record("s2", weight=3), record("s3")))
     both(17)
     b.eject(by_name(b, "s2"), "test")
@@ -139,8 +139,29 @@ def test_the_balancer_replays_the_rotation_exactly_as_the_picker_would(
     assert got == want
     # A change hands the picker back where the replay stands.
     b.apply(snapshot(3, record("s1", weight=5), record("s2", weight=3), record("s3")))
-    assert b._ring is None
+    assert b._ring_pick is None
     assert alone.currents == b._picker.currents  # type: ignore[attr-defined]
+
+
+def test_picks_from_many_threads_keep_the_exact_shares(recorder: Recorder) -> None:
+    # A replayed rotation is picked without the lock (one C call): threads still share it.
+    import threading
+    from collections import Counter
+
+    b = balancer(recorder, record("s1", weight=5), record("s2", weight=2), record("s3"))
+    seen: Counter[str] = Counter()
+
+    def picker() -> None:
+        mine = Counter(b.pick().name for _ in range(800))  # type: ignore[union-attr]
+        with b.lock:
+            seen.update(mine)
+
+    threads = [threading.Thread(target=picker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"s1": 2000, "s2": 800, "s3": 400}
 
 
 def test_an_unreachable_failure_ejects_and_probes_but_never_the_last_one(
