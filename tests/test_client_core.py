@@ -16,11 +16,13 @@ from devcluster.client.attempts import (
     PROBE_FIRST,
     PROBE_MAX,
     Attempts,
+    CallOptions,
     Delay,
     GiveUp,
     Probe,
     Send,
     Wait,
+    begin,
 )
 from devcluster.client.balancer import Balancer, Effects, Instance
 from devcluster.client.calls import NoUsableInstanceError
@@ -227,12 +229,12 @@ def test_a_call_goes_where_the_picker_says_with_the_time_left(recorder: Recorder
 def test_begin_is_a_new_attempts_and_its_start_in_one_step(recorder: Recorder) -> None:
     # The drivers' per-call path: the same first action as Attempts(...).start().
     b = balancer(recorder)
-    call, send = Attempts.begin(b, None, 10.0, 2.0)
+    call, send = begin(b, CallOptions(None), 2.0)
     assert send == Send(by_name(b, "s1"), 2.0) and call.inst is send.inst
     assert call.remaining() == pytest.approx(2.0, abs=0.5) and not call.tried
-    assert Attempts.begin(b, None, 10.0, None)[1] == Send(by_name(b, "s2"), None)
-    assert type(Attempts.begin(b, None, 10.0, 0.0)[1]) is GiveUp  # s3, but no time at all
-    hedged, first = Attempts.begin(b, 0.1, 10.0, 1.0)
+    assert begin(b, CallOptions(None), None)[1] == Send(by_name(b, "s2"), None)
+    assert type(begin(b, CallOptions(None), 0.0)[1]) is GiveUp  # s3, but no time at all
+    hedged, first = begin(b, CallOptions(0.1), 1.0)
     assert type(first) is Send and first.inst.name == "s1" and first.hedge_in == 0.1
     second = hedged.hedge(first.inst)
     assert second is not None and second.inst.name == "s2"
@@ -241,7 +243,7 @@ def test_begin_is_a_new_attempts_and_its_start_in_one_step(recorder: Recorder) -
     assert hedged.info(OK).retried == [("s1", "DEADLINE_EXCEEDED")]
     assert counted and counted[0][0] == "s2" and counted[0][1] >= 0.0
     empty = balancer(recorder, record("s1", state=State.STOPPED))
-    waiting, wait = Attempts.begin(empty, None, 10.0, 1.0)
+    waiting, wait = begin(empty, CallOptions(None), 1.0)
     assert type(wait) is Wait and waiting.inst is None
 
 
