@@ -16,11 +16,13 @@ from devcluster.client.attempts import (
     PROBE_FIRST,
     PROBE_MAX,
     Attempts,
+    CallOptions,
     Delay,
     GiveUp,
     Probe,
     Send,
     Wait,
+    begin,
 )
 from devcluster.client.balancer import Balancer, Effects, Instance
 from devcluster.client.calls import NoUsableInstanceError
@@ -129,7 +131,7 @@ def test_the_balancer_replays_the_rotation_exactly_as_the_picker_would(
             want.append(alone.pick(b._candidates))
 
     both(23)
-    assert b._ring is not None  # replaying by now
+    assert b._ring_pick is not None  # replaying by now
     b.apply(snapshot(2, record("s1", weight=5), record("s2", weight=3), record("s3")))
     both(17)
     b.eject(by_name(b, "s2"), "test")
@@ -139,8 +141,29 @@ def test_the_balancer_replays_the_rotation_exactly_as_the_picker_would(
     assert got == want
     # A change hands the picker back where the replay stands.
     b.apply(snapshot(3, record("s1", weight=5), record("s2", weight=3), record("s3")))
-    assert b._ring is None
+    assert b._ring_pick is None
     assert alone.currents == b._picker.currents  # type: ignore[attr-defined]
+
+
+def test_picks_from_many_threads_keep_the_exact_shares(recorder: Recorder) -> None:
+    # A replayed rotation is picked without the lock (one C call): threads still share it.
+    import threading
+    from collections import Counter
+
+    b = balancer(recorder, record("s1", weight=5), record("s2", weight=2), record("s3"))
+    seen: Counter[str] = Counter()
+
+    def picker() -> None:
+        mine = Counter(b.pick().name for _ in range(800))  # type: ignore[union-attr]
+        with b.lock:
+            seen.update(mine)
+
+    threads = [threading.Thread(target=picker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"s1": 2000, "s2": 800, "s3": 400}
 
 
 def test_an_unreachable_failure_ejects_and_probes_but_never_the_last_one(
@@ -201,6 +224,27 @@ def test_a_call_goes_where_the_picker_says_with_the_time_left(recorder: Recorder
     assert (info.instance, info.address, info.ok, info.code, info.retried) == (
         "server1", "10.0.0.1:1", True, "OK", [])
     assert info.latency_ms == pytest.approx(510) and info.response == "hi" and info.seq == 1
+
+
+def test_begin_is_a_new_attempts_and_its_start_in_one_step(recorder: Recorder) -> None:
+    # The drivers' per-call path: the same first action as Attempts(...).start().
+    b = balancer(recorder)
+    call, send = begin(b, CallOptions(None), 2.0)
+    assert send == Send(by_name(b, "s1"), 2.0) and call.inst is send.inst
+    assert call.remaining() == pytest.approx(2.0, abs=0.5) and not call.tried
+    assert begin(b, CallOptions(None), None)[1] == Send(by_name(b, "s2"), None)
+    assert type(begin(b, CallOptions(None), 0.0)[1]) is GiveUp  # s3, but no time at all
+    hedged, first = begin(b, CallOptions(0.1), 1.0)
+    assert type(first) is Send and first.inst.name == "s1" and first.hedge_in == 0.1
+    second = hedged.hedge(first.inst)
+    assert second is not None and second.inst.name == "s2"
+    counted: list[tuple[str, float]] = []
+    hedged.answered(second.inst, counted.append)  # books the win over the hedged one
+    assert hedged.info(OK).retried == [("s1", "DEADLINE_EXCEEDED")]
+    assert counted and counted[0][0] == "s2" and counted[0][1] >= 0.0
+    empty = balancer(recorder, record("s1", state=State.STOPPED))
+    waiting, wait = begin(empty, CallOptions(None), 1.0)
+    assert type(wait) is Wait and waiting.inst is None
 
 
 def test_unreached_failures_fail_over_in_name_order(recorder: Recorder) -> None:

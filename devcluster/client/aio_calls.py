@@ -15,12 +15,15 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
-from devcluster.client.attempts import PENDING, Action, Attempts, Delay, GiveUp, Send, Wait
+from devcluster.client.attempts import PENDING, Action, Attempts, Delay, GiveUp, Send, Wait, begin
 from devcluster.client.balancer import Balancer, Instance
 from devcluster.client.calls import BalancedRpcError, NoUsableInstanceError
 from devcluster.client.multi import Driver, Lost, Multi
 
 _OK = grpc.StatusCode.OK
+
+#: ``_new_call(AioBalancedCall)``: the bare object, without an ``__init__`` frame.
+_new_call = object.__new__
 
 
 class AioDriver(Driver, Protocol):
@@ -42,9 +45,27 @@ class AioUnaryUnary(Multi, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[mi
                  wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> AioBalancedCall:
         """Start the call; await the result for the response (with failover)."""
-        new_attempts = self._channel.new_attempts  # a local: 3.11 cannot specialize the call
-        return AioBalancedCall(self, request, metadata, credentials, compression,
-                               new_attempts(timeout))
+        # The call object is made here, with no __init__ of its own: one Python frame
+        # fewer per call (bench scenario 20 counts them). Every field it needs is set.
+        channel: AioDriver = self._channel
+        attempts, action = begin(channel.balancer, channel.call_options, timeout)
+        call = _new_call(AioBalancedCall)
+        call._mc = self
+        call._args = (request, metadata, credentials, compression)
+        call._attempts = attempts
+        call._running = False
+        call._outcome = None
+        call._callbacks = None
+        # Eager first attempt, like grpc.aio: the call is under way before any await.
+        if type(action) is Send:
+            call._send = action
+            inst, sub_timeout, _ = action  # unpacked: a NamedTuple's fields read slowly in 3.11
+            call._call = (inst.callables.get(self._slot) or self._sub(inst))(
+                request, timeout=sub_timeout, metadata=metadata, credentials=credentials,
+                compression=compression)
+        else:
+            call._action = action
+        return call
 
 
 class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc ships no types
@@ -66,24 +87,13 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
     _send: Send | None = None
     _call: Any = None
 
-    def __init__(self, mc: AioUnaryUnary, request: Any, metadata: Any, credentials: Any,
-                 compression: Any, attempts: Attempts) -> None:
-        self._mc = mc
-        self._args = (request, metadata, credentials, compression)
-        self._attempts = attempts
-        self._running = False
-        self._outcome: asyncio.Future[None] | None = None
-        self._callbacks: list[Callable[[Any], None]] | None = None
-        # Eager first attempt, like grpc.aio: the call is under way before any await.
-        action = attempts.start()
-        if type(action) is Send:
-            self._send = action
-            inst, timeout, _ = action  # unpacked: a NamedTuple's fields read slowly in 3.11
-            self._call = (inst.callables.get(mc._slot) or mc._sub(inst))(
-                request, timeout=timeout, metadata=metadata, credentials=credentials,
-                compression=compression)
-        else:
-            self._action = action
+    # Set on every call by AioUnaryUnary.__call__, which makes the object (no __init__).
+    _mc: AioUnaryUnary
+    _args: tuple[Any, Any, Any, Any]
+    _attempts: Attempts
+    _running: bool
+    _outcome: asyncio.Future[None] | None
+    _callbacks: list[Callable[[Any], None]] | None
 
     def _begin(self, send: Send) -> Any:
         """Start the attempt ``send`` names; it becomes the current one."""
@@ -132,9 +142,7 @@ class AioBalancedCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]  # grpc sh
             self._error = e
             self._settled()
             raise
-        attempts.succeeded(inst)
-        if count_ok is not None:
-            count_ok((inst.name, attempts.elapsed_ms()))
+        attempts.answered(inst, count_ok)
         self._response = response
         self._finished = True
         if self._outcome is not None or self._callbacks is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +90,8 @@ class Balancer:
     """The live view of one service's instances and the rules for using them.
 
     ``lock`` is the driver's (a ``threading.Lock``, which both channels give); the view
-    takes it around every change and every pick, and nowhere else.
+    takes it around every change and every pick (but a replayed rotation's, one C
+    call), and nowhere else.
     """
 
     def __init__(
@@ -125,8 +126,9 @@ class Balancer:
         self._closed = False
         # The picker's rotation as instances, replayed here while the candidates stay
         # the same (see pick); None while the picker has none or they changed.
-        self._ring: list[Instance] | None = None
-        self._ring_pos = 0
+        self._ring_pick: Callable[[], Instance] | None = None
+        self._ring_at: Iterator[int] = iter(())
+        self.pick = self._pick
         # Only a picker that can have a rotation is asked for one (after each pick).
         self._rotates = type(picker).rotation is not Picker.rotation
         #: Grows on every change of the candidates, so a waiter can tell it missed none.
@@ -193,22 +195,21 @@ class Balancer:
 
     # -- picking ------------------------------------------------------------
 
-    def pick(self) -> Instance | None:
-        """The instance for the next call by the policy, or None if none is usable.
+    #: ``pick()``: the instance for the next call by the policy, or None if none is
+    #: usable. While the candidates stay the same, a picker with a
+    #: :meth:`~Picker.rotation` (weighted, once its rotation repeats) is replayed here,
+    #: as instances: the same picks, with no Python frame at all (one C iterator's
+    #: ``__next__``, atomic as one C call; bench scenario 20 counts the instructions
+    #: per call). Otherwise (and after any change) :meth:`_pick`, under the lock.
+    pick: Callable[[], Instance | None]
 
-        While the candidates stay the same, a picker with a :meth:`~Picker.rotation`
-        (weighted, once its rotation repeats) is replayed here, as instances: the
-        same picks, without the picker's frame or a lookup by name on every call
-        (bench scenario 20 counts the instructions per call).
-        """
+    def _pick(self) -> Instance | None:
+        """``pick`` when no rotation is replayed: the picker's, under the lock."""
         lock = self.lock
         lock.acquire()  # not ``with``: no bound __enter__/__exit__ made per call
         try:
-            ring = self._ring
-            if ring is not None:
-                pos = self._ring_pos
-                self._ring_pos = pos + 1 if pos + 1 < len(ring) else 0
-                return ring[pos]
+            if self._ring_pick is not None:  # adopted while this caller waited
+                return self._ring_pick()
             candidates = self._candidates
             if not candidates:
                 return None
@@ -220,17 +221,22 @@ class Balancer:
             lock.release()
 
     def _adopt_rotation(self) -> None:
-        """Replay the picker's rotation from here on, if it has one now."""
+        """Replay the picker's rotation from here on, if it has one now (lock held)."""
         rotation = self._picker.rotation()
         if rotation is not None:
-            names, self._ring_pos = rotation
-            self._ring = [self._instances[name] for name in names]
+            names, pos = rotation
+            ring = [self._instances[name] for name in names]
+            # The ring's positions from ``pos`` on, round and round; reading the next
+            # one is how _stop_ring learns where the replay stands.
+            self._ring_at = at = itertools.cycle([*range(pos, len(ring)), *range(pos)])
+            self.pick = self._ring_pick = map(ring.__getitem__, at).__next__
 
     def _stop_ring(self) -> None:
-        """Hand the picker back where the replay stands (the candidates change)."""
-        if self._ring is not None:
-            self._picker.replayed(self._ring_pos)
-            self._ring = None
+        """Hand the picker back where the replay stands (the candidates change; lock
+        held)."""
+        if self._ring_pick is not None:
+            self.pick, self._ring_pick = self._pick, None
+            self._picker.replayed(next(self._ring_at))
 
     def next_after(self, name: str, tried: Collection[str]) -> Instance | None:
         """The first usable instance after ``name`` in name order not yet ``tried``.

@@ -16,13 +16,12 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from functools import partial
 from typing import Any, ClassVar, Final
 
 import grpc
 from grpc_health.v1 import health_pb2
 
-from devcluster.client.attempts import DEFAULT_WAIT, Attempts, Probe
+from devcluster.client.attempts import DEFAULT_WAIT, Attempts, CallOptions, Probe
 from devcluster.client.balancer import Balancer, Effects, Instance
 from devcluster.client.calls import CallInfo
 from devcluster.client.picker import DEFAULT_POLICY, OrderKey, make_picker
@@ -191,7 +190,7 @@ class ChannelDriver(abc.ABC):
             Effects(self._open_channel, self._retire_channel, self._start_probe, self._changed),
             eject_after=eject_after, retry_on=retry_on, order=order, lock=self._lock,
             where=where)
-        self.hedge_after = hedge_after  # (also makes new_attempts)
+        self.hedge_after = hedge_after  # (also makes call_options)
         # The first view is synchronous: a call right after construction has targets.
         self._apply(self._registry.snapshot())
         self._watcher = threading.Thread(
@@ -236,13 +235,9 @@ class ChannelDriver(abc.ABC):
     def hedge_after(self, seconds: float | None) -> None:
         # Changeable at runtime (the demo turns hedging on and off).
         self._hedge_after = seconds
-        #: ``new_attempts(timeout)``: the Attempts of a new unary call. A partial, not a
-        #: method: no Python frame of its own on the per-call path (bench scenario 20);
-        #: and with Attempts' own defaults, no keywords (they cost a dict per call).
-        self.new_attempts: Callable[[float | None], Attempts] = (
-            partial(Attempts, self.balancer)
-            if seconds is None and self.default_wait == DEFAULT_WAIT else
-            partial(Attempts, self.balancer, hedge_after=seconds, default_wait=self.default_wait))
+        #: What the multicallables pass to :func:`~devcluster.client.attempts.begin` for
+        #: each new unary call (a plain attribute: read on the per-call path).
+        self.call_options = CallOptions(seconds, self.default_wait)
 
     @property
     def on_call(self) -> Callable[[CallInfo], None] | None:

@@ -8,8 +8,8 @@ from typing import Any, NamedTuple, Protocol
 
 import grpc
 
-from devcluster.client.attempts import Action, Attempts
-from devcluster.client.balancer import Instance
+from devcluster.client.attempts import Action, Attempts, CallOptions
+from devcluster.client.balancer import Balancer, Instance
 from devcluster.client.calls import CallInfo
 
 
@@ -20,7 +20,8 @@ class Driver(Protocol):
     count_ok: Callable[[tuple[str, float]], None] | None
 
     def next_slot(self) -> int: ...
-    new_attempts: Callable[[float | None], Attempts]
+    balancer: Balancer
+    call_options: CallOptions
 
     def attempts(self, timeout: float | None, replayable: bool = True) -> Attempts: ...
 

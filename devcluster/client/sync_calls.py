@@ -17,7 +17,7 @@ from typing import Any, Final, Protocol, cast
 
 import grpc
 
-from devcluster.client.attempts import PENDING, Action, Attempts, Delay, GiveUp, Send, Wait
+from devcluster.client.attempts import PENDING, Action, Attempts, Delay, GiveUp, Send, Wait, begin
 from devcluster.client.balancer import Instance
 from devcluster.client.calls import BalancedCall, GrpcCall
 from devcluster.client.multi import Driver, Lost, Multi
@@ -53,9 +53,7 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
         count_ok = channel.count_ok
         if count_ok is None and channel.on_call is not None:
             return self._invoke(request, timeout, metadata, credentials, compression, False)
-        new_attempts = channel.new_attempts  # a local: 3.11 cannot specialize the call
-        attempts = new_attempts(timeout)
-        action = attempts.start()
+        attempts, action = begin(channel.balancer, channel.call_options, timeout)
         if type(action) is not Send:
             return self._invoke(request, timeout, metadata, credentials, compression, False,
                                 attempts, action)
@@ -71,9 +69,7 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
             return self._invoke(request, timeout, metadata, credentials, compression, False,
                                 attempts, attempts.failed(inst, e.code(), bool(e.initial_metadata())),
                                 e)
-        attempts.succeeded(inst)
-        if count_ok is not None:
-            count_ok((inst.name, attempts.elapsed_ms()))
+        attempts.answered(inst, count_ok)
         return response
 
     def with_call(self, request: Any, timeout: float | None = None, metadata: Any = None,
@@ -103,8 +99,7 @@ class UnaryUnary(Multi, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]  # 
         # wait_for_ready is not passed on (_NO_WAIT).
         channel: SyncDriver = self._channel
         if attempts is None or action is None:
-            attempts = channel.new_attempts(timeout)
-            action = attempts.start()
+            attempts, action = begin(channel.balancer, channel.call_options, timeout)
         on_call, count_ok = channel.on_call, channel.count_ok
         # The grpc.Call (its response header names the instance) only when asked for,
         # or for a CallInfo: counting statistics needs neither.
