@@ -145,7 +145,8 @@ class Life:
             # The leader is gone; sweep whatever it left in its group and what it
             # daemonized out of it (adopted: we are a subreaper), then drain the pipe.
             process.signal_group(proc.pid, signal.SIGKILL)
-            await asyncio.to_thread(process.sweep, self.rt.ours(), self.owner.name)
+            if not self.rt.ending():  # else the shutdown's own sweep takes it
+                await asyncio.to_thread(process.sweep, self.rt.ours(), self.owner.name)
             if self.rt.watchdog is not None:
                 self.rt.watchdog.forget(proc.pid)
             with contextlib.suppress(TimeoutError):

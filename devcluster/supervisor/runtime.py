@@ -85,7 +85,8 @@ class Supervisor:
         self.watchers = Watchers(settings.state_dir)
         self.rt = Runtime(self.records, sink, settings.procfile.parent.resolve(), settings.grace,
                           settings.ready_timeout, watchdog, self._spawn, self._ours, events,
-                          self.preload, advertise_host, self.watchers)
+                          self.preload, advertise_host, self.watchers,
+                          ending=lambda: self.stopping.is_set())
         tables: Any = {}
         with contextlib.suppress(DevclusterError):
             tables = rolling.project_tables(settings.procfile)
