@@ -193,8 +193,8 @@ class Life:
         except psutil.Error:
             self.ps, self.started_at = None, time.time()
         self.owner.apply(self.machine.spawned())
-        how = proc.how if isinstance(proc, Forked) else "pid"
-        self.rt.sink.system(f"{name} started ({how} {proc.pid}): {self.spec.command}")
+        how = proc.how if isinstance(proc, Forked) else f"pid {proc.pid}"
+        self.rt.sink.system(f"{name} started ({how}): {self.spec.command}")
 
     def environment(self) -> dict[str, str]:
         """The environment of this instance's next process."""
@@ -221,7 +221,7 @@ class Life:
                                                self.owner.name)
         started = early.take(self.owner.name, argv, env, str(self.rt.cwd))
         if started is not None:  # started before the supervisor's exec: the same command
-            return await adopt(*started, how="started early, pid")
+            return await adopt(*started, how="pid {pid}, started early")
         return await process.spawn(argv, env, str(self.rt.cwd))
 
     async def _wait_exit(self, proc: process.Child) -> int:

@@ -44,10 +44,11 @@ class Forked:
     supervisor needs of a process; ``how`` says which it is in the log."""
 
     def __init__(self, pid: int, stdout: asyncio.StreamReader,
-                 how: str = "forked, preloaded") -> None:
+                 how: str = "forked, preloaded {pid}") -> None:
         self.pid = pid
         self.stdout = stdout
-        self.how = how
+        self.how = how.format(pid=pid)
+        """How the log's "started (...)" names it."""
         self.returncode: int | None = None
 
     def __repr__(self) -> str:
@@ -225,7 +226,7 @@ class ForkServer:
         self.proc.wait()
 
 
-async def adopt(pid: int, read_fd: int, how: str = "forked, preloaded") -> Forked:
+async def adopt(pid: int, read_fd: int, how: str = "forked, preloaded {pid}") -> Forked:
     """Our child ``pid`` whose output comes on ``read_fd``, as a process to supervise."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)

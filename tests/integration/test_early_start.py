@@ -49,7 +49,7 @@ def test_up_d_starts_the_instances_before_the_supervisor_and_adopts_them(
     assert up.returncode == 0, up.stderr
     try:
         log = layout(Path(st)).logs.joinpath("devcluster.log").read_text()
-        assert log.count("started (started early, pid") == 3, log
+        assert log.count(", started early): ") == 3, log
         supervisor = running_pid(Path(st))
         assert supervisor
         rows = _rows(run_cli, tmp_path)
@@ -197,7 +197,7 @@ def test_an_early_instance_that_exits_at_once_keeps_its_exit_status(
     up = run_cli("up", "-d", "-p", "0", "--restart", "quick=no", "--ready-timeout", "0.5",
                  "--state-dir", str(tmp_path / "st"))
     try:
-        assert "started (started early" in layout(tmp_path / "st").logs.joinpath(
+        assert ", started early): " in layout(tmp_path / "st").logs.joinpath(
             "devcluster.log").read_text()
         assert "quick exited (exit 3)" in up.stderr, up.stderr
     finally:
@@ -231,7 +231,7 @@ def test_a_foreground_up_starts_its_instances_before_it_imports_the_supervisor(
     (tmp_path / "Procfile").write_text(f"greeter: {GREETER}\n")
     up = foreground("-p", "0", "-c", "greeter=2")
     text = up.wait_for("ready: 2/2 serving")
-    assert text.count("started (started early, pid") == 2, text
+    assert text.count(", started early): ") == 2, text
     # Its state dir was locked before anything started: a second `up` starts nothing.
     again = run_cli("up", "-p", "0", "-c", "greeter=2")
     assert again.returncode == 1 and "already running" in again.stderr
