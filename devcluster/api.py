@@ -342,10 +342,14 @@ class Cluster:
 
     def logs(self, name: str | None = None, n: int = 50) -> list[str]:
         """The last ``n`` lines of an instance's log (or of the merged view of every log:
-        the supervisor's lines and every instance's, in the order they were written)."""
+        the supervisor's lines and every instance's, in the order they were written).
+        What the instances wrote before the call is in it: it waits (at most
+        ``LOG_READ_WAIT``, 1 s) for the supervisor to read their output."""
         from devcluster.config.procfile import check_name
-        from devcluster.supervisor.logread import shown
+        from devcluster.supervisor.logread import shown, wait_read
 
+        records = self.registry.snapshot().records.values()
+        wait_read(r.pid for r in records if r.pid and (name is None or r.name == name))
         return shown(layout(self.state_dir).logs, check_name(name) if name else None, n)
 
     def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float = 10.0) -> Snapshot:

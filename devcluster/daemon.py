@@ -27,6 +27,7 @@ if __name__ == "__main__":  # `up -d`: our instances, started before our exec, a
 
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -169,6 +170,18 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
             registry.close()  # etcd: revoke the lease, so our records go at once
 
 
+async def import_aside(*modules: str) -> None:
+    """Import ``modules`` in a thread, so the loop goes on meanwhile: the control and
+    xDS servers' imports (grpc's server, envoy's protos) take 50-300 ms of CPU, which
+    would stall every instance's log pump and health check; an import in a thread
+    yields the GIL every switch interval."""
+    def load() -> None:
+        for name in modules:
+            importlib.import_module(name)
+
+    await asyncio.to_thread(load)
+
+
 def _watcher(sup: Supervisor) -> list[tuple[str, Duty]]:
     """``up --watch``: the file watcher, a duty of the cluster (none without --watch)."""
     if sup.settings.watch is None:
@@ -230,6 +243,7 @@ class XdsPlane:
             self.sink.system(f"xDS: not serving ({e!r}); the cluster runs without it")
 
     async def _start(self) -> None:
+        await import_aside("devcluster.xds.server", "devcluster.xds.bootstrap")
         from devcluster.xds.bootstrap import write_bootstrap
         from devcluster.xds.resources import Group, Options
         from devcluster.xds.server import serve
@@ -297,6 +311,7 @@ class _ControlPlane:
         await asyncio.shield(self._begin())
 
     async def _serve(self) -> None:
+        await import_aside("devcluster.control.server")
         from devcluster.control.server import ControlServer
 
         server = ControlServer(self.sup, defaults.layout(self.settings.state_dir))

@@ -133,6 +133,9 @@ LOG_MAX_MIN, LOG_MAX_MAX, LOG_KEEP_MAX = 4096, 1 << 40, 100
 #: The supervisor reads an instance's output this many bytes at a time, and breaks a
 #: line longer than LOG_LINE_MAX (its memory is bounded by the two).
 LOG_CHUNK, LOG_LINE_MAX = 1 << 16, 1 << 20
+#: ``Cluster.logs()`` waits at most this long for the supervisor to read what the
+#: instances already wrote (their output pipes empty), so a test sees its own calls.
+LOG_READ_WAIT = 1.0
 
 
 def state_dir(procfile: Path | None = None, explicit: str | os.PathLike[str] | None = None,

@@ -16,16 +16,21 @@ in the place of the line before it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
+import stat
+import struct
+import termios
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from devcluster.defaults import LOG_KEEP_MAX, SYSTEM_LOG, instance_of_log, log_file_name
+from devcluster.defaults import LOG_KEEP_MAX, LOG_READ_WAIT, SYSTEM_LOG, instance_of_log, log_file_name
 from devcluster.supervisor.logfiles import rotated
 
 _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}) ")
@@ -149,6 +154,41 @@ def last(log_dir: Path, name: str | None, n: int) -> list[LogLine]:
     for path, whose in files:
         every.extend(_parse_all(_older(path, n, _tail(path, n)), whose))
     return _newest(every, n)
+
+
+def unread(pid: int) -> int:
+    """Bytes process ``pid`` wrote to its output pipe that nobody has read yet (0 when
+    its stdout is not a pipe, the process is gone, or the system does not say: Linux
+    reaches the pipe through ``/proc/PID/fd/1``, and FIONREAD counts what it holds)."""
+    path = f"/proc/{pid}/fd/1"
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            return 0
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return 0
+    try:
+        held = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+        return int(struct.unpack("i", held)[0])
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def wait_read(pids: Iterable[int], timeout: float = LOG_READ_WAIT) -> bool:
+    """Wait, at most ``timeout`` seconds, until the supervisor has read everything these
+    processes wrote (their output pipes hold nothing), so the log files show it; True
+    once they do. A pipe is not a file: nothing wakes a second reader, so this polls."""
+    waiting = list(pids)
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = [pid for pid in waiting if unread(pid)]
+        if not waiting:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
 
 
 def shown(log_dir: Path, name: str | None, n: int) -> list[str]:

@@ -182,3 +182,24 @@ def test_a_planted_symlink_is_replaced_not_written_through(
     assert victim.read_text() == "precious\n"
     assert not (logs / f"{name}.log").is_symlink()
     assert any("was a symlink; replaced it" in ln for ln in cluster.logs(None, 100))
+
+
+def test_cluster_logs_shows_what_an_instance_wrote_before_the_call(
+        make_cluster: MakeCluster) -> None:
+    """The supervisor copies output to the files; Cluster.logs() waits until it has read
+    what the instances wrote (here: while it is stopped for 0.3 s, the line waits in the
+    pipe, and logs() returns it once the supervisor runs again)."""
+    from devcluster._proto.helloworld_pb2 import HelloRequest
+    from devcluster._proto.helloworld_pb2_grpc import GreeterStub
+
+    cluster = make_cluster()
+    supervisor = psutil.Process(int(layout(cluster.state_dir).lock.read_text()))
+    name = cluster.instances[0].name
+    supervisor.suspend()
+    try:
+        GreeterStub(cluster.channel("greeter")).SayHello(HelloRequest(name="seen-now"), timeout=5)
+    finally:
+        import threading
+
+        threading.Timer(0.3, supervisor.resume).start()
+    assert any("Received: seen-now" in line for line in cluster.logs(name, 5))

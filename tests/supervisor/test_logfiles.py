@@ -204,3 +204,23 @@ def test_following_reads_across_rotations_and_a_re_creation(tmp_path: Path, ever
     sink.close()
     follower.close()
     assert seen == [f"{i:03d}" for i in range(100)] + ["after"]
+
+
+def test_unread_output_is_counted_until_someone_reads_it() -> None:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "print('x' * 99, flush=True); input()"],
+                             stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        fd = child.stdout.fileno()  # unbuffered reads: the rest stays in the pipe
+        assert os.read(fd, 1) == b"x"  # it printed: the rest is now in the pipe
+        assert logread.unread(child.pid) == 99  # 98 x and the newline
+        assert logread.wait_read([child.pid], 0.05) is False  # bounded: nobody reads
+        assert len(os.read(fd, 99)) == 99
+        assert logread.unread(child.pid) == 0 and logread.wait_read([child.pid], 0.05)
+    finally:
+        child.kill()
+        child.wait()
+    assert logread.unread(child.pid) == 0, "a process that is gone has nothing unread"
