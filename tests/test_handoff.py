@@ -83,3 +83,44 @@ def test_a_connection_is_busy_while_data_arrives_and_quiet_after() -> None:
                     return handoff.busy_connections(port) == 1
 
                 wait_until(calling, 5, "busy again")
+
+
+
+#: The greeter, saying when it takes its port over and each health status it sets.
+TRACED = """\
+import sys
+from grpc_health.v1 import health, health_pb2
+from devcluster import handoff
+from devcluster.greeter.server import main
+take_over, set_status = handoff.take_over, health.aio.HealthServicer.set
+def traced_take_over(port):
+    print("take_over", flush=True)
+    return take_over(port)
+async def traced_set(self, service, status):
+    print(f"set {service!r} {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}",
+          flush=True)
+    await set_status(self, service, status)
+handoff.take_over, health.aio.HealthServicer.set = traced_take_over, traced_set
+sys.exit(main())
+"""
+
+
+def test_a_greeter_says_serving_only_once_it_has_taken_over_its_port() -> None:
+    """During a reload the supervisor switches the registry and stops the old process
+    as soon as the replacement's health says SERVING; a connection the kernel still gave
+    the old listener then would be reset. So SERVING comes after take_over, and grpc's
+    default SERVING for "" is replaced before the server starts."""
+    proc = subprocess.Popen([sys.executable, "-c", TRACED, "--port", "0"], env=SHARING,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            if " listening on " in line:
+                break
+            lines.append(line.strip())
+        assert lines == ["set '' NOT_SERVING", "take_over", "set '' SERVING",
+                         "set 'helloworld.Greeter' SERVING"], lines
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,8 +1,9 @@
 """A grpc.aio Greeter: SayHello, health, reflection, instance header, graceful stop.
 
 ``python -m devcluster.greeter --port 50051 --name server1`` (defaults: ``$PORT`` and
-``$DEVCLUSTER_INSTANCE``). On SIGINT/SIGTERM it reports NOT_SERVING, stops accepting
-calls, lets in-flight calls finish within ``--grace`` seconds, and exits 0. With
+``$DEVCLUSTER_INSTANCE``). On SIGINT/SIGTERM it reports NOT_SERVING, waits (briefly)
+for its clients to move to other instances, stops accepting calls, lets in-flight calls
+finish within ``--grace`` seconds, and exits 0. With
 ``DEVCLUSTER_REUSEPORT=1`` (devcluster sets it) it hands its port over to its
 replacement during ``devcluster reload`` without failing a call (devcluster.handoff).
 """
@@ -103,10 +104,15 @@ async def serve(args: argparse.Namespace, exit_when_stopped: bool = False) -> in
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # grpc's HealthServicer says SERVING for "" from the start: not before we are ready.
+    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
+    # A replacement during `devcluster reload` steers new connections to itself *before*
+    # it says SERVING: the supervisor then switches the registry and stops the old
+    # process, and a connection the kernel still gave the old listener would be reset.
+    handoff.take_over(bound)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("helloworld.Greeter", health_pb2.HealthCheckResponse.SERVING)
-    handoff.take_over(bound)  # a replacement during `devcluster reload`: new clients are ours
     print(f"{args.name} listening on {args.host}:{bound}", flush=True)
     try:
         await stop.wait()

@@ -60,7 +60,8 @@ class Caller:
             headers = dict(e.initial_metadata() or ())
             reached = headers.get("devcluster-instance")
             outcome = e.code().name + (COMMITTED if reached else "")
-            self.details.append(f"{outcome}: {e.details()} (headers from: {reached})")
+            self.details.append(f"{outcome}: {e.details()} (headers from: {reached}; call "
+                                f"{start:.3f}-{time.time():.3f}, to match the logs)")
         return start, time.time(), outcome
 
     def count(self, n: int) -> dict[str, Any]:
