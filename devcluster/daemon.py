@@ -125,7 +125,7 @@ async def _run(settings: UpRequest, sink: LogSink, types: Sequence[procfile.Proc
     sup = Supervisor(settings, registry, sink, types, env, specs, watchdog, events, host)
     sup.records.before_write = lambda: _check_claim(claim)
     keeper = _Keeper(claim, sup, sink, isinstance(registry, FileRegistry))
-    xds = XdsPlane(settings, sink, sup.watchers)
+    xds = XdsPlane(settings, sink, sup.watchers, sup.stopping)
     try:
         # Queued before any spawn (the writer keeps order: it lands before their states);
         # awaited once they are spawned: a registry that cannot be written at start is
@@ -222,8 +222,12 @@ class XdsPlane:
     checks); a bootstrap left by a crashed run is removed at once, so nobody reads a
     stale one meanwhile. A failure is said and the cluster runs on without it."""
 
-    def __init__(self, settings: UpRequest, sink: LogSink, watchers: Watchers | None = None) -> None:
+    def __init__(self, settings: UpRequest, sink: LogSink, watchers: Watchers | None = None,
+                 stopping: asyncio.Event | None = None) -> None:
         self.settings, self.sink = settings, sink
+        #: Set as the whole cluster's shutdown begins: the server stops following the
+        #: registry then (its clients have nowhere left to go).
+        self.stopping = stopping
         #: A stop waits until the xDS streams ACKed its `draining` too (supervisor.drain).
         self.watchers = watchers
         self.path = defaults.layout(settings.state_dir).xds_bootstrap
@@ -254,7 +258,7 @@ class XdsPlane:
                     else FileRegistry(self.settings.state_dir))
         groups = {name: Group(g.types, g.where) for name, g in self._groups().items()}
         server = await self._stack.enter_async_context(
-            serve(registry, options=Options(groups=groups)))
+            serve(registry, options=Options(groups=groups), until=self.stopping))
         if self.watchers is not None:
             self.watchers.add(server)
             self._stack.callback(self.watchers.remove, server)

@@ -124,3 +124,27 @@ def test_a_greeter_says_serving_only_once_it_has_taken_over_its_port() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"),
+                                          (socket.AF_INET6, "::1")], ids=["v4", "v6"])
+def test_netlink_finds_the_listeners_proc_net_tcp_lists(family: int, host: str) -> None:
+    """sock_diag (cheap at any cluster size) and /proc/net/tcp (the fallback) agree."""
+    with socket.create_server((host, 0), family=family, reuse_port=True) as a:
+        port = a.getsockname()[1]
+        assert set(handoff._listening(port)) == set(handoff._sockets(port, "0A")) != set()
+        assert not handoff._others_listening(port)
+        with socket.create_server((host, port), family=family, reuse_port=True):
+            assert len(handoff._listening(port)) == 2  # a replacement joined the port
+            # Both are ours here; a replacement's would be another process's.
+            assert handoff._own_fds(handoff._listening(port)) != []
+
+
+def test_a_process_finds_its_own_connections_on_a_port_and_not_its_listener() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert handoff._connections(port) == []
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = server.accept()
+            with accepted:
+                assert handoff._connections(port) == [accepted.fileno()]

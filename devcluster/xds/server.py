@@ -67,6 +67,7 @@ class XdsServer:
         self._nacks: set[Nack] = set()
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._following = True
         self.port = 0
 
     def __repr__(self) -> str:
@@ -117,8 +118,13 @@ class XdsServer:
             self._server = None
 
     def update(self, snapshot: Snapshot) -> None:
-        """Serve ``snapshot`` from now on. Safe to call from any thread."""
+        """Serve ``snapshot`` from now on (unless :meth:`stop_following` was called). Safe
+        to call from any thread."""
         self._call(self._apply, snapshot, None)
+
+    def stop_following(self) -> None:
+        """Keep serving the snapshot of now: later :meth:`update` s are ignored."""
+        self._following = False
 
     def set_options(self, options: Options) -> None:
         """Rebuild with new ``options`` (a fault set or cleared). Safe from any thread."""
@@ -135,6 +141,8 @@ class XdsServer:
         # On the loop (or before it runs): each argument replaces its own current value
         # only, so an update and a set_options from two threads never undo each other.
         if snapshot is not None:
+            if not self._following:
+                return
             self._snapshot = snapshot
         if options is not None:
             self._options = options
@@ -216,8 +224,12 @@ def _watch(registry: Registry, server: XdsServer, stop: threading.Event) -> None
 
 @contextlib.asynccontextmanager
 async def serve(registry: Registry, host: str = "127.0.0.1", port: int = 0,
-                options: Options | None = None) -> AsyncIterator[XdsServer]:
-    """An :class:`XdsServer` on ``host:port`` that follows ``registry`` until exit.
+                options: Options | None = None,
+                until: asyncio.Event | None = None) -> AsyncIterator[XdsServer]:
+    """An :class:`XdsServer` on ``host:port`` that follows ``registry`` until exit, or
+    until ``until`` is set (a supervisor's whole-cluster shutdown: its clients have
+    nowhere left to go, and rebuilding the resources at each of its writes cost it CPU
+    while its instances were stopping).
 
     The registry is watched in a thread of its own (``Registry.watch`` blocks), so it
     works with every backend; the first snapshot is served before this yields.
@@ -229,9 +241,18 @@ async def serve(registry: Registry, host: str = "127.0.0.1", port: int = 0,
     watcher = threading.Thread(target=_watch, args=(registry, server, stop),
                                name="xds-registry-watch", daemon=True)
     watcher.start()
+    def unfollow(_: object) -> None:
+        server.stop_following()
+        stop.set()
+
+    ending = asyncio.ensure_future(until.wait()) if until is not None else None
+    if ending is not None:
+        ending.add_done_callback(unfollow)
     try:
         yield server
     finally:
+        if ending is not None:
+            ending.cancel()
         stop.set()
         # ADS streams never end by themselves: a grace period would only be waited out.
         await server.stop(0)

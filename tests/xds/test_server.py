@@ -207,3 +207,37 @@ def test_update_and_set_options_each_keep_the_others_value():
     xds.update(Snapshot(2, {"greeter.1": serving("greeter.1", 5001, weight=2)}))
     assert xds.versions() == {"Listener": "1", "RouteConfiguration": "0", "Cluster": "1",
                               "ClusterLoadAssignment": "2"}
+
+
+def test_the_server_stops_following_the_registry_once_until_is_set():
+    """A supervisor's whole-cluster shutdown: its writes are not rebuilt and pushed."""
+    import asyncio
+    import time
+
+    from devcluster.xds.server import serve
+
+    registry = MemoryRegistry([serving("greeter.1", 5001)])
+
+    async def main() -> None:
+        until = asyncio.Event()
+        async with serve(registry, until=until) as xds:
+
+            async def endpoints_become(version: str, within: float = TIMEOUT) -> bool:
+                deadline = time.monotonic() + within
+                while time.monotonic() < deadline:
+                    if xds.versions()["ClusterLoadAssignment"] == version:
+                        return True
+                    await asyncio.sleep(0.01)  # the watch thread hands over on the loop
+                return False
+
+            first = xds.versions()["ClusterLoadAssignment"]
+            registry.update("greeter.1", weight=3)
+            assert await endpoints_become(str(int(first) + 1))
+            until.set()
+            await asyncio.sleep(0)  # the callback that ends the watch runs
+            registry.update("greeter.1", weight=4)
+            registry.update("greeter.1", weight=5)
+            # A non-event: nothing to wait on but time (the first update took milliseconds).
+            assert not await endpoints_become(str(int(first) + 2), 0.3), "still following"
+
+    asyncio.run(main())
