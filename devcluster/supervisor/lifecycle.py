@@ -221,7 +221,8 @@ class Life:
                                                self.owner.name)
         started = early.take(self.owner.name, argv, env, str(self.rt.cwd))
         if started is not None:  # started before the supervisor's exec: the same command
-            return await adopt(*started, how="pid {pid}, started early")
+            pid, out_r = started
+            return await adopt(pid, out_r, how=f"pid {pid}, started early")
         return await process.spawn(argv, env, str(self.rt.cwd))
 
     async def _wait_exit(self, proc: process.Child) -> int:

@@ -43,11 +43,10 @@ class Forked:
     (:mod:`devcluster.supervisor.early`). Its pid, output and exit status: what the
     supervisor needs of a process; ``how`` says which it is in the log."""
 
-    def __init__(self, pid: int, stdout: asyncio.StreamReader,
-                 how: str = "forked, preloaded {pid}") -> None:
+    def __init__(self, pid: int, stdout: asyncio.StreamReader, how: str | None = None) -> None:
         self.pid = pid
         self.stdout = stdout
-        self.how = how.format(pid=pid)
+        self.how = how if how is not None else f"forked, preloaded {pid}"
         """How the log's "started (...)" names it."""
         self.returncode: int | None = None
 
@@ -226,8 +225,9 @@ class ForkServer:
         self.proc.wait()
 
 
-async def adopt(pid: int, read_fd: int, how: str = "forked, preloaded {pid}") -> Forked:
-    """Our child ``pid`` whose output comes on ``read_fd``, as a process to supervise."""
+async def adopt(pid: int, read_fd: int, how: str | None = None) -> Forked:
+    """Our child ``pid`` whose output comes on ``read_fd``, as a process to supervise
+    (``how``: what the log's "started (...)" says; a fork server's child by default)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_LINE_LIMIT, loop=loop)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
