@@ -44,13 +44,26 @@ PY = sys.executable
 BIN = Path(PY).parent
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections' ports)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _free_base(n: int) -> int:
-    """A base port with ``n`` free ports after it (checked by binding each).
+    """A base port with ``n`` free ports after it (checked by binding each), below the
+    ephemeral range: there, an outgoing connection (a health check, the bench's own
+    polling) could take a greeter's port between this check and its bind, and the run
+    would never be ready (one N=30 run of a full bench did just that).
 
     The search starts at a random place: two benches on one machine would otherwise
     find the same free range at the same moment."""
-    start = random.randrange(20000, 50000, 1000)
-    for base in [*range(start, 60000, 1000), *range(20000, start, 1000)]:
+    top = max(_ephemeral_low() - n, 11000)
+    start = random.randrange(10000, top, 1000)
+    for base in [*range(start, top, 1000), *range(10000, start, 1000)]:
         socks = []
         try:
             for p in range(base, base + n):
