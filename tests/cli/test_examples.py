@@ -27,6 +27,9 @@ def _env(tmp_path: Path) -> dict[str, str]:
     # mktemp in the scripts lands under tmp_path, so leftovers are found by their cwd/argv;
     # the venv's bin first, as for a user who activated it.
     env = cli_env(TMPDIR=str(tmp_path))
+    # An example's own pytest run is not a worker of ours: under `pytest -n`, an inherited
+    # PYTEST_XDIST_WORKER made its plugin think it shared a cluster with other workers.
+    env = {k: v for k, v in env.items() if not k.startswith("PYTEST_")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     return env
 
