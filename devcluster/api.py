@@ -348,9 +348,10 @@ class Cluster:
         from devcluster.config.procfile import check_name
         from devcluster.supervisor.logread import shown, wait_read
 
+        whose = check_name(name) if name else None
         records = self.registry.snapshot().records.values()
-        wait_read(r.pid for r in records if r.pid and (name is None or r.name == name))
-        return shown(layout(self.state_dir).logs, check_name(name) if name else None, n)
+        wait_read(r.pid for r in records if r.pid and (whose is None or r.name == whose))
+        return shown(layout(self.state_dir).logs, whose, n)
 
     def wait_for(self, predicate: Callable[[Snapshot], bool], timeout: float = 10.0) -> Snapshot:
         """Wait on registry changes (not a timer) until ``predicate(snapshot)`` holds."""

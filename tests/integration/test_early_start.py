@@ -41,12 +41,18 @@ def _rows(run_cli: Callable[..., Any], tmp_path: Path) -> dict[str, dict[str, An
     return {r["name"]: r for r in json.loads(ps.stdout)}
 
 
-def test_up_d_starts_the_instances_before_the_supervisor_and_adopts_them(
-        tmp_path: Path, run_cli: Callable[..., Any], wait_until: Callable[..., Any]) -> None:
+def _up_greeters(run_cli: Callable[..., Any], tmp_path: Path, n: int) -> str:
+    """``up -d`` of ``n`` greeters in ``tmp_path``; its state dir."""
     (tmp_path / "Procfile").write_text(f"greeter: {GREETER}\n")
     st = str(tmp_path / "st")
-    up = run_cli("up", "-d", "-p", "0", "-c", "greeter=3", "--state-dir", st)
+    up = run_cli("up", "-d", "-p", "0", "-c", f"greeter={n}", "--state-dir", st)
     assert up.returncode == 0, up.stderr
+    return st
+
+
+def test_up_d_starts_the_instances_before_the_supervisor_and_adopts_them(
+        tmp_path: Path, run_cli: Callable[..., Any], wait_until: Callable[..., Any]) -> None:
+    st = _up_greeters(run_cli, tmp_path, 3)
     try:
         log = layout(Path(st)).logs.joinpath("devcluster.log").read_text()
         assert log.count(", started early): ") == 3, log
@@ -71,10 +77,7 @@ def test_up_d_starts_the_instances_before_the_supervisor_and_adopts_them(
 
 def test_sigkill_of_the_supervisor_takes_the_early_instances_with_it(
         tmp_path: Path, run_cli: Callable[..., Any], wait_until: Callable[..., Any]) -> None:
-    (tmp_path / "Procfile").write_text(f"greeter: {GREETER}\n")
-    st = str(tmp_path / "st")
-    up = run_cli("up", "-d", "-p", "0", "-c", "greeter=2", "--state-dir", st)
-    assert up.returncode == 0, up.stderr
+    st = _up_greeters(run_cli, tmp_path, 2)
     pids = [r["pid"] for r in _rows(run_cli, tmp_path).values()]
     supervisor = running_pid(Path(st))
     assert supervisor and "started early" in layout(Path(st)).logs.joinpath(
